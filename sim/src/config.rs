@@ -1,0 +1,39 @@
+//! Simulator configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How a simulated ComfyUI behaves.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// How long one job runs (spread over its nodes); `extra_data.sim_duration_ms` overrides it per job.
+    pub job_duration: Duration,
+    /// Model files the server "has": `(folder, file)`, e.g. `("checkpoints", "sd15.safetensors")`.
+    pub models: Vec<(String, String)>,
+    /// `devices[0].name` in `/system_stats`.
+    pub device_name: String,
+    /// Upload size limit (bytes); larger uploads get 413.
+    pub max_upload_bytes: u64,
+    /// Where `input/`, `output/` and `temp/` live; a fresh temporary directory when `None`.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            job_duration: Duration::from_millis(50),
+            models: Vec::new(),
+            device_name: "cpu".to_string(),
+            max_upload_bytes: 1024 * 1024 * 1024,
+            data_dir: None,
+        }
+    }
+}
+
+impl SimConfig {
+    /// Adds a model file, e.g. `with_model("checkpoints", "sd15.safetensors")`.
+    pub fn with_model(mut self, folder: &str, file: &str) -> Self {
+        self.models.push((folder.to_string(), file.to_string()));
+        self
+    }
+}

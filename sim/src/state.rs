@@ -1,0 +1,196 @@
+//! Per-run server state: queue, history, WebSocket clients, and the things that outlive a restart.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use indexmap::IndexMap;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SimConfig;
+use crate::json::J;
+
+/// ComfyUI keeps at most this many history entries.
+pub const MAX_HISTORY: usize = 10_000;
+
+/// One HTTP request the simulator received.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// Path and query as received.
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// The simulator's folders.
+#[derive(Clone, Debug)]
+pub struct Dirs {
+    pub root: PathBuf,
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub temp: PathBuf,
+}
+
+impl Dirs {
+    pub fn by_type(&self, t: &str) -> Option<&PathBuf> {
+        match t {
+            "input" => Some(&self.input),
+            "output" => Some(&self.output),
+            "temp" => Some(&self.temp),
+            _ => None,
+        }
+    }
+}
+
+/// What survives a restart.
+pub struct Shared {
+    pub config: SimConfig,
+    pub dirs: Dirs,
+    pub requests: Mutex<Vec<RecordedRequest>>,
+    /// object_info with the configured model lists.
+    pub object_info: J,
+    pub system_stats: String,
+}
+
+/// A queued prompt.
+#[derive(Clone, Debug)]
+pub struct QueueItem {
+    pub number: J,
+    pub sort_key: f64,
+    pub seq: u64,
+    pub prompt_id: String,
+    pub prompt: J,
+    pub extra_data: J,
+    pub outputs: Vec<String>,
+}
+
+impl QueueItem {
+    pub fn to_j(&self) -> J {
+        J::Arr(vec![
+            self.number.clone(),
+            J::s(self.prompt_id.as_str()),
+            self.prompt.clone(),
+            self.extra_data.clone(),
+            J::Arr(self.outputs.iter().map(|o| J::s(o.as_str())).collect()),
+        ])
+    }
+    pub fn client_id(&self) -> Option<String> {
+        self.extra_data.get("client_id").map(|c| c.py_str())
+    }
+}
+
+pub struct Running {
+    pub item: QueueItem,
+    pub interrupt: Arc<Notify>,
+    pub last_node: Option<String>,
+}
+
+pub struct Client {
+    pub conn: u64,
+    pub tx: mpsc::UnboundedSender<String>,
+}
+
+#[derive(Default)]
+pub struct Inner {
+    pub number: i64,
+    pub seq: u64,
+    pub pending: Vec<QueueItem>,
+    pub running: Option<Running>,
+    pub history: IndexMap<String, J>,
+    pub clients: HashMap<String, Client>,
+    pub next_conn: u64,
+}
+
+impl Inner {
+    pub fn queue_remaining(&self) -> usize {
+        self.pending.len() + usize::from(self.running.is_some())
+    }
+
+    pub fn status_message(&self, sid: Option<&str>) -> J {
+        let mut data = crate::json::Obj::new();
+        data.insert(
+            "status".into(),
+            J::obj([("exec_info", J::obj([("queue_remaining", J::u(self.queue_remaining() as u64))]))]),
+        );
+        if let Some(sid) = sid {
+            data.insert("sid".into(), J::s(sid));
+        }
+        message("status", J::Obj(data))
+    }
+
+    /// Sends a message to one client (`Some`) or every client (`None`).
+    pub fn send(&self, msg: &J, to: Option<&str>) {
+        let text = msg.dumps();
+        match to {
+            Some(sid) => {
+                if let Some(c) = self.clients.get(sid) {
+                    let _ = c.tx.send(text);
+                }
+            }
+            None => {
+                for c in self.clients.values() {
+                    let _ = c.tx.send(text.clone());
+                }
+            }
+        }
+    }
+
+    pub fn broadcast_status(&self) {
+        let msg = self.status_message(None);
+        self.send(&msg, None);
+    }
+
+    /// Pending items in execution order.
+    pub fn sorted_pending(&self) -> Vec<&QueueItem> {
+        let mut v: Vec<&QueueItem> = self.pending.iter().collect();
+        v.sort_by(|a, b| a.sort_key.total_cmp(&b.sort_key).then(a.seq.cmp(&b.seq)));
+        v
+    }
+
+    pub fn take_next(&mut self) -> Option<QueueItem> {
+        let idx = self
+            .pending
+            .iter()
+            .enumerate()
+            .min_by(|(_, a), (_, b)| a.sort_key.total_cmp(&b.sort_key).then(a.seq.cmp(&b.seq)))
+            .map(|(i, _)| i)?;
+        Some(self.pending.remove(idx))
+    }
+}
+
+/// `{"type": t, "data": data}`.
+pub fn message(t: &str, data: J) -> J {
+    J::obj([("type", J::s(t)), ("data", data)])
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// One run of the server (a restart makes a new one).
+pub struct AppState {
+    pub shared: Arc<Shared>,
+    inner: Mutex<Inner>,
+    pub work: Notify,
+    pub cancel: CancellationToken,
+}
+
+impl AppState {
+    pub fn new(shared: Arc<Shared>, cancel: CancellationToken) -> AppState {
+        AppState { shared, inner: Mutex::new(Inner::default()), work: Notify::new(), cancel }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn config(&self) -> &SimConfig {
+        &self.shared.config
+    }
+
+    pub fn dirs(&self) -> &Dirs {
+        &self.shared.dirs
+    }
+}

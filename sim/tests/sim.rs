@@ -1,0 +1,518 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The simulator against the captured ComfyUI fixtures.
+
+use std::time::{Duration, Instant};
+
+use comfyui_sim::{SimConfig, Simulator};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{FIX}/{name}")).unwrap()
+}
+
+/// The first JSON body in a fixture text block after a `### title` line.
+fn misc_body(title: &str) -> String {
+    let text = fixture("error_and_misc_responses.txt");
+    let start = text.find(&format!("### {title}")).unwrap();
+    text[start..].lines().nth(1).unwrap().to_string()
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+fn workflow(prefix: &str, color: u32, blur: bool) -> Value {
+    if blur {
+        json!({
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 16, "batch_size": 1, "color": color}},
+            "3": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 31, "sigma": 10.0}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": prefix}}
+        })
+    } else {
+        json!({
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 16, "batch_size": 1, "color": color}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}}
+        })
+    }
+}
+
+async fn wait_history(sim: &Simulator, pid: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let h: Value = client().get(format!("{}/history/{pid}", sim.url())).send().await.unwrap().json().await.unwrap();
+        if h.get(pid).is_some() {
+            return h[pid].clone();
+        }
+        assert!(Instant::now() < deadline, "no history for {pid}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn post_prompt(sim: &Simulator, body: &Value) -> (u16, String) {
+    post_prompt_raw(sim, body.to_string()).await
+}
+
+async fn post_prompt_raw(sim: &Simulator, body: String) -> (u16, String) {
+    let r = client().post(format!("{}/prompt", sim.url())).body(body).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn idle_queue_and_prompt_match_fixtures() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    for path in ["/queue", "/api/queue"] {
+        let r = client().get(format!("{}{path}", sim.url())).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/json; charset=utf-8");
+        assert_eq!(r.text().await.unwrap(), fixture("queue_idle.json").trim());
+    }
+    let p = client().get(format!("{}/prompt", sim.url())).send().await.unwrap().text().await.unwrap();
+    assert_eq!(p, r#"{"exec_info": {"queue_remaining": 0}}"#);
+    let nf = client().get(format!("{}/nope", sim.url())).send().await.unwrap();
+    assert_eq!(nf.status(), 404);
+    assert_eq!(nf.text().await.unwrap(), "404: Not Found");
+}
+
+#[tokio::test]
+async fn object_info_reflects_models_and_system_stats_device() {
+    let config = SimConfig { device_name: "cuda:0 Sim GPU".into(), ..SimConfig::default() }
+        .with_model("checkpoints", "b.safetensors")
+        .with_model("checkpoints", "a.safetensors")
+        .with_model("loras", "l.safetensors")
+        .with_model("vae", "v.safetensors")
+        .with_model("diffusion_models", "u.safetensors")
+        .with_model("text_encoders", "t.safetensors");
+    let sim = Simulator::start(config).await.unwrap();
+    let oi: Value = client().get(format!("{}/object_info", sim.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(oi.as_object().unwrap().len(), 478);
+    assert_eq!(
+        oi["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0],
+        json!(["a.safetensors", "b.safetensors"])
+    );
+    assert_eq!(oi["LoraLoader"]["input"]["required"]["lora_name"][0], json!(["l.safetensors"]));
+    assert_eq!(oi["VAELoader"]["input"]["required"]["vae_name"][0], json!(["v.safetensors", "pixel_space"]));
+    assert_eq!(oi["UNETLoader"]["input"]["required"]["unet_name"][0], json!(["u.safetensors"]));
+    assert_eq!(oi["CLIPLoader"]["input"]["required"]["clip_name"][0], json!(["t.safetensors"]));
+    let one: Value =
+        client().get(format!("{}/api/object_info/EmptyImage", sim.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(one.as_object().unwrap().keys().collect::<Vec<_>>(), vec!["EmptyImage"]);
+    let none = client().get(format!("{}/object_info/Nope", sim.url())).send().await.unwrap().text().await.unwrap();
+    assert_eq!(none, "{}");
+    let stats: Value = client().get(format!("{}/system_stats", sim.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stats["devices"][0]["name"], "cuda:0 Sim GPU");
+    let models: Value =
+        client().get(format!("{}/models/checkpoints", sim.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(models, json!(["a.safetensors", "b.safetensors"]));
+    let r = client().get(format!("{}/models/nope", sim.url())).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // A configured model passes validation.
+    let wf = json!({
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "x", "clip": ["1", 1]}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["3", 0],
+              "seed": 1, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "x"}}
+    });
+    let (status, body) = post_prompt(&sim, &json!({"prompt": wf})).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn prompt_errors_match_fixtures_byte_for_byte() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let missing = json!({
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "Qwen-Image-Edit-2509-FP8.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "x", "clip": ["1", 1]}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["3", 0],
+              "seed": 1, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "x"}}
+    });
+    let (status, body) = post_prompt(&sim, &json!({"prompt": missing})).await;
+    let expected = fixture("prompt_missing_model_response.txt");
+    assert_eq!(status, 400);
+    assert_eq!(body, expected.lines().next().unwrap());
+
+    let (status, body) = post_prompt(&sim, &json!({"prompt": {"1": {"class_type": "NoSuchNode", "inputs": {}}}})).await;
+    assert_eq!((status, body.as_str()), (400, misc_body("POST /prompt {\"prompt\"").as_str()));
+    let (status, body) = post_prompt(
+        &sim,
+        &json!({"prompt": {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}}}),
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (400, misc_body("POST /prompt with a workflow that has no output node").as_str())
+    );
+    let (status, body) = post_prompt(&sim, &json!({})).await;
+    assert_eq!((status, body.as_str()), (400, misc_body("POST /prompt {} (no prompt key)").as_str()));
+    let r = client().post(format!("{}/prompt", sim.url())).body("garbage").send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!(r.text().await.unwrap(), "500 Internal Server Error\n\nServer got itself in trouble");
+
+    // Range checks, required inputs, bad links, long lists.
+    let wf = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 0, "height": 99999, "batch_size": 1}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["9", 0]}},
+        "4": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "nope"}},
+        "5": {"class_type": "SamplerCustom", "inputs": {"sampler": ["4", 0]}},
+        "6": {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": "x"}}
+    });
+    let (status, body) = post_prompt(&sim, &json!({"prompt": wf})).await;
+    assert_eq!(status, 400, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let types = |id: &str| -> Vec<String> {
+        v["node_errors"][id]["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(types("1"), ["value_smaller_than_min", "value_bigger_than_max", "required_input_missing"]);
+    assert_eq!(v["node_errors"]["1"]["errors"][0]["message"], "Value 0 smaller than min of 1");
+    assert_eq!(types("3"), ["bad_linked_input"]);
+    assert_eq!(types("4"), ["value_not_in_list"]);
+    let nl = &v["node_errors"]["4"]["errors"][0];
+    assert!(nl["details"].as_str().unwrap().starts_with("sampler_name: 'nope' not in (list of length "));
+    assert_eq!(nl["extra_info"]["input_config"], Value::Null);
+}
+
+#[tokio::test]
+async fn job_ws_order_history_and_view_match_fixtures() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let ws_url = format!("ws://{}/ws?clientId=capture-client-1", sim.addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    let first = ws.next().await.unwrap().unwrap();
+    assert_eq!(
+        first.into_text().unwrap().as_str(),
+        r#"{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "capture-client-1"}}"#
+    );
+
+    // Raw text: node order "1", "3", "2" as in the capture (serde_json would sort the keys).
+    let body = r#"{"prompt": {"1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 16, "batch_size": 1, "color": 16711680}},
+        "3": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 31, "sigma": 10.0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "capture"}}},
+        "client_id": "capture-client-1", "extra_data": {"sim_duration_ms": 30}}"#;
+    let (status, resp) = post_prompt_raw(&sim, body.to_string()).await;
+    assert_eq!(status, 200, "{resp}");
+    let resp: Value = serde_json::from_str(&resp).unwrap();
+    let pid = resp["prompt_id"].as_str().unwrap().to_string();
+    assert_eq!(resp["number"], 0);
+    assert_eq!(resp["node_errors"], json!({}));
+
+    let mut got: Vec<Value> = vec![serde_json::from_str(&fixture("ws_transcript_job.json")).unwrap()];
+    got.clear();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let msg = tokio::time::timeout_at(deadline.into(), ws.next()).await.unwrap().unwrap().unwrap();
+        let Message::Text(t) = msg else { continue };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        let done = v["type"] == "executing" && v["data"]["node"].is_null();
+        got.push(v);
+        if done {
+            break;
+        }
+    }
+    let transcript: Value = serde_json::from_str(&fixture("ws_transcript_job.json")).unwrap();
+    let want: Vec<Value> = transcript.as_array().unwrap().iter().skip(1).map(|m| m["data"].clone()).collect();
+    let types = |v: &[Value]| v.iter().map(|m| m["type"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(types(&got), types(&want));
+    // Same keys in every message (ids and timestamps differ).
+    let strip = |v: &Value| -> Value {
+        let s = v.to_string().replace(&pid, "PID").replace("c89f03b2-4f51-4355-9d9d-df05bc718291", "PID");
+        let mut v: Value = serde_json::from_str(&s).unwrap();
+        if let Some(d) = v.get_mut("data").and_then(Value::as_object_mut)
+            && d.contains_key("timestamp")
+        {
+            d.insert("timestamp".into(), json!(0));
+        }
+        v
+    };
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(strip(g), strip(w));
+    }
+
+    let entry = wait_history(&sim, &pid).await;
+    let fixture_one: Value = serde_json::from_str(&fixture("history_one.json")).unwrap();
+    let fixture_entry = fixture_one.as_object().unwrap().values().next().unwrap();
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&entry), keys(fixture_entry));
+    assert_eq!(entry["outputs"], fixture_entry["outputs"]);
+    assert_eq!(entry["meta"], fixture_entry["meta"]);
+    assert_eq!(entry["prompt"][4], json!(["2"]));
+    assert_eq!(entry["prompt"][3], json!({"sim_duration_ms": 30, "client_id": "capture-client-1"}));
+    assert_eq!(entry["status"]["status_str"], "success");
+    let msg_types: Vec<&str> =
+        entry["status"]["messages"].as_array().unwrap().iter().map(|m| m[0].as_str().unwrap()).collect();
+    assert_eq!(msg_types, ["execution_start", "execution_cached", "execution_success"]);
+    // Raw text keeps the client's node order.
+    let raw = client().get(format!("{}/history/{pid}", sim.url())).send().await.unwrap().text().await.unwrap();
+    assert!(raw.contains(r#"{"1": {"class_type": "EmptyImage""#), "{raw}");
+    assert!(raw.find(r#""3": {"class_type""#).unwrap() < raw.find(r#""2": {"class_type""#).unwrap());
+
+    let r = client()
+        .get(format!("{}/view?filename=capture_00001_.png&type=output&subfolder=", sim.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    assert_eq!(r.headers()["content-disposition"], "filename=\"capture_00001_.png\"");
+    let len: usize = r.headers()["content-length"].to_str().unwrap().parse().unwrap();
+    let bytes = r.bytes().await.unwrap();
+    assert_eq!(bytes.len(), len);
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes.to_vec()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (32, 16));
+    assert_eq!(&buf[..3], &[0xff, 0, 0]);
+
+    // The next one gets the next counter.
+    let (_, resp) = post_prompt(&sim, &json!({"prompt": workflow("capture", 1, false)})).await;
+    let pid2 = serde_json::from_str::<Value>(&resp).unwrap()["prompt_id"].as_str().unwrap().to_string();
+    let entry2 = wait_history(&sim, &pid2).await;
+    assert_eq!(entry2["outputs"]["2"]["images"][0]["filename"], "capture_00002_.png");
+    let all: Value =
+        client().get(format!("{}/history?max_items=1", sim.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(keys(&all), vec![pid2.clone()]);
+
+    for (q, code) in [
+        ("filename=../../etc/passwd&type=output", 400),
+        ("filename=capture_00001_.png&type=output&subfolder=../..", 403),
+        ("filename=absent.png&type=output", 404),
+        ("filename=capture_00001_.png&type=bogus", 400),
+    ] {
+        let r = client().get(format!("{}/view?{q}", sim.url())).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), code, "{q}");
+    }
+    ws.close(None).await.ok();
+}
+
+#[tokio::test]
+async fn queue_busy_shape_interrupt_and_client_prompt_id() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let long = json!({"sim_duration_ms": 60_000});
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let body = json!({"prompt": workflow("busy", i, true), "client_id": "c2", "extra_data": long,
+                          "prompt_id": format!("id-{i}")});
+        let (status, resp) = post_prompt(&sim, &body).await;
+        assert_eq!(status, 200, "{resp}");
+        assert_eq!(resp, format!(r#"{{"prompt_id": "id-{i}", "number": {i}, "node_errors": {{}}}}"#));
+        ids.push(format!("id-{i}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let q: Value = loop {
+        let q: Value = client().get(format!("{}/queue", sim.url())).send().await.unwrap().json().await.unwrap();
+        if q["queue_running"].as_array().unwrap().len() == 1 {
+            break q;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let busy: Value = serde_json::from_str(&fixture("queue_busy.json")).unwrap();
+    assert_eq!(q["queue_pending"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        q["queue_running"][0][2].as_object().unwrap().len(),
+        busy["queue_running"][0][2].as_object().unwrap().len()
+    );
+    assert_eq!(q["queue_running"][0][1], "id-0");
+    let p = client().get(format!("{}/prompt", sim.url())).send().await.unwrap().text().await.unwrap();
+    assert_eq!(p, fixture("prompt_get_busy.json").trim());
+
+    // Delete one pending, interrupt the running one with a wrong id (no effect) and then the right id.
+    let r =
+        client().post(format!("{}/queue", sim.url())).json(&json!({"delete": ["id-2", "nope"]})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap().is_empty());
+    client().post(format!("{}/interrupt", sim.url())).json(&json!({"prompt_id": "id-1"})).send().await.unwrap();
+    client().post(format!("{}/interrupt", sim.url())).json(&json!({"prompt_id": "id-0"})).send().await.unwrap();
+    let entry = wait_history(&sim, "id-0").await;
+    assert_eq!(entry["status"]["status_str"], "error");
+    assert_eq!(entry["status"]["completed"], false);
+    assert_eq!(entry["status"]["messages"][2][0], "execution_interrupted");
+    // id-1 runs next; clear nothing else pending, interrupt without id.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let q: Value = client().get(format!("{}/queue", sim.url())).send().await.unwrap().json().await.unwrap();
+        if q["queue_running"][0][1] == "id-1" {
+            assert_eq!(q["queue_pending"], json!([]));
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client().post(format!("{}/interrupt", sim.url())).send().await.unwrap();
+    let entry = wait_history(&sim, "id-1").await;
+    assert_eq!(entry["status"]["status_str"], "error");
+    let h: Value = client().get(format!("{}/history", sim.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(h.as_object().unwrap().len(), 2);
+    client().post(format!("{}/history", sim.url())).json(&json!({"delete": ["id-0"]})).send().await.unwrap();
+    let h: Value = client().get(format!("{}/history", sim.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(h.as_object().unwrap().keys().collect::<Vec<_>>(), vec!["id-1"]);
+}
+
+#[tokio::test]
+async fn upload_streams_200_mb_and_view_returns_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim =
+        Simulator::start(SimConfig { data_dir: Some(dir.path().to_path_buf()), ..SimConfig::default() }).await.unwrap();
+    const CHUNK: usize = 1024 * 1024;
+    const N: usize = 200;
+    let stream = futures_util::stream::iter((0..N).map(|i| Ok::<_, std::io::Error>(vec![(i % 251) as u8; CHUNK])));
+    let part = reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), (CHUNK * N) as u64)
+        .file_name("big.bin");
+    let form = reqwest::multipart::Form::new().part("image", part).text("subfolder", "sub");
+    let r = client().post(format!("{}/upload/image", sim.url())).multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), r#"{"name": "big.bin", "subfolder": "sub", "type": "input"}"#);
+    let on_disk = dir.path().join("input/sub/big.bin");
+    assert_eq!(std::fs::metadata(&on_disk).unwrap().len(), (CHUNK * N) as u64);
+    let r = client().get(format!("{}/view?filename=big.bin&type=input&subfolder=sub", sim.url())).send().await.unwrap();
+    assert_eq!(r.headers()["content-length"], (CHUNK * N).to_string().as_str());
+    let mut total = 0usize;
+    let mut s = r.bytes_stream();
+    while let Some(chunk) = s.next().await {
+        total += chunk.unwrap().len();
+    }
+    assert_eq!(total, CHUNK * N);
+
+    // Same name, same bytes: no copy; different bytes: "name (1).ext".
+    let png = comfyui_sim::sample_png();
+    let up = |bytes: Vec<u8>| {
+        let form = reqwest::multipart::Form::new()
+            .part("image", reqwest::multipart::Part::bytes(bytes).file_name("red.png").mime_str("image/png").unwrap());
+        client().post(format!("{}/upload/image", sim.url())).multipart(form).send()
+    };
+    let first = up(png.clone()).await.unwrap().text().await.unwrap();
+    assert_eq!(first, fixture("upload_image_response.json").trim());
+    assert_eq!(up(png.clone()).await.unwrap().text().await.unwrap(), first);
+    let mut other = png.clone();
+    other.push(0);
+    let renamed: Value = up(other).await.unwrap().json().await.unwrap();
+    assert_eq!(renamed["name"], "red (1).png");
+    let got = client().get(format!("{}/view?filename=red.png&type=input", sim.url())).send().await.unwrap();
+    assert_eq!(got.bytes().await.unwrap().to_vec(), png);
+    // An uploaded image is a valid LoadImage choice.
+    let wf = json!({"1": {"class_type": "LoadImage", "inputs": {"image": "red.png"}},
+                    "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}});
+    let (status, body) = post_prompt(&sim, &json!({"prompt": wf})).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn upload_over_limit_is_413() {
+    let sim = Simulator::start(SimConfig { max_upload_bytes: 1000, ..SimConfig::default() }).await.unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part("image", reqwest::multipart::Part::bytes(vec![0u8; 5000]).file_name("x.png"));
+    let r = client().post(format!("{}/upload/image", sim.url())).multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+}
+
+#[tokio::test]
+async fn origin_check_like_comfyui() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let get = |origin: Option<&str>, site: Option<&str>| {
+        let mut rq = client().get(format!("{}/queue", sim.url()));
+        if let Some(o) = origin {
+            rq = rq.header("Origin", o);
+        }
+        if let Some(s) = site {
+            rq = rq.header("Sec-Fetch-Site", s);
+        }
+        rq.send()
+    };
+    assert_eq!(get(Some("http://evil.example"), None).await.unwrap().status(), 403);
+    assert_eq!(get(Some(&sim.url()), None).await.unwrap().status(), 200);
+    assert_eq!(get(None, Some("cross-site")).await.unwrap().status(), 403);
+    assert_eq!(get(None, Some("same-origin")).await.unwrap().status(), 200);
+    // WebSocket upgrade too.
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}/ws?clientId=a",
+        sim.addr()
+    ))
+    .unwrap();
+    req.headers_mut().insert("Origin", "http://evil.example".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_err());
+}
+
+#[tokio::test]
+async fn ws_feature_flags_broadcast_and_reconnect() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", sim.addr())).await.unwrap();
+    let first: Value = serde_json::from_str(&ws.next().await.unwrap().unwrap().into_text().unwrap()).unwrap();
+    assert_eq!(first["data"]["sid"].as_str().unwrap().len(), 32);
+    ws.send(Message::text(r#"{"type": "feature_flags", "data": {"supports_preview_metadata": true}}"#)).await.unwrap();
+    let ff: Value = serde_json::from_str(&ws.next().await.unwrap().unwrap().into_text().unwrap()).unwrap();
+    assert_eq!(ff["type"], "feature_flags");
+    assert_eq!(ff["data"]["max_upload_size"], 1024 * 1024 * 1024);
+    ws.send(Message::Ping(vec![1, 2].into())).await.unwrap();
+    let pong = ws.next().await.unwrap().unwrap();
+    assert!(matches!(pong, Message::Pong(_)));
+
+    // A prompt without client_id: progress is broadcast (executing/executed), but not execution_start.
+    let (_, resp) = post_prompt(&sim, &json!({"prompt": workflow("bc", 5, false)})).await;
+    let pid = serde_json::from_str::<Value>(&resp).unwrap()["prompt_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut types = Vec::new();
+    loop {
+        let msg = tokio::time::timeout_at(deadline.into(), ws.next()).await.unwrap().unwrap().unwrap();
+        let Message::Text(t) = msg else { continue };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        types.push(v["type"].as_str().unwrap().to_string());
+        if v["type"] == "status" && v["data"]["status"]["exec_info"]["queue_remaining"] == 0 {
+            break;
+        }
+    }
+    assert!(types.contains(&"executed".to_string()), "{types:?}");
+    assert!(!types.contains(&"execution_start".to_string()), "{types:?}");
+    wait_history(&sim, &pid).await;
+}
+
+#[tokio::test]
+async fn stop_and_restart_on_the_same_port() {
+    let mut sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let url = sim.url();
+    let (_, resp) = post_prompt(&sim, &json!({"prompt": workflow("rs", 5, false)})).await;
+    let pid = serde_json::from_str::<Value>(&resp).unwrap()["prompt_id"].as_str().unwrap().to_string();
+    wait_history(&sim, &pid).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws?clientId=z", sim.addr())).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+
+    sim.stop().await;
+    assert!(client().get(format!("{url}/queue")).send().await.is_err());
+    // The open WebSocket is dropped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline.into(), ws.next()).await.unwrap() {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+            Some(Ok(_)) => {}
+        }
+    }
+
+    sim.restart().await.unwrap();
+    assert_eq!(sim.url(), url);
+    let h = client().get(format!("{url}/history")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(h, "{}");
+    // Files stay.
+    let r = client().get(format!("{url}/view?filename=rs_00001_.png")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    let reqs = sim.requests();
+    assert!(reqs.iter().any(|r| r.method == "POST" && r.uri == "/prompt"));
+    assert!(reqs.iter().any(|r| r.uri == "/ws?clientId=z" && r.headers.iter().any(|(k, _)| k == "upgrade")));
+    assert_eq!(reqs.last().unwrap().uri, "/view?filename=rs_00001_.png");
+    sim.clear_requests();
+    assert!(sim.requests().is_empty());
+}

@@ -1,0 +1,111 @@
+//! Wiring: builds every service from the configuration and starts the gateway.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::http;
+use crate::proxy::{Proxy, ProxyError};
+use crate::store::{self, StoreError};
+
+/// Shared state of a running gateway.
+pub type AppState = Arc<App>;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A backend URL is unusable.
+    #[error("backend configuration: {0}")]
+    Proxy(#[from] ProxyError),
+    /// TLS files are unusable.
+    #[error("TLS: {0}")]
+    Tls(#[from] http::server::TlsError),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Everything a request handler needs.
+pub struct App {
+    /// The configuration in force.
+    pub config: Config,
+    /// Authentication and accounts.
+    pub auth: Arc<Auth>,
+    /// The proxy to ComfyUI.
+    pub proxy: Proxy,
+    /// `host[:port]` values users reach the gateway by, beyond the request's own `Host`.
+    pub allowed_hosts: Vec<String>,
+    /// Whether the gateway itself serves HTTPS.
+    pub tls: bool,
+}
+
+impl App {
+    /// Builds the services on an opened store.
+    pub fn new(config: Config, store: Arc<dyn store::Store>) -> Result<Self, StartError> {
+        let auth = Arc::new(Auth::new(store, config.auth.clone()));
+        let backend = config.backends.first().cloned().unwrap_or_else(crate::config::BackendConfig::local);
+        let proxy = Proxy::new(&backend, config.server.max_request_body.as_u64(), &config.auth.cookie_name)?;
+        let allowed_hosts = config
+            .server
+            .public_url
+            .iter()
+            .filter_map(|u| u.parse::<::http::Uri>().ok())
+            .filter_map(|u| u.authority().map(|a| a.as_str().to_ascii_lowercase()))
+            .collect();
+        let tls = config.server.tls.is_some();
+        Ok(Self { config, auth, proxy, allowed_hosts, tls })
+    }
+}
+
+/// A started gateway.
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, drains open requests and deregisters from the store.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Binds the listener and starts serving and background maintenance.
+pub async fn start(app: App) -> Result<Running, StartError> {
+    let listen = app.config.server.listen;
+    let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
+    let tls = match &app.config.server.tls {
+        Some(t) => Some(http::server::tls_acceptor(&t.cert_file, &t.key_file)?),
+        None => None,
+    };
+    let header_read_timeout = app.config.server.header_read_timeout;
+    let app: AppState = Arc::new(app);
+    let (shutdown, watch_shutdown) = watch::channel(false);
+    let instance = format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple());
+    let maintenance = tokio::spawn(app.auth.clone().maintain(instance, watch_shutdown.clone()));
+    let server =
+        tokio::spawn(http::server::serve(listener, http::router(app), tls, header_read_timeout, watch_shutdown));
+    Ok(Running { addr, shutdown, tasks: vec![server, maintenance] })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "gateway".to_owned())
+}

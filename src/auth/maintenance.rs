@@ -1,0 +1,109 @@
+//! Keeping a running gateway in step with changes made elsewhere.
+//!
+//! Every revocation bumps an epoch in the store. Each gateway polls it, drops its caches when
+//! it moves, and records the epoch it has applied; the CLI waits for every live gateway to
+//! confirm, so `comfygate token revoke` has taken effect everywhere when it returns.
+//! If the store cannot be read for a while, caches are dropped too: fail closed.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::store::{Store, StoreResult};
+use crate::time::{ms, now_ms};
+
+use super::Auth;
+
+/// A gateway without a heartbeat for this long is considered gone.
+pub const HEARTBEAT_STALE: Duration = Duration::from_secs(5);
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+const RECORD_USE_EVERY: Duration = Duration::from_secs(15);
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+/// How long the cache may be trusted without reading the epoch.
+const TRUST_WITHOUT_STORE: Duration = Duration::from_secs(3);
+
+impl Auth {
+    /// Runs until `shutdown` turns true; `instance` names this process in the store.
+    pub async fn maintain(self: Arc<Self>, instance: String, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.config.revocation_poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut last_ok, mut last_beat, mut last_use, mut last_purge) =
+            (Instant::now(), None::<Instant>, Instant::now(), Instant::now());
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => break,
+            }
+            match self.store.revocation_epoch().await {
+                Ok(epoch) => {
+                    last_ok = Instant::now();
+                    let previous = self.applied_epoch.swap(epoch, Ordering::AcqRel);
+                    if previous != epoch {
+                        self.cache.clear();
+                    }
+                    if previous != epoch || last_beat.is_none_or(|t| t.elapsed() >= HEARTBEAT_EVERY) {
+                        match self.store.heartbeat(&instance, epoch, now_ms()).await {
+                            Ok(()) => last_beat = Some(Instant::now()),
+                            Err(e) => tracing::warn!(error = %e, "cannot record heartbeat"),
+                        }
+                    }
+                }
+                Err(e) => {
+                    if last_ok.elapsed() > TRUST_WITHOUT_STORE {
+                        self.cache.clear();
+                    }
+                    tracing::warn!(error = %e, "cannot read the revocation epoch");
+                }
+            }
+            if last_use.elapsed() >= RECORD_USE_EVERY {
+                last_use = Instant::now();
+                self.record_uses().await;
+            }
+            if last_purge.elapsed() >= PURGE_EVERY {
+                last_purge = Instant::now();
+                let idle_since = now_ms() - ms(self.config.session_idle_timeout);
+                if let Err(e) = self.store.purge_sessions(now_ms(), idle_since).await {
+                    tracing::warn!(error = %e, "cannot purge old sessions");
+                }
+            }
+        }
+        self.record_uses().await;
+        if let Err(e) = self.store.remove_instance(&instance).await {
+            tracing::warn!(error = %e, "cannot deregister this gateway");
+        }
+    }
+
+    /// Writes "last used" times gathered in memory.
+    pub async fn record_uses(&self) {
+        let uses = self.cache.unrecorded_uses();
+        let (sessions, tokens): (Vec<_>, Vec<_>) = uses.into_iter().partition(|(is_session, _, _)| *is_session);
+        let strip = |v: Vec<(bool, i64, i64)>| v.into_iter().map(|(_, id, at)| (id, at)).collect::<Vec<_>>();
+        let (sessions, tokens) = (strip(sessions), strip(tokens));
+        if !sessions.is_empty() {
+            if let Err(e) = self.store.record_session_use(&sessions).await {
+                tracing::warn!(error = %e, "cannot record session use");
+            }
+        }
+        if !tokens.is_empty() {
+            if let Err(e) = self.store.record_token_use(&tokens).await {
+                tracing::warn!(error = %e, "cannot record token use");
+            }
+        }
+    }
+}
+
+/// Waits until every live gateway has applied the current revocation epoch; returns how many
+/// still lag when `timeout` runs out (0 = the change is in force everywhere).
+pub async fn wait_until_applied(store: &dyn Store, timeout: Duration) -> StoreResult<i64> {
+    let epoch = store.revocation_epoch().await?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let lagging = store.lagging_instances(epoch, now_ms() - ms(HEARTBEAT_STALE)).await?;
+        if lagging == 0 || Instant::now() >= deadline {
+            return Ok(lagging);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

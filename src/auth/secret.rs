@@ -1,0 +1,78 @@
+//! Secrets: generation, digests and constant-time comparison.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Every comfygate API token starts with this, so secret scanners can recognise it.
+pub const TOKEN_PREFIX: &str = "cg_";
+
+/// A SHA-256 digest: how tokens and sessions are stored and looked up.
+pub type SecretDigest = [u8; 32];
+
+/// The system's random source failed: nothing secret can be made.
+#[derive(Debug, thiserror::Error)]
+#[error("the operating system's random generator failed")]
+pub struct RandomUnavailable;
+
+/// 256 random bits, base64url without padding (43 characters).
+pub fn random_secret() -> Result<String, RandomUnavailable> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|_| RandomUnavailable)?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// A new API token: `cg_` + 256 random bits.
+pub fn new_api_token() -> Result<String, RandomUnavailable> {
+    Ok(format!("{TOKEN_PREFIX}{}", random_secret()?))
+}
+
+/// SHA-256 of a presented secret.
+pub fn digest(secret: &str) -> SecretDigest {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Lower-case hex of a digest, as stored.
+pub fn hex(digest: &SecretDigest) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares two secrets (or digests) in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.ct_eq(b).into()
+}
+
+/// The start of a token shown in listings (`cg_AbCd1234`), never enough to use it.
+pub fn display_prefix(token: &str) -> String {
+    token.chars().take(11).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn api_tokens_are_prefixed_and_unique() {
+        let a = new_api_token().unwrap();
+        let b = new_api_token().unwrap();
+        assert!(a.starts_with("cg_"));
+        assert_eq!(a.len(), 46);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn digest_hex_is_64_lowercase_chars() {
+        let h = hex(&digest("cg_x"));
+        assert_eq!(h.len(), 64);
+        assert!(h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_values() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,213 @@
+//! `init`, `user`, `token` and `import`: account management against the store, then a wait
+//! until every running gateway has applied the change.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use comfygate::Config;
+use comfygate::auth::accounts::{Accounts, generate_password, parse_expiry};
+use comfygate::auth::legacy::parse_password_file;
+use comfygate::auth::maintenance::wait_until_applied;
+use comfygate::store::{self, Role, Store};
+use comfygate::time::format_ms;
+
+use super::{InitArgs, PasswordSource, TokenCommand, UserCommand};
+
+/// How long to wait for running gateways to confirm a revocation.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn open(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Accounts)> {
+    let store = store::open(&config.store.database_url()).await.context("cannot open the store")?;
+    let accounts = Accounts::new(store.clone(), &config.auth);
+    Ok((store, accounts))
+}
+
+/// `$COMFYGATE_ADMIN_PASSWORD`, or the file named by `$COMFYGATE_ADMIN_PASSWORD_FILE`.
+pub fn admin_password_from_env() -> anyhow::Result<Option<String>> {
+    if let Ok(path) = std::env::var("COMFYGATE_ADMIN_PASSWORD_FILE") {
+        return read_first_line(Path::new(&path)).map(Some);
+    }
+    Ok(std::env::var("COMFYGATE_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty()))
+}
+
+fn read_first_line(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text.lines().next().unwrap_or_default().to_owned())
+}
+
+/// The new password and whether it was generated (then it is printed once).
+fn new_password(source: &PasswordSource) -> anyhow::Result<(String, bool)> {
+    if source.password_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
+        return Ok((line.trim_end_matches(['\r', '\n']).to_owned(), false));
+    }
+    if let Some(path) = &source.password_file {
+        return Ok((read_first_line(path)?, false));
+    }
+    Ok((generate_password()?, true))
+}
+
+async fn confirm_applied(store: &dyn Store) -> anyhow::Result<()> {
+    let lagging = wait_until_applied(store, APPLY_TIMEOUT).await?;
+    if lagging > 0 {
+        eprintln!(
+            "warning: {lagging} running gateway(s) did not confirm within {} s; they apply the change as soon as they reach the store",
+            APPLY_TIMEOUT.as_secs()
+        );
+    }
+    Ok(())
+}
+
+fn role(name: &str) -> Role {
+    if name == "admin" { Role::Admin } else { Role::User }
+}
+
+/// `comfygate init`.
+pub async fn init(config: &Config, args: InitArgs) -> anyhow::Result<()> {
+    let password = match &args.admin_password_file {
+        Some(path) => Some(read_first_line(path)?),
+        None => admin_password_from_env()?,
+    };
+    let (_, accounts) = open(config).await?;
+    match accounts.ensure_first_admin(&args.admin_user, password.as_deref()).await? {
+        Some(first) => {
+            println!("created admin `{}`", first.user.username);
+            if let Some(p) = first.generated_password {
+                println!("password: {p}");
+            }
+        }
+        None => println!("already initialised: users exist, nothing changed"),
+    }
+    Ok(())
+}
+
+/// `comfygate user ...`.
+pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
+    let (store, accounts) = open(config).await?;
+    match command {
+        UserCommand::Add { username, role: r, password } => {
+            let (password, generated) = new_password(&password)?;
+            let user = accounts.create_user(&username, &password, role(&r)).await?;
+            println!("created {} `{}`", user.role, user.username);
+            if generated {
+                println!("password: {password}");
+            }
+        }
+        UserCommand::List => {
+            println!("{:<24} {:<6} {:<9} CREATED", "USER", "ROLE", "STATUS");
+            for u in accounts.list_users().await? {
+                let status = if u.disabled { "disabled" } else { "active" };
+                println!("{:<24} {:<6} {:<9} {}", u.username, u.role, status, format_ms(u.created_at));
+            }
+        }
+        UserCommand::Passwd { username, password } => {
+            let (password, generated) = new_password(&password)?;
+            let user = accounts.set_password(&username, &password).await?;
+            confirm_applied(store.as_ref()).await?;
+            println!("password of `{}` changed; their sessions have ended", user.username);
+            if generated {
+                println!("password: {password}");
+            }
+        }
+        UserCommand::Disable { username } => {
+            let user = accounts.set_disabled(&username, true).await?;
+            confirm_applied(store.as_ref()).await?;
+            println!("disabled `{}`", user.username);
+        }
+        UserCommand::Enable { username } => {
+            let user = accounts.set_disabled(&username, false).await?;
+            confirm_applied(store.as_ref()).await?;
+            println!("enabled `{}`", user.username);
+        }
+        UserCommand::Role { username, role: r } => {
+            let user = accounts.set_role(&username, role(&r)).await?;
+            confirm_applied(store.as_ref()).await?;
+            println!("`{}` is now {}", user.username, r);
+        }
+        UserCommand::Remove { username } => {
+            let user = accounts.remove_user(&username).await?;
+            confirm_applied(store.as_ref()).await?;
+            println!("removed `{}` with their tokens and sessions", user.username);
+        }
+    }
+    Ok(())
+}
+
+/// `comfygate token ...`.
+pub async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
+    let (store, accounts) = open(config).await?;
+    match command {
+        TokenCommand::Create { username, name, expires } => {
+            let issued = accounts.create_token(&username, &name, parse_expiry(&expires)?).await?;
+            let until = issued.token.expires_at.map(format_ms).unwrap_or_else(|| "never".to_owned());
+            eprintln!(
+                "created token `{}` for `{}` (expires: {until}); it is shown only once:",
+                issued.token.name, issued.token.username
+            );
+            println!("{}", issued.secret);
+        }
+        TokenCommand::List { username } => {
+            println!(
+                "{:<6} {:<16} {:<24} {:<12} {:<8} {:<21} {:<21} EXPIRES",
+                "ID", "USER", "NAME", "PREFIX", "STATUS", "CREATED", "LAST USED"
+            );
+            for t in accounts.list_tokens(username.as_deref()).await? {
+                let now = comfygate::time::now_ms();
+                let status = if t.revoked_at.is_some() {
+                    "revoked"
+                } else if t.expires_at.is_some_and(|e| e <= now) {
+                    "expired"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<6} {:<16} {:<24} {:<12} {:<8} {:<21} {:<21} {}",
+                    t.id,
+                    t.username,
+                    t.name,
+                    t.prefix,
+                    status,
+                    format_ms(t.created_at),
+                    t.last_used_at.map(format_ms).unwrap_or_else(|| "never".to_owned()),
+                    t.expires_at.map(format_ms).unwrap_or_else(|| "never".to_owned()),
+                );
+            }
+        }
+        TokenCommand::Revoke { username, token } => {
+            let revoked = accounts.revoke_token(&username, &token).await?;
+            confirm_applied(store.as_ref()).await?;
+            println!("revoked token `{}` (#{}) of `{}`", revoked.name, revoked.id, revoked.username);
+        }
+    }
+    Ok(())
+}
+
+/// `comfygate import comfyui-login PATH`.
+pub async fn import_comfyui_login(
+    config: &Config,
+    path: &PathBuf,
+    username: Option<&str>,
+    keep_legacy_token: bool,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let legacy = parse_password_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let (_, accounts) = open(config).await?;
+    let imported = accounts.import_comfyui_login(&legacy, username, keep_legacy_token).await?;
+    println!(
+        "imported ComfyUI-Login admin `{}`: log in with the old password (it is upgraded to argon2id on first login)",
+        imported.user.username
+    );
+    match imported.legacy_token {
+        Some(t) => println!(
+            "kept the old ComfyUI-Login token as legacy token `{}` (#{}); rotate clients to a cg_ token, then `comfygate token revoke {} {}`",
+            t.name, t.id, t.username, t.name
+        ),
+        None => println!("the old ComfyUI-Login token is NOT accepted (use --keep-legacy-token to keep it working)"),
+    }
+    Ok(())
+}

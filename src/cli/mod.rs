@@ -1,0 +1,207 @@
+//! The command line: parsing, dispatch, and the one mapping from errors to exit codes.
+
+mod accounts;
+mod logging;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use comfygate::Config;
+use comfygate::auth::AccountError;
+use comfygate::config::ConfigError;
+use comfygate::store::StoreError;
+
+/// A secure, multi-user front door for ComfyUI.
+#[derive(Parser)]
+#[command(name = "comfygate", version, about)]
+pub struct Cli {
+    /// Configuration file (default: ./comfygate.toml when it exists).
+    #[arg(long, short, global = true, env = "COMFYGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (creates the first admin on the very first start).
+    Serve,
+    /// Create the first admin non-interactively (for provisioning).
+    Init(InitArgs),
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Import accounts from another tool.
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// Admin user name.
+    #[arg(long, env = "COMFYGATE_ADMIN_USER", default_value = "admin")]
+    admin_user: String,
+    /// Read the admin password from this file (else $COMFYGATE_ADMIN_PASSWORD, else one is generated).
+    #[arg(long, env = "COMFYGATE_ADMIN_PASSWORD_FILE")]
+    admin_password_file: Option<PathBuf>,
+}
+
+/// Where a new password comes from; without either flag one is generated and printed once.
+#[derive(Args)]
+struct PasswordSource {
+    /// Read the password from standard input (first line).
+    #[arg(long, conflicts_with = "password_file")]
+    password_stdin: bool,
+    /// Read the password from a file (first line).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user.
+    Add {
+        /// User name.
+        username: String,
+        /// `user` or `admin`.
+        #[arg(long, default_value = "user", value_parser = ["user", "admin"])]
+        role: String,
+        #[command(flatten)]
+        password: PasswordSource,
+    },
+    /// List users.
+    List,
+    /// Set a user's password (ends all their sessions).
+    Passwd {
+        /// User name.
+        username: String,
+        #[command(flatten)]
+        password: PasswordSource,
+    },
+    /// Disable a user (sessions and tokens stop working at once).
+    Disable {
+        /// User name.
+        username: String,
+    },
+    /// Enable a disabled user.
+    Enable {
+        /// User name.
+        username: String,
+    },
+    /// Change a user's role.
+    Role {
+        /// User name.
+        username: String,
+        /// `user` or `admin`.
+        #[arg(value_parser = ["user", "admin"])]
+        role: String,
+    },
+    /// Delete a user with their tokens and sessions.
+    Remove {
+        /// User name.
+        username: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; prints it once on standard output.
+    Create {
+        /// Owner.
+        username: String,
+        /// A label, unique among the owner's active tokens.
+        #[arg(long)]
+        name: String,
+        /// Lifetime such as 30d or 12h; `never` for none.
+        #[arg(long, default_value = "never")]
+        expires: String,
+    },
+    /// List tokens (of one user, or everyone's).
+    List {
+        /// Owner.
+        username: Option<String>,
+    },
+    /// Revoke a token by name or id (takes effect on the next request).
+    Revoke {
+        /// Owner.
+        username: String,
+        /// Token name or id.
+        token: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// Import ComfyUI-Login's `login/PASSWORD` file as an admin account.
+    ComfyuiLogin {
+        /// Path to the `PASSWORD` file.
+        path: PathBuf,
+        /// User name when the file has none on line 2 (default `admin`).
+        #[arg(long)]
+        username: Option<String>,
+        /// Keep accepting ComfyUI-Login's old token (the hash string) as a revocable legacy token.
+        #[arg(long)]
+        keep_legacy_token: bool,
+    },
+}
+
+/// Exit codes (sysexits): data errors 65, store unavailable 69, configuration 78, other 1.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<ConfigError>().is_some() {
+        return 78;
+    }
+    if let Some(e) = error.downcast_ref::<AccountError>() {
+        return match e {
+            AccountError::Store(_) | AccountError::Hash(_) | AccountError::Random(_) => 69,
+            _ => 65,
+        };
+    }
+    if error.downcast_ref::<StoreError>().is_some() {
+        return 69;
+    }
+    1
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(exit_code(&error))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(cli.config)?;
+    match cli.command {
+        Command::Serve => serve::run(config).await,
+        Command::Init(args) => accounts::init(&config, args).await,
+        Command::User(cmd) => accounts::user(&config, cmd).await,
+        Command::Token(cmd) => accounts::token(&config, cmd).await,
+        Command::Import(ImportCommand::ComfyuiLogin { path, username, keep_legacy_token }) => {
+            accounts::import_comfyui_login(&config, &path, username.as_deref(), keep_legacy_token).await
+        }
+    }
+}
+
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    let default = PathBuf::from("comfygate.toml");
+    let path = path.or_else(|| default.exists().then_some(default));
+    Ok(Config::load(path.as_deref(), std::env::vars())?)
+}

@@ -1,0 +1,60 @@
+//! `comfygate serve`: open the store, make sure an admin exists, start, wait for a signal.
+
+use anyhow::Context;
+
+use comfygate::Config;
+use comfygate::app::{self, App};
+use comfygate::auth::Accounts;
+use comfygate::store;
+
+use super::accounts::admin_password_from_env;
+
+/// Runs the gateway until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    super::logging::init(&config.log)?;
+    let url = config.store.database_url();
+    let store = store::open(&url).await.context("cannot open the store")?;
+
+    let admin_user = std::env::var("COMFYGATE_ADMIN_USER").unwrap_or_else(|_| "admin".to_owned());
+    let admin_password = admin_password_from_env()?;
+    let accounts = Accounts::new(store.clone(), &config.auth);
+    if let Some(first) = accounts.ensure_first_admin(&admin_user, admin_password.as_deref()).await? {
+        println!("comfygate: created the first admin account `{}`", first.user.username);
+        if let Some(password) = first.generated_password {
+            println!("comfygate: its password is: {password}");
+            println!("comfygate: (shown only this once; change it on /comfygate/account after logging in)");
+        }
+    }
+
+    let backends: Vec<String> = config.backends.iter().map(|b| format!("{} → {}", b.name, b.url)).collect();
+    let scheme = if config.server.tls.is_some() { "https" } else { "http" };
+    let running = app::start(App::new(config, store)?).await?;
+    println!("comfygate listening on {scheme}://{} (backends: {})", running.addr, backends.join(", "));
+    tracing::info!(addr = %running.addr, "comfygate started");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,321 @@
+//! Reading the configuration: TOML file, then `COMFYGATE_*` overrides, then validation.
+//!
+//! Environment keys use `__` for nesting: `COMFYGATE_SERVER__LISTEN=0.0.0.0:8080`,
+//! `COMFYGATE_AUTH__SESSION_IDLE_TIMEOUT=1h`. Secrets can come from files:
+//! `COMFYGATE_STORE__URL_FILE=/run/secrets/db_url`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use http::Uri;
+use toml::{Table, Value};
+
+use super::{BackendConfig, Config};
+
+/// `COMFYGATE_*` variables that are not configuration keys.
+pub const RESERVED_ENV: &[&str] = &[
+    "COMFYGATE_CONFIG",
+    "COMFYGATE_LOG",
+    "COMFYGATE_ADMIN_USER",
+    "COMFYGATE_ADMIN_PASSWORD",
+    "COMFYGATE_ADMIN_PASSWORD_FILE",
+    "COMFYGATE_TEST_POSTGRES_URL",
+];
+
+/// Keys that may be read from a file with a `_FILE` variable.
+const FILE_SECRETS: &[&str] = &["store.url"];
+
+const ENV_PREFIX: &str = "COMFYGATE_";
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A key is unknown or its value is invalid.
+    #[error("{origin}: key `{key}`: {message}")]
+    Invalid {
+        /// The file or environment variable the value came from.
+        origin: String,
+        /// The dotted key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads the file (if any) and applies the `COMFYGATE_*` variables from `env`.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let (table, origin) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                (parse_toml(&text, path)?, format!("config file {}", path.display()))
+            }
+            None => (Table::new(), "built-in defaults".to_owned()),
+        };
+        Config::from_table(table, origin, env)
+    }
+
+    /// Parses a TOML document with no environment overrides (examples, tests).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let table = parse_toml(text, Path::new("<text>"))?;
+        Config::from_table(table, "config file <text>".to_owned(), std::iter::empty())
+    }
+
+    fn from_table(
+        mut table: Table,
+        file_origin: String,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let overrides = env_overrides(env)?;
+        for (key, (var, value)) in &overrides {
+            insert(&mut table, key, value.clone()).map_err(|message| ConfigError::Invalid {
+                origin: format!("environment variable {var}"),
+                key: key.clone(),
+                message,
+            })?;
+        }
+        let origin_of = |key: &str| {
+            overrides
+                .iter()
+                .find(|(k, _)| key == k.as_str() || key.starts_with(&format!("{k}.")))
+                .map(|(_, (var, _))| format!("environment variable {var}"))
+                .unwrap_or_else(|| file_origin.clone())
+        };
+        let mut config: Config = serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Invalid { origin: origin_of(&key), key, message: e.inner().to_string() }
+        })?;
+        if config.backends.is_empty() {
+            config.backends.push(BackendConfig::local());
+        }
+        config.validate().map_err(|(key, message)| ConfigError::Invalid { origin: origin_of(&key), key, message })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let mut names = std::collections::HashSet::new();
+        for (i, backend) in self.backends.iter().enumerate() {
+            let at = |field: &str| format!("backends[{i}].{field}");
+            let valid_name = !backend.name.is_empty()
+                && backend.name.len() <= 64
+                && backend.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid_name {
+                return Err((at("name"), "use 1-64 letters, digits, '-' or '_'".to_owned()));
+            }
+            if !names.insert(backend.name.as_str()) {
+                return Err((at("name"), format!("`{}` is used twice", backend.name)));
+            }
+            let url = parse_base_url(&backend.url).map_err(|m| (at("url"), m))?;
+            if url.scheme_str() != Some("http") {
+                return Err((
+                    at("url"),
+                    "backends are reached over plain http:// (put TLS in front of the gateway)".to_owned(),
+                ));
+            }
+            if backend.connect_timeout.is_zero() || backend.response_timeout.is_zero() {
+                return Err((at("connect_timeout"), "timeouts must be greater than zero".to_owned()));
+            }
+        }
+        if let Some(url) = &self.server.public_url {
+            parse_base_url(url).map_err(|m| ("server.public_url".to_owned(), m))?;
+        }
+        let auth = &self.auth;
+        if auth.session_idle_timeout.is_zero() || auth.session_absolute_timeout.is_zero() {
+            return Err(("auth.session_idle_timeout".to_owned(), "must be greater than zero".to_owned()));
+        }
+        let cookie_ok = !auth.cookie_name.is_empty()
+            && auth.cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !cookie_ok {
+            return Err(("auth.cookie_name".to_owned(), "use letters, digits, '-' or '_'".to_owned()));
+        }
+        if auth.hash_concurrency == 0 {
+            return Err(("auth.hash_concurrency".to_owned(), "must be at least 1".to_owned()));
+        }
+        if auth.min_password_length < 8 {
+            return Err(("auth.min_password_length".to_owned(), "must be at least 8".to_owned()));
+        }
+        if auth.login_max_failures == 0 {
+            return Err(("auth.login_max_failures".to_owned(), "must be at least 1".to_owned()));
+        }
+        if auth.revocation_poll_interval.is_zero() {
+            return Err(("auth.revocation_poll_interval".to_owned(), "must be greater than zero".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// Parses `http(s)://host[:port][/]` into a URI without path or query.
+pub(crate) fn parse_base_url(url: &str) -> Result<Uri, String> {
+    let uri: Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("`{url}` must start with http:// or https://")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("`{url}` has no host"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("`{url}` must not have a path or query"));
+    }
+    Ok(uri)
+}
+
+/// Collects `COMFYGATE_*` variables as dotted keys with TOML values.
+fn env_overrides(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<BTreeMap<String, (String, Value)>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else { continue };
+        if RESERVED_ENV.contains(&var.as_str()) || rest.is_empty() {
+            continue;
+        }
+        let key = rest.split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join(".");
+        let file_key = key.strip_suffix("_file").filter(|k| FILE_SECRETS.contains(k));
+        let (key, value) = match file_key {
+            Some(secret_key) => {
+                let text = std::fs::read_to_string(&raw).map_err(|e| ConfigError::Invalid {
+                    origin: format!("environment variable {var}"),
+                    key: secret_key.to_owned(),
+                    message: format!("cannot read {raw}: {e}"),
+                })?;
+                (secret_key.to_owned(), Value::String(text.trim_end_matches(['\r', '\n']).to_owned()))
+            }
+            None => (key, env_value(&raw)),
+        };
+        out.insert(key, (var, value));
+    }
+    Ok(out)
+}
+
+/// An environment value as TOML: arrays, tables, booleans and numbers are parsed, the rest is a string.
+fn env_value(raw: &str) -> Value {
+    let looks_structured = raw.starts_with('[')
+        || raw.starts_with('{')
+        || raw == "true"
+        || raw == "false"
+        || (!raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()));
+    if looks_structured {
+        if let Ok(table) = format!("v = {raw}").parse::<Table>() {
+            if let Some(value) = table.get("v") {
+                return value.clone();
+            }
+        }
+    }
+    Value::String(raw.to_owned())
+}
+
+fn insert(table: &mut Table, key: &str, value: Value) -> Result<(), String> {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().ok_or_else(|| "empty key".to_owned())?;
+    let mut current = table;
+    for part in parts {
+        let entry = current.entry(part.to_owned()).or_insert_with(|| Value::Table(Table::new()));
+        current = entry.as_table_mut().ok_or_else(|| format!("`{part}` is not a section"))?;
+    }
+    current.insert(last.to_owned(), value);
+    Ok(())
+}
+
+fn parse_toml(text: &str, path: &Path) -> Result<Table, ConfigError> {
+    text.parse::<Table>().map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.message().to_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn empty_config_has_one_local_backend() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.backends.len(), 1);
+        assert_eq!(c.backends[0].url, "http://127.0.0.1:8188");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn env_overrides_nested_keys_with_typed_values() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("COMFYGATE_SERVER__LISTEN", "0.0.0.0:9000"),
+                ("COMFYGATE_AUTH__SESSION_IDLE_TIMEOUT", "1h"),
+                ("COMFYGATE_AUTH__LOGIN_MAX_FAILURES", "3"),
+                ("COMFYGATE_BACKENDS", r#"[{name = "gpu0", url = "http://10.0.0.5:8188"}]"#),
+                ("COMFYGATE_LOG", "debug"),
+                ("PATH", "/usr/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 9000);
+        assert_eq!(c.auth.session_idle_timeout.as_secs(), 3600);
+        assert_eq!(c.auth.login_max_failures, 3);
+        assert_eq!(c.backends[0].name, "gpu0");
+    }
+
+    #[test]
+    fn unknown_env_key_is_an_error_naming_the_variable() {
+        let err = Config::load(None, env(&[("COMFYGATE_SERVER__LISEN", "x")])).unwrap_err().to_string();
+        assert!(err.contains("COMFYGATE_SERVER__LISEN"), "{err}");
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error_naming_the_key() {
+        let err = Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\ncolour = 1\n").unwrap_err().to_string();
+        assert!(err.contains("server.colour") || err.contains("colour"), "{err}");
+        assert!(err.contains("config file"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let err = Config::from_toml("[auth]\nsession_idle_timeout = \"soon\"\n").unwrap_err().to_string();
+        assert!(err.contains("auth.session_idle_timeout"), "{err}");
+        let err = Config::from_toml("[[backends]]\nname = \"a\"\nurl = \"ftp://x\"\n").unwrap_err().to_string();
+        assert!(err.contains("backends[0].url"), "{err}");
+        let err = Config::from_toml(
+            "[[backends]]\nname = \"a\"\nurl = \"http://x\"\n[[backends]]\nname = \"a\"\nurl = \"http://y\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("used twice"), "{err}");
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("url");
+        std::fs::write(&file, "postgres://u:p@db/x\n").unwrap();
+        let c = Config::load(None, env(&[("COMFYGATE_STORE__URL_FILE", file.to_str().unwrap())])).unwrap();
+        assert_eq!(c.store.database_url(), "postgres://u:p@db/x");
+        assert!(!format!("{c:?}").contains("u:p@"));
+    }
+
+    #[test]
+    fn broken_toml_is_a_syntax_error() {
+        let err = Config::from_toml("[server\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }));
+    }
+}

@@ -1,0 +1,208 @@
+//! Configuration: defaults → TOML file → `COMFYGATE_*` environment, validated once at start-up.
+//!
+//! Unknown keys and invalid values are errors that name the key; secrets never appear in `Debug`.
+
+mod load;
+mod secret;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+pub use load::{ConfigError, RESERVED_ENV};
+pub use secret::Secret;
+
+/// The whole configuration of one gateway process.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The listening side: address, TLS, proxies in front of the gateway.
+    pub server: ServerConfig,
+    /// Where users, tokens and sessions live.
+    pub store: StoreConfig,
+    /// Accounts, sessions and login protection.
+    pub auth: AuthConfig,
+    /// The ComfyUI servers behind the gateway.
+    pub backends: Vec<BackendConfig>,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// The listening side of the gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// The address users type, e.g. `https://comfy.example.com`; used for origin checks.
+    pub public_url: Option<String>,
+    /// Proxies whose `X-Forwarded-For`/`-Proto`/`-Host` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Serve HTTPS directly with these PEM files.
+    pub tls: Option<TlsConfig>,
+    /// Largest request body forwarded to a backend (uploads), checked while streaming.
+    pub max_request_body: ByteSize,
+    /// Time allowed for a client to send its request headers.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            trusted_proxies: Vec::new(),
+            tls: None,
+            max_request_body: ByteSize::gib(2),
+            header_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// PEM certificate chain and private key for HTTPS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// Private key (PEM, PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// Where the gateway keeps its state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Folder for the embedded SQLite database (created if missing).
+    pub data_dir: PathBuf,
+    /// `sqlite://path` or `postgres://...`; defaults to `sqlite://<data_dir>/comfygate.db`.
+    pub url: Option<Secret>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { data_dir: PathBuf::from("comfygate-data"), url: None }
+    }
+}
+
+impl StoreConfig {
+    /// The database URL to open.
+    pub fn database_url(&self) -> String {
+        match &self.url {
+            Some(url) => url.expose().to_owned(),
+            None => format!("sqlite://{}", self.data_dir.join("comfygate.db").display()),
+        }
+    }
+}
+
+/// Accounts, sessions and login protection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A session unused this long ends.
+    #[serde(with = "humantime_serde")]
+    pub session_idle_timeout: Duration,
+    /// A session ends this long after login, used or not.
+    #[serde(with = "humantime_serde")]
+    pub session_absolute_timeout: Duration,
+    /// Name of the session cookie.
+    pub cookie_name: String,
+    /// Failed logins (per account and per client address) before a lockout starts.
+    pub login_max_failures: u32,
+    /// First lockout; each further failure doubles it up to `login_lockout_max`.
+    #[serde(with = "humantime_serde")]
+    pub login_lockout: Duration,
+    /// Longest lockout.
+    #[serde(with = "humantime_serde")]
+    pub login_lockout_max: Duration,
+    /// Shortest password accepted for new passwords.
+    pub min_password_length: usize,
+    /// Password hashes computed at once (each takes ~19 MiB and a core for ~30 ms).
+    pub hash_concurrency: usize,
+    /// How often a gateway looks for revocations made by other processes (CLI, replicas).
+    #[serde(with = "humantime_serde")]
+    pub revocation_poll_interval: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            session_idle_timeout: Duration::from_secs(24 * 3600),
+            session_absolute_timeout: Duration::from_secs(7 * 24 * 3600),
+            cookie_name: "comfygate_session".to_owned(),
+            login_max_failures: 5,
+            login_lockout: Duration::from_secs(30),
+            login_lockout_max: Duration::from_secs(15 * 60),
+            min_password_length: 10,
+            hash_concurrency: 2,
+            revocation_poll_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// One ComfyUI server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// A short name used in logs and errors.
+    pub name: String,
+    /// Base URL, e.g. `http://127.0.0.1:8188`.
+    pub url: String,
+    /// Time allowed to open a TCP connection.
+    #[serde(with = "humantime_serde", default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Time allowed for response headers once the request body is sent.
+    #[serde(with = "humantime_serde", default = "default_response_timeout")]
+    pub response_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+impl BackendConfig {
+    /// The default backend: a ComfyUI on this machine's standard port.
+    pub fn local() -> Self {
+        Self {
+            name: "local".to_owned(),
+            url: "http://127.0.0.1:8188".to_owned(),
+            connect_timeout: default_connect_timeout(),
+            response_timeout: default_response_timeout(),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `comfygate=debug`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".to_owned(), format: LogFormat::Text }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}

@@ -1,0 +1,45 @@
+//! Browsers navigating to a page get pages, not JSON: an unauthenticated navigation is sent to
+//! the login page (with a safe `next`), and other errors are rendered readably.
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use http::Method;
+use http::header::ACCEPT;
+
+use super::error::ErrorPage;
+use crate::web::page;
+
+/// Whether the request is a browser loading a page (not fetch/XHR, not a WebSocket).
+pub fn is_navigation(req: &Request) -> bool {
+    let accepts_html = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/html"));
+    let fetch_mode = req.headers().get("sec-fetch-mode").and_then(|v| v.to_str().ok());
+    matches!(*req.method(), Method::GET | Method::HEAD)
+        && accepts_html
+        && fetch_mode.is_none_or(|m| m == "navigate")
+        && !crate::proxy::is_upgrade(req.headers())
+        && !req.headers().contains_key(http::header::AUTHORIZATION)
+}
+
+/// The middleware.
+pub async fn render_errors_for_browsers(req: Request, next: Next) -> Response {
+    let navigation = is_navigation(&req);
+    let target = req.uri().path_and_query().map(|pq| pq.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());
+    let response = next.run(req).await;
+    if !navigation {
+        return response;
+    }
+    let Some(error) = response.extensions().get::<ErrorPage>().cloned() else { return response };
+    if error.login_required {
+        return Redirect::to(&format!("/login?next={}", page::url_encode(&page::safe_next(&target)))).into_response();
+    }
+    let status = response.status();
+    let mut page = Html(page::error_page(status, &error.message)).into_response();
+    *page.status_mut() = status;
+    for name in [http::header::RETRY_AFTER, http::header::WWW_AUTHENTICATE] {
+        if let Some(v) = response.headers().get(&name) {
+            page.headers_mut().insert(name, v.clone());
+        }
+    }
+    page
+}

@@ -1,0 +1,53 @@
+//! The authenticated caller of a request, as an extractor: credentials are read, verified, and
+//! a session cookie riding on a cross-site state-changing request or upgrade is refused.
+
+use axum::extract::FromRequestParts;
+use http::request::Parts;
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::auth::{AuthFailure, Identity, Presented, credentials};
+use crate::policy::origin;
+use crate::proxy::is_upgrade;
+
+/// Who is calling, and with what credential.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The verified identity.
+    pub identity: Identity,
+    /// The credential presented (needed for session-bound CSRF tokens).
+    pub presented: Presented,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let presented =
+            credentials::presented(parts, &app.config.auth.cookie_name)?.ok_or(AuthFailure::MissingCredentials)?;
+        let identity = app.auth.authenticate(&presented).await?;
+        if presented.is_ambient() && (origin::is_unsafe(&parts.method) || is_upgrade(&parts.headers)) {
+            if let Some(reason) = origin::cross_site(&parts.headers, &app.allowed_hosts) {
+                tracing::info!(target: "comfygate::audit", event = "cross_site_refused", username = %identity.username, path = %parts.uri.path());
+                return Err(ApiError::Forbidden(reason.to_owned()));
+            }
+        }
+        Ok(Caller { identity, presented })
+    }
+}
+
+/// A caller who must be an admin.
+#[derive(Debug, Clone)]
+pub struct AdminCaller(pub Caller);
+
+impl FromRequestParts<AppState> for AdminCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, app).await?;
+        if !caller.identity.is_admin() {
+            return Err(ApiError::Forbidden("this operation is for admins only".to_owned()));
+        }
+        Ok(AdminCaller(caller))
+    }
+}

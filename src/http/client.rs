@@ -1,0 +1,106 @@
+//! The one place that works out who the client is on the network: its address, the scheme it
+//! used and the host it asked for, believing `X-Forwarded-*` only from trusted proxies.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use http::HeaderValue;
+use http::request::Parts;
+use ipnet::IpNet;
+
+use crate::app::AppState;
+
+/// The client as seen by the gateway.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// The real client address (the first untrusted hop).
+    pub address: IpAddr,
+    /// `X-Forwarded-For` to send on: the trusted chain plus the peer.
+    pub forwarded_chain: String,
+    /// Whether the client used HTTPS (directly or at a trusted proxy).
+    pub https: bool,
+    /// The host the client asked for.
+    pub host: Option<HeaderValue>,
+}
+
+impl ClientInfo {
+    /// Reads the client from a request's connection and headers.
+    pub fn from_parts(parts: &Parts, trusted: &[IpNet], tls: bool) -> Self {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+        let own_host = parts.headers.get(http::header::HOST).cloned();
+        if !is_trusted(&peer) {
+            return Self { address: peer, forwarded_chain: peer.to_string(), https: tls, host: own_host };
+        }
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        let hops: Vec<IpAddr> = header("x-forwarded-for")
+            .map(|v| v.split(',').filter_map(|h| h.trim().parse().ok()).collect())
+            .unwrap_or_default();
+        let address = hops.iter().rev().find(|ip| !is_trusted(ip)).or(hops.first()).copied().unwrap_or(peer);
+        let forwarded_chain = match header("x-forwarded-for") {
+            Some(chain) if !chain.is_empty() => format!("{chain}, {peer}"),
+            _ => peer.to_string(),
+        };
+        let https = match header("x-forwarded-proto").and_then(|v| v.split(',').next()) {
+            Some(proto) => proto.trim().eq_ignore_ascii_case("https"),
+            None => tls,
+        };
+        let host = parts.headers.get("x-forwarded-host").cloned().or(own_host);
+        Self { address, forwarded_chain, https, host }
+    }
+}
+
+impl FromRequestParts<AppState> for ClientInfo {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(ClientInfo::from_parts(parts, &app.config.server.trusted_proxies, app.tls))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parts(peer: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::builder().uri("/").header("host", "gw:8080");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let mut p = b.body(()).unwrap().into_parts().0;
+        p.extensions.insert(ConnectInfo(format!("{peer}:5000").parse::<SocketAddr>().unwrap()));
+        p
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_spoof_forwarding_headers() {
+        let p = parts("198.51.100.7", &[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "https")]);
+        let c = ClientInfo::from_parts(&p, &[], false);
+        assert_eq!(c.address.to_string(), "198.51.100.7");
+        assert_eq!(c.forwarded_chain, "198.51.100.7");
+        assert!(!c.https);
+    }
+
+    #[test]
+    fn trusted_proxies_are_believed() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let p = parts(
+            "10.0.0.2",
+            &[
+                ("x-forwarded-for", "203.0.113.5, 10.0.0.9"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "comfy.example"),
+            ],
+        );
+        let c = ClientInfo::from_parts(&p, &trusted, false);
+        assert_eq!(c.address.to_string(), "203.0.113.5");
+        assert_eq!(c.forwarded_chain, "203.0.113.5, 10.0.0.9, 10.0.0.2");
+        assert!(c.https);
+        assert_eq!(c.host.unwrap(), "comfy.example");
+    }
+}

@@ -1,0 +1,210 @@
+//! The one place that turns errors into responses.
+//!
+//! API clients get `{"error": "<what happened and what to do>", "code": "<stable code>"}` with
+//! the right status; browsers navigating get the same as a readable page (see [`super::browser`]).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+
+use crate::auth::{AccountError, AuthFailure, LoginFailure};
+use crate::policy::PathError;
+use crate::proxy::ProxyError;
+
+/// Every error a request can end with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The client sent something invalid.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Not authenticated.
+    #[error(transparent)]
+    Unauthenticated(#[from] AuthFailure),
+    /// Authenticated, not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Nothing there.
+    #[error("{0}")]
+    NotFound(String),
+    /// Clashes with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// Body too large.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Slow down.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What happened.
+        message: String,
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// The backend failed.
+    #[error("{0}")]
+    BadGateway(String),
+    /// The backend was too slow.
+    #[error("{0}")]
+    GatewayTimeout(String),
+    /// A dependency (the store) is down.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure; details are logged, not shown.
+    #[error("internal error")]
+    Internal,
+}
+
+/// Attached to error responses so the browser layer can render them as pages.
+#[derive(Debug, Clone)]
+pub struct ErrorPage {
+    /// The message shown.
+    pub message: String,
+    /// Whether logging in would help.
+    pub login_required: bool,
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated(AuthFailure::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthenticated(f) => f.code(),
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::TooManyRequests { .. } => "too_many_requests",
+            ApiError::BadGateway(_) => "backend_unavailable",
+            ApiError::GatewayTimeout(_) => "backend_timeout",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal => "internal_error",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = self.to_string();
+        let body = serde_json::json!({ "error": message, "code": self.code() });
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unauthenticated(failure) if status == StatusCode::UNAUTHORIZED => {
+                let challenge = match failure {
+                    AuthFailure::MissingCredentials => "Bearer realm=\"comfygate\"".to_owned(),
+                    other => format!(
+                        "Bearer realm=\"comfygate\", error=\"invalid_token\", error_description=\"{}\"",
+                        other.code()
+                    ),
+                };
+                if let Ok(v) = HeaderValue::from_str(&challenge) {
+                    headers.insert(WWW_AUTHENTICATE, v);
+                }
+            }
+            ApiError::TooManyRequests { retry_after, .. } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+            }
+            ApiError::Unavailable(_) | ApiError::Unauthenticated(AuthFailure::Unavailable) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(5u64));
+            }
+            _ => {}
+        }
+        let login_required = matches!(self, ApiError::Unauthenticated(ref f) if status == StatusCode::UNAUTHORIZED && f != &AuthFailure::Unavailable);
+        response.extensions_mut().insert(ErrorPage { message, login_required });
+        response
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        ApiError::BadRequest(format!("invalid JSON body: {}", e.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::FormRejection> for ApiError {
+    fn from(e: axum::extract::rejection::FormRejection) -> Self {
+        ApiError::BadRequest(format!("invalid form: {}", e.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::BadRequest(format!("invalid query: {}", e.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(e: axum::extract::rejection::PathRejection) -> Self {
+        ApiError::BadRequest(format!("invalid path: {}", e.body_text()))
+    }
+}
+
+impl From<PathError> for ApiError {
+    fn from(e: PathError) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+impl From<ProxyError> for ApiError {
+    fn from(e: ProxyError) -> Self {
+        match e {
+            ProxyError::Unreachable { .. } => ApiError::BadGateway(e.to_string()),
+            ProxyError::Timeout { .. } => ApiError::GatewayTimeout(e.to_string()),
+            ProxyError::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
+            ProxyError::NotUpgradable | ProxyError::BadTarget => ApiError::BadRequest(e.to_string()),
+        }
+    }
+}
+
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::InvalidUsername(_)
+            | AccountError::BadPassword { .. }
+            | AccountError::InvalidTokenName(_)
+            | AccountError::InvalidExpiry(_)
+            | AccountError::Import(_) => ApiError::BadRequest(e.to_string()),
+            AccountError::UserExists(_) | AccountError::TokenNameTaken(_) | AccountError::LastAdmin => {
+                ApiError::Conflict(e.to_string())
+            }
+            AccountError::NoSuchUser(_) | AccountError::NoSuchToken(_) => ApiError::NotFound(e.to_string()),
+            AccountError::Hash(_) | AccountError::Random(_) | AccountError::Store(_) => {
+                tracing::error!(error = %e, "account operation failed");
+                ApiError::Unavailable("the account store is temporarily unavailable".to_owned())
+            }
+        }
+    }
+}
+
+impl From<LoginFailure> for ApiError {
+    fn from(e: LoginFailure) -> Self {
+        match e {
+            LoginFailure::InvalidCredentials => ApiError::Unauthenticated(AuthFailure::BadLogin),
+            LoginFailure::Disabled => ApiError::Unauthenticated(AuthFailure::UserDisabled),
+            LoginFailure::LockedOut(retry_after) => ApiError::TooManyRequests { message: e.to_string(), retry_after },
+            LoginFailure::Unavailable => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}

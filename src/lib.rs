@@ -1,0 +1,20 @@
+//! comfygate: a secure, multi-user front door for ComfyUI servers.
+//!
+//! The request path reads top to bottom through the modules:
+//! [`http`] (edge: listener, TLS, client address, errors) → [`auth`] (who is asking) →
+//! [`policy`] (what they may do) → [`web`] (the gateway's own pages and API) or
+//! [`proxy`] (everything else, streamed to ComfyUI). [`store`] holds users, tokens and sessions.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod policy;
+pub mod proxy;
+pub mod store;
+pub mod time;
+pub mod web;
+
+pub use app::App;
+pub use config::Config;

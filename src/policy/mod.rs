@@ -1,0 +1,12 @@
+//! Policy: what a caller may do with a request, decided on one normalised view of its path.
+//!
+//! [`path`] turns the raw path into the segments ComfyUI will route on (and the exact path
+//! forwarded, so both agree); [`routes`] puts the route in a class; [`origin`] refuses
+//! cross-site requests that ride on a browser's session cookie.
+
+pub mod origin;
+pub mod path;
+pub mod routes;
+
+pub use path::{NormalizedPath, PathError, normalize};
+pub use routes::{RouteClass, classify};

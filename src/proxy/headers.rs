@@ -1,0 +1,212 @@
+//! Header rewriting between client and ComfyUI.
+//!
+//! Toward ComfyUI: hop-by-hop headers go (RFC 9110 §7.6.1), the gateway's credentials go,
+//! `comfy-user` is set from the authenticated user (never from the client), forwarding headers
+//! are set, and `Origin` / `Sec-Fetch-*` are rewritten so ComfyUI's own origin check (403 when
+//! a loopback `Host` meets a foreign `Origin`) passes: the gateway has already checked them.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::auth::credentials::strip_session_cookie;
+
+/// Headers that describe one connection, not the message.
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The header ComfyUI `--multi-user` trusts to name the user.
+pub const COMFY_USER: HeaderName = HeaderName::from_static("comfy-user");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const SEC_FETCH: &[&str] = &["sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest", "sec-fetch-user"];
+
+/// Whether the request asks for a WebSocket (or other) protocol upgrade.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP).chain([&KEEP_ALIVE, &PROXY_CONNECTION]) {
+        headers.remove(name);
+    }
+}
+
+/// What the proxy knows about the client when rewriting a request.
+pub struct ForwardedFor<'a> {
+    /// `X-Forwarded-For` value to send (trusted chain plus the peer).
+    pub chain: &'a str,
+    /// `http` or `https`, as the client used.
+    pub proto: &'a str,
+    /// The host the client asked for.
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// Rewrites a client's request headers for ComfyUI.
+pub fn prepare_request(
+    headers: &mut HeaderMap,
+    username: &str,
+    cookie_name: &str,
+    backend_authority: &HeaderValue,
+    backend_origin: &HeaderValue,
+    forwarded: &ForwardedFor<'_>,
+) {
+    let upgrade = headers.get(header::UPGRADE).cloned();
+    remove_hop_by_hop(headers);
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+
+    headers.remove(header::AUTHORIZATION);
+    let cookies: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| strip_session_cookie(v, cookie_name))
+        .collect();
+    headers.remove(header::COOKIE);
+    if !cookies.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&cookies.join("; ")) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+
+    headers.remove(COMFY_USER);
+    if let Ok(v) = HeaderValue::from_str(username) {
+        headers.insert(COMFY_USER, v);
+    }
+
+    if headers.contains_key(header::ORIGIN) {
+        headers.insert(header::ORIGIN, backend_origin.clone());
+    }
+    for name in SEC_FETCH {
+        headers.remove(*name);
+    }
+
+    headers.remove(FORWARDED);
+    headers.remove(X_FORWARDED_HOST);
+    if let Ok(v) = HeaderValue::from_str(forwarded.chain) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers
+        .insert(X_FORWARDED_PROTO, HeaderValue::from_static(if forwarded.proto == "https" { "https" } else { "http" }));
+    if let Some(host) = forwarded.host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+    headers.insert(header::HOST, backend_authority.clone());
+}
+
+/// Rewrites ComfyUI's response headers for the client.
+pub fn prepare_response(headers: &mut HeaderMap, upgraded: bool) {
+    let upgrade = headers.get(header::UPGRADE).cloned();
+    remove_hop_by_hop(headers);
+    if let (true, Some(protocol)) = (upgraded, upgrade) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn prepare(h: &mut HeaderMap) {
+        let host = HeaderValue::from_static("gw.example:8080");
+        let fwd = ForwardedFor { chain: "203.0.113.9", proto: "https", host: Some(&host) };
+        prepare_request(
+            h,
+            "alice",
+            "cg_session",
+            &HeaderValue::from_static("127.0.0.1:8188"),
+            &HeaderValue::from_static("http://127.0.0.1:8188"),
+            &fwd,
+        );
+    }
+
+    #[test]
+    fn credentials_and_spoofed_identity_never_reach_comfyui() {
+        let mut h = headers(&[
+            ("authorization", "Bearer cg_secret"),
+            ("cookie", "cg_session=abc; theme=dark"),
+            ("comfy-user", "admin"),
+            ("comfy-user", "root"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        prepare(&mut h);
+        assert!(h.get("authorization").is_none());
+        assert_eq!(h.get("cookie").unwrap(), "theme=dark");
+        assert_eq!(h.get_all("comfy-user").iter().collect::<Vec<_>>(), ["alice"]);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.9");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "gw.example:8080");
+        assert!(h.get("forwarded").is_none());
+        assert_eq!(h.get("host").unwrap(), "127.0.0.1:8188");
+    }
+
+    #[test]
+    fn origin_is_rewritten_and_fetch_metadata_dropped() {
+        let mut h = headers(&[("origin", "https://gw.example:8080"), ("sec-fetch-site", "same-origin")]);
+        prepare(&mut h);
+        assert_eq!(h.get("origin").unwrap(), "http://127.0.0.1:8188");
+        assert!(h.get("sec-fetch-site").is_none());
+        let mut h = headers(&[]);
+        prepare(&mut h);
+        assert!(h.get("origin").is_none());
+    }
+
+    #[test]
+    fn upgrade_detection_reads_connection_tokens() {
+        assert!(is_upgrade(&headers(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")])));
+        assert!(!is_upgrade(&headers(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_but_upgrades_are_kept() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "1"),
+            ("keep-alive", "5"),
+            ("te", "trailers"),
+        ]);
+        prepare(&mut h);
+        assert!(h.get("x-private").is_none() && h.get("keep-alive").is_none() && h.get("te").is_none());
+        assert!(h.get("connection").is_none());
+        let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        prepare(&mut h);
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+    }
+}

@@ -1,0 +1,186 @@
+//! The generic streaming proxy to ComfyUI: bodies stream both ways, WebSocket upgrades are
+//! tunnelled, and every failure of the backend becomes a clear error instead of a hang.
+
+pub mod body;
+pub mod headers;
+mod upgrade;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::auth::credentials::strip_query_token;
+use crate::config::BackendConfig;
+
+pub use headers::{ForwardedFor, is_upgrade};
+
+/// Why a request could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No connection to the backend (down, refused, reset).
+    #[error("ComfyUI backend `{backend}` is unreachable: {detail}")]
+    Unreachable {
+        /// Backend name.
+        backend: String,
+        /// What failed.
+        detail: String,
+    },
+    /// No response headers in time.
+    #[error("ComfyUI backend `{backend}` did not answer within {} s", timeout.as_secs())]
+    Timeout {
+        /// Backend name.
+        backend: String,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// The request body exceeds the limit.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// An upgrade was asked for on a connection that cannot upgrade (HTTP/2).
+    #[error("WebSocket upgrades need an HTTP/1.1 connection")]
+    NotUpgradable,
+    /// The target URI could not be built.
+    #[error("invalid request target")]
+    BadTarget,
+}
+
+struct Upstream {
+    name: String,
+    authority: Authority,
+    host_header: HeaderValue,
+    origin: HeaderValue,
+    response_timeout: Duration,
+}
+
+/// Forwards requests to one ComfyUI backend.
+pub struct Proxy {
+    client: Client<HttpConnector, Body>,
+    upstream: Upstream,
+    max_body: u64,
+    cookie_name: String,
+}
+
+impl Proxy {
+    /// A proxy to `backend`, refusing bodies over `max_body` bytes.
+    pub fn new(backend: &BackendConfig, max_body: u64, cookie_name: &str) -> Result<Self, ProxyError> {
+        let uri: Uri = backend.url.parse().map_err(|_| ProxyError::BadTarget)?;
+        let authority = uri.authority().cloned().ok_or(ProxyError::BadTarget)?;
+        let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::BadTarget)?;
+        let origin = HeaderValue::from_str(&format!("http://{authority}")).map_err(|_| ProxyError::BadTarget)?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(backend.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .http1_preserve_header_case(true)
+            .build(connector);
+        Ok(Self {
+            client,
+            upstream: Upstream {
+                name: backend.name.clone(),
+                authority,
+                host_header,
+                origin,
+                response_timeout: backend.response_timeout,
+            },
+            max_body,
+            cookie_name: cookie_name.to_owned(),
+        })
+    }
+
+    /// The backend's name.
+    pub fn backend_name(&self) -> &str {
+        &self.upstream.name
+    }
+
+    /// Forwards `req` (whose path is already the canonical `path`) as `username`.
+    pub async fn forward(
+        &self,
+        req: Request<Body>,
+        path: &str,
+        username: &str,
+        forwarded: &ForwardedFor<'_>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        let path_and_query = match parts.uri.query().and_then(strip_query_token) {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_owned(),
+        };
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.upstream.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| ProxyError::BadTarget)?;
+
+        let client_upgrade = if is_upgrade(&parts.headers) {
+            Some(parts.extensions.remove::<hyper::upgrade::OnUpgrade>().ok_or(ProxyError::NotUpgradable)?)
+        } else {
+            None
+        };
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_body) {
+            return Err(ProxyError::TooLarge { limit: self.max_body });
+        }
+        headers::prepare_request(
+            &mut parts.headers,
+            username,
+            &self.cookie_name,
+            &self.upstream.host_header,
+            &self.upstream.origin,
+            forwarded,
+        );
+
+        let (body, sent) = body::ForwardBody::new(body, self.max_body);
+        let mut upstream_req = Request::new(Body::new(body));
+        *upstream_req.method_mut() = parts.method;
+        *upstream_req.uri_mut() = uri;
+        *upstream_req.version_mut() = Version::HTTP_11;
+        *upstream_req.headers_mut() = parts.headers;
+
+        let timeout = self.upstream.response_timeout;
+        let mut response = tokio::select! {
+            result = self.client.request(upstream_req) => result.map_err(|e| self.failure(&e))?,
+            () = async { let _ = sent.await; tokio::time::sleep(timeout).await; } => {
+                return Err(ProxyError::Timeout { backend: self.upstream.name.clone(), timeout });
+            }
+        };
+
+        if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) = (response.status(), client_upgrade) {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            upgrade::spawn_tunnel(client_upgrade, upstream_upgrade);
+            let (mut parts, _) = response.into_parts();
+            headers::prepare_response(&mut parts.headers, true);
+            return Ok(Response::from_parts(parts, Body::empty()));
+        }
+        let (mut parts, incoming) = response.into_parts();
+        headers::prepare_response(&mut parts.headers, false);
+        Ok(Response::from_parts(parts, Body::new(incoming)))
+    }
+
+    fn failure(&self, error: &hyper_util::client::legacy::Error) -> ProxyError {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(e) = source {
+            if e.downcast_ref::<body::TooLarge>().is_some() {
+                return ProxyError::TooLarge { limit: self.max_body };
+            }
+            source = e.source();
+        }
+        let detail = if error.is_connect() { "connection failed" } else { "connection lost" };
+        tracing::warn!(backend = %self.upstream.name, error = ?error, "backend request failed");
+        ProxyError::Unreachable { backend: self.upstream.name.clone(), detail: detail.to_owned() }
+    }
+}

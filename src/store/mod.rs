@@ -1,0 +1,119 @@
+//! The gateway's state: users, API tokens, sessions and the revocation epoch.
+//!
+//! Reached only through the [`Store`] trait, with one implementation per database
+//! ([`sqlite`], [`postgres`]) sharing the same SQL ([`sql`]) and mirrored migrations.
+
+mod model;
+mod postgres;
+mod sql;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use model::{ApiToken, NewSession, NewToken, NewUser, Role, Session, TokenKind, User};
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique name is taken.
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// The database said no.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value makes no sense (hand-edited database?).
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    /// The URL names no supported database.
+    #[error("unsupported database URL (use sqlite://path or postgres://...)")]
+    UnsupportedUrl,
+    /// The data folder could not be created.
+    #[error("cannot create data folder {path}: {source}")]
+    DataDir {
+        /// The folder.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Shorthand for store results.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A batch of "last used at" times: `(id, unix ms)`.
+pub type UseTimes = [(i64, i64)];
+
+/// Everything the gateway keeps, whatever the database.
+///
+/// Every method that revokes access (password change, disable, delete, token or session
+/// revocation) also bumps the revocation epoch in the same transaction.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a user; [`StoreError::Conflict`] if the name is taken.
+    async fn create_user(&self, new: NewUser) -> StoreResult<User>;
+    /// A user by (lower-case) name.
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<User>>;
+    /// Every user, by name.
+    async fn list_users(&self) -> StoreResult<Vec<User>>;
+    /// How many users exist.
+    async fn count_users(&self) -> StoreResult<i64>;
+    /// How many enabled admins exist.
+    async fn count_active_admins(&self) -> StoreResult<i64>;
+    /// Sets a new password hash and ends every session of the user.
+    async fn set_password(&self, user_id: i64, password_hash: &str) -> StoreResult<()>;
+    /// Replaces the hash of the same password (argon2id upgrade); sessions stay.
+    async fn rehash_password(&self, user_id: i64, password_hash: &str) -> StoreResult<()>;
+    /// Disables or enables a user; disabling ends every session.
+    async fn set_disabled(&self, user_id: i64, disabled: bool) -> StoreResult<()>;
+    /// Changes a user's role.
+    async fn set_role(&self, user_id: i64, role: Role) -> StoreResult<()>;
+    /// Deletes a user with its tokens and sessions.
+    async fn delete_user(&self, user_id: i64) -> StoreResult<()>;
+
+    /// Stores a new token (its hash only).
+    async fn create_token(&self, new: NewToken) -> StoreResult<ApiToken>;
+    /// Tokens of one user, or of everyone.
+    async fn list_tokens(&self, user_id: Option<i64>) -> StoreResult<Vec<ApiToken>>;
+    /// The token with this SHA-256 hex digest, with its owner.
+    async fn token_by_hash(&self, token_hash: &str) -> StoreResult<Option<(ApiToken, User)>>;
+    /// Revokes a token; false if it was unknown or already revoked.
+    async fn revoke_token(&self, token_id: i64, now: i64) -> StoreResult<bool>;
+    /// Records when tokens were last used.
+    async fn record_token_use(&self, uses: &UseTimes) -> StoreResult<()>;
+
+    /// Stores a new session (its hash only).
+    async fn create_session(&self, new: NewSession) -> StoreResult<Session>;
+    /// The session with this SHA-256 hex digest, with its user.
+    async fn session_by_hash(&self, token_hash: &str) -> StoreResult<Option<(Session, User)>>;
+    /// Ends one session.
+    async fn revoke_session(&self, session_id: i64, now: i64) -> StoreResult<()>;
+    /// Records when sessions were last seen.
+    async fn record_session_use(&self, uses: &UseTimes) -> StoreResult<()>;
+    /// Deletes revoked sessions and those past their end or idle since before `idle_since`.
+    async fn purge_sessions(&self, now: i64, idle_since: i64) -> StoreResult<u64>;
+
+    /// The current revocation epoch.
+    async fn revocation_epoch(&self) -> StoreResult<i64>;
+    /// Says that gateway `instance` is alive and has applied `applied_epoch`.
+    async fn heartbeat(&self, instance: &str, applied_epoch: i64, now: i64) -> StoreResult<()>;
+    /// Live gateways (heartbeat after `alive_since`) that have not applied `epoch` yet.
+    async fn lagging_instances(&self, epoch: i64, alive_since: i64) -> StoreResult<i64>;
+    /// Forgets a gateway that is shutting down.
+    async fn remove_instance(&self, instance: &str) -> StoreResult<()>;
+}
+
+/// Opens (and migrates) the database named by `url`.
+pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PostgresStore::open(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl)
+    }
+}

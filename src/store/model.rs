@@ -1,0 +1,189 @@
+//! The records the store keeps.
+
+use super::StoreError;
+
+/// What a user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, including ComfyUI-Manager and user management.
+    Admin,
+    /// Run workflows and see their own work.
+    User,
+}
+
+impl Role {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "user" => Ok(Role::User),
+            other => Err(StoreError::Corrupt(format!("unknown role `{other}`"))),
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An account.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    /// Store id.
+    pub id: i64,
+    /// Unique, lower-case.
+    pub username: String,
+    /// PHC string (argon2id) or a bcrypt hash imported from ComfyUI-Login.
+    pub password_hash: String,
+    /// What the user may do.
+    pub role: Role,
+    /// A disabled user cannot log in or use tokens.
+    pub disabled: bool,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("role", &self.role)
+            .field("disabled", &self.disabled)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A user to create.
+pub struct NewUser {
+    /// Lower-case name.
+    pub username: String,
+    /// Hash of the initial password.
+    pub password_hash: String,
+    /// Role.
+    pub role: Role,
+}
+
+/// Where a token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    /// A `cg_` token made by comfygate.
+    Api,
+    /// A ComfyUI-Login token (its bcrypt hash string), imported so old clients keep working.
+    Legacy,
+}
+
+impl TokenKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Api => "api",
+            TokenKind::Legacy => "legacy",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "api" => Ok(TokenKind::Api),
+            "legacy" => Ok(TokenKind::Legacy),
+            other => Err(StoreError::Corrupt(format!("unknown token kind `{other}`"))),
+        }
+    }
+}
+
+/// An API token's record (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ApiToken {
+    /// Store id.
+    pub id: i64,
+    /// Owner.
+    pub user_id: i64,
+    /// Owner's name.
+    pub username: String,
+    /// The owner's label, unique among their active tokens.
+    pub name: String,
+    /// The first characters of the secret, to recognise it.
+    pub prefix: String,
+    /// Where it came from.
+    pub kind: TokenKind,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms, recorded lazily.
+    pub last_used_at: Option<i64>,
+    /// Unix ms; `None` never expires.
+    pub expires_at: Option<i64>,
+    /// Unix ms.
+    pub revoked_at: Option<i64>,
+}
+
+/// A token to store.
+pub struct NewToken {
+    /// Owner.
+    pub user_id: i64,
+    /// Label.
+    pub name: String,
+    /// SHA-256 hex of the secret.
+    pub token_hash: String,
+    /// Recognisable start of the secret.
+    pub prefix: String,
+    /// Where it came from.
+    pub kind: TokenKind,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub expires_at: Option<i64>,
+}
+
+/// A login session's record (never the cookie value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// Store id.
+    pub id: i64,
+    /// Owner.
+    pub user_id: i64,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms, recorded lazily.
+    pub last_seen_at: i64,
+    /// Absolute end, unix ms.
+    pub expires_at: i64,
+    /// Client address at login.
+    pub ip: String,
+    /// Browser at login.
+    pub user_agent: String,
+    /// Unix ms.
+    pub revoked_at: Option<i64>,
+}
+
+/// A session to store.
+pub struct NewSession {
+    /// SHA-256 hex of the cookie value.
+    pub token_hash: String,
+    /// Owner.
+    pub user_id: i64,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Absolute end, unix ms.
+    pub expires_at: i64,
+    /// Client address.
+    pub ip: String,
+    /// Browser.
+    pub user_agent: String,
+}

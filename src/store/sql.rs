@@ -1,0 +1,433 @@
+//! The SQL shared by every database: one text per query, written so that SQLite and
+//! PostgreSQL both accept it (`$n` parameters, `RETURNING`, `ON CONFLICT`).
+//!
+//! [`impl_store!`] implements [`Store`](super::Store) for a struct holding a `pool`.
+
+use super::{ApiToken, Session, StoreError, TokenKind, User};
+
+/// A `users` row.
+#[derive(sqlx::FromRow)]
+pub(super) struct UserRow {
+    id: i64,
+    username: String,
+    password_hash: String,
+    role: String,
+    disabled: bool,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = StoreError;
+
+    fn try_from(r: UserRow) -> Result<Self, StoreError> {
+        Ok(User {
+            id: r.id,
+            username: r.username,
+            password_hash: r.password_hash,
+            role: r.role.parse()?,
+            disabled: r.disabled,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+/// An `api_tokens` row joined with its owner.
+#[derive(sqlx::FromRow)]
+pub(super) struct TokenRow {
+    id: i64,
+    user_id: i64,
+    name: String,
+    prefix: String,
+    kind: String,
+    created_at: i64,
+    last_used_at: Option<i64>,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    #[sqlx(flatten)]
+    owner: OwnerRow,
+}
+
+/// The owner columns of a joined row (`u_*` aliases).
+#[derive(sqlx::FromRow)]
+pub(super) struct OwnerRow {
+    u_username: String,
+    u_password_hash: String,
+    u_role: String,
+    u_disabled: bool,
+    u_created_at: i64,
+    u_updated_at: i64,
+}
+
+impl OwnerRow {
+    fn into_user(self, id: i64) -> Result<User, StoreError> {
+        Ok(User {
+            id,
+            username: self.u_username,
+            password_hash: self.u_password_hash,
+            role: self.u_role.parse()?,
+            disabled: self.u_disabled,
+            created_at: self.u_created_at,
+            updated_at: self.u_updated_at,
+        })
+    }
+}
+
+impl TokenRow {
+    pub(super) fn into_pair(self) -> Result<(ApiToken, User), StoreError> {
+        let token = ApiToken {
+            id: self.id,
+            user_id: self.user_id,
+            username: self.owner.u_username.clone(),
+            name: self.name,
+            prefix: self.prefix,
+            kind: TokenKind::parse(&self.kind)?,
+            created_at: self.created_at,
+            last_used_at: self.last_used_at,
+            expires_at: self.expires_at,
+            revoked_at: self.revoked_at,
+        };
+        Ok((token, self.owner.into_user(self.user_id)?))
+    }
+}
+
+/// A `sessions` row joined with its user.
+#[derive(sqlx::FromRow)]
+pub(super) struct SessionRow {
+    id: i64,
+    user_id: i64,
+    created_at: i64,
+    last_seen_at: i64,
+    expires_at: i64,
+    ip: String,
+    user_agent: String,
+    revoked_at: Option<i64>,
+    #[sqlx(flatten)]
+    owner: OwnerRow,
+}
+
+impl SessionRow {
+    pub(super) fn into_pair(self) -> Result<(Session, User), StoreError> {
+        let session = Session {
+            id: self.id,
+            user_id: self.user_id,
+            created_at: self.created_at,
+            last_seen_at: self.last_seen_at,
+            expires_at: self.expires_at,
+            ip: self.ip,
+            user_agent: self.user_agent,
+            revoked_at: self.revoked_at,
+        };
+        Ok((session, self.owner.into_user(self.user_id)?))
+    }
+}
+
+pub(super) const USER_COLUMNS: &str = "id, username, password_hash, role, disabled, created_at, updated_at";
+
+pub(super) const TOKEN_SELECT: &str = "SELECT t.id, t.user_id, t.name, t.prefix, t.kind, t.created_at, \
+     t.last_used_at, t.expires_at, t.revoked_at, u.username AS u_username, \
+     u.password_hash AS u_password_hash, u.role AS u_role, u.disabled AS u_disabled, \
+     u.created_at AS u_created_at, u.updated_at AS u_updated_at \
+     FROM api_tokens t JOIN users u ON u.id = t.user_id";
+
+pub(super) const SESSION_SELECT: &str = "SELECT s.id, s.user_id, s.created_at, s.last_seen_at, \
+     s.expires_at, s.ip, s.user_agent, s.revoked_at, u.username AS u_username, \
+     u.password_hash AS u_password_hash, u.role AS u_role, u.disabled AS u_disabled, \
+     u.created_at AS u_created_at, u.updated_at AS u_updated_at \
+     FROM sessions s JOIN users u ON u.id = s.user_id";
+
+pub(super) const BUMP_EPOCH: &str = "UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = 1";
+
+pub(super) fn map_conflict(what: &str, e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what.to_owned()),
+        _ => StoreError::Database(e),
+    }
+}
+
+/// Implements [`Store`](super::Store) for `$store { pool: sqlx::Pool<$db> }`.
+macro_rules! impl_store {
+    ($store:ty, $db:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $store {
+            async fn create_user(&self, new: NewUser) -> StoreResult<User> {
+                let now = $crate::time::now_ms();
+                let sql = format!(
+                    "INSERT INTO users (username, password_hash, role, disabled, created_at, updated_at) \
+                     VALUES ($1, $2, $3, FALSE, $4, $4) RETURNING {USER_COLUMNS}"
+                );
+                let row: UserRow = sqlx::query_as(&sql)
+                    .bind(&new.username)
+                    .bind(&new.password_hash)
+                    .bind(new.role.as_str())
+                    .bind(now)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| map_conflict(&new.username, e))?;
+                row.try_into()
+            }
+
+            async fn user_by_name(&self, username: &str) -> StoreResult<Option<User>> {
+                let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1");
+                let row: Option<UserRow> = sqlx::query_as(&sql).bind(username).fetch_optional(&self.pool).await?;
+                row.map(User::try_from).transpose()
+            }
+
+            async fn list_users(&self) -> StoreResult<Vec<User>> {
+                let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY username");
+                let rows: Vec<UserRow> = sqlx::query_as(&sql).fetch_all(&self.pool).await?;
+                rows.into_iter().map(User::try_from).collect()
+            }
+
+            async fn count_users(&self) -> StoreResult<i64> {
+                Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await?)
+            }
+
+            async fn count_active_admins(&self) -> StoreResult<i64> {
+                Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = FALSE")
+                    .fetch_one(&self.pool)
+                    .await?)
+            }
+
+            async fn set_password(&self, user_id: i64, password_hash: &str) -> StoreResult<()> {
+                let now = $crate::time::now_ms();
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
+                    .bind(password_hash)
+                    .bind(now)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL")
+                    .bind(now)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn rehash_password(&self, user_id: i64, password_hash: &str) -> StoreResult<()> {
+                sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+                    .bind(password_hash)
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn set_disabled(&self, user_id: i64, disabled: bool) -> StoreResult<()> {
+                let now = $crate::time::now_ms();
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("UPDATE users SET disabled = $1, updated_at = $2 WHERE id = $3")
+                    .bind(disabled)
+                    .bind(now)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
+                if disabled {
+                    sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL")
+                        .bind(now)
+                        .bind(user_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn set_role(&self, user_id: i64, role: Role) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("UPDATE users SET role = $1, updated_at = $2 WHERE id = $3")
+                    .bind(role.as_str())
+                    .bind($crate::time::now_ms())
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn delete_user(&self, user_id: i64) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("DELETE FROM api_tokens WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM users WHERE id = $1").bind(user_id).execute(&mut *tx).await?;
+                sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn create_token(&self, new: NewToken) -> StoreResult<ApiToken> {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO api_tokens (user_id, name, token_hash, prefix, kind, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                )
+                .bind(new.user_id)
+                .bind(&new.name)
+                .bind(&new.token_hash)
+                .bind(&new.prefix)
+                .bind(new.kind.as_str())
+                .bind(new.created_at)
+                .bind(new.expires_at)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| map_conflict(&new.name, e))?;
+                let sql = format!("{TOKEN_SELECT} WHERE t.id = $1");
+                let row: TokenRow = sqlx::query_as(&sql).bind(id).fetch_one(&self.pool).await?;
+                Ok(row.into_pair()?.0)
+            }
+
+            async fn list_tokens(&self, user_id: Option<i64>) -> StoreResult<Vec<ApiToken>> {
+                let sql = format!(
+                    "{TOKEN_SELECT} WHERE ($1 IS NULL OR t.user_id = $1) ORDER BY u.username, t.created_at, t.id"
+                );
+                let rows: Vec<TokenRow> = sqlx::query_as(&sql).bind(user_id).fetch_all(&self.pool).await?;
+                rows.into_iter().map(|r| r.into_pair().map(|(t, _)| t)).collect()
+            }
+
+            async fn token_by_hash(&self, token_hash: &str) -> StoreResult<Option<(ApiToken, User)>> {
+                let sql = format!("{TOKEN_SELECT} WHERE t.token_hash = $1");
+                let row: Option<TokenRow> = sqlx::query_as(&sql).bind(token_hash).fetch_optional(&self.pool).await?;
+                row.map(TokenRow::into_pair).transpose()
+            }
+
+            async fn revoke_token(&self, token_id: i64, now: i64) -> StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                    .bind(now)
+                    .bind(token_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if done > 0 {
+                    sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(done > 0)
+            }
+
+            async fn record_token_use(&self, uses: &UseTimes) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                for (id, at) in uses {
+                    sqlx::query(
+                        "UPDATE api_tokens SET last_used_at = $1 WHERE id = $2 \
+                         AND (last_used_at IS NULL OR last_used_at < $1)",
+                    )
+                    .bind(*at)
+                    .bind(*id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn create_session(&self, new: NewSession) -> StoreResult<Session> {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at, ip, user_agent) \
+                     VALUES ($1, $2, $3, $3, $4, $5, $6) RETURNING id",
+                )
+                .bind(&new.token_hash)
+                .bind(new.user_id)
+                .bind(new.created_at)
+                .bind(new.expires_at)
+                .bind(&new.ip)
+                .bind(&new.user_agent)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(Session {
+                    id,
+                    user_id: new.user_id,
+                    created_at: new.created_at,
+                    last_seen_at: new.created_at,
+                    expires_at: new.expires_at,
+                    ip: new.ip,
+                    user_agent: new.user_agent,
+                    revoked_at: None,
+                })
+            }
+
+            async fn session_by_hash(&self, token_hash: &str) -> StoreResult<Option<(Session, User)>> {
+                let sql = format!("{SESSION_SELECT} WHERE s.token_hash = $1");
+                let row: Option<SessionRow> = sqlx::query_as(&sql).bind(token_hash).fetch_optional(&self.pool).await?;
+                row.map(SessionRow::into_pair).transpose()
+            }
+
+            async fn revoke_session(&self, session_id: i64, now: i64) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                    .bind(now)
+                    .bind(session_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn record_session_use(&self, uses: &UseTimes) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                for (id, at) in uses {
+                    sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2 AND last_seen_at < $1")
+                        .bind(*at)
+                        .bind(*id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn purge_sessions(&self, now: i64, idle_since: i64) -> StoreResult<u64> {
+                Ok(sqlx::query(
+                    "DELETE FROM sessions WHERE revoked_at IS NOT NULL OR expires_at < $1 OR last_seen_at < $2",
+                )
+                .bind(now)
+                .bind(idle_since)
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+            }
+
+            async fn revocation_epoch(&self) -> StoreResult<i64> {
+                Ok(sqlx::query_scalar("SELECT epoch FROM revocation_epoch WHERE id = 1").fetch_one(&self.pool).await?)
+            }
+
+            async fn heartbeat(&self, instance: &str, applied_epoch: i64, now: i64) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO gateway_instances (id, started_at, heartbeat_at, applied_epoch) \
+                     VALUES ($1, $2, $2, $3) ON CONFLICT (id) DO UPDATE \
+                     SET heartbeat_at = excluded.heartbeat_at, applied_epoch = excluded.applied_epoch",
+                )
+                .bind(instance)
+                .bind(now)
+                .bind(applied_epoch)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn lagging_instances(&self, epoch: i64, alive_since: i64) -> StoreResult<i64> {
+                Ok(sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM gateway_instances WHERE heartbeat_at >= $1 AND applied_epoch < $2",
+                )
+                .bind(alive_since)
+                .bind(epoch)
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
+            async fn remove_instance(&self, instance: &str) -> StoreResult<()> {
+                sqlx::query("DELETE FROM gateway_instances WHERE id = $1").bind(instance).execute(&self.pool).await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(super) use impl_store;

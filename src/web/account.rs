@@ -1,0 +1,182 @@
+//! `/comfygate/account`: who you are, your API tokens, your password.
+
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use cookie::SameSite;
+use http::StatusCode;
+use http::header::SET_COOKIE;
+use serde::Deserialize;
+
+use super::cookies::set_cookie;
+use super::login::with_page_headers;
+use super::page::{escape, layout};
+use super::views::TokenView;
+use super::{actions, csrf};
+use crate::app::AppState;
+use crate::auth::accounts::IssuedToken;
+use crate::http::{ApiError, Caller, ClientInfo};
+
+/// Token creation form.
+#[derive(Deserialize)]
+pub struct NewTokenForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    expires: String,
+}
+
+/// Forms that carry only the CSRF token.
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// Password change form.
+#[derive(Deserialize)]
+pub struct PasswordForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    current: String,
+    #[serde(default)]
+    new: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+type FormResult<T> = Result<Form<T>, axum::extract::rejection::FormRejection>;
+
+/// `GET /comfygate/account`.
+pub async fn show(State(app): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    render(&app, &caller, StatusCode::OK, None, None).await
+}
+
+/// `POST /comfygate/account/tokens`: creates a token and shows it once.
+pub async fn create_token(
+    State(app): State<AppState>,
+    caller: Caller,
+    form: FormResult<NewTokenForm>,
+) -> Result<Response, ApiError> {
+    let Form(form) = form?;
+    csrf::check_form(&caller, &form.csrf)?;
+    match actions::create_token(&app, &caller, None, &form.name, &form.expires).await {
+        Ok(issued) => render(&app, &caller, StatusCode::CREATED, Some(&issued), None).await,
+        Err(e @ (ApiError::BadRequest(_) | ApiError::Conflict(_))) => {
+            render(&app, &caller, e.status(), None, Some(&e.to_string())).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `POST /comfygate/account/tokens/{id}/revoke`.
+pub async fn revoke_token(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    form: FormResult<CsrfForm>,
+) -> Result<Response, ApiError> {
+    let Form(form) = form?;
+    csrf::check_form(&caller, &form.csrf)?;
+    actions::revoke_token(&app, &caller, id).await?;
+    Ok(Redirect::to("/comfygate/account").into_response())
+}
+
+/// `POST /comfygate/account/password`: every session ends, so the browser logs in again.
+pub async fn change_password(
+    State(app): State<AppState>,
+    caller: Caller,
+    client: ClientInfo,
+    form: FormResult<PasswordForm>,
+) -> Result<Response, ApiError> {
+    let Form(form) = form?;
+    csrf::check_form(&caller, &form.csrf)?;
+    if form.new != form.confirm {
+        return render(&app, &caller, StatusCode::BAD_REQUEST, None, Some("The new passwords do not match.")).await;
+    }
+    match actions::change_password(&app, &caller, &form.current, &form.new, &client.address.to_string()).await {
+        Ok(()) => {
+            let mut response = Redirect::to("/login?changed=1").into_response();
+            response.headers_mut().append(
+                SET_COOKIE,
+                set_cookie(&app.config.auth.cookie_name, "", "/", SameSite::Lax, None, client.https),
+            );
+            Ok(response)
+        }
+        Err(e @ (ApiError::BadRequest(_) | ApiError::Unauthenticated(_) | ApiError::TooManyRequests { .. })) => {
+            render(&app, &caller, e.status(), None, Some(&e.to_string())).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn render(
+    app: &AppState,
+    caller: &Caller,
+    status: StatusCode,
+    issued: Option<&IssuedToken>,
+    error: Option<&str>,
+) -> Result<Response, ApiError> {
+    let me = &caller.identity;
+    let tokens = app.auth.accounts().list_tokens(Some(&me.username)).await?;
+    let csrf = escape(&csrf::form_token(caller));
+    let rows: String = tokens
+        .iter()
+        .map(TokenView::from)
+        .filter(|t| t.status != "revoked")
+        .map(|t| {
+            format!(
+                r#"<tr><td>{name}</td><td><code>{prefix}…</code></td><td>{status}</td><td>{created}</td><td>{used}</td><td>{expires}</td>
+<td><form class="inline" method="post" action="/comfygate/account/tokens/{id}/revoke"><input type="hidden" name="csrf" value="{csrf}"><button class="danger" type="submit">Revoke</button></form></td></tr>"#,
+                name = escape(&t.name),
+                prefix = escape(&t.prefix),
+                status = t.status,
+                created = escape(&t.created_at),
+                used = escape(t.last_used_at.as_deref().unwrap_or("never")),
+                expires = escape(t.expires_at.as_deref().unwrap_or("never")),
+                id = t.id,
+            )
+        })
+        .collect();
+    let table = if rows.is_empty() {
+        "<p class=\"muted\">No active tokens.</p>".to_owned()
+    } else {
+        format!(
+            "<table><tr><th>Name</th><th>Starts with</th><th>Status</th><th>Created</th><th>Last used</th><th>Expires</th><th></th></tr>{rows}</table>"
+        )
+    };
+    let issued = issued
+        .map(|i| {
+            format!(
+                r#"<div class="notice"><b>New token “{name}”</b> — copy it now, it will not be shown again:<code class="secret">{secret}</code>
+Use it as <code>Authorization: Bearer …</code> or <code>?token=…</code>.</div>"#,
+                name = escape(&i.token.name),
+                secret = escape(&i.secret),
+            )
+        })
+        .unwrap_or_default();
+    let error = error.map(|e| format!(r#"<p class="error" role="alert">{}</p>"#, escape(e))).unwrap_or_default();
+    let body = format!(
+        r#"<div class="card"><h1>Your account</h1><p>Signed in as <b>{user}</b> ({role}). <a href="/">Open ComfyUI</a></p>
+<form method="post" action="/logout"><input type="hidden" name="csrf" value="{csrf}"><button type="submit">Log out</button></form></div>
+{error}
+<div class="card"><h2>API tokens</h2>{issued}{table}
+<form method="post" action="/comfygate/account/tokens"><input type="hidden" name="csrf" value="{csrf}">
+<label for="name">New token name</label><input id="name" name="name" maxlength="64" placeholder="laptop notebook" required>
+<label for="expires">Expires after</label><select id="expires" name="expires"><option value="30d">30 days</option><option value="90d">90 days</option><option value="365d">1 year</option><option value="never">never</option></select>
+<button type="submit">Create token</button></form></div>
+<div class="card"><h2>Change password</h2><p class="muted">Every session, this one included, ends; API tokens keep working.</p>
+<form method="post" action="/comfygate/account/password"><input type="hidden" name="csrf" value="{csrf}">
+<label for="current">Current password</label><input id="current" name="current" type="password" autocomplete="current-password" required>
+<label for="new">New password</label><input id="new" name="new" type="password" autocomplete="new-password" minlength="{min}" required>
+<label for="confirm">New password again</label><input id="confirm" name="confirm" type="password" autocomplete="new-password" required>
+<button type="submit">Change password</button></form></div>"#,
+        user = escape(&me.username),
+        role = me.role,
+        min = app.config.auth.min_password_length,
+    );
+    Ok(with_page_headers((status, Html(layout("Account", &body))).into_response()))
+}

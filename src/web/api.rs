@@ -1,0 +1,198 @@
+//! The gateway's JSON API under `/comfygate/api/`: who am I, my tokens, my password, and
+//! (admins) users. Session callers must send JSON from the gateway's own origin.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::actions;
+use super::views::{TokenView, UserView};
+use crate::app::AppState;
+use crate::auth::AuthMethod;
+use crate::http::{AdminCaller, ApiError, Caller, ClientInfo};
+use crate::store::Role;
+
+type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+/// `GET /comfygate/api/whoami`: exactly who the gateway thinks you are.
+pub async fn whoami(caller: Caller) -> Json<Value> {
+    let id = &caller.identity;
+    let auth = match &id.method {
+        AuthMethod::Session { .. } => json!({ "method": "session" }),
+        AuthMethod::Token { name, kind, .. } => {
+            json!({ "method": "token", "token_name": name.as_ref(), "token_kind": kind })
+        }
+    };
+    Json(json!({ "username": id.username.as_ref(), "role": id.role, "auth": auth }))
+}
+
+/// `GET /comfygate/api/tokens` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenListQuery {
+    user: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+/// `GET /comfygate/api/tokens`: your tokens (admins: `?user=` or `?all=true`).
+pub async fn list_tokens(
+    State(app): State<AppState>,
+    caller: Caller,
+    query: Result<Query<TokenListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
+    let Query(q) = query?;
+    let me = caller.identity.username.to_string();
+    let scope = match (q.all, q.user) {
+        (false, None) => Some(me),
+        (false, Some(user)) if user == me => Some(me),
+        _ if !caller.identity.is_admin() => {
+            return Err(ApiError::Forbidden("only admins list other users' tokens".to_owned()));
+        }
+        (true, _) => None,
+        (false, Some(user)) => Some(user),
+    };
+    let tokens = app.auth.accounts().list_tokens(scope.as_deref()).await?;
+    Ok(Json(tokens.iter().map(TokenView::from).collect()))
+}
+
+/// `POST /comfygate/api/tokens` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    name: String,
+    #[serde(default)]
+    expires: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+/// `POST /comfygate/api/tokens`: `201 {token, ...}`; the secret is shown this once.
+pub async fn create_token(
+    State(app): State<AppState>,
+    caller: Caller,
+    body: JsonBody<NewToken>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let expires = body.expires.unwrap_or_default();
+    let issued = actions::create_token(&app, &caller, body.user.as_deref(), &body.name, &expires).await?;
+    let mut view = serde_json::to_value(TokenView::from(&issued.token)).map_err(|_| ApiError::Internal)?;
+    view["token"] = Value::String(issued.secret);
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// `DELETE /comfygate/api/tokens/{id}`.
+pub async fn revoke_token(
+    State(app): State<AppState>,
+    caller: Caller,
+    id: Result<Path<i64>, axum::extract::rejection::PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(id) = id?;
+    actions::revoke_token(&app, &caller, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /comfygate/api/password` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    current_password: String,
+    new_password: String,
+}
+
+/// `POST /comfygate/api/password`: every session of the caller ends.
+pub async fn change_password(
+    State(app): State<AppState>,
+    caller: Caller,
+    client: ClientInfo,
+    body: JsonBody<PasswordChange>,
+) -> Result<StatusCode, ApiError> {
+    let Json(body) = body?;
+    actions::change_password(&app, &caller, &body.current_password, &body.new_password, &client.address.to_string())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /comfygate/api/users` (admins).
+pub async fn list_users(State(app): State<AppState>, _admin: AdminCaller) -> Result<Json<Vec<UserView>>, ApiError> {
+    let users = app.auth.accounts().list_users().await?;
+    Ok(Json(users.iter().map(UserView::from).collect()))
+}
+
+/// `POST /comfygate/api/users` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    username: String,
+    password: String,
+    #[serde(default)]
+    role: Option<Role>,
+}
+
+/// `POST /comfygate/api/users` (admins): `201` with the user.
+pub async fn create_user(
+    State(app): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    body: JsonBody<NewUser>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let user = app.auth.accounts().create_user(&body.username, &body.password, body.role.unwrap_or(Role::User)).await?;
+    tracing::info!(target: "comfygate::audit", event = "user_created", by = %admin.identity.username, username = %user.username, role = %user.role);
+    Ok((StatusCode::CREATED, Json(UserView::from(&user))).into_response())
+}
+
+/// `PATCH /comfygate/api/users/{name}` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserChange {
+    disabled: Option<bool>,
+    role: Option<Role>,
+    password: Option<String>,
+}
+
+/// `PATCH /comfygate/api/users/{name}` (admins): disable/enable, role, password reset.
+pub async fn update_user(
+    State(app): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: JsonBody<UserChange>,
+) -> Result<Json<UserView>, ApiError> {
+    let Path(name) = name?;
+    let Json(change) = body?;
+    let accounts = app.auth.accounts();
+    if let Some(password) = &change.password {
+        accounts.set_password(&name, password).await?;
+    }
+    if let Some(role) = change.role {
+        accounts.set_role(&name, role).await?;
+    }
+    if let Some(disabled) = change.disabled {
+        accounts.set_disabled(&name, disabled).await?;
+    }
+    app.auth.revoked();
+    let user = accounts.user(&name).await?;
+    tracing::info!(target: "comfygate::audit", event = "user_changed", by = %admin.identity.username, username = %user.username,
+        disabled = ?change.disabled, role = ?change.role, password_reset = change.password.is_some());
+    Ok(Json(UserView::from(&user)))
+}
+
+/// `DELETE /comfygate/api/users/{name}` (admins).
+pub async fn delete_user(
+    State(app): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(name) = name?;
+    let user = app.auth.accounts().remove_user(&name).await?;
+    app.auth.revoked();
+    tracing::info!(target: "comfygate::audit", event = "user_deleted", by = %admin.identity.username, username = %user.username);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /comfygate/health`: liveness, public.
+pub async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}

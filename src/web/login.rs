@@ -1,0 +1,175 @@
+//! The login page, the login form's handler, and logout.
+
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use cookie::SameSite;
+use http::header::{RETRY_AFTER, SET_COOKIE, USER_AGENT};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde::Deserialize;
+
+use super::cookies::set_cookie;
+use super::csrf;
+use super::page::{PAGE_HEADERS, escape, layout, safe_next};
+use crate::app::AppState;
+use crate::auth::credentials::cookie_value;
+use crate::auth::{LoginFailure, Presented, secret};
+use crate::http::{ApiError, Caller, ClientInfo};
+use crate::policy::origin;
+use crate::time::ms;
+
+/// `GET /login` query.
+#[derive(Deserialize)]
+pub struct LoginQuery {
+    #[serde(default)]
+    next: String,
+    #[serde(default)]
+    changed: Option<String>,
+}
+
+/// `POST /login` form.
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    next: String,
+}
+
+/// `GET /login`: the form (or straight on, when already logged in).
+pub async fn show(
+    State(app): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    query: Result<Query<LoginQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let (next, changed) = query.map(|Query(q)| (q.next, q.changed.is_some())).unwrap_or_default();
+    if let Some(session) = cookie_value(&headers, &app.config.auth.cookie_name) {
+        if app.auth.authenticate(&Presented::SessionCookie(session)).await.is_ok() {
+            return Redirect::to(&safe_next(&next)).into_response();
+        }
+    }
+    let notice = changed.then_some("Your password was changed. Log in with the new one.");
+    render(&client, StatusCode::OK, &next, notice, None, "")
+}
+
+/// `POST /login`: checks the password and opens a session.
+pub async fn submit(
+    State(app): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(Form(form)) = form else {
+        return render(&client, StatusCode::BAD_REQUEST, "", None, Some("The login form was incomplete."), "");
+    };
+    if !csrf::check_login(cookie_value(&headers, csrf::LOGIN_COOKIE).as_deref(), &form.csrf)
+        || origin::cross_site(&headers, &app.allowed_hosts).is_some()
+    {
+        let msg = "The login form expired or came from another site. Please try again.";
+        return render(&client, StatusCode::FORBIDDEN, &form.next, None, Some(msg), &form.username);
+    }
+    let user_agent = headers.get(USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let address = client.address.to_string();
+    match app.auth.login(&form.username, &form.password, &address, user_agent).await {
+        Ok(login) => {
+            let cfg = &app.config.auth;
+            let max_age = ms(cfg.session_absolute_timeout) / 1000;
+            let mut response = Redirect::to(&safe_next(&form.next)).into_response();
+            let h = response.headers_mut();
+            h.append(
+                SET_COOKIE,
+                set_cookie(&cfg.cookie_name, &login.cookie_value, "/", SameSite::Lax, Some(max_age), client.https),
+            );
+            h.append(SET_COOKIE, set_cookie(csrf::LOGIN_COOKIE, "", "/login", SameSite::Strict, None, client.https));
+            response
+        }
+        Err(failure) => {
+            let status = ApiError::from(failure.clone()).status();
+            let mut response = render(&client, status, &form.next, None, Some(&failure.to_string()), &form.username);
+            if let LoginFailure::LockedOut(wait) = failure {
+                response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+            }
+            response
+        }
+    }
+}
+
+/// `POST /logout` form.
+#[derive(Deserialize)]
+pub struct LogoutForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `GET /logout`: a confirmation button (logging out by GET would let any page log you out).
+pub async fn confirm(caller: Caller) -> Response {
+    let body = format!(
+        r#"<div class="card"><h1>Log out</h1><p>Signed in as <b>{user}</b>.</p>
+<form method="post" action="/logout"><input type="hidden" name="csrf" value="{csrf}"><button type="submit">Log out</button></form></div>"#,
+        user = escape(&caller.identity.username),
+        csrf = escape(&csrf::form_token(&caller)),
+    );
+    with_page_headers(Html(layout("Log out", &body)).into_response())
+}
+
+/// `POST /logout`: ends the session.
+pub async fn logout(
+    State(app): State<AppState>,
+    client: ClientInfo,
+    caller: Caller,
+    form: Result<Form<LogoutForm>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, ApiError> {
+    let submitted = form.map(|Form(f)| f.csrf).unwrap_or_default();
+    csrf::check_form(&caller, &submitted)?;
+    app.auth.logout(&caller.identity).await?;
+    let mut response = Redirect::to("/login").into_response();
+    response
+        .headers_mut()
+        .append(SET_COOKIE, set_cookie(&app.config.auth.cookie_name, "", "/", SameSite::Lax, None, client.https));
+    Ok(response)
+}
+
+/// Renders the login page with a fresh CSRF cookie.
+fn render(
+    client: &ClientInfo,
+    status: StatusCode,
+    next: &str,
+    notice: Option<&str>,
+    error: Option<&str>,
+    username: &str,
+) -> Response {
+    let token = secret::random_secret().unwrap_or_default();
+    let notice = notice.map(|n| format!(r#"<p class="notice">{}</p>"#, escape(n))).unwrap_or_default();
+    let error = error.map(|e| format!(r#"<p class="error" role="alert">{}</p>"#, escape(e))).unwrap_or_default();
+    let body = format!(
+        r#"<div class="card"><h1>Sign in to ComfyUI</h1>{notice}{error}
+<form method="post" action="/login">
+<input type="hidden" name="csrf" value="{token}"><input type="hidden" name="next" value="{next}">
+<label for="username">User name</label><input id="username" name="username" autocomplete="username" value="{username}" required autofocus>
+<label for="password">Password</label><input id="password" name="password" type="password" autocomplete="current-password" required>
+<button type="submit">Sign in</button></form></div>
+<p class="muted">Scripts and notebooks: send <code>Authorization: Bearer cg_…</code> or <code>?token=cg_…</code>; create tokens on your account page.</p>"#,
+        token = escape(&token),
+        next = escape(&safe_next(next)),
+        username = escape(username),
+    );
+    let mut response = (status, Html(layout("Sign in", &body))).into_response();
+    response.headers_mut().append(
+        SET_COOKIE,
+        set_cookie(csrf::LOGIN_COOKIE, &token, "/login", SameSite::Strict, Some(3600), client.https),
+    );
+    with_page_headers(response)
+}
+
+/// Adds the security headers every gateway page carries.
+pub fn with_page_headers(mut response: Response) -> Response {
+    for (name, value) in PAGE_HEADERS {
+        response.headers_mut().insert(name, HeaderValue::from_static(value));
+    }
+    response
+}

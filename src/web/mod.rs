@@ -1,0 +1,39 @@
+//! The gateway's own pages and API: login and logout, the account page, and the JSON API
+//! under `/comfygate/api/`. Everything else goes through [`crate::http::gate`] to ComfyUI.
+
+pub mod account;
+pub mod actions;
+pub mod api;
+pub mod cookies;
+pub mod csrf;
+pub mod login;
+pub mod page;
+pub mod views;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+
+use crate::app::AppState;
+
+/// Largest body the gateway's own forms and JSON accept.
+const FORM_LIMIT: usize = 64 * 1024;
+
+/// The gateway's routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/login", get(login::show).post(login::submit))
+        .route("/logout", get(login::confirm).post(login::logout))
+        .route("/comfygate/health", get(api::health))
+        .route("/comfygate/account", get(account::show))
+        .route("/comfygate/account/tokens", post(account::create_token))
+        .route("/comfygate/account/tokens/{id}/revoke", post(account::revoke_token))
+        .route("/comfygate/account/password", post(account::change_password))
+        .route("/comfygate/api/whoami", get(api::whoami))
+        .route("/comfygate/api/tokens", get(api::list_tokens).post(api::create_token))
+        .route("/comfygate/api/tokens/{id}", delete(api::revoke_token))
+        .route("/comfygate/api/password", post(api::change_password))
+        .route("/comfygate/api/users", get(api::list_users).post(api::create_user))
+        .route("/comfygate/api/users/{name}", delete(api::delete_user).patch(api::update_user))
+        .layer(DefaultBodyLimit::max(FORM_LIMIT))
+}
