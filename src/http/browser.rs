@@ -3,9 +3,9 @@
 
 use axum::extract::Request;
 use axum::middleware::Next;
-use axum::response::{Html, IntoResponse, Redirect, Response};
-use http::Method;
-use http::header::ACCEPT;
+use axum::response::{Html, IntoResponse, Response};
+use http::{Method, StatusCode};
+use http::header::{ACCEPT, LOCATION};
 
 use super::error::ErrorPage;
 use crate::web::page;
@@ -31,7 +31,8 @@ pub async fn render_errors_for_browsers(req: Request, next: Next) -> Response {
     }
     let Some(error) = response.extensions().get::<ErrorPage>().cloned() else { return response };
     if error.login_required {
-        return Redirect::to(&format!("/login?next={}", page::url_encode(&page::safe_next(&target)))).into_response();
+        let location = format!("/login?next={}", page::url_encode(&page::safe_next(&target)));
+        return (StatusCode::FOUND, [(LOCATION, location)]).into_response();
     }
     let status = response.status();
     let mut page = Html(page::error_page(status, &error.message)).into_response();

@@ -1,0 +1,206 @@
+//! The store's contract, run against SQLite always and PostgreSQL when
+//! `COMFYGATE_TEST_POSTGRES_URL` is set (each run gets a fresh database).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use comfygate::store::{self, NewSession, NewToken, NewUser, Role, Store, StoreError, TokenKind};
+
+struct TestDb {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+    drop_pg: Option<(String, String)>,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin_url, name)) = self.drop_pg.take() {
+            // Best effort: a separate runtime, since Drop is synchronous.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    use sqlx::Executor;
+                    if let Ok(pool) = sqlx::PgPool::connect(&admin_url).await {
+                        let _ = pool.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+async fn sqlite() -> TestDb {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("nested/folder/comfygate.db").display());
+    TestDb { store: store::open(&url).await.unwrap(), _dir: Some(dir), drop_pg: None }
+}
+
+async fn postgres() -> Option<TestDb> {
+    let admin_url = std::env::var("COMFYGATE_TEST_POSTGRES_URL").ok()?;
+    use sqlx::Executor;
+    let name = format!("comfygate_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&admin_url).await.expect("COMFYGATE_TEST_POSTGRES_URL must be reachable");
+    admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+    admin.close().await;
+    let (base, _) = admin_url.rsplit_once('/').expect("a URL with a database name");
+    let url = format!("{base}/{name}");
+    Some(TestDb { store: store::open(&url).await.unwrap(), _dir: None, drop_pg: Some((admin_url, name)) })
+}
+
+/// Runs one contract check against every configured database.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_store {
+            $(#[tokio::test] async fn $name() { super::$name(&super::sqlite().await).await; })*
+        }
+        mod postgres_store {
+            $(#[tokio::test] async fn $name() {
+                match super::postgres().await {
+                    Some(db) => super::$name(&db).await,
+                    None => eprintln!("COMFYGATE_TEST_POSTGRES_URL not set: PostgreSQL store test skipped"),
+                }
+            })*
+        }
+    };
+}
+
+on_every_store!(
+    users_are_unique_and_round_trip,
+    tokens_are_found_by_hash_with_their_owner,
+    revocations_bump_the_epoch,
+    deleting_a_user_removes_tokens_and_sessions,
+    sessions_record_use_and_are_purged,
+    heartbeats_tell_which_gateways_lag,
+    last_admin_count_ignores_disabled_admins,
+);
+
+fn new_user(name: &str, role: Role) -> NewUser {
+    NewUser { username: name.to_owned(), password_hash: "$argon2id$v=19$x".to_owned(), role }
+}
+
+fn new_token(user_id: i64, name: &str, hash: &str) -> NewToken {
+    NewToken {
+        user_id,
+        name: name.to_owned(),
+        token_hash: hash.to_owned(),
+        prefix: "cg_abc".to_owned(),
+        kind: TokenKind::Api,
+        created_at: 1_000,
+        expires_at: Some(9_000),
+    }
+}
+
+async fn users_are_unique_and_round_trip(db: &TestDb) {
+    let s = &db.store;
+    let alice = s.create_user(new_user("alice", Role::Admin)).await.unwrap();
+    assert_eq!(alice.username, "alice");
+    assert_eq!(alice.role, Role::Admin);
+    assert!(!alice.disabled);
+    assert!(matches!(s.create_user(new_user("alice", Role::User)).await, Err(StoreError::Conflict(_))));
+    s.create_user(new_user("bob", Role::User)).await.unwrap();
+    let names: Vec<_> = s.list_users().await.unwrap().into_iter().map(|u| u.username).collect();
+    assert_eq!(names, ["alice", "bob"]);
+    assert_eq!(s.count_users().await.unwrap(), 2);
+    s.set_role(alice.id, Role::User).await.unwrap();
+    s.rehash_password(alice.id, "new-hash").await.unwrap();
+    let again = s.user_by_name("alice").await.unwrap().unwrap();
+    assert_eq!((again.role, again.password_hash.as_str()), (Role::User, "new-hash"));
+    assert!(s.user_by_name("nobody").await.unwrap().is_none());
+}
+
+async fn tokens_are_found_by_hash_with_their_owner(db: &TestDb) {
+    let s = &db.store;
+    let bob = s.create_user(new_user("bob", Role::User)).await.unwrap();
+    let t = s.create_token(new_token(bob.id, "laptop", "aa11")).await.unwrap();
+    assert_eq!((t.username.as_str(), t.name.as_str(), t.expires_at), ("bob", "laptop", Some(9_000)));
+    assert!(matches!(s.create_token(new_token(bob.id, "laptop", "bb22")).await, Err(StoreError::Conflict(_))));
+    let (found, owner) = s.token_by_hash("aa11").await.unwrap().unwrap();
+    assert_eq!((found.id, owner.username.as_str()), (t.id, "bob"));
+    assert!(s.token_by_hash("ffff").await.unwrap().is_none());
+
+    assert!(s.revoke_token(t.id, 5_000).await.unwrap());
+    assert!(!s.revoke_token(t.id, 6_000).await.unwrap(), "revoking twice reports nothing done");
+    let (revoked, _) = s.token_by_hash("aa11").await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(5_000));
+    // The name is free again once the old token is revoked.
+    s.create_token(new_token(bob.id, "laptop", "cc33")).await.unwrap();
+    s.record_token_use(&[(t.id, 7_000)]).await.unwrap();
+    let listed = s.list_tokens(Some(bob.id)).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed.iter().find(|x| x.id == t.id).unwrap().last_used_at, Some(7_000));
+    assert_eq!(s.list_tokens(None).await.unwrap().len(), 2);
+}
+
+async fn revocations_bump_the_epoch(db: &TestDb) {
+    let s = &db.store;
+    let u = s.create_user(new_user("carol", Role::User)).await.unwrap();
+    let start = s.revocation_epoch().await.unwrap();
+    let t = s.create_token(new_token(u.id, "x", "dd44")).await.unwrap();
+    assert_eq!(s.revocation_epoch().await.unwrap(), start, "creating revokes nothing");
+    s.revoke_token(t.id, 1).await.unwrap();
+    s.set_disabled(u.id, true).await.unwrap();
+    s.set_password(u.id, "h2").await.unwrap();
+    assert_eq!(s.revocation_epoch().await.unwrap(), start + 3);
+}
+
+async fn deleting_a_user_removes_tokens_and_sessions(db: &TestDb) {
+    let s = &db.store;
+    let u = s.create_user(new_user("dave", Role::User)).await.unwrap();
+    s.create_token(new_token(u.id, "x", "ee55")).await.unwrap();
+    s.create_session(session(u.id, "sess1")).await.unwrap();
+    s.delete_user(u.id).await.unwrap();
+    assert!(s.token_by_hash("ee55").await.unwrap().is_none());
+    assert!(s.session_by_hash("sess1").await.unwrap().is_none());
+    assert!(s.user_by_name("dave").await.unwrap().is_none());
+}
+
+fn session(user_id: i64, hash: &str) -> NewSession {
+    NewSession {
+        token_hash: hash.to_owned(),
+        user_id,
+        created_at: 1_000,
+        expires_at: 100_000,
+        ip: "127.0.0.1".to_owned(),
+        user_agent: "test".to_owned(),
+    }
+}
+
+async fn sessions_record_use_and_are_purged(db: &TestDb) {
+    let s = &db.store;
+    let u = s.create_user(new_user("erin", Role::User)).await.unwrap();
+    let a = s.create_session(session(u.id, "sa")).await.unwrap();
+    let b = s.create_session(session(u.id, "sb")).await.unwrap();
+    s.record_session_use(&[(a.id, 50_000)]).await.unwrap();
+    let (found, owner) = s.session_by_hash("sa").await.unwrap().unwrap();
+    assert_eq!((found.last_seen_at, owner.username.as_str()), (50_000, "erin"));
+    s.revoke_session(b.id, 2_000).await.unwrap();
+    // b is revoked; a was seen at 50 000, so an idle cut-off of 40 000 keeps it.
+    assert_eq!(s.purge_sessions(60_000, 40_000).await.unwrap(), 1);
+    assert!(s.session_by_hash("sa").await.unwrap().is_some());
+    // Past its absolute end it goes too.
+    assert_eq!(s.purge_sessions(200_000, 0).await.unwrap(), 1);
+    assert!(s.session_by_hash("sa").await.unwrap().is_none());
+}
+
+async fn heartbeats_tell_which_gateways_lag(db: &TestDb) {
+    let s = &db.store;
+    s.heartbeat("gw-a", 3, 10_000).await.unwrap();
+    s.heartbeat("gw-b", 2, 10_000).await.unwrap();
+    s.heartbeat("gw-old", 0, 1_000).await.unwrap();
+    assert_eq!(s.lagging_instances(3, 5_000).await.unwrap(), 1, "gw-b lags, gw-old is gone");
+    s.heartbeat("gw-b", 3, 11_000).await.unwrap();
+    assert_eq!(s.lagging_instances(3, 5_000).await.unwrap(), 0);
+    s.remove_instance("gw-a").await.unwrap();
+    assert_eq!(s.lagging_instances(4, 5_000).await.unwrap(), 1);
+}
+
+async fn last_admin_count_ignores_disabled_admins(db: &TestDb) {
+    let s = &db.store;
+    let a = s.create_user(new_user("root1", Role::Admin)).await.unwrap();
+    s.create_user(new_user("root2", Role::Admin)).await.unwrap();
+    s.create_user(new_user("plain", Role::User)).await.unwrap();
+    assert_eq!(s.count_active_admins().await.unwrap(), 2);
+    s.set_disabled(a.id, true).await.unwrap();
+    assert_eq!(s.count_active_admins().await.unwrap(), 1);
+}
