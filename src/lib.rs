@@ -8,10 +8,12 @@
 
 pub mod app;
 pub mod auth;
+pub mod backends;
 pub mod config;
 pub mod http;
 pub mod policy;
 pub mod proxy;
+pub mod scheduler;
 pub mod store;
 pub mod time;
 pub mod web;

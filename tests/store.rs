@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use comfygate::store::{self, NewSession, NewToken, NewUser, Role, Store, StoreError, TokenKind};
+use comfygate::store::{
+    self, Job, JobState, NewSession, NewToken, NewUser, Role, Store, StoreError, StoredFile, TokenKind,
+};
 
 struct TestDb {
     store: Arc<dyn Store>,
@@ -73,6 +75,7 @@ on_every_store!(
     sessions_record_use_and_are_purged,
     heartbeats_tell_which_gateways_lag,
     last_admin_count_ignores_disabled_admins,
+    jobs_keep_their_state_and_files_their_backend,
 );
 
 fn new_user(name: &str, role: Role) -> NewUser {
@@ -203,4 +206,60 @@ async fn last_admin_count_ignores_disabled_admins(db: &TestDb) {
     assert_eq!(s.count_active_admins().await.unwrap(), 2);
     s.set_disabled(a.id, true).await.unwrap();
     assert_eq!(s.count_active_admins().await.unwrap(), 1);
+}
+
+fn job(prompt_id: &str, user_id: i64, number: i64) -> Job {
+    Job {
+        prompt_id: prompt_id.to_owned(),
+        user_id,
+        client_id: "c1".to_owned(),
+        number,
+        request: r#"{"prompt":{}}"#.to_owned(),
+        state: JobState::Queued,
+        backend: None,
+        error: None,
+        created_at: 1_000,
+    }
+}
+
+async fn jobs_keep_their_state_and_files_their_backend(db: &TestDb) {
+    let s = &db.store;
+    let u = s.create_user(new_user("fay", Role::User)).await.unwrap();
+    assert_eq!(s.max_job_number().await.unwrap(), 0);
+    s.insert_job(&job("p2", u.id, 2)).await.unwrap();
+    s.insert_job(&job("p1", u.id, 1)).await.unwrap();
+    assert!(matches!(s.insert_job(&job("p1", u.id, 3)).await, Err(StoreError::Conflict(_))));
+    assert_eq!(s.max_job_number().await.unwrap(), 2);
+    s.update_job("p1", JobState::Dispatched, Some("gpu1"), None).await.unwrap();
+    s.update_job("p1", JobState::Failed, None, Some("backend lost")).await.unwrap();
+    let p1 = s.job("p1").await.unwrap().unwrap();
+    assert_eq!(
+        (p1.state, p1.backend.as_deref(), p1.error.as_deref()),
+        (JobState::Failed, Some("gpu1"), Some("backend lost"))
+    );
+    let queued: Vec<_> =
+        s.jobs_in_states(&[JobState::Queued]).await.unwrap().into_iter().map(|j| j.prompt_id).collect();
+    assert_eq!(queued, ["p2"]);
+    let all: Vec<_> = s
+        .jobs_in_states(&[JobState::Queued, JobState::Failed])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.prompt_id)
+        .collect();
+    assert_eq!(all, ["p1", "p2"]);
+    assert_eq!(s.job_ids_of(u.id, 10).await.unwrap(), ["p2", "p1"]);
+
+    let file = |backend: &str| StoredFile {
+        backend: backend.to_owned(),
+        kind: "output".to_owned(),
+        subfolder: String::new(),
+        filename: "x_00001_.png".to_owned(),
+        prompt_id: Some("p2".to_owned()),
+        user_id: Some(u.id),
+    };
+    s.record_file(&file("gpu1")).await.unwrap();
+    s.record_file(&file("gpu1")).await.unwrap();
+    assert_eq!(s.file("output", "", "x_00001_.png").await.unwrap().unwrap().backend, "gpu1");
+    assert!(s.file("input", "", "x_00001_.png").await.unwrap().is_none());
 }

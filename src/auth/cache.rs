@@ -31,12 +31,18 @@ pub struct GrantCache {
     entries: RwLock<HashMap<SecretDigest, Arc<Grant>>>,
     generation: AtomicU64,
     capacity: usize,
+    cleared: tokio::sync::watch::Sender<u64>,
 }
 
 impl GrantCache {
     /// A cache of at most `capacity` grants.
     pub fn new(capacity: usize) -> Self {
-        Self { entries: RwLock::new(HashMap::new()), generation: AtomicU64::new(0), capacity: capacity.max(1) }
+        Self {
+            entries: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            capacity: capacity.max(1),
+            cleared: tokio::sync::watch::Sender::new(0),
+        }
     }
 
     /// The grant for a digest, if cached.
@@ -70,12 +76,18 @@ impl GrantCache {
         }
     }
 
-    /// Forgets everything (a revocation happened somewhere).
+    /// Forgets everything (a revocation happened somewhere) and tells [`GrantCache::watch`]ers.
     pub fn clear(&self) {
         if let Ok(mut entries) = self.entries.write() {
-            self.generation.fetch_add(1, Ordering::AcqRel);
+            let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
             entries.clear();
+            self.cleared.send_replace(generation);
         }
+    }
+
+    /// Changes each time the cache is cleared: long-lived connections re-check their credential.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.cleared.subscribe()
     }
 
     /// Uses not yet written to the store: `(is_session, id, last_used)`.

@@ -130,6 +130,33 @@ impl Auth {
         self.cache.clear();
     }
 
+    /// Resolves when `presented` stops being valid (revoked, expired, user disabled): used to
+    /// close WebSockets opened with it. Re-checks whenever anything is revoked, and at the
+    /// credential's expiry.
+    pub async fn until_invalid(self: Arc<Self>, presented: Presented) {
+        let mut revocations = self.cache.watch();
+        loop {
+            let expiry = match self.cache.get(&secret::digest(presented.secret())) {
+                Some(grant) => grant.expires_at.map(|end| end - now_ms()),
+                None => None,
+            };
+            let wait_expiry = async {
+                match expiry {
+                    Some(ms) => tokio::time::sleep(std::time::Duration::from_millis(ms.max(0) as u64)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = revocations.changed() => if changed.is_err() { return },
+                () = wait_expiry => {}
+            }
+            match self.authenticate(&presented).await {
+                Ok(_) | Err(AuthFailure::Unavailable) => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Verifies a credential: from the cache in microseconds, else from the store.
     pub async fn authenticate(&self, presented: &Presented) -> Result<Identity, AuthFailure> {
         let digest = secret::digest(presented.secret());
@@ -151,11 +178,11 @@ impl Auth {
         let Some((token, user)) = self.store.token_by_hash(&secret::hex(digest)).await? else {
             return Err(AuthFailure::UnknownToken);
         };
-        if token.revoked_at.is_some() {
-            return Err(AuthFailure::TokenRevoked);
-        }
         if user.disabled {
             return Err(AuthFailure::UserDisabled);
+        }
+        if token.revoked_at.is_some() {
+            return Err(AuthFailure::TokenRevoked);
         }
         let used = token.last_used_at.unwrap_or(0);
         Ok(Grant {
@@ -176,11 +203,11 @@ impl Auth {
         let Some((session, user)) = self.store.session_by_hash(&secret::hex(digest)).await? else {
             return Err(AuthFailure::UnknownSession);
         };
-        if session.revoked_at.is_some() {
-            return Err(AuthFailure::UnknownSession);
-        }
         if user.disabled {
             return Err(AuthFailure::UserDisabled);
+        }
+        if session.revoked_at.is_some() {
+            return Err(AuthFailure::UnknownSession);
         }
         let idle_limit = ms(self.config.session_idle_timeout);
         if now - session.last_seen_at > idle_limit {

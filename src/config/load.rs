@@ -129,12 +129,22 @@ impl Config {
                     "backends are reached over plain http:// (put TLS in front of the gateway)".to_owned(),
                 ));
             }
+            if backend.max_inflight == 0 {
+                return Err((at("max_inflight"), "must be at least 1".to_owned()));
+            }
             if backend.connect_timeout.is_zero() || backend.response_timeout.is_zero() {
                 return Err((at("connect_timeout"), "timeouts must be greater than zero".to_owned()));
             }
         }
         if let Some(url) = &self.server.public_url {
             parse_base_url(url).map_err(|m| ("server.public_url".to_owned(), m))?;
+        }
+        let s = &self.scheduler;
+        if s.health_interval.is_zero() || s.health_timeout.is_zero() || s.capabilities_refresh.is_zero() {
+            return Err(("scheduler.health_interval".to_owned(), "intervals must be greater than zero".to_owned()));
+        }
+        if s.unhealthy_after == 0 {
+            return Err(("scheduler.unhealthy_after".to_owned(), "must be at least 1".to_owned()));
         }
         let auth = &self.auth;
         if auth.session_idle_timeout.is_zero() || auth.session_absolute_timeout.is_zero() {

@@ -28,8 +28,38 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The ComfyUI servers behind the gateway.
     pub backends: Vec<BackendConfig>,
+    /// Health checks and job dispatch across backends.
+    pub scheduler: SchedulerConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// Health checks and job dispatch.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// How often each backend's `/system_stats` is checked.
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+    /// Time allowed for a health check.
+    #[serde(with = "humantime_serde")]
+    pub health_timeout: Duration,
+    /// Failed checks in a row before a backend is taken out.
+    pub unhealthy_after: u32,
+    /// How often node classes and model files are re-read from `/object_info`.
+    #[serde(with = "humantime_serde")]
+    pub capabilities_refresh: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            health_interval: Duration::from_secs(2),
+            health_timeout: Duration::from_secs(2),
+            unhealthy_after: 2,
+            capabilities_refresh: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The listening side of the gateway.
@@ -159,6 +189,16 @@ pub struct BackendConfig {
     /// Time allowed for response headers once the request body is sent.
     #[serde(with = "humantime_serde", default = "default_response_timeout")]
     pub response_timeout: Duration,
+    /// Jobs handed to this backend at once (running plus waiting in its own queue).
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: usize,
+    /// Free-form labels (shown in `/system_stats` and logs).
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+fn default_max_inflight() -> usize {
+    2
 }
 
 fn default_connect_timeout() -> Duration {
@@ -177,6 +217,8 @@ impl BackendConfig {
             url: "http://127.0.0.1:8188".to_owned(),
             connect_timeout: default_connect_timeout(),
             response_timeout: default_response_timeout(),
+            max_inflight: default_max_inflight(),
+            labels: Vec::new(),
         }
     }
 }

@@ -4,8 +4,8 @@
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
-use http::{Method, StatusCode};
 use http::header::{ACCEPT, LOCATION};
+use http::{Method, StatusCode};
 
 use super::error::ErrorPage;
 use crate::web::page;
@@ -23,12 +23,11 @@ pub fn is_navigation(req: &Request) -> bool {
 
 /// The middleware.
 pub async fn render_errors_for_browsers(req: Request, next: Next) -> Response {
-    let navigation = is_navigation(&req);
+    if !is_navigation(&req) {
+        return next.run(req).await;
+    }
     let target = req.uri().path_and_query().map(|pq| pq.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());
     let response = next.run(req).await;
-    if !navigation {
-        return response;
-    }
     let Some(error) = response.extensions().get::<ErrorPage>().cloned() else { return response };
     if error.login_required {
         let location = format!("/login?next={}", page::url_encode(&page::safe_next(&target)));

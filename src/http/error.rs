@@ -139,13 +139,22 @@ impl IntoResponse for ApiError {
 
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(e: axum::extract::rejection::JsonRejection) -> Self {
-        ApiError::BadRequest(format!("invalid JSON body: {}", e.body_text()))
+        body_rejection("JSON body", e.status(), e.body_text())
     }
 }
 
 impl From<axum::extract::rejection::FormRejection> for ApiError {
     fn from(e: axum::extract::rejection::FormRejection) -> Self {
-        ApiError::BadRequest(format!("invalid form: {}", e.body_text()))
+        body_rejection("form", e.status(), e.body_text())
+    }
+}
+
+/// A body that could not be read: too large (413) or invalid (400).
+fn body_rejection(what: &str, status: StatusCode, detail: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge(format!("{what} too large"))
+    } else {
+        ApiError::BadRequest(format!("invalid {what}: {detail}"))
     }
 }
 

@@ -11,7 +11,7 @@ use super::client::ClientInfo;
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::policy::{self, RouteClass};
-use crate::proxy::ForwardedFor;
+use crate::proxy::{ForwardedFor, is_upgrade};
 
 /// The fallback handler: everything that is not the gateway's own route.
 pub async fn gate(
@@ -31,5 +31,7 @@ pub async fn gate(
         proto: if client.https { "https" } else { "http" },
         host: client.host.as_ref(),
     };
-    Ok(app.proxy.forward(req, &path.canonical, &identity.username, &forwarded).await?)
+    let close_when = is_upgrade(req.headers())
+        .then(|| Box::pin(app.auth.clone().until_invalid(caller.presented)) as crate::proxy::CloseWhen);
+    Ok(app.proxy.forward(req, &path.canonical, &identity.username, &forwarded, close_when).await?)
 }

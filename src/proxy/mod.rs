@@ -8,8 +8,10 @@ mod upgrade;
 use std::time::Duration;
 
 use axum::body::Body;
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -18,6 +20,7 @@ use crate::auth::credentials::strip_query_token;
 use crate::config::BackendConfig;
 
 pub use headers::{ForwardedFor, is_upgrade};
+pub use upgrade::CloseWhen;
 
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,9 @@ pub enum ProxyError {
     #[error("invalid request target")]
     BadTarget,
 }
+
+/// Largest response body the gateway reads for itself (`/object_info` is ~0.5 MB, history can be large).
+const MAX_CALL_BODY: usize = 64 * 1024 * 1024;
 
 struct Upstream {
     name: String,
@@ -102,13 +108,15 @@ impl Proxy {
         &self.upstream.name
     }
 
-    /// Forwards `req` (whose path is already the canonical `path`) as `username`.
+    /// Forwards `req` (whose path is already the canonical `path`) as `username`; an upgraded
+    /// connection is closed when `close_when` resolves.
     pub async fn forward(
         &self,
         req: Request<Body>,
         path: &str,
         username: &str,
         forwarded: &ForwardedFor<'_>,
+        close_when: Option<CloseWhen>,
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let path_and_query = match parts.uri.query().and_then(strip_query_token) {
@@ -161,7 +169,7 @@ impl Proxy {
 
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) = (response.status(), client_upgrade) {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            upgrade::spawn_tunnel(client_upgrade, upstream_upgrade);
+            upgrade::spawn_tunnel(client_upgrade, upstream_upgrade, close_when);
             let (mut parts, _) = response.into_parts();
             headers::prepare_response(&mut parts.headers, true);
             return Ok(Response::from_parts(parts, Body::empty()));
@@ -169,6 +177,45 @@ impl Proxy {
         let (mut parts, incoming) = response.into_parts();
         headers::prepare_response(&mut parts.headers, false);
         Ok(Response::from_parts(parts, Body::new(incoming)))
+    }
+
+    /// The backend's authority (`host:port`).
+    pub fn authority(&self) -> &str {
+        self.upstream.authority.as_str()
+    }
+
+    /// A request made by the gateway itself (health checks, dispatch, aggregation): the whole
+    /// response body is read, up to `MAX_CALL_BODY`.
+    pub async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        json_body: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), ProxyError> {
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.upstream.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| ProxyError::BadTarget)?;
+        let mut req = Request::new(json_body.map(Body::from).unwrap_or_else(Body::empty));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        req.headers_mut().insert(http::header::HOST, self.upstream.host_header.clone());
+        req.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let timed_out = || ProxyError::Timeout { backend: self.upstream.name.clone(), timeout };
+        let response = tokio::time::timeout(timeout, self.client.request(req))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| self.failure(&e))?;
+        let status = response.status();
+        let body = tokio::time::timeout(timeout, Limited::new(response.into_body(), MAX_CALL_BODY).collect())
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| ProxyError::Unreachable { backend: self.upstream.name.clone(), detail: e.to_string() })?
+            .to_bytes();
+        Ok((status, body))
     }
 
     fn failure(&self, error: &hyper_util::client::legacy::Error) -> ProxyError {

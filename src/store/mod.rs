@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use model::{ApiToken, NewSession, NewToken, NewUser, Role, Session, TokenKind, User};
+pub use model::{ApiToken, Job, JobState, NewSession, NewToken, NewUser, Role, Session, StoredFile, TokenKind, User};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +105,29 @@ pub trait Store: Send + Sync + 'static {
     async fn lagging_instances(&self, epoch: i64, alive_since: i64) -> StoreResult<i64>;
     /// Forgets a gateway that is shutting down.
     async fn remove_instance(&self, instance: &str) -> StoreResult<()>;
+
+    /// Records a new job; [`StoreError::Conflict`] if the prompt id is taken.
+    async fn insert_job(&self, job: &Job) -> StoreResult<()>;
+    /// Moves a job to a new state (and backend / error).
+    async fn update_job(
+        &self,
+        prompt_id: &str,
+        state: JobState,
+        backend: Option<&str>,
+        error: Option<&str>,
+    ) -> StoreResult<()>;
+    /// One job.
+    async fn job(&self, prompt_id: &str) -> StoreResult<Option<Job>>;
+    /// Jobs in the given states, by number.
+    async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>>;
+    /// The prompt ids of a user's most recent jobs.
+    async fn job_ids_of(&self, user_id: i64, limit: i64) -> StoreResult<Vec<String>>;
+    /// The highest job number given so far (0 if none).
+    async fn max_job_number(&self) -> StoreResult<i64>;
+    /// Records which backend holds a file.
+    async fn record_file(&self, file: &StoredFile) -> StoreResult<()>;
+    /// The backend most recently known to hold a file.
+    async fn file(&self, kind: &str, subfolder: &str, filename: &str) -> StoreResult<Option<StoredFile>>;
 }
 
 /// Opens (and migrates) the database named by `url`.

@@ -187,3 +187,92 @@ pub struct NewSession {
     /// Browser.
     pub user_agent: String,
 }
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting in the gateway's queue.
+    Queued,
+    /// Handed to a backend, not started yet.
+    Dispatched,
+    /// Running on a backend.
+    Running,
+    /// Finished successfully.
+    Done,
+    /// Failed (validation, execution error, backend lost).
+    Failed,
+    /// Deleted from the queue or interrupted.
+    Cancelled,
+}
+
+impl JobState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Dispatched => "dispatched",
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Result<Self, StoreError> {
+        Ok(match s {
+            "queued" => JobState::Queued,
+            "dispatched" => JobState::Dispatched,
+            "running" => JobState::Running,
+            "done" => JobState::Done,
+            "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
+            other => return Err(StoreError::Corrupt(format!("unknown job state `{other}`"))),
+        })
+    }
+
+    /// Whether the job still waits or runs.
+    pub fn is_active(self) -> bool {
+        matches!(self, JobState::Queued | JobState::Dispatched | JobState::Running)
+    }
+}
+
+/// A job the gateway knows about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// ComfyUI's prompt id (a UUID, unique per gateway).
+    pub prompt_id: String,
+    /// Owner.
+    pub user_id: i64,
+    /// The client id the owner submitted with (empty when none).
+    pub client_id: String,
+    /// ComfyUI-style queue number (lower runs first within an owner).
+    pub number: i64,
+    /// The JSON body to send to ComfyUI's `POST /prompt` (without `client_id`).
+    pub request: String,
+    /// Life stage.
+    pub state: JobState,
+    /// The backend it was handed to.
+    pub backend: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+/// A file on a backend (an output of a job, or an upload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFile {
+    /// The backend holding it.
+    pub backend: String,
+    /// `output`, `input` or `temp`.
+    pub kind: String,
+    /// Subfolder ('' for none).
+    pub subfolder: String,
+    /// File name.
+    pub filename: String,
+    /// The job that made it, if any.
+    pub prompt_id: Option<String>,
+    /// The user who made or uploaded it, if known.
+    pub user_id: Option<i64>,
+}

@@ -3,7 +3,7 @@
 //!
 //! [`impl_store!`] implements [`Store`](super::Store) for a struct holding a `pool`.
 
-use super::{ApiToken, Session, StoreError, TokenKind, User};
+use super::{ApiToken, Job, JobState, Session, StoreError, StoredFile, TokenKind, User};
 
 /// A `users` row.
 #[derive(sqlx::FromRow)]
@@ -122,6 +122,65 @@ impl SessionRow {
         Ok((session, self.owner.into_user(self.user_id)?))
     }
 }
+
+/// A `jobs` row.
+#[derive(sqlx::FromRow)]
+pub(super) struct JobRow {
+    prompt_id: String,
+    user_id: i64,
+    client_id: String,
+    number: i64,
+    request: String,
+    state: String,
+    backend: Option<String>,
+    error: Option<String>,
+    created_at: i64,
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = StoreError;
+
+    fn try_from(r: JobRow) -> Result<Self, StoreError> {
+        Ok(Job {
+            prompt_id: r.prompt_id,
+            user_id: r.user_id,
+            client_id: r.client_id,
+            number: r.number,
+            request: r.request,
+            state: JobState::parse(&r.state)?,
+            backend: r.backend,
+            error: r.error,
+            created_at: r.created_at,
+        })
+    }
+}
+
+/// A `job_files` row.
+#[derive(sqlx::FromRow)]
+pub(super) struct FileRow {
+    backend: String,
+    kind: String,
+    subfolder: String,
+    filename: String,
+    prompt_id: Option<String>,
+    user_id: Option<i64>,
+}
+
+impl From<FileRow> for StoredFile {
+    fn from(r: FileRow) -> Self {
+        StoredFile {
+            backend: r.backend,
+            kind: r.kind,
+            subfolder: r.subfolder,
+            filename: r.filename,
+            prompt_id: r.prompt_id,
+            user_id: r.user_id,
+        }
+    }
+}
+
+pub(super) const JOB_COLUMNS: &str =
+    "prompt_id, user_id, client_id, number, request, state, backend, error, created_at";
 
 pub(super) const USER_COLUMNS: &str = "id, username, password_hash, role, disabled, created_at, updated_at";
 
@@ -425,6 +484,113 @@ macro_rules! impl_store {
             async fn remove_instance(&self, instance: &str) -> StoreResult<()> {
                 sqlx::query("DELETE FROM gateway_instances WHERE id = $1").bind(instance).execute(&self.pool).await?;
                 Ok(())
+            }
+
+            async fn insert_job(&self, job: &Job) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO jobs (prompt_id, user_id, client_id, number, request, state, backend, error, \
+                     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+                )
+                .bind(&job.prompt_id)
+                .bind(job.user_id)
+                .bind(&job.client_id)
+                .bind(job.number)
+                .bind(&job.request)
+                .bind(job.state.as_str())
+                .bind(&job.backend)
+                .bind(&job.error)
+                .bind(job.created_at)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| map_conflict(&format!("prompt {}", job.prompt_id), e))?;
+                Ok(())
+            }
+
+            async fn update_job(
+                &self,
+                prompt_id: &str,
+                state: JobState,
+                backend: Option<&str>,
+                error: Option<&str>,
+            ) -> StoreResult<()> {
+                sqlx::query(
+                    "UPDATE jobs SET state = $1, backend = COALESCE($2, backend), error = $3, updated_at = $4 \
+                     WHERE prompt_id = $5",
+                )
+                .bind(state.as_str())
+                .bind(backend)
+                .bind(error)
+                .bind($crate::time::now_ms())
+                .bind(prompt_id)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn job(&self, prompt_id: &str) -> StoreResult<Option<Job>> {
+                let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE prompt_id = $1");
+                let row: Option<JobRow> = sqlx::query_as(&sql).bind(prompt_id).fetch_optional(&self.pool).await?;
+                row.map(Job::try_from).transpose()
+            }
+
+            async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>> {
+                if states.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let placeholders: Vec<String> = (1..=states.len()).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ({}) ORDER BY number, created_at",
+                    placeholders.join(", ")
+                );
+                let mut query = sqlx::query_as::<_, JobRow>(&sql);
+                for state in states {
+                    query = query.bind(state.as_str());
+                }
+                query.fetch_all(&self.pool).await?.into_iter().map(Job::try_from).collect()
+            }
+
+            async fn job_ids_of(&self, user_id: i64, limit: i64) -> StoreResult<Vec<String>> {
+                Ok(sqlx::query_scalar("SELECT prompt_id FROM jobs WHERE user_id = $1 ORDER BY number DESC LIMIT $2")
+                    .bind(user_id)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn max_job_number(&self) -> StoreResult<i64> {
+                let max: Option<i64> = sqlx::query_scalar("SELECT MAX(number) FROM jobs").fetch_one(&self.pool).await?;
+                Ok(max.unwrap_or(0))
+            }
+
+            async fn record_file(&self, file: &StoredFile) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO job_files (backend, kind, subfolder, filename, prompt_id, user_id, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (kind, subfolder, filename, backend) DO UPDATE \
+                     SET prompt_id = excluded.prompt_id, user_id = excluded.user_id, created_at = excluded.created_at",
+                )
+                .bind(&file.backend)
+                .bind(&file.kind)
+                .bind(&file.subfolder)
+                .bind(&file.filename)
+                .bind(&file.prompt_id)
+                .bind(file.user_id)
+                .bind($crate::time::now_ms())
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn file(&self, kind: &str, subfolder: &str, filename: &str) -> StoreResult<Option<StoredFile>> {
+                let row: Option<FileRow> = sqlx::query_as(
+                    "SELECT backend, kind, subfolder, filename, prompt_id, user_id FROM job_files \
+                     WHERE kind = $1 AND subfolder = $2 AND filename = $3 ORDER BY created_at DESC LIMIT 1",
+                )
+                .bind(kind)
+                .bind(subfolder)
+                .bind(filename)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(StoredFile::from))
             }
         }
     };

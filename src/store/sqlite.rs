@@ -6,9 +6,13 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::sql::{
-    BUMP_EPOCH, SESSION_SELECT, SessionRow, TOKEN_SELECT, TokenRow, USER_COLUMNS, UserRow, impl_store, map_conflict,
+    BUMP_EPOCH, FileRow, JOB_COLUMNS, JobRow, SESSION_SELECT, SessionRow, TOKEN_SELECT, TokenRow, USER_COLUMNS,
+    UserRow, impl_store, map_conflict,
 };
-use super::{ApiToken, NewSession, NewToken, NewUser, Role, Session, StoreError, StoreResult, UseTimes, User};
+use super::{
+    ApiToken, Job, JobState, NewSession, NewToken, NewUser, Role, Session, StoreError, StoreResult, StoredFile,
+    UseTimes, User,
+};
 
 /// A [`Store`](super::Store) on a SQLite file.
 pub struct SqliteStore {

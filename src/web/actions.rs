@@ -49,7 +49,12 @@ pub async fn change_password(
     new: &str,
     address: &str,
 ) -> Result<(), ApiError> {
-    app.auth.confirm_password(&caller.identity, current, address).await?;
+    app.auth.confirm_password(&caller.identity, current, address).await.map_err(|e| match e {
+        crate::auth::LoginFailure::InvalidCredentials => {
+            ApiError::Forbidden("the current password is wrong".to_owned())
+        }
+        other => ApiError::from(other),
+    })?;
     app.auth.accounts().check_password(new)?;
     app.auth.accounts().set_password(&caller.identity.username, new).await?;
     app.auth.revoked();

@@ -64,8 +64,12 @@ pub async fn submit(
     headers: HeaderMap,
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let Ok(Form(form)) = form else {
-        return render(&client, StatusCode::BAD_REQUEST, "", None, Some("The login form was incomplete."), "");
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(rejection) => {
+            let error = ApiError::from(rejection);
+            return render(&client, error.status(), "", None, Some(&error.to_string()), "");
+        }
     };
     if !csrf::check_login(cookie_value(&headers, csrf::LOGIN_COOKIE).as_deref(), &form.csrf)
         || origin::cross_site(&headers, &app.allowed_hosts).is_some()

@@ -1,0 +1,96 @@
+//! Active health checks: `GET /system_stats` on an interval; a backend that fails
+//! `unhealthy_after` checks in a row is taken out, and put back (capabilities re-read) when a
+//! check succeeds. Capabilities are also refreshed on their own interval.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Method, StatusCode};
+use tokio::sync::watch;
+
+use super::capabilities::Capabilities;
+use super::{Backend, BackendEvent, Pool};
+use crate::config::SchedulerConfig;
+
+/// Checks every backend until `shutdown`.
+pub async fn run(pool: Arc<Pool>, config: SchedulerConfig, shutdown: watch::Receiver<bool>) {
+    let tasks: Vec<_> = pool
+        .all()
+        .iter()
+        .map(|b| tokio::spawn(watch_backend(pool.clone(), b.clone(), config.clone(), shutdown.clone())))
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+async fn watch_backend(
+    pool: Arc<Pool>,
+    backend: Arc<Backend>,
+    config: SchedulerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(config.health_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refreshed: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let result = backend.proxy.call(Method::GET, "/system_stats", None, config.health_timeout).await;
+        match result {
+            Ok((StatusCode::OK, _)) => {
+                let came_back = {
+                    let mut load = backend.load();
+                    load.failures = 0;
+                    let back = !load.healthy;
+                    load.healthy = true;
+                    back
+                };
+                let stale = refreshed.is_none_or(|t| t.elapsed() >= config.capabilities_refresh);
+                if came_back || stale {
+                    if refresh_capabilities(&backend, &config).await {
+                        refreshed = Some(Instant::now());
+                    }
+                    pool.forget_merged();
+                }
+                if came_back {
+                    tracing::info!(backend = backend.name(), "backend back in service");
+                    pool.announce(BackendEvent::Up(backend.name().to_owned()));
+                } else if stale {
+                    pool.announce(BackendEvent::Changed);
+                }
+            }
+            Ok((status, _)) => {
+                pool.request_failed(&backend, &format!("health check answered {status}"), config.unhealthy_after)
+            }
+            Err(e) => pool.request_failed(&backend, &e.to_string(), config.unhealthy_after),
+        }
+    }
+}
+
+/// Reads `/object_info`; false when it could not.
+async fn refresh_capabilities(backend: &Backend, config: &SchedulerConfig) -> bool {
+    let timeout = config.health_timeout.max(std::time::Duration::from_secs(30));
+    match backend.proxy.call(Method::GET, "/object_info", None, timeout).await {
+        Ok((StatusCode::OK, body)) => match serde_json::from_slice(&body) {
+            Ok(raw) => {
+                backend.set_capabilities(Capabilities::from_object_info(raw));
+                true
+            }
+            Err(e) => {
+                tracing::warn!(backend = backend.name(), error = %e, "unreadable /object_info");
+                false
+            }
+        },
+        Ok((status, _)) => {
+            tracing::warn!(backend = backend.name(), %status, "/object_info failed");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(backend = backend.name(), error = %e, "/object_info failed");
+            false
+        }
+    }
+}

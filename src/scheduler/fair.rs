@@ -1,0 +1,130 @@
+//! Fair share between users: owners take turns (round-robin), each owner's jobs go in order
+//! (FIFO), and a job is only taken by a backend that can run it.
+
+use std::collections::{HashMap, VecDeque};
+
+/// Queued prompt ids by owner.
+#[derive(Debug, Default)]
+pub struct FairQueue {
+    turns: VecDeque<i64>,
+    jobs: HashMap<i64, VecDeque<String>>,
+}
+
+impl FairQueue {
+    /// Adds a job at the end of its owner's line (a new owner joins the end of the turns).
+    pub fn push_back(&mut self, owner: i64, prompt_id: String) {
+        let line = self.jobs.entry(owner).or_default();
+        if line.is_empty() && !self.turns.contains(&owner) {
+            self.turns.push_back(owner);
+        }
+        line.push_back(prompt_id);
+    }
+
+    /// Puts a job back at the front of its owner's line (it was dispatched and came back).
+    pub fn push_front(&mut self, owner: i64, prompt_id: String) {
+        let line = self.jobs.entry(owner).or_default();
+        if !self.turns.contains(&owner) {
+            self.turns.push_front(owner);
+        }
+        line.push_front(prompt_id);
+    }
+
+    /// Takes the next job any of `runnable` accepts: owners in turn, each owner's jobs in
+    /// order; the owner served goes to the end of the turns.
+    pub fn take(&mut self, mut runnable: impl FnMut(&str) -> bool) -> Option<(i64, String)> {
+        for turn in 0..self.turns.len() {
+            let owner = self.turns[turn];
+            let line = self.jobs.get_mut(&owner)?;
+            let Some(index) = line.iter().position(|id| runnable(id)) else { continue };
+            let prompt_id = line.remove(index)?;
+            self.turns.remove(turn);
+            if !line.is_empty() {
+                self.turns.push_back(owner);
+            } else {
+                self.jobs.remove(&owner);
+            }
+            return Some((owner, prompt_id));
+        }
+        None
+    }
+
+    /// Removes a queued job; true if it was queued.
+    pub fn remove(&mut self, prompt_id: &str) -> bool {
+        let Some((&owner, line)) = self.jobs.iter_mut().find(|(_, line)| line.iter().any(|id| id == prompt_id)) else {
+            return false;
+        };
+        line.retain(|id| id != prompt_id);
+        if line.is_empty() {
+            self.jobs.remove(&owner);
+            self.turns.retain(|o| *o != owner);
+        }
+        true
+    }
+
+    /// Every queued job in the order they would run if every backend could run all of them.
+    pub fn in_order(&self) -> Vec<(i64, String)> {
+        let mut lines: Vec<(i64, VecDeque<String>)> =
+            self.turns.iter().filter_map(|o| self.jobs.get(o).map(|l| (*o, l.clone()))).collect();
+        let mut out = Vec::new();
+        while lines.iter().any(|(_, l)| !l.is_empty()) {
+            for (owner, line) in &mut lines {
+                if let Some(id) = line.pop_front() {
+                    out.push((*owner, id));
+                }
+            }
+        }
+        out
+    }
+
+    /// How many jobs wait.
+    pub fn len(&self) -> usize {
+        self.jobs.values().map(VecDeque::len).sum()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(q: &mut FairQueue, n: usize) -> Vec<String> {
+        (0..n).filter_map(|_| q.take(|_| true).map(|(_, id)| id)).collect()
+    }
+
+    #[test]
+    fn owners_take_turns_and_keep_their_order() {
+        let mut q = FairQueue::default();
+        for i in 0..5 {
+            q.push_back(1, format!("a{i}"));
+        }
+        q.push_back(2, "b0".into());
+        q.push_back(2, "b1".into());
+        assert_eq!(ids(&mut q, 7), ["a0", "b0", "a1", "b1", "a2", "a3", "a4"]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_job_nobody_can_run_does_not_block_the_next() {
+        let mut q = FairQueue::default();
+        q.push_back(1, "big".into());
+        q.push_back(1, "small".into());
+        assert_eq!(q.take(|id| id != "big"), Some((1, "small".into())));
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn returned_jobs_go_first_and_removal_works() {
+        let mut q = FairQueue::default();
+        q.push_back(1, "a".into());
+        q.push_back(2, "b".into());
+        q.push_front(1, "back".into());
+        assert_eq!(q.in_order(), [(1, "back".to_owned()), (2, "b".to_owned()), (1, "a".to_owned())]);
+        assert!(q.remove("b"));
+        assert!(!q.remove("b"));
+        assert_eq!(ids(&mut q, 3), ["back", "a"]);
+    }
+}

@@ -1,0 +1,91 @@
+//! A job while the gateway holds it, and the answers `POST /prompt` gives.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde_json::{Map, Value, json};
+use tokio::sync::oneshot;
+
+use super::workflow::Requirements;
+use crate::store::{Job, JobState};
+
+/// What `POST /prompt` answers.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Status code.
+    pub status: StatusCode,
+    /// JSON body.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// A backend's answer, passed on unchanged.
+    pub fn raw(status: StatusCode, body: Bytes) -> Self {
+        Self { status, body }
+    }
+
+    /// A JSON answer.
+    pub fn json(status: StatusCode, body: &Value) -> Self {
+        Self { status, body: Bytes::from(body.to_string()) }
+    }
+
+    /// ComfyUI's error shape (`400 {"error": {...}, "node_errors": {}}`).
+    pub fn comfy_error(kind: &str, message: &str, details: &str) -> Self {
+        Self::json(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": {"type": kind, "message": message, "details": details, "extra_info": {}}, "node_errors": {}}),
+        )
+    }
+}
+
+/// A job the gateway holds (waiting, dispatched or running).
+pub(super) struct Active {
+    pub owner: i64,
+    pub client_id: String,
+    pub number: i64,
+    /// The `POST /prompt` body without `client_id` / `prompt_id`.
+    pub request: Arc<Value>,
+    /// What it needs; `None` until some backend's capabilities are known.
+    pub requirements: Option<Requirements>,
+    /// The backend holding its uploaded input files.
+    pub pinned: Option<String>,
+    pub state: JobState,
+    pub backend: Option<String>,
+    /// The submitter, waiting for the backend's answer to an immediate dispatch.
+    pub waiter: Option<oneshot::Sender<Answer>>,
+    /// An execution error or interruption seen before the job ended.
+    pub outcome: Option<(JobState, String)>,
+}
+
+impl Active {
+    pub fn from_job(job: &Job) -> Self {
+        Self {
+            owner: job.user_id,
+            client_id: job.client_id.clone(),
+            number: job.number,
+            request: Arc::new(serde_json::from_str(&job.request).unwrap_or(Value::Null)),
+            requirements: None,
+            pinned: None,
+            state: job.state,
+            backend: job.backend.clone(),
+            waiter: None,
+            outcome: None,
+        }
+    }
+
+    /// The workflow graph.
+    pub fn prompt_map(&self) -> Map<String, Value> {
+        self.request.get("prompt").and_then(Value::as_object).cloned().unwrap_or_default()
+    }
+
+    /// ComfyUI's queue item: `[number, prompt_id, prompt, extra_data, outputs_to_execute]`.
+    pub fn queue_item(&self, prompt_id: &str) -> Value {
+        let mut extra = self.request.get("extra_data").cloned().unwrap_or_else(|| json!({}));
+        if !self.client_id.is_empty() {
+            extra["client_id"] = Value::String(self.client_id.clone());
+        }
+        let outputs = self.requirements.as_ref().map(|r| r.outputs.clone()).unwrap_or_default();
+        json!([self.number, prompt_id, self.request.get("prompt").cloned().unwrap_or(Value::Null), extra, outputs])
+    }
+}

@@ -1,0 +1,240 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The command line end to end: exit codes, output, and changes that a running gateway applies
+//! before the command returns.
+
+mod common;
+
+use comfyui_sim::{SimConfig, Simulator};
+use common::{Auth, Gateway, Options, SESSION_COOKIE, USER_PW, cli_at, client, code_of, enc, write_config};
+
+/// A configuration with no gateway running (the backend is never contacted).
+fn offline_config() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "http://127.0.0.1:9", &Options::default());
+    (dir, config)
+}
+
+#[tokio::test]
+async fn user_add_list_duplicate_and_invalid_names() {
+    let (_dir, config) = offline_config();
+    let out = cli_at(&config, &["user", "add", "Bob", "--password-stdin"], Some(USER_PW)).await.ok();
+    assert!(out.stdout.contains("created user `bob`"), "{out:?}");
+    assert!(!out.stdout.contains(USER_PW), "a given password is never echoed");
+    cli_at(&config, &["user", "add", "root", "--role", "admin", "--password-stdin"], Some(USER_PW)).await.ok();
+
+    let out = cli_at(&config, &["user", "list"], None).await.ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].starts_with("USER"), "{out:?}");
+    assert!(lines.iter().any(|l| l.starts_with("bob ") && l.contains("user") && l.contains("active")), "{out:?}");
+    assert!(lines.iter().any(|l| l.starts_with("root ") && l.contains("admin")), "{out:?}");
+
+    let dup = cli_at(&config, &["user", "add", "bob", "--password-stdin"], Some(USER_PW)).await;
+    assert_eq!(dup.code, 65, "{dup:?}");
+    assert!(dup.stderr.contains("already exists"), "{dup:?}");
+    for bad in ["bad name", "_under", "x/y", "jürgen", ""] {
+        let out = cli_at(&config, &["user", "add", bad, "--password-stdin"], Some(USER_PW)).await;
+        assert_eq!(out.code, 65, "{bad:?}: {out:?}");
+        assert!(out.stderr.contains("invalid user name"), "{out:?}");
+    }
+    let short = cli_at(&config, &["user", "add", "carol", "--password-stdin"], Some("short")).await;
+    assert_eq!(short.code, 65, "{short:?}");
+    let missing = cli_at(&config, &["user", "disable", "nobody"], None).await;
+    assert_eq!(missing.code, 65, "{missing:?}");
+
+    // A generated password is printed once and works.
+    let out = cli_at(&config, &["user", "add", "dave"], None).await.ok();
+    assert!(out.stdout.contains("password: "), "{out:?}");
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    let (_dir, config) = offline_config();
+    for args in [
+        &["user", "add"][..],
+        &["user", "add", "x", "--role", "root"],
+        &["token", "create", "admin"],
+        &["frobnicate"],
+        &["user", "add", "x", "--password-stdin", "--password-file", "/nonexistent"],
+    ] {
+        let out = cli_at(&config, args, None).await;
+        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+    }
+}
+
+#[tokio::test]
+async fn last_admin_cannot_be_disabled_or_removed() {
+    let (_dir, config) = offline_config();
+    cli_at(&config, &["user", "add", "root", "--role", "admin", "--password-stdin"], Some(USER_PW)).await.ok();
+    for args in [&["user", "disable", "root"][..], &["user", "remove", "root"], &["user", "role", "root", "user"]] {
+        let out = cli_at(&config, args, None).await;
+        assert_eq!(out.code, 65, "{args:?}: {out:?}");
+    }
+}
+
+#[tokio::test]
+async fn token_create_list_and_revoke() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let gw = Gateway::start(&sim.url()).await;
+    gw.add_user("bob", "user").await;
+
+    let out = gw.cli(&["token", "create", "bob", "--name", "laptop 🎨", "--expires", "30d"], None).await.ok();
+    let token = out.stdout.trim().to_owned();
+    assert_eq!(out.stdout.lines().count(), 1, "only the token on stdout: {out:?}");
+    assert!(token.starts_with("cg_") && token.len() >= 40, "{token}");
+    assert!(out.stderr.contains("laptop 🎨"), "{out:?}");
+    let (status, me) = gw.whoami(&Auth::Bearer(&token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(me["auth"]["token_name"], "laptop 🎨");
+
+    let dup = gw.cli(&["token", "create", "bob", "--name", "laptop 🎨"], None).await;
+    assert_eq!(dup.code, 65, "{dup:?}");
+    let bad = gw.cli(&["token", "create", "bob", "--name", "x", "--expires", "tomorrow"], None).await;
+    assert_eq!(bad.code, 65, "{bad:?}");
+    let nobody = gw.cli(&["token", "create", "nobody", "--name", "x"], None).await;
+    assert_eq!(nobody.code, 65, "{nobody:?}");
+
+    let list = gw.cli(&["token", "list", "bob"], None).await.ok();
+    let line = list.stdout.lines().find(|l| l.contains("laptop 🎨")).expect("listed");
+    assert!(line.contains("active"), "{line}");
+    assert!(!list.stdout.contains(&token), "the secret is never listed");
+    let id = line.split_whitespace().next().unwrap().to_owned();
+    let all = gw.cli(&["token", "list"], None).await.ok();
+    assert!(all.stdout.contains("laptop 🎨"));
+
+    let out = gw.cli(&["token", "revoke", "bob", &id], None).await.ok();
+    assert!(out.stdout.contains("revoked"), "{out:?}");
+    let (status, body) = gw.whoami(&Auth::Bearer(&token)).await;
+    assert_eq!(status, 401);
+    assert_eq!(code_of(&body), "token_revoked");
+    let list = gw.cli(&["token", "list", "bob"], None).await.ok();
+    assert!(list.stdout.lines().any(|l| l.contains("laptop 🎨") && l.contains("revoked")), "{list:?}");
+    let again = gw.cli(&["token", "revoke", "bob", &id], None).await;
+    assert_eq!(again.code, 65, "{again:?}");
+    // The name is free again once the old token is revoked.
+    gw.cli(&["token", "create", "bob", "--name", "laptop 🎨"], None).await.ok();
+}
+
+#[tokio::test]
+async fn user_remove_ends_tokens_and_sessions_on_the_next_request() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let gw = Gateway::start(&sim.url()).await;
+    gw.add_user("bob", "user").await;
+    let token = gw.token("bob", "t").await;
+    let cookie = gw.login("bob", USER_PW).await;
+    gw.cli(&["user", "remove", "bob"], None).await.ok();
+    assert_eq!(gw.whoami(&Auth::Bearer(&token)).await.0, 401);
+    assert_eq!(gw.whoami(&Auth::Cookie(&cookie)).await.0, 401);
+    let out = gw.cli(&["user", "list"], None).await.ok();
+    assert!(!out.stdout.contains("bob"), "{out:?}");
+}
+
+#[tokio::test]
+async fn unknown_config_key_exits_78_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "http://127.0.0.1:9", &Options::default().server("listen_port = 8080"));
+    for args in [&["user", "list"][..], &["serve"]] {
+        let out = cli_at(&config, args, None).await;
+        assert_eq!(out.code, 78, "{args:?}: {out:?}");
+        assert!(out.stderr.contains("listen_port"), "{out:?}");
+    }
+    let config = write_config(dir.path(), "http://127.0.0.1:9", &Options::default().auth("session_timeout = \"1h\""));
+    let out = cli_at(&config, &["user", "list"], None).await;
+    assert_eq!(out.code, 78);
+    assert!(out.stderr.contains("session_timeout"), "{out:?}");
+
+    // An unknown COMFYGATE_ variable is a configuration error too.
+    let config = write_config(dir.path(), "http://127.0.0.1:9", &Options::default());
+    let out =
+        common::command(&config).env("COMFYGATE_SERVER__LISTEN_PROT", "1").args(["user", "list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen_prot"), "{out:?}");
+
+    // An invalid value names its key.
+    let config = write_config(dir.path(), "ftp://127.0.0.1:9", &Options::default());
+    let out = cli_at(&config, &["user", "list"], None).await;
+    assert_eq!(out.code, 78);
+    assert!(out.stderr.contains("backends[0].url"), "{out:?}");
+}
+
+#[tokio::test]
+async fn init_creates_the_first_admin_once() {
+    let (dir, config) = offline_config();
+    let pw_file = dir.path().join("pw");
+    std::fs::write(&pw_file, "init-password-123\n").unwrap();
+    let pw = pw_file.to_str().unwrap();
+    let out = cli_at(&config, &["init", "--admin-user", "boss", "--admin-password-file", pw], None).await.ok();
+    assert!(out.stdout.contains("created admin `boss`"), "{out:?}");
+    let out = cli_at(&config, &["init", "--admin-user", "other", "--admin-password-file", pw], None).await.ok();
+    assert!(out.stdout.contains("already initialised"), "{out:?}");
+    let list = cli_at(&config, &["user", "list"], None).await.ok();
+    assert!(list.stdout.contains("boss") && !list.stdout.contains("other"), "{list:?}");
+}
+
+#[tokio::test]
+async fn comfyui_login_import_keeps_the_password_and_a_revocable_legacy_token() {
+    const OLD_PW: &str = "comfyui-login-pw";
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let gw = Gateway::start(&sim.url()).await;
+    let hash = bcrypt::hash(OLD_PW, 4).unwrap();
+    assert!(hash.starts_with("$2b$"), "{hash}");
+    let file = gw.dir.path().join("PASSWORD");
+    std::fs::write(&file, format!("{hash}\nalice\n")).unwrap();
+
+    let bogus = gw.dir.path().join("NOTPASSWORD");
+    std::fs::write(&bogus, "hunter2\nalice\n").unwrap();
+    let out = gw.cli(&["import", "comfyui-login", bogus.to_str().unwrap()], None).await;
+    assert_ne!(out.code, 0, "{out:?}");
+
+    let out = gw.cli(&["import", "comfyui-login", file.to_str().unwrap(), "--keep-legacy-token"], None).await.ok();
+    assert!(out.stdout.contains("alice"), "{out:?}");
+    let again = gw.cli(&["import", "comfyui-login", file.to_str().unwrap()], None).await;
+    assert_eq!(again.code, 65, "importing twice: {again:?}");
+
+    // The old password logs in (and is upgraded to argon2id); a second login still works.
+    let cookie = gw.login("alice", OLD_PW).await;
+    let (status, me) = gw.whoami(&Auth::Cookie(&cookie)).await;
+    assert_eq!(status, 200);
+    assert_eq!(me["username"], "alice");
+    assert_eq!(me["role"], "admin");
+    let second = gw.login("alice", OLD_PW).await;
+    assert_ne!(second, cookie);
+    assert_eq!(gw.login_response("alice", "wrong-password!", "/").await.status(), 401);
+
+    // The old ComfyUI-Login token (the hash string) works as a bearer and as ?token=.
+    let (status, me) = gw.get_json("/comfygate/api/whoami", &Auth::Bearer(&hash)).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["auth"]["token_kind"], "legacy");
+    assert_eq!(gw.get_json("/queue", &Auth::Bearer(&hash)).await.0, 200);
+    let r = client().get(gw.at(&format!("/queue?token={}", enc(&hash)))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    sim.clear_requests();
+    let r = client().get(gw.at(&format!("/prompt?token={}", enc(&hash)))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(sim.requests()[0].uri, "/prompt", "the legacy token is stripped too");
+
+    gw.cli(&["token", "revoke", "alice", "comfyui-login"], None).await.ok();
+    let (status, body) = gw.get_json("/queue", &Auth::Bearer(&hash)).await;
+    assert_eq!(status, 401);
+    assert_eq!(code_of(&body), "token_revoked");
+    let r = client().get(gw.at(&format!("/queue?token={}", enc(&hash)))).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // The password (now argon2id) keeps working after the token is gone.
+    let cookie = gw.login("alice", OLD_PW).await;
+    let r = client().get(gw.at("/queue")).header("cookie", format!("{SESSION_COOKIE}={cookie}")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn comfyui_login_import_without_keep_refuses_the_old_token() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let gw = Gateway::start(&sim.url()).await;
+    let hash = bcrypt::hash("another-old-pw", 4).unwrap();
+    let file = gw.dir.path().join("PASSWORD");
+    std::fs::write(&file, format!("{hash}\n")).unwrap();
+    let out = gw.cli(&["import", "comfyui-login", file.to_str().unwrap(), "--username", "legacy"], None).await.ok();
+    assert!(out.stdout.contains("NOT accepted"), "{out:?}");
+    let (status, body) = gw.get_json("/queue", &Auth::Bearer(&hash)).await;
+    assert_eq!(status, 401);
+    assert_eq!(code_of(&body), "unknown_token");
+    gw.login("legacy", "another-old-pw").await;
+}
