@@ -849,8 +849,9 @@ def report(args, meta: dict, http_res: dict | None, ws: dict | None, cold: dict 
     L.append(f"- versions: {meta['versions']}")
     L.append(f"- pinning: {meta['pinning']}")
     L.append(f"- workers: nginx `worker_processes 1`, Caddy `GOMAXPROCS=1`, comfygate `TOKIO_WORKER_THREADS=1`")
-    L.append(f"- HTTP: wrk -t1, {args.rounds} rounds × {args.duration} s per cell, systems alternated "
-             f"(order reversed every other round), {args.warmup} s warm-up each; medians shown")
+    if http_res:
+        L.append(f"- HTTP: wrk -t1, {args.rounds} rounds × {args.duration} s per cell, systems alternated "
+                 f"(order reversed every other round), {args.warmup} s warm-up each; medians shown")
     if meta.get("notes"):
         L.append(f"- nginx htpasswd: {meta['notes'].get('htpasswd')}; Caddy: {meta['notes'].get('caddy_hash')}")
     L.append("")
@@ -976,8 +977,8 @@ def machine() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke mode for CI: a few seconds per scenario")
-    ap.add_argument("--only", default="http,ws,coldstart,criterion",
-                    help="comma-separated scenarios (http, ws, coldstart, criterion)")
+    ap.add_argument("--only", help="comma-separated scenarios among http, ws, coldstart, criterion "
+                    "(default: all; --quick leaves out criterion, whose build alone takes minutes)")
     ap.add_argument("--rounds", type=int, help="HTTP rounds (default 3; quick 1)")
     ap.add_argument("--duration", type=float, help="seconds per wrk run (default 5; quick 1)")
     ap.add_argument("--warmup", type=float, help="warm-up seconds per system and body (default 2; quick none)")
@@ -997,7 +998,7 @@ def main() -> int:
     args.cold_runs = max(1, min(args.cold_runs or (3 if q else 10), 100))
     args.ws_open_timeout = 60.0 if q else 180.0
     args.ws_latency_timeout = 20.0 if q else 120.0
-    only = set(args.only.split(","))
+    only = set((args.only or ("http,ws,coldstart" if q else "http,ws,coldstart,criterion")).split(","))
     if args.no_criterion:
         only.discard("criterion")
 

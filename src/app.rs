@@ -7,9 +7,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::Auth;
+use crate::backends::{self, Pool};
 use crate::config::Config;
 use crate::http;
-use crate::proxy::{Proxy, ProxyError};
+use crate::proxy::ProxyError;
+use crate::scheduler::Scheduler;
 use crate::store::{self, StoreError};
 
 /// Shared state of a running gateway.
@@ -24,6 +26,9 @@ pub enum StartError {
     /// A backend URL is unusable.
     #[error("backend configuration: {0}")]
     Proxy(#[from] ProxyError),
+    /// The job queue could not be loaded.
+    #[error("cannot load the job queue: {0}")]
+    Queue(String),
     /// TLS files are unusable.
     #[error("TLS: {0}")]
     Tls(#[from] http::server::TlsError),
@@ -43,8 +48,10 @@ pub struct App {
     pub config: Config,
     /// Authentication and accounts.
     pub auth: Arc<Auth>,
-    /// The proxy to ComfyUI.
-    pub proxy: Proxy,
+    /// The job queue and the backends behind it.
+    pub scheduler: Arc<Scheduler>,
+    /// This process's name in the store (heartbeats, WebSocket ids).
+    pub instance: String,
     /// `host[:port]` values users reach the gateway by, beyond the request's own `Host`.
     pub allowed_hosts: Vec<String>,
     /// Whether the gateway itself serves HTTPS.
@@ -52,11 +59,12 @@ pub struct App {
 }
 
 impl App {
-    /// Builds the services on an opened store.
-    pub fn new(config: Config, store: Arc<dyn store::Store>) -> Result<Self, StartError> {
-        let auth = Arc::new(Auth::new(store, config.auth.clone()));
-        let backend = config.backends.first().cloned().unwrap_or_else(crate::config::BackendConfig::local);
-        let proxy = Proxy::new(&backend, config.server.max_request_body.as_u64(), &config.auth.cookie_name)?;
+    /// Builds the services on an opened store (resuming the jobs it holds).
+    pub async fn new(config: Config, store: Arc<dyn store::Store>) -> Result<Self, StartError> {
+        let auth = Arc::new(Auth::new(store.clone(), config.auth.clone()));
+        let instance = format!("{}-{}", hostname(), &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let pool = Arc::new(Pool::new(&config, &instance)?);
+        let scheduler = Arc::new(Scheduler::load(store, pool, config.scheduler.clone()).await?);
         let allowed_hosts = config
             .server
             .public_url
@@ -65,7 +73,7 @@ impl App {
             .filter_map(|u| u.authority().map(|a| a.as_str().to_ascii_lowercase()))
             .collect();
         let tls = config.server.tls.is_some();
-        Ok(Self { config, auth, proxy, allowed_hosts, tls })
+        Ok(Self { config, auth, scheduler, instance, allowed_hosts, tls })
     }
 }
 
@@ -99,11 +107,40 @@ pub async fn start(app: App) -> Result<Running, StartError> {
     let header_read_timeout = app.config.server.header_read_timeout;
     let app: AppState = Arc::new(app);
     let (shutdown, watch_shutdown) = watch::channel(false);
-    let instance = format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple());
-    let maintenance = tokio::spawn(app.auth.clone().maintain(instance, watch_shutdown.clone()));
+    let maintenance = tokio::spawn(app.auth.clone().maintain(app.instance.clone(), watch_shutdown.clone()));
+    let scheduling = spawn_scheduling(&app, &watch_shutdown);
     let server =
         tokio::spawn(http::server::serve(listener, http::router(app), tls, header_read_timeout, watch_shutdown));
-    Ok(Running { addr, shutdown, tasks: vec![server, maintenance] })
+    let mut tasks = vec![server, maintenance];
+    tasks.extend(scheduling);
+    Ok(Running { addr, shutdown, tasks })
+}
+
+/// Health checks, the monitor sockets, and the loop that feeds their news to the scheduler.
+fn spawn_scheduling(app: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    let scheduler = app.scheduler.clone();
+    let pool = scheduler.pool().clone();
+    let (frames_tx, mut frames) = tokio::sync::mpsc::channel(4096);
+    let health = tokio::spawn(backends::health::run(pool.clone(), app.config.scheduler.clone(), shutdown.clone()));
+    let monitor = tokio::spawn(backends::monitor::run(pool.clone(), frames_tx, shutdown.clone()));
+    let mut events = pool.subscribe();
+    let mut stop = shutdown.clone();
+    let feed = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                Some((backend, frame)) = frames.recv() => scheduler.on_frame(&backend, frame).await,
+                event = events.recv() => match event {
+                    Ok(event) => scheduler.on_backend_event(event).await,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => scheduler.pump().await,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+                _ = tick.tick() => scheduler.pump().await,
+                _ = stop.changed() => break,
+            }
+        }
+    });
+    vec![health, monitor, feed]
 }
 
 fn hostname() -> String {

@@ -9,6 +9,7 @@
 pub mod app;
 pub mod auth;
 pub mod backends;
+pub mod comfy;
 pub mod config;
 pub mod http;
 pub mod policy;

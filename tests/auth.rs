@@ -60,7 +60,7 @@ async fn unauthenticated_browser_navigation_is_redirected_to_login_with_a_safe_n
     let r = client().get(gw.at("/login?next=https%3A%2F%2Fevil.test%2F")).send().await.unwrap();
     let html = r.text().await.unwrap();
     assert_eq!(common::hidden_input(&html, "next").as_deref(), Some("/"));
-    assert!(sim.requests().is_empty(), "nothing reached ComfyUI: {:?}", sim.requests());
+    assert!(common::client_requests(&sim).is_empty(), "nothing reached ComfyUI: {:?}", common::client_requests(&sim));
 }
 
 #[tokio::test]
@@ -79,7 +79,10 @@ async fn login_sets_a_session_cookie_that_proxies_and_whoami_says_session() {
     let (status, body) = queue(&gw, &Auth::Cookie(&cookie)).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.get("queue_running").is_some(), "{body}");
-    assert!(sim.requests().iter().any(|r| r.uri == "/queue"));
+    // The queue is the gateway's; other ComfyUI routes are proxied under the session too.
+    let (status, _) = gw.get_json("/api/embeddings", &Auth::Cookie(&cookie)).await;
+    assert_eq!(status, 200);
+    assert!(common::client_requests(&sim).iter().any(|r| r.uri == "/api/embeddings"));
 
     let (status, me) = gw.whoami(&Auth::Cookie(&cookie)).await;
     assert_eq!(status, 200);

@@ -61,7 +61,11 @@ async fn malformed_authorization_headers_get_401_never_500() {
     let (status, body) = gw.get_json("/queue", &Auth::Bearer(&format!("cg_{}", "b".repeat(43)))).await;
     assert_eq!(status, 401);
     assert_eq!(code_of(&body), "unknown_token");
-    assert!(sim.requests().is_empty(), "nothing malformed reached ComfyUI: {:?}", sim.requests());
+    assert!(
+        common::client_requests(&sim).is_empty(),
+        "nothing malformed reached ComfyUI: {:?}",
+        common::client_requests(&sim)
+    );
 }
 
 #[tokio::test]
@@ -161,7 +165,7 @@ async fn path_traversal_and_nul_bytes_get_400() {
     let head = format!("GET {long} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}");
     let (status, _, _) = raw_request(gw.addr, head.as_bytes(), b"").await;
     assert!(matches!(status, 400 | 414 | 431), "{status}");
-    assert!(sim.requests().is_empty(), "nothing reached ComfyUI: {:?}", sim.requests());
+    assert!(common::client_requests(&sim).is_empty(), "nothing reached ComfyUI: {:?}", common::client_requests(&sim));
     // Without credentials, no path trick gets past authentication.
     let (status, _, _) = raw_request(gw.addr, b"GET /%2e%2e/etc/passwd HTTP/1.1\r\nHost: gw", b"").await;
     assert!(matches!(status, 400 | 401), "{status}");

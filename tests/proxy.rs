@@ -84,7 +84,7 @@ async fn websocket_upgrade_without_valid_credentials_is_rejected_with_401() {
     assert_eq!(ws_connect(&ws_url(&gw, "clientId=x"), &[]).await.err(), Some(401));
     let bogus = "cg_bogusbogusbogusbogusbogusbogusbogusbogus00";
     assert_eq!(ws_connect(&ws_url(&gw, &format!("clientId=x&token={bogus}")), &[]).await.err(), Some(401));
-    assert!(sim.requests().is_empty());
+    assert!(common::client_requests(&sim).is_empty());
 }
 
 #[tokio::test]
@@ -99,7 +99,7 @@ async fn session_cookie_websocket_works_same_origin_and_is_refused_cross_site() 
     let refused =
         ws_connect(&ws_url(&gw, "clientId=c2"), &[("cookie", &cookie_header), ("origin", "https://evil.test")]).await;
     assert_eq!(refused.err(), Some(403));
-    assert!(sim.requests().is_empty(), "the refused upgrade never reached ComfyUI");
+    assert!(common::client_requests(&sim).is_empty(), "the refused upgrade never reached ComfyUI");
 }
 
 #[tokio::test]
@@ -109,12 +109,12 @@ async fn credentials_never_reach_the_backend() {
     let cookie = gw.login("admin", ADMIN_PW).await;
     sim.clear_requests();
 
-    let r = client().get(gw.at("/queue")).bearer_auth(&token).send().await.unwrap();
+    let r = client().get(gw.at("/embeddings")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let r = client().get(gw.at(&format!("/view?filename=nothing.png&token={token}&type=output"))).send().await.unwrap();
     assert_eq!(r.status(), 404, "forwarded to ComfyUI, which has no such file");
     let r = client()
-        .get(gw.at("/system_stats"))
+        .get(gw.at("/features"))
         .header("cookie", format!("theme=dark; {SESSION_COOKIE}={cookie}; lang=en"))
         .send()
         .await
@@ -123,9 +123,15 @@ async fn credentials_never_reach_the_backend() {
     let mut ws = ws_connect(&ws_url(&gw, &format!("token={token}&clientId=w1")), &[]).await.unwrap();
     assert_first_frame_is_status(&mut ws, "w1").await;
 
-    let seen = sim.requests();
-    assert_eq!(seen.len(), 4, "{seen:?}");
-    for req in &seen {
+    let seen = common::client_requests(&sim);
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen[0].uri, "/embeddings");
+    assert_eq!(seen[1].uri, "/view?filename=nothing.png&type=output", "other parameters pass unchanged");
+    let cookie_seen: Vec<&str> =
+        seen[2].headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("cookie")).map(|(_, v)| v.as_str()).collect();
+    assert_eq!(cookie_seen, ["theme=dark; lang=en"], "other cookies pass");
+    // Nothing ComfyUI received, the gateway's own requests included, carries a credential.
+    for req in &sim.requests() {
         assert!(!req.uri.contains("token"), "token in uri: {}", req.uri);
         for (name, value) in &req.headers {
             assert!(!name.eq_ignore_ascii_case("authorization"), "{req:?}");
@@ -133,11 +139,6 @@ async fn credentials_never_reach_the_backend() {
             assert!(!value.contains(SESSION_COOKIE), "{name}: {value}");
         }
     }
-    assert_eq!(seen[1].uri, "/view?filename=nothing.png&type=output", "other parameters pass unchanged");
-    assert_eq!(seen[3].uri, "/ws?clientId=w1");
-    let cookie_seen: Vec<&str> =
-        seen[2].headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("cookie")).map(|(_, v)| v.as_str()).collect();
-    assert_eq!(cookie_seen, ["theme=dark; lang=en"], "other cookies pass");
 }
 
 #[tokio::test]
@@ -147,7 +148,7 @@ async fn spoofed_comfy_user_header_is_replaced_by_the_authenticated_user() {
     let token = gw.token("bob", "t").await;
     sim.clear_requests();
     let r = client()
-        .get(gw.at("/queue"))
+        .get(gw.at("/embeddings"))
         .bearer_auth(&token)
         .header("comfy-user", "admin")
         .header("x-forwarded-for", "6.6.6.6")
@@ -155,7 +156,7 @@ async fn spoofed_comfy_user_header_is_replaced_by_the_authenticated_user() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let seen = sim.requests();
+    let seen = common::client_requests(&sim);
     let users: Vec<&str> =
         seen[0].headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("comfy-user")).map(|(_, v)| v.as_str()).collect();
     assert_eq!(users, ["bob"]);
@@ -290,7 +291,7 @@ async fn bodies_over_max_request_body_get_413() {
     assert_eq!(r.status(), 413);
     let body: Value = r.json().await.unwrap();
     assert_eq!(code_of(&body), "payload_too_large");
-    assert!(sim.requests().is_empty(), "a declared oversize body is refused before forwarding");
+    assert!(common::client_requests(&sim).is_empty(), "a declared oversize body is refused before forwarding");
 
     // Without a Content-Length the limit is enforced while streaming.
     let stream = futures_util::stream::iter(0..48).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![1u8; 64 * 1024])));
@@ -319,10 +320,10 @@ async fn backend_down_gives_502_json_and_an_html_page_then_recovers_after_restar
     let (mut sim, gw) = setup().await;
     let token = gw.token("admin", "t").await;
     let cookie = gw.login("admin", ADMIN_PW).await;
-    assert_eq!(gw.get_json("/queue", &Auth::Bearer(&token)).await.0, 200);
+    assert_eq!(gw.get_json("/embeddings", &Auth::Bearer(&token)).await.0, 200);
 
     sim.stop().await;
-    let (status, body) = gw.get_json("/queue", &Auth::Bearer(&token)).await;
+    let (status, body) = gw.get_json("/embeddings", &Auth::Bearer(&token)).await;
     assert_eq!(status, 502);
     assert_eq!(code_of(&body), "backend_unavailable");
     assert!(body["error"].as_str().unwrap().contains("sim"), "names the backend: {body}");
@@ -340,10 +341,13 @@ async fn backend_down_gives_502_json_and_an_html_page_then_recovers_after_restar
     assert!(html.contains("502"), "{html}");
 
     sim.restart().await.unwrap();
-    let (status, body) = gw.get_json("/queue", &Auth::Bearer(&token)).await;
+    let (status, body) = gw.get_json("/embeddings", &Auth::Bearer(&token)).await;
     assert_eq!(status, 200, "{body}");
-    let (status, _) = gw.get_json("/system_stats", &Auth::Bearer(&token)).await;
-    assert_eq!(status, 200);
+    // Aggregated answers wait until the health check has put the backend back in service.
+    common::poll(Duration::from_secs(10), "system_stats after restart", || async {
+        (gw.get_json("/system_stats", &Auth::Bearer(&token)).await.0 == 200).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -359,7 +363,7 @@ async fn hanging_backend_gives_504_after_the_response_timeout() {
     let gw =
         Gateway::start_with(&format!("http://{addr}"), Options::default().backend("response_timeout = \"1s\"")).await;
     let token = gw.token("admin", "t").await;
-    let (status, body) = gw.get_json("/queue", &Auth::Bearer(&token)).await;
+    let (status, body) = gw.get_json("/embeddings", &Auth::Bearer(&token)).await;
     assert_eq!(status, 504);
     assert_eq!(code_of(&body), "backend_timeout");
     hold.abort();
@@ -391,11 +395,11 @@ async fn admin_only_routes_are_forbidden_for_users_and_forwarded_for_admins() {
         assert_eq!(r.status(), 403, "{method} {path} as a user");
         let body: Value = r.json().await.unwrap();
         assert_eq!(code_of(&body), "forbidden");
-        assert!(sim.requests().is_empty(), "{method} {path} reached ComfyUI for a user");
+        assert!(common::client_requests(&sim).is_empty(), "{method} {path} reached ComfyUI for a user");
 
         let r = client().request(m, gw.at(path)).bearer_auth(&admin).body("{}").send().await.unwrap();
         assert_ne!(r.status(), 403, "{method} {path} as an admin");
-        assert_eq!(sim.requests().len(), 1, "{method} {path} forwarded for an admin");
+        assert_eq!(common::client_requests(&sim).len(), 1, "{method} {path} forwarded for an admin");
     }
     // Everyday routes stay open to users.
     assert_eq!(gw.get_json("/object_info/EmptyImage", &Auth::Bearer(&user)).await.0, 200);
@@ -440,11 +444,12 @@ async fn cross_site_cookie_post_is_refused_but_the_same_with_a_bearer_token_is_f
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    assert!(sim.requests().is_empty(), "refused requests never reach ComfyUI");
+    assert!(common::client_requests(&sim).is_empty(), "refused requests never reach ComfyUI");
 
-    // Same-origin cookie POST: forwarded, with the Origin rewritten for ComfyUI's own check.
+    // Same-origin cookie POST: forwarded, with the Origin rewritten for ComfyUI's own check
+    // (the simulator, like ComfyUI, would answer 403 to a foreign Origin and 404 here).
     let r = client()
-        .post(gw.at("/prompt"))
+        .post(gw.at("/userdata/notes.json"))
         .header("cookie", format!("{SESSION_COOKIE}={cookie}"))
         .header("origin", gw.url.clone())
         .header("sec-fetch-site", "same-origin")
@@ -452,10 +457,19 @@ async fn cross_site_cookie_post_is_refused_but_the_same_with_a_bearer_token_is_f
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
-
+    assert_eq!(r.status(), 404);
     let r = client()
         .post(gw.at("/prompt"))
+        .header("cookie", format!("{SESSION_COOKIE}={cookie}"))
+        .header("origin", gw.url.clone())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "same-origin prompts are queued");
+
+    let r = client()
+        .post(gw.at("/userdata/notes.json"))
         .bearer_auth(&token)
         .header("origin", "https://evil.test")
         .header("sec-fetch-site", "cross-site")
@@ -463,8 +477,8 @@ async fn cross_site_cookie_post_is_refused_but_the_same_with_a_bearer_token_is_f
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "a bearer token carries no ambient authority");
-    let seen = sim.requests();
+    assert_eq!(r.status(), 404, "a bearer token carries no ambient authority: forwarded");
+    let seen: Vec<_> = common::client_requests(&sim).into_iter().filter(|r| r.uri == "/userdata/notes.json").collect();
     assert_eq!(seen.len(), 2);
     for req in &seen {
         let origin: Vec<&str> =

@@ -212,6 +212,7 @@ fn job(prompt_id: &str, user_id: i64, number: i64) -> Job {
     Job {
         prompt_id: prompt_id.to_owned(),
         user_id,
+        username: "fay".to_owned(),
         client_id: "c1".to_owned(),
         number,
         request: r#"{"prompt":{}}"#.to_owned(),

@@ -3,6 +3,7 @@
 CREATE TABLE jobs (
     prompt_id  TEXT   PRIMARY KEY,
     user_id    BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    username   TEXT   NOT NULL,
     client_id  TEXT   NOT NULL,
     number     BIGINT NOT NULL,
     request    TEXT   NOT NULL,

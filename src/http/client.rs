@@ -24,6 +24,15 @@ pub struct ClientInfo {
 }
 
 impl ClientInfo {
+    /// The forwarding headers to send to a backend for this client.
+    pub fn forwarded(&self) -> crate::proxy::ForwardedFor<'_> {
+        crate::proxy::ForwardedFor {
+            chain: &self.forwarded_chain,
+            proto: if self.https { "https" } else { "http" },
+            host: self.host.as_ref(),
+        }
+    }
+
     /// Reads the client from a request's connection and headers.
     pub fn from_parts(parts: &Parts, trusted: &[IpNet], tls: bool) -> Self {
         let peer = parts

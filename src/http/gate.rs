@@ -11,7 +11,7 @@ use super::client::ClientInfo;
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::policy::{self, RouteClass};
-use crate::proxy::{ForwardedFor, is_upgrade};
+use crate::proxy::{ProxyError, is_upgrade};
 
 /// The fallback handler: everything that is not the gateway's own route.
 pub async fn gate(
@@ -26,12 +26,24 @@ pub async fn gate(
         tracing::info!(target: "comfygate::audit", event = "admin_route_refused", username = %identity.username, path = %path.canonical);
         return Err(ApiError::Forbidden("this ComfyUI route is for admins only".to_owned()));
     }
-    let forwarded = ForwardedFor {
-        chain: &client.forwarded_chain,
-        proto: if client.https { "https" } else { "http" },
-        host: client.host.as_ref(),
-    };
+    if let Some(route) = crate::comfy::route(req.method(), &path) {
+        return crate::comfy::handle(
+            &app,
+            Caller { identity, presented: caller.presented },
+            &client,
+            route,
+            &path,
+            req,
+        )
+        .await;
+    }
+    let pool = app.scheduler.pool();
+    let backend = pool.primary().ok_or_else(|| ApiError::BadGateway("no ComfyUI backend is configured".to_owned()))?;
     let close_when = is_upgrade(req.headers())
         .then(|| Box::pin(app.auth.clone().until_invalid(caller.presented)) as crate::proxy::CloseWhen);
-    Ok(app.proxy.forward(req, &path.canonical, &identity.username, &forwarded, close_when).await?)
+    let result = backend.proxy.forward(req, &path.canonical, &identity.username, &client.forwarded(), close_when).await;
+    if let Err(e @ ProxyError::Unreachable { .. }) = &result {
+        pool.request_failed(&backend, &e.to_string(), app.config.scheduler.unhealthy_after);
+    }
+    Ok(result?)
 }

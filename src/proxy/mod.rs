@@ -193,6 +193,18 @@ impl Proxy {
         json_body: Option<Bytes>,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), ProxyError> {
+        self.call_as(None, method, path_and_query, json_body, timeout).await
+    }
+
+    /// [`Proxy::call`] on behalf of a user (`comfy-user` set), e.g. dispatching their job.
+    pub async fn call_as(
+        &self,
+        username: Option<&str>,
+        method: Method,
+        path_and_query: &str,
+        json_body: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), ProxyError> {
         let uri = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(self.upstream.authority.clone())
@@ -204,6 +216,9 @@ impl Proxy {
         *req.uri_mut() = uri;
         req.headers_mut().insert(http::header::HOST, self.upstream.host_header.clone());
         req.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(v) = username.and_then(|u| HeaderValue::from_str(u).ok()) {
+            req.headers_mut().insert(headers::COMFY_USER, v);
+        }
         let timed_out = || ProxyError::Timeout { backend: self.upstream.name.clone(), timeout };
         let response = tokio::time::timeout(timeout, self.client.request(req))
             .await

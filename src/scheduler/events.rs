@@ -101,7 +101,7 @@ impl Scheduler {
     }
 
     /// A job ended on `backend` (successfully unless an error was seen).
-    async fn finish(self: &Arc<Self>, backend: &Backend, id: &str) {
+    pub(super) async fn finish(&self, backend: &Backend, id: &str) {
         let ended = {
             let mut load = backend.load();
             load.inflight.retain(|x| x != id);

@@ -42,6 +42,7 @@ impl Answer {
 /// A job the gateway holds (waiting, dispatched or running).
 pub(super) struct Active {
     pub owner: i64,
+    pub username: String,
     pub client_id: String,
     pub number: i64,
     /// The `POST /prompt` body without `client_id` / `prompt_id`.
@@ -62,6 +63,7 @@ impl Active {
     pub fn from_job(job: &Job) -> Self {
         Self {
             owner: job.user_id,
+            username: job.username.clone(),
             client_id: job.client_id.clone(),
             number: job.number,
             request: Arc::new(serde_json::from_str(&job.request).unwrap_or(Value::Null)),

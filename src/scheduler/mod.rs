@@ -8,6 +8,7 @@
 //! POST to backends) → events from [`monitor`](crate::backends::monitor) drive
 //! [`events`] → [`delivery`] to the owner's WebSocket.
 
+pub mod control;
 pub mod delivery;
 mod events;
 pub mod fair;
@@ -28,6 +29,7 @@ use crate::config::SchedulerConfig;
 use crate::store::{Job, JobState, Store, StoreError};
 use crate::time::now_ms;
 use delivery::Subscribers;
+pub use events::execution_error;
 use fair::FairQueue;
 use jobs::Active;
 pub use jobs::Answer;
@@ -39,6 +41,15 @@ pub enum SchedulerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A job on its way to a backend.
+struct Dispatch {
+    id: String,
+    backend: Arc<Backend>,
+    username: String,
+    request: Arc<Value>,
+    waiter: Option<oneshot::Sender<Answer>>,
 }
 
 struct Inner {
@@ -119,7 +130,12 @@ impl Scheduler {
 
     /// Queues a `POST /prompt` body for `user_id`; dispatches at once when a capable backend has
     /// room, returning that backend's own answer.
-    pub async fn submit(&self, user_id: i64, mut body: Map<String, Value>) -> Result<Answer, SchedulerError> {
+    pub async fn submit(
+        &self,
+        user_id: i64,
+        username: &str,
+        mut body: Map<String, Value>,
+    ) -> Result<Answer, SchedulerError> {
         let Some(prompt) = body.get("prompt").and_then(Value::as_object).cloned() else {
             return Ok(Answer::comfy_error("no_prompt", "No prompt provided", "No prompt provided"));
         };
@@ -153,6 +169,7 @@ impl Scheduler {
         let job = Job {
             prompt_id: prompt_id.clone(),
             user_id,
+            username: username.to_owned(),
             client_id: client_id.clone(),
             number,
             request: Value::Object(body).to_string(),
@@ -215,14 +232,12 @@ impl Scheduler {
             if assignments.is_empty() {
                 return;
             }
-            let dispatches = assignments
-                .into_iter()
-                .map(|(id, backend, request, waiter)| self.dispatch(id, backend, request, waiter));
+            let dispatches = assignments.into_iter().map(|d| self.dispatch(d));
             futures_util::future::join_all(dispatches).await;
         }
     }
 
-    fn assign(&self) -> Vec<(String, Arc<Backend>, Arc<Value>, Option<oneshot::Sender<Answer>>)> {
+    fn assign(&self) -> Vec<Dispatch> {
         let known = self.pool.known_capabilities();
         let backends = self.pool.all().to_vec();
         let mut inner = self.inner();
@@ -246,23 +261,24 @@ impl Scheduler {
             backend.load().inflight.push(id.clone());
             job.state = JobState::Dispatched;
             job.backend = Some(backend.name().to_owned());
-            out.push((id, backend, job.request.clone(), job.waiter.take()));
+            out.push(Dispatch {
+                id,
+                backend,
+                username: job.username.clone(),
+                request: job.request.clone(),
+                waiter: job.waiter.take(),
+            });
         }
         out
     }
 
-    async fn dispatch(
-        &self,
-        id: String,
-        backend: Arc<Backend>,
-        request: Arc<Value>,
-        waiter: Option<oneshot::Sender<Answer>>,
-    ) {
+    async fn dispatch(&self, Dispatch { id, backend, username, request, waiter }: Dispatch) {
         let mut body = (*request).clone();
         body["client_id"] = Value::String(backend.monitor_id.clone());
         body["prompt_id"] = Value::String(id.clone());
         let bytes = Bytes::from(body.to_string());
-        let result = backend.proxy.call(Method::POST, "/prompt", Some(bytes), backend.config.response_timeout).await;
+        let timeout = backend.config.response_timeout;
+        let result = backend.proxy.call_as(Some(&username), Method::POST, "/prompt", Some(bytes), timeout).await;
         match result {
             Ok((StatusCode::OK, answer)) => {
                 self.save_state(&id, JobState::Dispatched, Some(backend.name()), None).await;

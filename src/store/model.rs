@@ -244,6 +244,8 @@ pub struct Job {
     pub prompt_id: String,
     /// Owner.
     pub user_id: i64,
+    /// Owner's name (sent to ComfyUI as `comfy-user`).
+    pub username: String,
     /// The client id the owner submitted with (empty when none).
     pub client_id: String,
     /// ComfyUI-style queue number (lower runs first within an owner).

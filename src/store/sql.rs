@@ -128,6 +128,7 @@ impl SessionRow {
 pub(super) struct JobRow {
     prompt_id: String,
     user_id: i64,
+    username: String,
     client_id: String,
     number: i64,
     request: String,
@@ -144,6 +145,7 @@ impl TryFrom<JobRow> for Job {
         Ok(Job {
             prompt_id: r.prompt_id,
             user_id: r.user_id,
+            username: r.username,
             client_id: r.client_id,
             number: r.number,
             request: r.request,
@@ -180,7 +182,7 @@ impl From<FileRow> for StoredFile {
 }
 
 pub(super) const JOB_COLUMNS: &str =
-    "prompt_id, user_id, client_id, number, request, state, backend, error, created_at";
+    "prompt_id, user_id, username, client_id, number, request, state, backend, error, created_at";
 
 pub(super) const USER_COLUMNS: &str = "id, username, password_hash, role, disabled, created_at, updated_at";
 
@@ -488,11 +490,12 @@ macro_rules! impl_store {
 
             async fn insert_job(&self, job: &Job) -> StoreResult<()> {
                 sqlx::query(
-                    "INSERT INTO jobs (prompt_id, user_id, client_id, number, request, state, backend, error, \
-                     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+                    "INSERT INTO jobs (prompt_id, user_id, username, client_id, number, request, state, backend, \
+                     error, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
                 )
                 .bind(&job.prompt_id)
                 .bind(job.user_id)
+                .bind(&job.username)
                 .bind(&job.client_id)
                 .bind(job.number)
                 .bind(&job.request)

@@ -396,3 +396,13 @@ pub fn workflow(prefix: &str, color: u32) -> Value {
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}}
     })
 }
+
+/// The requests ComfyUI received on behalf of clients (proxied or dispatched, so carrying
+/// `comfy-user`), leaving out the gateway's own health checks, capability reads and monitor
+/// socket.
+pub fn client_requests(sim: &comfyui_sim::Simulator) -> Vec<comfyui_sim::RecordedRequest> {
+    sim.requests()
+        .into_iter()
+        .filter(|r| r.headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("comfy-user")))
+        .collect()
+}

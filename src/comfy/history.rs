@@ -1,0 +1,162 @@
+//! History: one job's entry comes from the backend that ran it (or the gateway's own record
+//! of why it failed); the list merges every backend, newest first, limited to the caller's
+//! own jobs.
+
+use std::collections::HashSet;
+
+use axum::body::Body;
+use axum::response::Response;
+use http::{Method, Request, StatusCode};
+use serde_json::{Map, Value, json};
+
+use super::{json_response, ok_empty, read_json};
+use crate::app::AppState;
+use crate::http::ApiError;
+use crate::scheduler::control::Scope;
+use crate::store::JobState;
+
+/// Recent jobs of a user considered for the history list.
+const OWN_JOBS: i64 = 10_000;
+
+/// `GET /history/{id}`.
+pub async fn one(app: &AppState, scope: Scope, id: &str) -> Result<Response, ApiError> {
+    let job = app.scheduler.store().job(id).await.map_err(unavailable)?;
+    let Some(job) = job.filter(|j| scope.covers(j.user_id)) else {
+        return Ok(json_response(StatusCode::OK, &json!({})));
+    };
+    if let Some(backend) = job.backend.as_deref().and_then(|b| app.scheduler.pool().get(b)) {
+        let path =
+            format!("/history/{}", percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC));
+        if let Ok((StatusCode::OK, body)) =
+            backend.proxy.call(Method::GET, &path, None, backend.config.response_timeout).await
+        {
+            if let Ok(Value::Object(mut entries)) = serde_json::from_slice::<Value>(&body) {
+                if let Some(entry) = entries.get_mut(id) {
+                    set_client_id(entry, &job.client_id);
+                    return Ok(json_response(StatusCode::OK, &Value::Object(entries)));
+                }
+            }
+        }
+    }
+    if job.state == JobState::Failed {
+        let request: Value = serde_json::from_str(&job.request).unwrap_or(Value::Null);
+        let mut extra = request.get("extra_data").cloned().unwrap_or_else(|| json!({}));
+        if !job.client_id.is_empty() {
+            extra["client_id"] = Value::String(job.client_id.clone());
+        }
+        let error = crate::scheduler::execution_error(id, job.error.as_deref().unwrap_or("failed"));
+        let entry = json!({
+            "prompt": [job.number, id, request.get("prompt").cloned().unwrap_or(Value::Null), extra, []],
+            "outputs": {},
+            "status": {"status_str": "error", "completed": false, "messages": [["execution_error", error]]},
+            "meta": {},
+        });
+        return Ok(json_response(StatusCode::OK, &json!({ id: entry })));
+    }
+    Ok(json_response(StatusCode::OK, &json!({})))
+}
+
+/// `GET /history?max_items=&offset=`.
+pub async fn list(app: &AppState, scope: Scope, query: Option<&str>) -> Result<Response, ApiError> {
+    let mut max_items: Option<usize> = None;
+    let mut offset = 0usize;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "max_items" => max_items = v.parse().ok(),
+            "offset" => offset = v.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    let own: Option<HashSet<String>> = match scope {
+        Scope::All => None,
+        Scope::Owner(user) => {
+            Some(app.scheduler.store().job_ids_of(user, OWN_JOBS).await.map_err(unavailable)?.into_iter().collect())
+        }
+    };
+    let mut entries: Vec<(i64, String, Value)> = Vec::new();
+    for backend in app.scheduler.pool().healthy() {
+        let Ok((StatusCode::OK, body)) =
+            backend.proxy.call(Method::GET, "/history", None, backend.config.response_timeout).await
+        else {
+            continue;
+        };
+        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&body) else { continue };
+        for (id, entry) in map {
+            if own.as_ref().is_some_and(|own| !own.contains(&id)) {
+                continue;
+            }
+            entries.push((started_at(&entry), id, entry));
+        }
+    }
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+    let selected: Map<String, Value> = entries
+        .into_iter()
+        .skip(offset)
+        .take(max_items.unwrap_or(usize::MAX))
+        .map(|(_, id, entry)| (id, entry))
+        .collect();
+    Ok(json_response(StatusCode::OK, &Value::Object(selected)))
+}
+
+/// `POST /history {"delete": [ids]}` / `{"clear": true}`, on the backends that hold them.
+pub async fn action(app: &AppState, scope: Scope, req: Request<Body>) -> Result<Response, ApiError> {
+    let body = read_json(app, req).await?;
+    let mut ids: Vec<String> =
+        body["delete"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+    let clear = body["clear"].as_bool() == Some(true);
+    let pool = app.scheduler.pool();
+    if clear {
+        match scope {
+            Scope::All => {
+                for backend in pool.healthy() {
+                    let _ = backend
+                        .proxy
+                        .call(
+                            Method::POST,
+                            "/history",
+                            Some(r#"{"clear":true}"#.into()),
+                            backend.config.response_timeout,
+                        )
+                        .await;
+                }
+            }
+            Scope::Owner(user) => {
+                ids.extend(app.scheduler.store().job_ids_of(user, OWN_JOBS).await.map_err(unavailable)?)
+            }
+        }
+    }
+    for id in ids {
+        let Some((owner, Some(backend))) = app.scheduler.locate(&id).await else { continue };
+        let Some(backend) = pool.get(&backend).filter(|_| scope.covers(owner)) else { continue };
+        let body = json!({"delete": [id]}).to_string();
+        let _ = backend.proxy.call(Method::POST, "/history", Some(body.into()), backend.config.response_timeout).await;
+    }
+    Ok(ok_empty())
+}
+
+/// When the job started, from its `execution_start` message (0 if unknown).
+fn started_at(entry: &Value) -> i64 {
+    entry["status"]["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m[0].as_str() == Some("execution_start"))
+        .and_then(|m| m[1]["timestamp"].as_i64())
+        .unwrap_or(0)
+}
+
+/// Puts the submitter's own `client_id` back in a history entry.
+fn set_client_id(entry: &mut Value, client_id: &str) {
+    if let Some(extra) = entry.get_mut("prompt").and_then(|p| p.get_mut(3)).and_then(Value::as_object_mut) {
+        if client_id.is_empty() {
+            extra.remove("client_id");
+        } else {
+            extra.insert("client_id".to_owned(), Value::String(client_id.to_owned()));
+        }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "history lookup failed");
+    ApiError::Unavailable("the job store is temporarily unavailable".to_owned())
+}

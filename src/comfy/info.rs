@@ -1,0 +1,95 @@
+//! What the backends have, together: devices of every backend, node classes and model files
+//! at least one healthy backend has.
+
+use std::collections::BTreeSet;
+
+use axum::body::Body;
+use axum::response::Response;
+use http::{Method, Request, StatusCode};
+use serde_json::{Value, json};
+
+use super::{json_response, ok_empty, read_json};
+use crate::app::AppState;
+use crate::http::ApiError;
+
+/// `GET /system_stats`: the first backend's `system`, every backend's devices, each named.
+pub async fn system_stats(app: &AppState) -> Result<Response, ApiError> {
+    let mut system = Value::Null;
+    let mut devices = Vec::new();
+    for backend in app.scheduler.pool().healthy() {
+        let Ok((StatusCode::OK, body)) =
+            backend.proxy.call(Method::GET, "/system_stats", None, backend.config.response_timeout).await
+        else {
+            continue;
+        };
+        let Ok(stats) = serde_json::from_slice::<Value>(&body) else { continue };
+        if system.is_null() {
+            system = stats["system"].clone();
+        }
+        for mut device in stats["devices"].as_array().cloned().unwrap_or_default() {
+            let name = device["name"].as_str().unwrap_or("device").to_owned();
+            device["name"] = Value::String(format!("{}: {name}", backend.name()));
+            device["comfygate_backend"] = Value::String(backend.name().to_owned());
+            device["comfygate_labels"] = json!(backend.config.labels);
+            devices.push(device);
+        }
+    }
+    if system.is_null() {
+        return Err(ApiError::BadGateway("no ComfyUI backend is answering".to_owned()));
+    }
+    Ok(json_response(StatusCode::OK, &json!({"system": system, "devices": devices})))
+}
+
+/// `GET /object_info[/{class}]`: what at least one healthy backend has, model lists merged.
+pub async fn object_info(app: &AppState, class: Option<&str>) -> Result<Response, ApiError> {
+    let Some(known) = app.scheduler.pool().known_capabilities() else {
+        return Err(ApiError::BadGateway("no ComfyUI backend has reported its nodes yet".to_owned()));
+    };
+    let body = match class {
+        None => known.raw.clone(),
+        Some(class) => match known.raw.get(class) {
+            Some(def) => json!({ class: def }),
+            None => json!({}),
+        },
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// `GET /models[/{folder}]`: the union over healthy backends (404 for a folder none has).
+pub async fn models(app: &AppState, folder: Option<&str>) -> Result<Response, ApiError> {
+    let path = match folder {
+        Some(f) => format!("/models/{}", percent_encoding::utf8_percent_encode(f, percent_encoding::NON_ALPHANUMERIC)),
+        None => "/models".to_owned(),
+    };
+    let mut found = false;
+    let mut union: BTreeSet<String> = BTreeSet::new();
+    let mut ordered = Vec::new();
+    for backend in app.scheduler.pool().healthy() {
+        let Ok((StatusCode::OK, body)) =
+            backend.proxy.call(Method::GET, &path, None, backend.config.response_timeout).await
+        else {
+            continue;
+        };
+        let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(&body) else { continue };
+        found = true;
+        for item in items {
+            if union.insert(item.to_string()) {
+                ordered.push(item);
+            }
+        }
+    }
+    if !found {
+        return Err(ApiError::NotFound(format!("no backend has the model folder `{}`", folder.unwrap_or(""))));
+    }
+    Ok(json_response(StatusCode::OK, &Value::Array(ordered)))
+}
+
+/// `POST /free`: every healthy backend (admin-only by policy).
+pub async fn free(app: &AppState, username: &str, req: Request<Body>) -> Result<Response, ApiError> {
+    let body = read_json(app, req).await?.to_string();
+    for backend in app.scheduler.pool().healthy() {
+        let timeout = backend.config.response_timeout;
+        let _ = backend.proxy.call_as(Some(username), Method::POST, "/free", Some(body.clone().into()), timeout).await;
+    }
+    Ok(ok_empty())
+}

@@ -1,0 +1,155 @@
+//! ComfyUI-aware handlers: the routes whose answer depends on which backend holds a job or a
+//! file, or that aggregate every backend. Everything else goes through the generic proxy to
+//! the primary backend.
+
+mod files;
+mod history;
+mod info;
+mod prompt;
+mod queue;
+pub mod ws;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Method, Request, StatusCode};
+use serde_json::Value;
+
+use crate::app::AppState;
+use crate::http::{ApiError, Caller, ClientInfo};
+use crate::policy::NormalizedPath;
+use crate::scheduler::control::Scope;
+
+/// A ComfyUI route the gateway answers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /prompt`.
+    Submit,
+    /// `GET /prompt`.
+    PromptStatus,
+    /// `GET /queue`.
+    Queue,
+    /// `POST /queue`.
+    QueueAction,
+    /// `POST /interrupt`.
+    Interrupt,
+    /// `GET /history`.
+    History,
+    /// `GET /history/{id}`.
+    HistoryOne(String),
+    /// `POST /history`.
+    HistoryAction,
+    /// `GET /view`.
+    View,
+    /// `POST /upload/image` and `/upload/mask`.
+    Upload,
+    /// `GET /system_stats`.
+    SystemStats,
+    /// `GET /object_info`.
+    ObjectInfo,
+    /// `GET /object_info/{class}`.
+    ObjectInfoOne(String),
+    /// `GET /models`.
+    Models,
+    /// `GET /models/{folder}`.
+    ModelFolder(String),
+    /// `POST /free` (every backend).
+    Free,
+    /// `GET /ws`.
+    WebSocket,
+}
+
+/// The ComfyUI-aware route for a request, if any.
+pub fn route(method: &Method, path: &NormalizedPath) -> Option<Route> {
+    let segments: Vec<&str> = path.route().iter().map(String::as_str).collect();
+    let get = method == Method::GET;
+    let post = method == Method::POST;
+    Some(match (segments.as_slice(), get, post) {
+        (["prompt"], false, true) => Route::Submit,
+        (["prompt"], true, _) => Route::PromptStatus,
+        (["queue"], true, _) => Route::Queue,
+        (["queue"], false, true) => Route::QueueAction,
+        (["interrupt"], false, true) => Route::Interrupt,
+        (["history"], true, _) => Route::History,
+        (["history", id], true, _) => Route::HistoryOne((*id).to_owned()),
+        (["history"], false, true) => Route::HistoryAction,
+        (["view"], true, _) => Route::View,
+        (["upload", "image" | "mask"], false, true) => Route::Upload,
+        (["system_stats"], true, _) => Route::SystemStats,
+        (["object_info"], true, _) => Route::ObjectInfo,
+        (["object_info", class], true, _) => Route::ObjectInfoOne((*class).to_owned()),
+        (["models"], true, _) => Route::Models,
+        (["models", folder], true, _) => Route::ModelFolder((*folder).to_owned()),
+        (["free"], false, true) => Route::Free,
+        (["ws"], true, _) => Route::WebSocket,
+        _ => return None,
+    })
+}
+
+/// Answers a ComfyUI-aware route.
+pub async fn handle(
+    app: &AppState,
+    caller: Caller,
+    client: &ClientInfo,
+    route: Route,
+    path: &NormalizedPath,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let scope = scope_of(&caller);
+    match route {
+        Route::Submit => prompt::submit(app, &caller, req).await,
+        Route::PromptStatus => Ok(prompt::status(app)),
+        Route::Queue => Ok(json_response(StatusCode::OK, &app.scheduler.queue_view(scope))),
+        Route::QueueAction => queue::action(app, scope, req).await,
+        Route::Interrupt => queue::interrupt(app, scope, req).await,
+        Route::History => history::list(app, scope, req.uri().query()).await,
+        Route::HistoryOne(id) => history::one(app, scope, &id).await,
+        Route::HistoryAction => history::action(app, scope, req).await,
+        Route::View => files::view(app, &caller, client, path, req).await,
+        Route::Upload => files::upload(app, &caller, client, path, req).await,
+        Route::SystemStats => info::system_stats(app).await,
+        Route::ObjectInfo => info::object_info(app, None).await,
+        Route::ObjectInfoOne(class) => info::object_info(app, Some(&class)).await,
+        Route::Models => info::models(app, None).await,
+        Route::ModelFolder(folder) => info::models(app, Some(&folder)).await,
+        Route::Free => info::free(app, &caller.identity.username, req).await,
+        Route::WebSocket => ws::upgrade(app, caller, req).await,
+    }
+}
+
+fn scope_of(caller: &Caller) -> Scope {
+    if caller.identity.is_admin() { Scope::All } else { Scope::Owner(caller.identity.user_id) }
+}
+
+/// A JSON response as aiohttp writes it.
+pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response {
+    bytes_response(status, Bytes::from(value.to_string()))
+}
+
+/// A JSON body already serialised.
+pub(crate) fn bytes_response(status: StatusCode, body: Bytes) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    response
+}
+
+/// An empty 200, as ComfyUI answers actions.
+pub(crate) fn ok_empty() -> Response {
+    StatusCode::OK.into_response()
+}
+
+/// Reads a JSON body (at most `server.max_request_body`, and 32 MiB); an empty body is `{}`.
+pub(crate) async fn read_json(app: &AppState, req: Request<Body>) -> Result<Value, ApiError> {
+    let limit = usize::try_from(app.config.server.max_request_body.as_u64()).unwrap_or(usize::MAX).min(MAX_JSON_BODY);
+    let bytes = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| ApiError::TooLarge(format!("request body larger than {limit} bytes")))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Default::default()));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))
+}
+
+/// Largest JSON body read by the gateway (workflows with embedded images can be large).
+pub(crate) const MAX_JSON_BODY: usize = 32 * 1024 * 1024;

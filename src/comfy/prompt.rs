@@ -1,0 +1,30 @@
+//! `POST /prompt` (into the gateway's queue) and `GET /prompt` (gateway-wide count).
+
+use axum::body::Body;
+use axum::response::Response;
+use http::{Request, StatusCode};
+use serde_json::{Value, json};
+
+use super::{bytes_response, json_response, read_json};
+use crate::app::AppState;
+use crate::http::{ApiError, Caller};
+
+/// `POST /prompt`.
+pub async fn submit(app: &AppState, caller: &Caller, req: Request<Body>) -> Result<Response, ApiError> {
+    let Value::Object(body) = read_json(app, req).await? else {
+        return Err(ApiError::BadRequest("the request body must be a JSON object".to_owned()));
+    };
+    let answer = app.scheduler.submit(caller.identity.user_id, &caller.identity.username, body).await.map_err(|e| {
+        tracing::error!(error = %e, "cannot queue a prompt");
+        ApiError::Unavailable("the job store is temporarily unavailable".to_owned())
+    })?;
+    if answer.status == StatusCode::OK {
+        tracing::debug!(username = %caller.identity.username, "prompt accepted");
+    }
+    Ok(bytes_response(answer.status, answer.body))
+}
+
+/// `GET /prompt`.
+pub fn status(app: &AppState) -> Response {
+    json_response(StatusCode::OK, &json!({"exec_info": {"queue_remaining": app.scheduler.queue_remaining()}}))
+}

@@ -1,0 +1,85 @@
+//! `/ws`: the gateway terminates the client's WebSocket. The client receives the events of its
+//! own jobs (whichever backend runs them) and the gateway-wide `status`; another user who
+//! guesses its `clientId` receives nothing.
+
+use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use http::Request;
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::http::{ApiError, Caller};
+use crate::scheduler::delivery::{Outgoing, status_message};
+
+/// Longest `clientId` accepted.
+const MAX_CLIENT_ID: usize = 128;
+
+/// Upgrades the request and serves the socket.
+pub async fn upgrade(app: &AppState, caller: Caller, req: Request<Body>) -> Result<Response, ApiError> {
+    let (mut parts, _) = req.into_parts();
+    let client_id = form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "clientId")
+        .map(|(_, v)| v.into_owned())
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    if client_id.len() > MAX_CLIENT_ID || client_id.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest("clientId must be at most 128 printable characters".to_owned()));
+    }
+    let ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade: {}", e.body_text())))?;
+    let app = app.clone();
+    Ok(ws.on_upgrade(move |socket| serve(app, caller, client_id, socket)))
+}
+
+async fn serve(app: AppState, caller: Caller, client_id: String, socket: WebSocket) {
+    let user = caller.identity.user_id;
+    let mut frames = app.scheduler.subscribe(user, &client_id);
+    let (mut sink, mut stream) = socket.split();
+    let first = status_message(app.scheduler.queue_remaining(), Some(&client_id));
+    if sink.send(Message::Text(first.into())).await.is_err() {
+        return;
+    }
+    let revoked = app.auth.clone().until_invalid(caller.presented.clone());
+    tokio::pin!(revoked);
+    loop {
+        tokio::select! {
+            frame = frames.recv() => {
+                let message = match frame {
+                    Some(Outgoing::Text(text)) => Message::Text(text.into()),
+                    Some(Outgoing::Binary(data)) => Message::Binary(data),
+                    None => break,
+                };
+                if sink.send(message).await.is_err() {
+                    break;
+                }
+            }
+            incoming = stream.next() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    if let Some(reply) = answer(text.as_str()) {
+                        if sink.send(Message::Text(reply.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+            () = &mut revoked => {
+                tracing::info!(username = %caller.identity.username, "closing a WebSocket whose credential was revoked");
+                let _ = sink.send(Message::Close(None)).await;
+                break;
+            }
+        }
+    }
+}
+
+/// ComfyUI answers a client's `feature_flags` with its own.
+fn answer(text: &str) -> Option<String> {
+    let message: Value = serde_json::from_str(text).ok()?;
+    (message["type"] == "feature_flags")
+        .then(|| json!({"type": "feature_flags", "data": {"supports_preview_metadata": false}}).to_string())
+}
