@@ -44,7 +44,7 @@ TOML
 export COMFYGATE_ADMIN_PASSWORD=profile-admin-password TOKIO_WORKER_THREADS=1
 target/release/comfygate --config "$work/cg.toml" init >/dev/null
 token=$(target/release/comfygate --config "$work/cg.toml" token create admin --name profile)
-valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" --collect-atstart=no \
+valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" --instr-atstart=no \
   target/release/comfygate --config "$work/cg.toml" serve 2>"$work/vg.log" & pids+=($!)
 vg=$!
 python3 - "$gport" "$token" "$n" "$path" "$vg" <<'PY'

@@ -135,7 +135,10 @@ fn spawn_scheduling(app: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<tok
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => scheduler.pump().await,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 },
-                _ = tick.tick() => scheduler.pump().await,
+                _ = tick.tick() => {
+                    scheduler.reconcile_quiet(std::time::Duration::from_secs(2)).await;
+                    scheduler.pump().await;
+                }
                 _ = stop.changed() => break,
             }
         }

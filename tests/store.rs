@@ -261,6 +261,11 @@ async fn jobs_keep_their_state_and_files_their_backend(db: &TestDb) {
     };
     s.record_file(&file("gpu1")).await.unwrap();
     s.record_file(&file("gpu1")).await.unwrap();
-    assert_eq!(s.file("output", "", "x_00001_.png").await.unwrap().unwrap().backend, "gpu1");
-    assert!(s.file("input", "", "x_00001_.png").await.unwrap().is_none());
+    assert_eq!(s.file("output", "", "x_00001_.png", u.id).await.unwrap().unwrap().backend, "gpu1");
+    assert!(s.file("input", "", "x_00001_.png", u.id).await.unwrap().is_none());
+    // The same name on another backend, made by someone else: each user finds their own.
+    let other = s.create_user(new_user("gus", Role::User)).await.unwrap();
+    s.record_file(&StoredFile { backend: "gpu2".to_owned(), user_id: Some(other.id), ..file("gpu2") }).await.unwrap();
+    assert_eq!(s.file("output", "", "x_00001_.png", u.id).await.unwrap().unwrap().backend, "gpu1");
+    assert_eq!(s.file("output", "", "x_00001_.png", other.id).await.unwrap().unwrap().backend, "gpu2");
 }

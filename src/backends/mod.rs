@@ -43,6 +43,8 @@ pub struct Load {
     pub last_models: BTreeSet<String>,
     /// Why it was last taken out.
     pub last_error: Option<String>,
+    /// When its monitor socket last said anything.
+    pub last_event: Option<std::time::Instant>,
 }
 
 /// One ComfyUI server.

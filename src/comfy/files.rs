@@ -36,10 +36,11 @@ pub async fn view(
             _ => {}
         }
     }
-    let stored = app.scheduler.store().file(&kind, &subfolder, &filename).await.map_err(|e| {
-        tracing::error!(error = %e, "file lookup failed");
-        ApiError::Unavailable("the job store is temporarily unavailable".to_owned())
-    })?;
+    let stored =
+        app.scheduler.store().file(&kind, &subfolder, &filename, caller.identity.user_id).await.map_err(|e| {
+            tracing::error!(error = %e, "file lookup failed");
+            ApiError::Unavailable("the job store is temporarily unavailable".to_owned())
+        })?;
     let backend = match &stored {
         Some(file) => {
             let others = file.user_id.is_some_and(|owner| owner != caller.identity.user_id);

@@ -16,6 +16,7 @@ impl Scheduler {
     /// Handles one frame from a backend's monitor socket.
     pub async fn on_frame(self: &Arc<Self>, backend_name: &str, frame: Frame) {
         let Some(backend) = self.pool.get(backend_name).cloned() else { return };
+        backend.load().last_event = Some(std::time::Instant::now());
         match frame {
             Frame::Connected => {
                 let this = self.clone();
@@ -198,6 +199,20 @@ impl Scheduler {
         for id in failed {
             tracing::warn!(prompt_id = %id, backend = name, "job lost with its backend");
             self.fail(&id, reason, true).await;
+        }
+    }
+
+    /// Settles the jobs of backends that have been quiet for a while: their events may go
+    /// elsewhere (jobs dispatched before a gateway restart) or have been missed.
+    pub async fn reconcile_quiet(self: &Arc<Self>, quiet_for: std::time::Duration) {
+        for backend in self.pool.healthy() {
+            let quiet = {
+                let load = backend.load();
+                !load.inflight.is_empty() && load.last_event.is_none_or(|t| t.elapsed() >= quiet_for)
+            };
+            if quiet {
+                self.reconcile(&backend).await;
+            }
         }
     }
 

@@ -162,7 +162,7 @@ impl Scheduler {
             }
         };
         let pinned = match &requirements {
-            Some(req) => self.backend_holding(&req.input_files).await?,
+            Some(req) => self.backend_holding(user_id, &req.input_files).await?,
             None => None,
         };
         let number = self.numbers.fetch_add(1, Ordering::AcqRel) + 1;
@@ -212,12 +212,12 @@ impl Scheduler {
         }
     }
 
-    /// The backend that holds every uploaded input file the job uses (when one is known).
-    async fn backend_holding(&self, files: &BTreeSet<String>) -> Result<Option<String>, StoreError> {
+    /// The backend that holds the uploaded input files the job uses (when one is known).
+    async fn backend_holding(&self, user_id: i64, files: &BTreeSet<String>) -> Result<Option<String>, StoreError> {
         for file in files {
             let clean = file.trim_end_matches(" [input]").trim_end_matches(" [output]").trim_end_matches(" [temp]");
             let (subfolder, name) = clean.rsplit_once('/').unwrap_or(("", clean));
-            if let Some(stored) = self.store.file("input", subfolder, name).await? {
+            if let Some(stored) = self.store.file("input", subfolder, name, user_id).await? {
                 return Ok(Some(stored.backend));
             }
         }

@@ -126,8 +126,14 @@ pub trait Store: Send + Sync + 'static {
     async fn max_job_number(&self) -> StoreResult<i64>;
     /// Records which backend holds a file.
     async fn record_file(&self, file: &StoredFile) -> StoreResult<()>;
-    /// The backend most recently known to hold a file.
-    async fn file(&self, kind: &str, subfolder: &str, filename: &str) -> StoreResult<Option<StoredFile>>;
+    /// The backend known to hold a file: the `prefer_user`'s own record first, then the newest.
+    async fn file(
+        &self,
+        kind: &str,
+        subfolder: &str,
+        filename: &str,
+        prefer_user: i64,
+    ) -> StoreResult<Option<StoredFile>>;
 }
 
 /// Opens (and migrates) the database named by `url`.

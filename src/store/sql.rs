@@ -583,14 +583,22 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn file(&self, kind: &str, subfolder: &str, filename: &str) -> StoreResult<Option<StoredFile>> {
+            async fn file(
+                &self,
+                kind: &str,
+                subfolder: &str,
+                filename: &str,
+                prefer_user: i64,
+            ) -> StoreResult<Option<StoredFile>> {
                 let row: Option<FileRow> = sqlx::query_as(
                     "SELECT backend, kind, subfolder, filename, prompt_id, user_id FROM job_files \
-                     WHERE kind = $1 AND subfolder = $2 AND filename = $3 ORDER BY created_at DESC LIMIT 1",
+                     WHERE kind = $1 AND subfolder = $2 AND filename = $3 \
+                     ORDER BY CASE WHEN user_id = $4 THEN 0 ELSE 1 END, created_at DESC LIMIT 1",
                 )
                 .bind(kind)
                 .bind(subfolder)
                 .bind(filename)
+                .bind(prefer_user)
                 .fetch_optional(&self.pool)
                 .await?;
                 Ok(row.map(StoredFile::from))

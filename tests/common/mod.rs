@@ -31,6 +31,8 @@ pub struct Options {
     pub auth: Vec<String>,
     /// Lines added to the backend.
     pub backend: Vec<String>,
+    /// Text appended to the file (more `[[backends]]`, `[scheduler]`).
+    pub extra: Vec<String>,
 }
 
 impl Options {
@@ -44,6 +46,21 @@ impl Options {
     }
     pub fn backend(mut self, line: &str) -> Self {
         self.backend.push(line.to_owned());
+        self
+    }
+    /// Another backend, `[[backends]]` with `name`, `url` and extra lines.
+    pub fn another_backend(mut self, name: &str, url: &str, lines: &[&str]) -> Self {
+        let mut text = format!("\n[[backends]]\nname = {}\nurl = {}\n", toml_str(name), toml_str(url));
+        for l in lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        self.extra.push(text);
+        self
+    }
+    /// Raw text appended to the configuration.
+    pub fn extra(mut self, text: &str) -> Self {
+        self.extra.push(text.to_owned());
         self
     }
 }
@@ -65,6 +82,11 @@ pub fn write_config(dir: &Path, backend_url: &str, opts: &Options) -> PathBuf {
     text.push_str("\n[auth]\n");
     for l in &opts.auth {
         text.push_str(l);
+        text.push('\n');
+    }
+    for t in &opts.extra {
+        text.push('\n');
+        text.push_str(t);
         text.push('\n');
     }
     let path = dir.join("comfygate.toml");
@@ -150,6 +172,20 @@ impl Gateway {
     pub async fn start_with(backend_url: &str, opts: Options) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let config = write_config(dir.path(), backend_url, &opts);
+        Gateway::spawn(dir, config).await
+    }
+
+    /// Stops the process (as a crash would) and starts it again on the same data.
+    pub async fn restart(mut self) -> Gateway {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let config = self.config.clone();
+        drop(self);
+        Gateway::spawn(dir, config).await
+    }
+
+    async fn spawn(dir: tempfile::TempDir, config: PathBuf) -> Gateway {
         let mut cmd = command(&config);
         cmd.env("COMFYGATE_ADMIN_PASSWORD", ADMIN_PW)
             .arg("serve")

@@ -1,0 +1,368 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Many GPUs behind one address: the gateway-held queue with fair, model-aware dispatch across
+//! several simulated ComfyUI backends, sticky history and files, failover, restarts, and
+//! per-user privacy of WebSocket events and the queue.
+
+mod common;
+
+use std::time::Duration;
+
+use comfyui_sim::{SimConfig, Simulator};
+use common::{Auth, Gateway, Options, client, poll, workflow};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Fast health checks so failover happens within a test's patience.
+const SCHEDULER: &str = "[scheduler]\nhealth_interval = \"100ms\"\nhealth_timeout = \"1s\"\nunhealthy_after = 2";
+
+async fn sim(job_ms: u64, models: &[&str]) -> Simulator {
+    let mut config = SimConfig { job_duration: Duration::from_millis(job_ms), ..SimConfig::default() };
+    for m in models {
+        config.models.push(("checkpoints".to_owned(), (*m).to_owned()));
+    }
+    Simulator::start(config).await.unwrap()
+}
+
+/// A gateway in front of `sims` (named b1, b2, ...), each taking `max_inflight` jobs.
+async fn gateway(sims: &[&Simulator], max_inflight: usize) -> Gateway {
+    let inflight = format!("max_inflight = {max_inflight}");
+    let mut opts = Options::default().backend(&inflight).extra(SCHEDULER);
+    for (i, s) in sims.iter().enumerate().skip(1) {
+        opts = opts.another_backend(&format!("b{}", i + 1), &s.url(), &[&inflight]);
+    }
+    let gw = Gateway::start_with(&sims[0].url(), opts).await;
+    // The first backend is named "sim" by the harness; wait until every backend's nodes are known.
+    let token = gw.token("admin", "readiness").await;
+    poll(Duration::from_secs(10), "capabilities of every backend", || async {
+        let (status, stats) = gw.get_json("/system_stats", &Auth::Bearer(&token)).await;
+        let known = gw.get_json("/object_info/EmptyImage", &Auth::Bearer(&token)).await.0 == 200;
+        (status == 200 && known && stats["devices"].as_array().is_some_and(|d| d.len() == sims.len())).then_some(())
+    })
+    .await;
+    gw
+}
+
+async fn submit(gw: &Gateway, token: &str, body: Value) -> (u16, Value) {
+    let r = client().post(gw.at("/prompt")).bearer_auth(token).json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn submit_ok(gw: &Gateway, token: &str, body: Value) -> String {
+    let (status, answer) = submit(gw, token, body).await;
+    assert_eq!(status, 200, "{answer}");
+    answer["prompt_id"].as_str().unwrap().to_owned()
+}
+
+fn job(prefix: &str, color: u32, ms: u64) -> Value {
+    json!({"prompt": workflow(prefix, color), "extra_data": {"sim_duration_ms": ms}})
+}
+
+/// A checkpoint workflow (loader → sampler → decode → save) using `ckpt`.
+fn model_job(ckpt: &str, prefix: &str) -> Value {
+    json!({"prompt": {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0],
+            "latent_image": ["3", 0], "seed": 1, "steps": 1, "cfg": 1.0, "sampler_name": "euler",
+            "scheduler": "normal", "denoise": 1.0}},
+        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": prefix}}
+    }})
+}
+
+/// Polls the gateway's history until the job has an entry; returns it.
+async fn finished(gw: &Gateway, token: &str, id: &str) -> Value {
+    poll(Duration::from_secs(30), &format!("history of {id}"), || async {
+        let (status, h) = gw.get_json(&format!("/history/{id}"), &Auth::Bearer(token)).await;
+        (status == 200 && h.get(id).is_some()).then(|| h[id].clone())
+    })
+    .await
+}
+
+/// Whether `sim` itself has the job in its history (it ran it).
+async fn ran_on(sim: &Simulator, id: &str) -> bool {
+    let h: Value = client().get(format!("{}/history/{id}", sim.url())).send().await.unwrap().json().await.unwrap();
+    h.get(id).is_some()
+}
+
+async fn ws(gw: &Gateway, token: &str, client_id: &str) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws?clientId={client_id}&token={token}", gw.addr))
+        .await
+        .unwrap();
+    ws
+}
+
+/// The next text message, within a deadline.
+async fn next_json(ws: &mut Ws) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(&t).ok(),
+            Ok(Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => {}
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn fair_share_lets_a_light_user_finish_before_a_heavy_users_twentieth_job() {
+    let sims = [sim(60, &[]).await, sim(60, &[]).await, sim(60, &[]).await];
+    let gw = gateway(&[&sims[0], &sims[1], &sims[2]], 1).await;
+    gw.add_user("alice", "user").await;
+    gw.add_user("bob", "user").await;
+    let (a, b) = (gw.token("alice", "t").await, gw.token("bob", "t").await);
+    let mut alice_jobs = Vec::new();
+    for i in 0..50 {
+        alice_jobs.push(submit_ok(&gw, &a, job("alice", i, 60)).await);
+    }
+    let mut bob_jobs = Vec::new();
+    for i in 0..5 {
+        bob_jobs.push(submit_ok(&gw, &b, job("bob", i, 60)).await);
+    }
+    for id in &bob_jobs {
+        finished(&gw, &b, id).await;
+    }
+    let (_, history) = gw.get_json("/history", &Auth::Bearer(&a)).await;
+    let alice_done = history.as_object().unwrap().len();
+    assert!(alice_done < 20, "bob's 5 jobs finished after {alice_done} of alice's");
+    // Nobody sees the other's work in the queue or history.
+    let (_, queue) = gw.get_json("/queue", &Auth::Bearer(&b)).await;
+    let items: Vec<&Value> =
+        queue["queue_running"].as_array().unwrap().iter().chain(queue["queue_pending"].as_array().unwrap()).collect();
+    assert!(items.is_empty(), "bob sees only his own (finished) jobs: {queue}");
+    let (_, bob_history) = gw.get_json("/history", &Auth::Bearer(&b)).await;
+    assert_eq!(bob_history.as_object().unwrap().len(), 5);
+    for id in &alice_jobs {
+        finished(&gw, &a, id).await;
+    }
+}
+
+#[tokio::test]
+async fn a_job_goes_to_the_backend_that_has_its_model_and_one_nobody_has_is_refused() {
+    let sims = [sim(20, &[]).await, sim(20, &["only-on-b2.safetensors"]).await, sim(20, &[]).await];
+    let gw = gateway(&[&sims[0], &sims[1], &sims[2]], 1).await;
+    let token = gw.token("admin", "t").await;
+    for round in 0..3 {
+        let id = submit_ok(&gw, &token, model_job("only-on-b2.safetensors", &format!("m{round}"))).await;
+        finished(&gw, &token, &id).await;
+        assert!(ran_on(&sims[1], &id).await, "round {round} ran on b2");
+    }
+    let (status, answer) = submit(&gw, &token, model_job("nobody-has-this.safetensors", "x")).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["type"], "prompt_outputs_failed_validation");
+    let node = &answer["node_errors"]["1"];
+    assert_eq!(node["class_type"], "CheckpointLoaderSimple");
+    assert_eq!(node["errors"][0]["type"], "value_not_in_list");
+    assert!(node["errors"][0]["details"].as_str().unwrap().contains("nobody-has-this.safetensors"), "{answer}");
+    // The merged object_info lists every backend's models.
+    let (_, info) = gw.get_json("/object_info/CheckpointLoaderSimple", &Auth::Bearer(&token)).await;
+    assert_eq!(info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0], json!(["only-on-b2.safetensors"]));
+    let (status, answer) =
+        submit(&gw, &token, json!({"prompt": {"1": {"class_type": "NoSuchNode", "inputs": {}}}})).await;
+    assert_eq!((status, answer["error"]["type"].as_str()), (400, Some("invalid_prompt")));
+}
+
+#[tokio::test]
+async fn a_backend_that_has_the_checkpoint_loaded_is_preferred() {
+    let models = ["m1.safetensors", "m2.safetensors"];
+    let sims = [sim(150, &models).await, sim(150, &models).await];
+    let gw = gateway(&[&sims[0], &sims[1]], 1).await;
+    let token = gw.token("admin", "t").await;
+    // Two jobs at once: m1 lands on the first backend, m2 on the second.
+    let first = submit_ok(&gw, &token, model_job("m1.safetensors", "a")).await;
+    let second = submit_ok(&gw, &token, model_job("m2.safetensors", "b")).await;
+    finished(&gw, &token, &first).await;
+    finished(&gw, &token, &second).await;
+    assert!(ran_on(&sims[0], &first).await && ran_on(&sims[1], &second).await);
+    // Both idle now: each model goes back where it is loaded, not to the first free backend.
+    let again_m2 = submit_ok(&gw, &token, model_job("m2.safetensors", "c")).await;
+    finished(&gw, &token, &again_m2).await;
+    assert!(ran_on(&sims[1], &again_m2).await, "m2 went back to the backend that has it loaded");
+    let again_m1 = submit_ok(&gw, &token, model_job("m1.safetensors", "d")).await;
+    finished(&gw, &token, &again_m1).await;
+    assert!(ran_on(&sims[0], &again_m1).await);
+}
+
+#[tokio::test]
+async fn history_and_view_are_answered_by_the_backend_that_ran_the_job() {
+    let sims = [sim(200, &[]).await, sim(200, &[]).await];
+    let gw = gateway(&[&sims[0], &sims[1]], 1).await;
+    gw.add_user("alice", "user").await;
+    gw.add_user("bob", "user").await;
+    let tokens = [gw.token("alice", "t").await, gw.token("bob", "t").await];
+    // Same prefix, one job on each backend: both backends write `sticky_00001_.png`.
+    let ids = [
+        submit_ok(&gw, &tokens[0], job("sticky", 10, 200)).await,
+        submit_ok(&gw, &tokens[1], job("sticky", 20, 200)).await,
+    ];
+    for (id, token) in ids.iter().zip(&tokens) {
+        let entry = finished(&gw, token, id).await;
+        assert_eq!(entry["status"]["status_str"], "success");
+        let sim = if ran_on(&sims[0], id).await { &sims[0] } else { &sims[1] };
+        let image = &entry["outputs"]["2"]["images"][0];
+        let query = format!(
+            "filename={}&subfolder={}&type={}",
+            image["filename"].as_str().unwrap(),
+            image["subfolder"].as_str().unwrap(),
+            image["type"].as_str().unwrap()
+        );
+        let through = client().get(gw.at(&format!("/view?{query}"))).bearer_auth(token).send().await.unwrap();
+        assert_eq!(through.status(), 200);
+        let direct = client().get(format!("{}/view?{query}", sim.url())).send().await.unwrap();
+        assert_eq!(through.bytes().await.unwrap(), direct.bytes().await.unwrap());
+    }
+    assert!(ran_on(&sims[0], &ids[0]).await != ran_on(&sims[0], &ids[1]).await, "one job on each backend");
+    let admin = gw.token("admin", "t").await;
+    let (_, all) = gw.get_json("/history?max_items=1", &Auth::Bearer(&admin)).await;
+    assert_eq!(all.as_object().unwrap().len(), 1);
+    let (_, all) = gw.get_json("/history", &Auth::Bearer(&admin)).await;
+    assert_eq!(all.as_object().unwrap().len(), 2, "merged from both backends");
+    assert_eq!(all.as_object().unwrap().keys().next().unwrap(), &ids[1], "newest first");
+}
+
+#[tokio::test]
+async fn a_dead_backend_loses_no_waiting_job_and_reports_the_running_one() {
+    let mut doomed = sim(100, &[]).await;
+    let healthy = sim(100, &[]).await;
+    let gw = gateway(&[&doomed, &healthy], 2).await;
+    let token = gw.token("admin", "t").await;
+    let mut socket = ws(&gw, &token, "watcher").await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let mut body = job("failover", i, 3_000);
+        body["client_id"] = json!("watcher");
+        ids.push(submit_ok(&gw, &token, body).await);
+    }
+    // Wait until the doomed backend runs one job (and holds a second, not started).
+    let running = poll(Duration::from_secs(10), "a job running on the doomed backend", || async {
+        let q: Value = client().get(format!("{}/queue", doomed.url())).send().await.ok()?.json().await.ok()?;
+        let running = q["queue_running"][0][1].as_str()?.to_owned();
+        (q["queue_pending"].as_array()?.len() == 1).then_some(running)
+    })
+    .await;
+    let waiting: Value = client().get(format!("{}/queue", doomed.url())).send().await.unwrap().json().await.unwrap();
+    let waiting = waiting["queue_pending"][0][1].as_str().unwrap().to_owned();
+    doomed.stop().await;
+
+    let entry = finished(&gw, &token, &running).await;
+    assert_eq!(entry["status"]["status_str"], "error");
+    let message = entry["status"]["messages"][0][1]["exception_message"].as_str().unwrap();
+    assert!(message.contains("sim"), "the history names the failed backend: {message}");
+    // Frames for the other jobs come too; read (bounded) until the error shows up.
+    let mut seen = false;
+    for _ in 0..500 {
+        let Some(m) = next_json(&mut socket).await else { break };
+        if m["type"] == "execution_error" && m["data"]["prompt_id"] == running.as_str() {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the owner's socket got execution_error for the lost job");
+
+    for id in ids.iter().filter(|id| **id != running) {
+        let entry = finished(&gw, &token, id).await;
+        assert_eq!(entry["status"]["status_str"], "success", "{id}: {entry}");
+        assert!(ran_on(&healthy, id).await, "{id} ran on the surviving backend");
+    }
+    assert!(ran_on(&healthy, &waiting).await, "the waiting job moved with the same prompt_id");
+}
+
+#[tokio::test]
+async fn restarting_the_gateway_keeps_the_queue() {
+    let backend = sim(300, &[]).await;
+    let gw = gateway(&[&backend], 1).await;
+    let token = gw.token("admin", "t").await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(submit_ok(&gw, &token, job("restart", i, 300)).await);
+    }
+    let (_, queue) = gw.get_json("/queue", &Auth::Bearer(&token)).await;
+    let held = queue["queue_running"].as_array().unwrap().len() + queue["queue_pending"].as_array().unwrap().len();
+    assert!(held >= 3, "jobs wait in the gateway: {queue}");
+    let gw = gw.restart().await;
+    let (status, queue) = gw.get_json("/queue", &Auth::Bearer(&token)).await;
+    assert_eq!(status, 200);
+    assert!(!queue["queue_pending"].as_array().unwrap().is_empty(), "the queue survived the restart: {queue}");
+    for id in &ids {
+        let entry = finished(&gw, &token, id).await;
+        assert_eq!(entry["status"]["status_str"], "success");
+    }
+}
+
+#[tokio::test]
+async fn another_user_guessing_a_client_id_receives_nothing() {
+    let backend = sim(50, &[]).await;
+    let gw = gateway(&[&backend], 1).await;
+    gw.add_user("alice", "user").await;
+    gw.add_user("mallory", "user").await;
+    let (a, m) = (gw.token("alice", "t").await, gw.token("mallory", "t").await);
+    let mut alice = ws(&gw, &a, "shared-id").await;
+    let mut mallory = ws(&gw, &m, "shared-id").await;
+    for socket in [&mut alice, &mut mallory] {
+        let first = next_json(socket).await.unwrap();
+        assert_eq!((first["type"].as_str(), first["data"]["sid"].as_str()), (Some("status"), Some("shared-id")));
+    }
+    let mut body = job("private", 1, 50);
+    body["client_id"] = json!("shared-id");
+    let id = submit_ok(&gw, &a, body).await;
+    let mut types = Vec::new();
+    while let Some(m) = next_json(&mut alice).await {
+        types.push(m["type"].as_str().unwrap_or_default().to_owned());
+        if m["type"] == "executing" && m["data"]["node"].is_null() && m["data"]["prompt_id"] == id.as_str() {
+            break;
+        }
+    }
+    assert!(types.contains(&"execution_start".to_owned()) && types.contains(&"executed".to_owned()), "{types:?}");
+    // Mallory gets the gateway-wide status only, never alice's events.
+    while let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(Duration::from_millis(300), mallory.next()).await {
+        let m: Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(m["type"], "status", "mallory received {m}");
+    }
+    let (_, h) = gw.get_json(&format!("/history/{id}"), &Auth::Bearer(&m)).await;
+    assert_eq!(h, json!({}), "nor her history");
+    let (_, h) = gw.get_json(&format!("/history/{id}"), &Auth::Bearer(&a)).await;
+    assert_eq!(h[&id]["prompt"][3]["client_id"], "shared-id", "the owner sees her own client id");
+}
+
+#[tokio::test]
+async fn revoking_a_token_closes_its_websocket() {
+    let backend = sim(50, &[]).await;
+    let gw = gateway(&[&backend], 1).await;
+    let token = gw.token("admin", "ws").await;
+    let mut socket = ws(&gw, &token, "c1").await;
+    assert_eq!(next_json(&mut socket).await.unwrap()["type"], "status");
+    gw.cli(&["token", "revoke", "admin", "ws"], None).await.ok();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return true,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Ok(true), "the socket was closed after the revocation");
+}
+
+#[tokio::test]
+async fn deleting_a_waiting_job_removes_it_from_the_gateway_queue() {
+    let backend = sim(400, &[]).await;
+    let gw = gateway(&[&backend], 1).await;
+    let token = gw.token("admin", "t").await;
+    let first = submit_ok(&gw, &token, job("del", 1, 400)).await;
+    let second = submit_ok(&gw, &token, job("del", 2, 400)).await;
+    let third = submit_ok(&gw, &token, job("del", 3, 400)).await;
+    let r = client().post(gw.at("/queue")).bearer_auth(&token).json(&json!({"delete": [third]})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, queue) = gw.get_json("/queue", &Auth::Bearer(&token)).await;
+    assert!(!queue.to_string().contains(&third), "{queue}");
+    finished(&gw, &token, &first).await;
+    finished(&gw, &token, &second).await;
+    let (_, prompt) = gw.get_json("/prompt", &Auth::Bearer(&token)).await;
+    assert_eq!(prompt["exec_info"]["queue_remaining"], 0);
+    assert!(!ran_on(&backend, &third).await);
+}
