@@ -265,6 +265,7 @@ BACKEND_SERVER = """
     location = /queue     {{ default_type application/json; alias {data}/queue.json; }}
     location = /api/queue {{ default_type application/json; alias {data}/queue.json; }}
     location = /view      {{ default_type image/png; alias {data}/view.png; }}
+    location = /extensions/bench/queue.json {{ default_type application/json; alias {data}/queue.json; }}
   }}
 """
 
@@ -416,9 +417,9 @@ def start_systems(procs: Procs, work: str, gw: str, cpus: str | None, notes: dic
     gproc = procs.start("comfygate", [gw, "--config", gconf, "serve"], cpus=cpus, env=comfygate_env(),
                         log_path=os.path.join(gdir, "log"))
 
-    wait_http(pport, "/queue", ngx, "nginx proxy_pass")
-    wait_http(aport, "/queue", ngx_auth, "nginx auth_basic")
-    wait_http(cport, "/queue", caddy, "caddy", headers=basic)
+    wait_http(pport, JSON_PATH, ngx, "nginx proxy_pass")
+    wait_http(aport, JSON_PATH, ngx_auth, "nginx auth_basic")
+    wait_http(cport, JSON_PATH, caddy, "caddy", headers=basic)
     wait_http(gport, "/comfygate/health", gproc, "comfygate")
     token = comfygate_token(gw, gconf)
     session = comfygate_session(gport)
@@ -431,11 +432,15 @@ def start_systems(procs: Procs, work: str, gw: str, cpus: str | None, notes: dic
         System("cg_token", "comfygate Bearer token", gport, gproc, {"Authorization": f"Bearer {token}"}),
         System("cg_session", "comfygate session cookie", gport, gproc, {"Cookie": f"comfygate_session={session}"}),
     ]
-    for s in systems:  # every system answers 200 with the right body before we measure it
-        for path, size in (("/queue", None), ("/view?filename=bench.png&type=output", 1_000_000)):
-            st, _, body = http_get(s.port, path, s.headers, timeout=10)
-            if st != 200 or (size and len(body) != size):
-                raise HarnessError(f"{s.label}: GET {path} → {st}, {len(body)} bytes")
+    # Every system must answer 200 with exactly the backend's bytes before we measure it: a
+    # gateway that answers a route itself (comfygate's own /queue) would not be a proxy benchmark.
+    for wl in WORKLOADS[1], WORKLOADS[3]:
+        st, _, want = http_get(bport, wl[2], timeout=10)
+        for s in systems:
+            st, _, body = http_get(s.port, wl[2], s.headers, timeout=10)
+            if st != 200 or body != want:
+                raise HarnessError(f"{s.label}: GET {wl[2]} → {st}, {len(body)} bytes, not the backend's "
+                                   f"{len(want)} bytes")
     return systems
 
 
@@ -483,9 +488,12 @@ def wrk(system: System, script: str, path: str, conns: int, seconds: float, cpus
     }
 
 
+# The small JSON is ComfyUI's /queue answer (sim/fixtures/queue_busy.json, 3.6 kB), served on a
+# route every system forwards unchanged: comfygate answers /queue itself from its job queue.
+JSON_PATH = "/extensions/bench/queue.json"
 WORKLOADS = [  # (key, label, path, connections)
-    ("json_c1", "small JSON `/queue`, 1 connection", "/queue", 1),
-    ("json_c64", "small JSON `/queue`, 64 connections", "/queue", 64),
+    ("json_c1", "small JSON (3.6 kB, queue-shaped), 1 connection", JSON_PATH, 1),
+    ("json_c64", "small JSON (3.6 kB, queue-shaped), 64 connections", JSON_PATH, 64),
     ("mb_c1", "1 MB `/view`, 1 connection", "/view?filename=bench.png&type=output", 1),
     ("mb_c64", "1 MB `/view`, 64 connections", "/view?filename=bench.png&type=output", 64),
 ]

@@ -123,12 +123,7 @@ impl Proxy {
             Some(query) => format!("{path}?{query}"),
             None => path.to_owned(),
         };
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.upstream.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| ProxyError::BadTarget)?;
+        let uri = self.target(&path_and_query)?;
 
         let client_upgrade = if is_upgrade(&parts.headers) {
             Some(parts.extensions.remove::<hyper::upgrade::OnUpgrade>().ok_or(ProxyError::NotUpgradable)?)
@@ -205,12 +200,7 @@ impl Proxy {
         json_body: Option<Bytes>,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), ProxyError> {
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.upstream.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| ProxyError::BadTarget)?;
+        let uri = self.target(path_and_query)?;
         let mut req = Request::new(json_body.map(Body::from).unwrap_or_else(Body::empty));
         *req.method_mut() = method;
         *req.uri_mut() = uri;
@@ -231,6 +221,16 @@ impl Proxy {
             .map_err(|e| ProxyError::Unreachable { backend: self.upstream.name.clone(), detail: e.to_string() })?
             .to_bytes();
         Ok((status, body))
+    }
+
+    /// The backend's URI for a path and query.
+    fn target(&self, path_and_query: &str) -> Result<Uri, ProxyError> {
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.upstream.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| ProxyError::BadTarget)
     }
 
     fn failure(&self, error: &hyper_util::client::legacy::Error) -> ProxyError {
