@@ -3,13 +3,13 @@
 # unlike wall-clock profiles on a shared machine). Usage: bench/profile.sh [REQUESTS] [PATH]
 #
 # Starts a static nginx backend and comfygate (release build, one tokio worker) under callgrind,
-# sends REQUESTS (default 2000) Bearer-authenticated GETs of PATH (default /queue) over one
+# sends REQUESTS (default 2000) Bearer-authenticated GETs of PATH (default: a plain proxied JSON) over one
 # keep-alive connection, stops everything and prints the top functions (inclusive and self).
 # Needs valgrind and nginx (apt-get install valgrind nginx-light).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-2000}
-path=${2:-/queue}
+path=${2:-/extensions/bench/queue.json}  # a route comfygate forwards unchanged
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
 cargo build --release -q -p comfygate
 work=$(mktemp -d)
@@ -27,7 +27,7 @@ events { worker_connections 1024; }
 http { access_log off; client_body_temp_path $work/ngx/b; proxy_temp_path $work/ngx/p;
   fastcgi_temp_path $work/ngx/f; uwsgi_temp_path $work/ngx/u; scgi_temp_path $work/ngx/s;
   keepalive_requests 10000000;
-  server { listen 127.0.0.1:$bport; location / { default_type application/json; alias $work/queue.json; } } }
+  server { listen 127.0.0.1:$bport; root $work; location / { default_type application/json; try_files /queue.json =404; } } }
 CONF
 nginx -p "$work/ngx" -c "$work/ngx/nginx.conf" -e stderr & pids+=($!)
 cat >"$work/cg.toml" <<TOML
@@ -70,8 +70,8 @@ PY
 kill -INT "$vg"; wait "$vg" 2>/dev/null || true
 out="bench/results/callgrind-$(date -u +%Y%m%dT%H%M%SZ).txt"
 { echo "# $n x GET $path with a Bearer token (collection on after 50 warm-up requests; divide by $n for per-request figures)"
-  callgrind_annotate --inclusive=yes "$work/callgrind.out" 2>/dev/null | head -80
+  callgrind_annotate --inclusive=yes "$work/callgrind.out" 2>/dev/null | sed -n 1,80p
   echo; echo "# self cost"
-  callgrind_annotate "$work/callgrind.out" 2>/dev/null | head -60; } >"$out"
+  callgrind_annotate "$work/callgrind.out" 2>/dev/null | sed -n 1,70p; } >"$out"
 cat "$out"
 echo "written to $out" >&2

@@ -233,6 +233,9 @@ impl Scheduler {
         for id in inflight {
             if listed("queue_running", &id) {
                 backend.load().running = Some(id.clone());
+                if let Some(job) = self.inner().jobs.get_mut(&id) {
+                    job.state = JobState::Running;
+                }
                 continue;
             }
             if listed("queue_pending", &id) {

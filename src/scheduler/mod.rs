@@ -289,10 +289,8 @@ impl Scheduler {
             Ok((status, answer)) => {
                 let error = String::from_utf8_lossy(&answer).into_owned();
                 tracing::info!(prompt_id = %id, backend = backend.name(), %status, "backend refused a job");
-                let told = waiter.is_some();
-                if let Some(w) = waiter {
-                    let _ = w.send(Answer::raw(status, answer));
-                }
+                // The submitter may have stopped waiting: then the owner's socket is told.
+                let told = waiter.is_some_and(|w| w.send(Answer::raw(status, answer)).is_ok());
                 self.fail(&id, &error, !told).await;
             }
             Err(e) => {
