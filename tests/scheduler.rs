@@ -110,18 +110,17 @@ async fn next_json(ws: &mut Ws) -> Option<Value> {
 
 #[tokio::test]
 async fn fair_share_lets_a_light_user_finish_before_a_heavy_users_twentieth_job() {
-    let sims = [sim(60, &[]).await, sim(60, &[]).await, sim(60, &[]).await];
+    let sims = [sim(200, &[]).await, sim(200, &[]).await, sim(200, &[]).await];
     let gw = gateway(&[&sims[0], &sims[1], &sims[2]], 1).await;
     gw.add_user("alice", "user").await;
     gw.add_user("bob", "user").await;
     let (a, b) = (gw.token("alice", "t").await, gw.token("bob", "t").await);
-    let mut alice_jobs = Vec::new();
-    for i in 0..50 {
-        alice_jobs.push(submit_ok(&gw, &a, job("alice", i, 60)).await);
-    }
+    // Alice queues 50 jobs at once (quicker than a job runs), then bob queues 5.
+    let alice_jobs: Vec<String> =
+        futures_util::future::join_all((0..50).map(|i| submit_ok(&gw, &a, job("alice", i, 200)))).await;
     let mut bob_jobs = Vec::new();
     for i in 0..5 {
-        bob_jobs.push(submit_ok(&gw, &b, job("bob", i, 60)).await);
+        bob_jobs.push(submit_ok(&gw, &b, job("bob", i, 200)).await);
     }
     for id in &bob_jobs {
         finished(&gw, &b, id).await;
