@@ -1036,6 +1036,7 @@ def main() -> int:
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGINT, on_signal)  # also when started in the background, where SIGINT is inherited as ignored
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
 

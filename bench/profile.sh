@@ -5,13 +5,13 @@
 # Starts a static nginx backend and comfygate (release build, one tokio worker) under callgrind,
 # sends REQUESTS (default 2000) Bearer-authenticated GETs of PATH (default: a plain proxied JSON) over one
 # keep-alive connection, stops everything and prints the top functions (inclusive and self).
-# Needs valgrind and nginx (apt-get install valgrind nginx-light).
+# Needs valgrind and nginx (apt-get install valgrind nginx-light). NO_BUILD=1 uses the existing binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-2000}
 path=${2:-/extensions/bench/queue.json}  # a route comfygate forwards unchanged
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
-cargo build --release -q -p comfygate
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q -p comfygate
 work=$(mktemp -d)
 chmod 755 "$work"
 pids=()
@@ -73,5 +73,6 @@ out="bench/results/callgrind-$(date -u +%Y%m%dT%H%M%SZ).txt"
   callgrind_annotate --inclusive=yes "$work/callgrind.out" 2>/dev/null | sed -n 1,80p
   echo; echo "# self cost"
   callgrind_annotate "$work/callgrind.out" 2>/dev/null | sed -n 1,70p; } >"$out"
+cp "$work/callgrind.out" "${out%.txt}.out"   # for callgrind_annotate / kcachegrind (git-ignored)
 cat "$out"
-echo "written to $out" >&2
+echo "written to $out and ${out%.txt}.out" >&2

@@ -36,10 +36,11 @@ async fn gateway(sims: &[&Simulator], max_inflight: usize) -> Gateway {
     let gw = Gateway::start_with(&sims[0].url(), opts).await;
     // The first backend is named "sim" by the harness; wait until every backend's nodes are known.
     let token = gw.token("admin", "readiness").await;
-    poll(Duration::from_secs(10), "capabilities of every backend", || async {
-        let (status, stats) = gw.get_json("/system_stats", &Auth::Bearer(&token)).await;
-        let known = gw.get_json("/object_info/EmptyImage", &Auth::Bearer(&token)).await.0 == 200;
-        (status == 200 && known && stats["devices"].as_array().is_some_and(|d| d.len() == sims.len())).then_some(())
+    poll(Duration::from_secs(10), "every backend healthy with known capabilities", || async {
+        let (status, state) = gw.get_json("/comfygate/api/backends", &Auth::Bearer(&token)).await;
+        let backends = state["backends"].as_array()?;
+        let ready = backends.iter().all(|b| b["healthy"] == true && b["node_classes"].as_u64().is_some_and(|n| n > 0));
+        (status == 200 && backends.len() == sims.len() && ready).then_some(())
     })
     .await;
     gw

@@ -156,6 +156,13 @@ impl Pool {
         let _ = self.events.send(event);
     }
 
+    /// Whether every healthy backend has reported its capabilities (so a workflow none of them
+    /// can run is really unrunnable).
+    pub fn capabilities_complete(&self) -> bool {
+        let healthy = self.healthy();
+        !healthy.is_empty() && healthy.iter().all(|b| b.capabilities().is_some())
+    }
+
     /// What the healthy backends can run together (model lists merged), once any is known.
     pub fn known_capabilities(&self) -> Option<Arc<Capabilities>> {
         if let Some(merged) = self.merged.read().ok().and_then(|m| m.clone()) {

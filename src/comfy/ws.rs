@@ -14,6 +14,9 @@ use crate::app::AppState;
 use crate::http::{ApiError, Caller};
 use crate::scheduler::delivery::{Outgoing, status_message};
 
+/// Bytes read from a client socket at once (clients send little; the default is 128 KiB).
+const READ_BUFFER: usize = 4 * 1024;
+
 /// Longest `clientId` accepted.
 const MAX_CLIENT_ID: usize = 128;
 
@@ -32,6 +35,8 @@ pub async fn upgrade(app: &AppState, caller: Caller, req: Request<Body>) -> Resu
         .await
         .map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade: {}", e.body_text())))?;
     let app = app.clone();
+    // Idle sockets stay cheap: small read buffer, writes go out at once.
+    let ws = ws.read_buffer_size(READ_BUFFER).write_buffer_size(0);
     Ok(ws.on_upgrade(move |socket| serve(app, caller, client_id, socket)))
 }
 

@@ -72,9 +72,9 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // ComfyUI (aiohttp) writes `Content-Type`, not `content-type`; some clients look headers up
-    // case-sensitively, so the gateway passes header case through unchanged.
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout).preserve_header_case(true);
+    // ComfyUI (aiohttp) writes `Content-Type`, not `content-type`, and some clients look headers
+    // up case-sensitively: HTTP/1 responses are written in the same Title-Case.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout).title_case_headers(true);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {

@@ -87,7 +87,6 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
-            .http1_preserve_header_case(true)
             .build(connector);
         Ok(Self {
             client,

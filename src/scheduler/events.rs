@@ -117,9 +117,10 @@ impl Scheduler {
             Some((state, detail)) => (state, Some(detail)),
             None => (JobState::Done, None),
         };
+        // The freed slot is filled first; the record can wait a moment.
+        self.pump().await;
         self.save_state(id, state, Some(backend.name()), error.as_deref()).await;
         self.announce_status();
-        self.pump().await;
     }
 
     /// Ends a job that never ran (refused by the backend, lost with it): recorded with its

@@ -139,7 +139,8 @@ impl Scheduler {
         let Some(prompt) = body.get("prompt").and_then(Value::as_object).cloned() else {
             return Ok(Answer::comfy_error("no_prompt", "No prompt provided", "No prompt provided"));
         };
-        let requirements = match self.pool.known_capabilities() {
+        let known = self.pool.capabilities_complete().then(|| self.pool.known_capabilities()).flatten();
+        let requirements = match known {
             Some(known) => match workflow::analyse(&prompt, &known) {
                 Ok(req) => Some(req),
                 Err(rejection) => return Ok(Answer::json(StatusCode::BAD_REQUEST, &rejection)),
@@ -238,7 +239,7 @@ impl Scheduler {
     }
 
     fn assign(&self) -> Vec<Dispatch> {
-        let known = self.pool.known_capabilities();
+        let known = self.pool.capabilities_complete().then(|| self.pool.known_capabilities()).flatten();
         let backends = self.pool.all().to_vec();
         let mut inner = self.inner();
         let inner = &mut *inner;
@@ -335,7 +336,9 @@ fn best_backend<'a>(job: &Active, rooms: &[&'a Arc<Backend>]) -> Option<&'a Arc<
         .filter(|b| job.pinned.as_deref().is_none_or(|p| p == b.name()))
         .filter(|b| match (&job.requirements, b.capabilities()) {
             (Some(req), Some(caps)) => req.satisfied_by(&caps),
-            _ => true,
+            // A backend that has not said what it has gets no job whose needs are known.
+            (Some(_), None) => false,
+            (None, _) => true,
         })
         .min_by_key(|b| {
             let load = b.load();

@@ -192,6 +192,33 @@ pub async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET /comfygate/api/backends` (admins): each backend's health, capabilities and load.
+pub async fn backends(State(app): State<AppState>, _admin: AdminCaller) -> Json<Value> {
+    let list: Vec<Value> = app
+        .scheduler
+        .pool()
+        .all()
+        .iter()
+        .map(|b| {
+            let caps = b.capabilities();
+            let load = b.load();
+            json!({
+                "name": b.name(),
+                "url": b.config.url,
+                "labels": b.config.labels,
+                "healthy": load.healthy,
+                "max_inflight": b.config.max_inflight,
+                "inflight": load.inflight,
+                "running": load.running,
+                "last_error": load.last_error,
+                "node_classes": caps.as_ref().map(|c| c.classes.len()),
+                "model_files": caps.as_ref().map(|c| c.model_files().len()),
+            })
+        })
+        .collect();
+    Json(json!({ "backends": list, "queued": app.scheduler.queue_remaining() }))
+}
+
 /// `GET /comfygate/health`: liveness, public.
 pub async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))

@@ -35,5 +35,6 @@ pub fn routes() -> Router<AppState> {
         .route("/comfygate/api/password", post(api::change_password))
         .route("/comfygate/api/users", get(api::list_users).post(api::create_user))
         .route("/comfygate/api/users/{name}", delete(api::delete_user).patch(api::update_user))
+        .route("/comfygate/api/backends", get(api::backends))
         .layer(DefaultBodyLimit::max(FORM_LIMIT))
 }
