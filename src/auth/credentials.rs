@@ -111,7 +111,8 @@ fn check_secret_shape(secret: &str) -> Result<(), AuthFailure> {
     if secret.is_empty() {
         return Err(AuthFailure::MalformedAuthorization("the token is empty"));
     }
-    if secret.len() > MAX_SECRET_LEN || secret.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    // Bytewise: spaces and ASCII controls are impossible in a token (non-ASCII is left to lookup).
+    if secret.len() > MAX_SECRET_LEN || secret.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err(AuthFailure::MalformedAuthorization("the token has an impossible shape"));
     }
     Ok(())

@@ -18,15 +18,16 @@ const MANAGER_ROOTS: &[&str] = &["manager", "customnode", "snapshot", "comfyui_m
 
 /// Classifies a request by method, normalised path and query.
 pub fn classify(method: &Method, path: &NormalizedPath, query: Option<&str>) -> RouteClass {
-    let route: Vec<String> = path.route().iter().map(|s| s.to_lowercase()).collect();
-    let first = route.first().map(String::as_str).unwrap_or("");
-    let second = route.get(1).map(String::as_str).unwrap_or("");
-    let admin = MANAGER_ROOTS.contains(&first)
-        || (first == "v2" && MANAGER_ROOTS.contains(&second))
-        || first == "internal"
-        || first == "free"
-        || (first == "users" && method != Method::GET)
-        || touches_manager_userdata(&route, query);
+    let route = path.route();
+    let segment = |i: usize| route.get(i).map(String::as_str).unwrap_or("");
+    let is = |i: usize, name: &str| segment(i).eq_ignore_ascii_case(name);
+    let manager_root = |i: usize| MANAGER_ROOTS.iter().any(|root| is(i, root));
+    let admin = manager_root(0)
+        || (is(0, "v2") && manager_root(1))
+        || is(0, "internal")
+        || is(0, "free")
+        || (is(0, "users") && method != Method::GET)
+        || ((is(0, "userdata") || (is(0, "v2") && is(1, "userdata"))) && touches_manager_userdata(route, query));
     if admin { RouteClass::Admin } else { RouteClass::User }
 }
 
@@ -38,17 +39,12 @@ fn touches_manager_userdata(route: &[String], query: Option<&str>) -> bool {
         for _ in 0..3 {
             s = percent_encoding::percent_decode_str(&s).decode_utf8_lossy().into_owned();
         }
-        s.trim_start_matches(['/', '.']).starts_with("comfyui-manager")
+        s.trim_start_matches(['/', '.']).to_lowercase().starts_with("comfyui-manager")
     };
-    let userdata = matches!(route.first().map(String::as_str), Some("userdata"))
-        || (route.first().map(String::as_str) == Some("v2") && route.get(1).map(String::as_str) == Some("userdata"));
-    if !userdata {
-        return false;
-    }
     let in_path = route.iter().skip(1).any(|s| is_manager(s));
     let in_query = query.is_some_and(|q| {
         form_urlencoded::parse(q.as_bytes())
-            .any(|(k, v)| matches!(k.as_ref(), "dir" | "path" | "file") && is_manager(&v.to_lowercase()))
+            .any(|(k, v)| matches!(k.as_ref(), "dir" | "path" | "file") && is_manager(&v))
     });
     in_path || in_query
 }
@@ -90,6 +86,7 @@ mod tests {
         for p in [
             "/userdata/ComfyUI-Manager%2Fconfig.ini",
             "/api/userdata/comfyui-manager%252Fconfig.ini",
+            "/userdata/%2543omfyUI-Manager%252Fconfig.ini",
             "/userdata?dir=ComfyUI-Manager",
             "/api/v2/userdata?path=ComfyUI-Manager/",
         ] {
