@@ -366,3 +366,69 @@ async fn deleting_a_waiting_job_removes_it_from_the_gateway_queue() {
     assert_eq!(prompt["exec_info"]["queue_remaining"], 0);
     assert!(!ran_on(&backend, &third).await);
 }
+
+#[tokio::test]
+async fn a_job_only_a_stopped_backend_can_run_waits_says_why_and_runs_when_it_returns() {
+    let plain = sim(20, &[]).await;
+    let mut special = sim(20, &["rare.safetensors"]).await;
+    let gw = gateway(&[&plain, &special], 1).await;
+    let token = gw.token("admin", "t").await;
+    special.stop().await;
+    poll(Duration::from_secs(10), "the stopped backend taken out", || async {
+        let (_, state) = gw.get_json("/comfygate/api/backends", &Auth::Bearer(&token)).await;
+        (state["backends"][1]["healthy"] == false).then_some(())
+    })
+    .await;
+    let id = submit_ok(&gw, &token, model_job("rare.safetensors", "rare")).await;
+    let (_, state) = gw.get_json("/comfygate/api/backends", &Auth::Bearer(&token)).await;
+    let waiting = &state["waiting"][0];
+    assert_eq!(waiting["prompt_id"], id.as_str(), "{state}");
+    let reason = waiting["reason"].as_str().unwrap();
+    assert!(reason.contains("no healthy backend") && reason.contains("rare.safetensors"), "{reason}");
+    special.restart().await.unwrap();
+    let entry = finished(&gw, &token, &id).await;
+    assert_eq!(entry["status"]["status_str"], "success");
+    assert!(ran_on(&special, &id).await);
+}
+
+/// A backend that looks healthy but fails every `POST /prompt` with 503.
+async fn failing_backend() -> (String, tokio::task::JoinHandle<()>) {
+    use axum::routing::{get, post};
+    let object_info: Value = serde_json::from_str(include_str!("../sim/fixtures/object_info.json")).unwrap();
+    let stats: Value = serde_json::from_str(include_str!("../sim/fixtures/system_stats.json")).unwrap();
+    let app = axum::Router::new()
+        .route("/system_stats", get(move || async move { axum::Json(stats) }))
+        .route("/object_info", get(move || async move { axum::Json(object_info) }))
+        .route("/prompt", post(|| async { (axum::http::StatusCode::SERVICE_UNAVAILABLE, "overloaded") }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (url, tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }))
+}
+
+#[tokio::test]
+async fn a_backend_answering_5xx_to_dispatch_loses_its_jobs_to_a_working_one() {
+    let (broken, server) = failing_backend().await;
+    let working = sim(20, &[]).await;
+    let opts = Options::default().backend("max_inflight = 1").extra(SCHEDULER).another_backend(
+        "working",
+        &working.url(),
+        &["max_inflight = 1"],
+    );
+    let gw = Gateway::start_with(&broken, opts).await;
+    let token = gw.token("admin", "t").await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (status, answer) = submit(&gw, &token, job("retry", i, 20)).await;
+        assert_eq!(status, 200, "{answer}");
+        ids.push(answer["prompt_id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        let entry = finished(&gw, &token, id).await;
+        assert_eq!(entry["status"]["status_str"], "success");
+        assert!(ran_on(&working, id).await);
+    }
+    let (_, state) = gw.get_json("/comfygate/api/backends", &Auth::Bearer(&token)).await;
+    let last_error = state["backends"][0]["last_error"].as_str().unwrap_or_default();
+    assert!(last_error.contains("503"), "the 5xx counted against the broken backend: {state}");
+    server.abort();
+}

@@ -97,7 +97,17 @@ impl Backend {
 pub struct Pool {
     backends: Vec<Arc<Backend>>,
     events: broadcast::Sender<BackendEvent>,
-    merged: RwLock<Option<Arc<Capabilities>>>,
+    /// Merged capabilities of the healthy backends, and of every backend ever seen.
+    merged: RwLock<[Option<Arc<Capabilities>>; 2]>,
+}
+
+/// Whose capabilities to merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Backends in service now (what `/object_info` shows).
+    Healthy,
+    /// Every backend whose capabilities were ever read (what a job may wait for).
+    Any,
 }
 
 impl Pool {
@@ -119,7 +129,7 @@ impl Pool {
                 }))
             })
             .collect::<Result<Vec<_>, ProxyError>>()?;
-        Ok(Self { backends, events: broadcast::Sender::new(1024), merged: RwLock::new(None) })
+        Ok(Self { backends, events: broadcast::Sender::new(1024), merged: RwLock::new([None, None]) })
     }
 
     /// Every backend, in configuration order.
@@ -163,26 +173,32 @@ impl Pool {
         !healthy.is_empty() && healthy.iter().all(|b| b.capabilities().is_some())
     }
 
-    /// What the healthy backends can run together (model lists merged), once any is known.
-    pub fn known_capabilities(&self) -> Option<Arc<Capabilities>> {
-        if let Some(merged) = self.merged.read().ok().and_then(|m| m.clone()) {
+    /// What the backends in `reach` can run together (model lists merged), once any is known.
+    pub fn known_capabilities(&self, reach: Reach) -> Option<Arc<Capabilities>> {
+        let index = reach as usize;
+        if let Some(merged) = self.merged.read().ok().and_then(|m| m[index].clone()) {
             return Some(merged);
         }
-        let caps: Vec<Arc<Capabilities>> = self.healthy().iter().filter_map(|b| b.capabilities()).collect();
+        let caps: Vec<Arc<Capabilities>> = self
+            .backends
+            .iter()
+            .filter(|b| reach == Reach::Any || b.is_healthy())
+            .filter_map(|b| b.capabilities())
+            .collect();
         if caps.is_empty() {
             return None;
         }
         let raw = capabilities::merge_object_info(caps.iter().map(|c| &c.raw));
         let merged = Arc::new(Capabilities::from_object_info(raw));
         if let Ok(mut slot) = self.merged.write() {
-            *slot = Some(merged.clone());
+            slot[index] = Some(merged.clone());
         }
         Some(merged)
     }
 
     fn forget_merged(&self) {
         if let Ok(mut slot) = self.merged.write() {
-            *slot = None;
+            *slot = [None, None];
         }
     }
 

@@ -42,7 +42,7 @@ pub async fn system_stats(app: &AppState) -> Result<Response, ApiError> {
 
 /// `GET /object_info[/{class}]`: what at least one healthy backend has, model lists merged.
 pub async fn object_info(app: &AppState, class: Option<&str>) -> Result<Response, ApiError> {
-    let Some(known) = app.scheduler.pool().known_capabilities() else {
+    let Some(known) = app.scheduler.pool().known_capabilities(crate::backends::Reach::Healthy) else {
         return Err(ApiError::BadGateway("no ComfyUI backend has reported its nodes yet".to_owned()));
     };
     let body = match class {

@@ -51,6 +51,43 @@ impl Scheduler {
         json!({"queue_running": running.into_iter().map(|(_, item)| item).collect::<Vec<_>>(), "queue_pending": pending})
     }
 
+    /// Why each job in the gateway's queue is still waiting (for operators).
+    pub fn waiting(&self) -> Vec<Value> {
+        let backends = self.pool.all();
+        let inner = self.inner();
+        inner
+            .queue
+            .in_order()
+            .into_iter()
+            .filter_map(|(owner, id)| {
+                let job = inner.jobs.get(&id)?;
+                let healthy: Vec<_> = backends.iter().filter(|b| b.is_healthy()).collect();
+                let capable: Vec<_> = healthy
+                    .iter()
+                    .filter(|b| job.pinned.as_deref().is_none_or(|p| p == b.name()))
+                    .filter(|b| match (&job.requirements, b.capabilities()) {
+                        (Some(req), Some(caps)) => req.satisfied_by(&caps),
+                        _ => true,
+                    })
+                    .collect();
+                let reason = if healthy.is_empty() {
+                    "no backend is healthy".to_owned()
+                } else if let (Some(pinned), true) = (&job.pinned, capable.is_empty()) {
+                    format!("its input files are on backend `{pinned}`, which is not available")
+                } else if capable.is_empty() {
+                    let models: Vec<String> =
+                        job.requirements.as_ref().map(|r| r.model_files().into_iter().collect()).unwrap_or_default();
+                    format!("no healthy backend has everything it needs (models: {})", models.join(", "))
+                } else if job.requirements.is_none() {
+                    "waiting for the backends to report their nodes and models".to_owned()
+                } else {
+                    "waiting for a free slot (fair share between users)".to_owned()
+                };
+                Some(json!({"prompt_id": id, "user_id": owner, "reason": reason}))
+            })
+            .collect()
+    }
+
     /// The owner and backend of a job the gateway holds or held.
     pub async fn locate(&self, prompt_id: &str) -> Option<(i64, Option<String>)> {
         if let Some(job) = self.inner().jobs.get(prompt_id) {

@@ -24,7 +24,7 @@ use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
-use crate::backends::{Backend, Pool};
+use crate::backends::{Backend, Pool, Reach};
 use crate::config::SchedulerConfig;
 use crate::store::{Job, JobState, Store, StoreError};
 use crate::time::now_ms;
@@ -139,7 +139,7 @@ impl Scheduler {
         let Some(prompt) = body.get("prompt").and_then(Value::as_object).cloned() else {
             return Ok(Answer::comfy_error("no_prompt", "No prompt provided", "No prompt provided"));
         };
-        let known = self.pool.capabilities_complete().then(|| self.pool.known_capabilities()).flatten();
+        let known = self.pool.capabilities_complete().then(|| self.pool.known_capabilities(Reach::Any)).flatten();
         let requirements = match known {
             Some(known) => match workflow::analyse(&prompt, &known) {
                 Ok(req) => Some(req),
@@ -239,7 +239,7 @@ impl Scheduler {
     }
 
     fn assign(&self) -> Vec<Dispatch> {
-        let known = self.pool.capabilities_complete().then(|| self.pool.known_capabilities()).flatten();
+        let known = self.pool.capabilities_complete().then(|| self.pool.known_capabilities(Reach::Any)).flatten();
         let backends = self.pool.all().to_vec();
         let mut inner = self.inner();
         let inner = &mut *inner;
@@ -286,6 +286,16 @@ impl Scheduler {
                 if let Some(w) = waiter {
                     let _ = w.send(Answer::raw(StatusCode::OK, answer));
                 }
+            }
+            Ok((status, _)) if status.is_server_error() => {
+                // Our body is valid JSON: a 5xx is the backend's trouble (passive health check).
+                tracing::warn!(prompt_id = %id, backend = backend.name(), %status, "backend failed; job goes back to the queue");
+                self.pool.request_failed(
+                    &backend,
+                    &format!("POST /prompt answered {status}"),
+                    self.config.unhealthy_after,
+                );
+                self.requeue(&id, &backend);
             }
             Ok((status, answer)) => {
                 let error = String::from_utf8_lossy(&answer).into_owned();

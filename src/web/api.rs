@@ -216,7 +216,11 @@ pub async fn backends(State(app): State<AppState>, _admin: AdminCaller) -> Json<
             })
         })
         .collect();
-    Json(json!({ "backends": list, "queued": app.scheduler.queue_remaining() }))
+    Json(json!({
+        "backends": list,
+        "jobs": app.scheduler.queue_remaining(),
+        "waiting": app.scheduler.waiting(),
+    }))
 }
 
 /// `GET /comfygate/health`: liveness, public.
