@@ -37,6 +37,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from procs import terminate
 import urllib.parse
 import uuid
 
@@ -73,19 +75,7 @@ class Procs:
         return p
 
     def stop(self, p: subprocess.Popen, timeout: float = 5.0) -> None:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait(timeout)
+        terminate(p, timeout)
         self.procs = [(n, q) for n, q in self.procs if q is not p]
 
     def stop_all(self) -> None:

@@ -44,6 +44,8 @@ import tempfile
 import threading
 import time
 
+from procs import terminate
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
 GW = os.path.join(ROOT, "target", "release", "comfygate")
@@ -81,19 +83,7 @@ class Procs:
         return p
 
     def stop(self, p: subprocess.Popen, timeout: float = 5.0) -> None:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait(timeout)
+        terminate(p, timeout)
         if p in self.procs:
             self.procs.remove(p)
 
