@@ -432,3 +432,30 @@ async fn a_backend_answering_5xx_to_dispatch_loses_its_jobs_to_a_working_one() {
     assert!(last_error.contains("503"), "the 5xx counted against the broken backend: {state}");
     server.abort();
 }
+
+#[tokio::test]
+async fn an_admin_sees_other_users_jobs_without_their_api_keys() {
+    let backend = sim(300, &[]).await;
+    let gw = gateway(&[&backend], 1).await;
+    gw.add_user("bob", "user").await;
+    let (bob, admin) = (gw.token("bob", "t").await, gw.token("admin", "t").await);
+    let secret = "comfy-org-key-of-bob";
+    let body = |i: u32| json!({"prompt": workflow("keys", i), "extra_data": {"sim_duration_ms": 300, "api_key_comfy_org": secret}});
+    let first = submit_ok(&gw, &bob, body(1)).await;
+    let second = submit_ok(&gw, &bob, body(2)).await;
+    let (_, mine) = gw.get_json("/queue", &Auth::Bearer(&bob)).await;
+    assert!(mine.to_string().contains(secret), "the owner sees his own extra_data: {mine}");
+    let (_, theirs) = gw.get_json("/queue", &Auth::Bearer(&admin)).await;
+    assert!(theirs.to_string().contains(&second), "admins see everyone's jobs: {theirs}");
+    assert!(!theirs.to_string().contains(secret), "but not their keys: {theirs}");
+    for id in [&first, &second] {
+        finished(&gw, &bob, id).await;
+        let (_, entry) = gw.get_json(&format!("/history/{id}"), &Auth::Bearer(&admin)).await;
+        assert!(entry.get(id.as_str()).is_some() && !entry.to_string().contains(secret), "{entry}");
+    }
+    let (_, all) = gw.get_json("/history", &Auth::Bearer(&admin)).await;
+    assert_eq!(all.as_object().unwrap().len(), 2);
+    assert!(!all.to_string().contains(secret));
+    let (_, own) = gw.get_json("/history", &Auth::Bearer(&bob)).await;
+    assert!(own.to_string().contains(secret));
+}

@@ -19,7 +19,7 @@ use crate::store::JobState;
 const OWN_JOBS: i64 = 10_000;
 
 /// `GET /history/{id}`.
-pub async fn one(app: &AppState, scope: Scope, id: &str) -> Result<Response, ApiError> {
+pub async fn one(app: &AppState, scope: Scope, viewer: i64, id: &str) -> Result<Response, ApiError> {
     let job = app.scheduler.store().job(id).await.map_err(unavailable)?;
     let Some(job) = job.filter(|j| scope.covers(j.user_id)) else {
         return Ok(json_response(StatusCode::OK, &json!({})));
@@ -33,6 +33,11 @@ pub async fn one(app: &AppState, scope: Scope, id: &str) -> Result<Response, Api
             if let Ok(Value::Object(mut entries)) = serde_json::from_slice::<Value>(&body) {
                 if let Some(entry) = entries.get_mut(id) {
                     set_client_id(entry, &job.client_id);
+                    if job.user_id != viewer {
+                        if let Some(extra) = entry.get_mut("prompt").and_then(|p| p.get_mut(3)) {
+                            crate::scheduler::strip_secrets(extra);
+                        }
+                    }
                     return Ok(json_response(StatusCode::OK, &Value::Object(entries)));
                 }
             }
@@ -43,6 +48,9 @@ pub async fn one(app: &AppState, scope: Scope, id: &str) -> Result<Response, Api
         let mut extra = request.get("extra_data").cloned().unwrap_or_else(|| json!({}));
         if !job.client_id.is_empty() {
             extra["client_id"] = Value::String(job.client_id.clone());
+        }
+        if job.user_id != viewer {
+            crate::scheduler::strip_secrets(&mut extra);
         }
         let error = crate::scheduler::execution_error(id, job.error.as_deref().unwrap_or("failed"));
         let entry = json!({
@@ -57,7 +65,7 @@ pub async fn one(app: &AppState, scope: Scope, id: &str) -> Result<Response, Api
 }
 
 /// `GET /history?max_items=&offset=`.
-pub async fn list(app: &AppState, scope: Scope, query: Option<&str>) -> Result<Response, ApiError> {
+pub async fn list(app: &AppState, scope: Scope, viewer: i64, query: Option<&str>) -> Result<Response, ApiError> {
     let mut max_items: Option<usize> = None;
     let mut offset = 0usize;
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
@@ -67,12 +75,9 @@ pub async fn list(app: &AppState, scope: Scope, query: Option<&str>) -> Result<R
             _ => {}
         }
     }
-    let own: Option<HashSet<String>> = match scope {
-        Scope::All => None,
-        Scope::Owner(user) => {
-            Some(app.scheduler.store().job_ids_of(user, OWN_JOBS).await.map_err(unavailable)?.into_iter().collect())
-        }
-    };
+    let mine: HashSet<String> =
+        app.scheduler.store().job_ids_of(viewer, OWN_JOBS).await.map_err(unavailable)?.into_iter().collect();
+    let only_mine = matches!(scope, Scope::Owner(_));
     let mut entries: Vec<(i64, String, Value)> = Vec::new();
     for backend in app.scheduler.pool().healthy() {
         let Ok((StatusCode::OK, body)) =
@@ -81,9 +86,15 @@ pub async fn list(app: &AppState, scope: Scope, query: Option<&str>) -> Result<R
             continue;
         };
         let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&body) else { continue };
-        for (id, entry) in map {
-            if own.as_ref().is_some_and(|own| !own.contains(&id)) {
+        for (id, mut entry) in map {
+            let is_mine = mine.contains(&id);
+            if only_mine && !is_mine {
                 continue;
+            }
+            if !is_mine {
+                if let Some(extra) = entry.get_mut("prompt").and_then(|p| p.get_mut(3)) {
+                    crate::scheduler::strip_secrets(extra);
+                }
             }
             entries.push((started_at(&entry), id, entry));
         }

@@ -28,14 +28,14 @@ impl Scope {
 
 impl Scheduler {
     /// ComfyUI's `GET /queue`: running jobs, then waiting ones (on backends, then in the gateway).
-    pub fn queue_view(&self, scope: Scope) -> Value {
+    pub fn queue_view(&self, scope: Scope, viewer: i64) -> Value {
         let inner = self.inner();
         let mut running = Vec::new();
         let mut dispatched = Vec::new();
         for (id, job) in inner.jobs.iter().filter(|(_, j)| scope.covers(j.owner)) {
             match job.state {
-                JobState::Running => running.push((job.number, job.queue_item(id))),
-                JobState::Dispatched => dispatched.push((job.number, job.queue_item(id))),
+                JobState::Running => running.push((job.number, job.queue_item(id, viewer))),
+                JobState::Dispatched => dispatched.push((job.number, job.queue_item(id, viewer))),
                 _ => {}
             }
         }
@@ -46,7 +46,7 @@ impl Scheduler {
             .in_order()
             .into_iter()
             .filter(|(owner, _)| scope.covers(*owner))
-            .filter_map(|(_, id)| inner.jobs.get(&id).map(|j| j.queue_item(&id)));
+            .filter_map(|(_, id)| inner.jobs.get(&id).map(|j| j.queue_item(&id, viewer)));
         let pending: Vec<Value> = dispatched.into_iter().map(|(_, item)| item).chain(waiting).collect();
         json!({"queue_running": running.into_iter().map(|(_, item)| item).collect::<Vec<_>>(), "queue_pending": pending})
     }

@@ -39,6 +39,16 @@ impl Answer {
     }
 }
 
+/// Keys of `extra_data` that carry a user's credentials for paid API nodes (Comfy.org).
+const SECRET_KEYS: &[&str] = &["api_key_comfy_org", "auth_token_comfy_org"];
+
+/// Removes credentials from an `extra_data` object shown to someone other than its owner.
+pub fn strip_secrets(extra: &mut Value) {
+    if let Some(map) = extra.as_object_mut() {
+        map.retain(|key, _| !SECRET_KEYS.contains(&key.as_str()) && !key.contains("api_key") && !key.contains("token"));
+    }
+}
+
 /// A job the gateway holds (waiting, dispatched or running).
 pub(super) struct Active {
     pub owner: i64,
@@ -81,9 +91,13 @@ impl Active {
         self.request.get("prompt").and_then(Value::as_object).cloned().unwrap_or_default()
     }
 
-    /// ComfyUI's queue item: `[number, prompt_id, prompt, extra_data, outputs_to_execute]`.
-    pub fn queue_item(&self, prompt_id: &str) -> Value {
+    /// ComfyUI's queue item: `[number, prompt_id, prompt, extra_data, outputs_to_execute]`, as
+    /// `viewer` may see it (another user's secrets removed).
+    pub fn queue_item(&self, prompt_id: &str, viewer: i64) -> Value {
         let mut extra = self.request.get("extra_data").cloned().unwrap_or_else(|| json!({}));
+        if viewer != self.owner {
+            strip_secrets(&mut extra);
+        }
         if !self.client_id.is_empty() {
             extra["client_id"] = Value::String(self.client_id.clone());
         }

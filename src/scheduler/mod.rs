@@ -32,7 +32,7 @@ use delivery::Subscribers;
 pub use events::execution_error;
 use fair::FairQueue;
 use jobs::Active;
-pub use jobs::Answer;
+pub use jobs::{Answer, strip_secrets};
 use workflow::Requirements;
 
 /// Why a submission is refused before it is queued.
