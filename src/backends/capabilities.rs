@@ -27,9 +27,10 @@ pub struct Capabilities {
     pub raw: Value,
 }
 
-/// Whether an input names a model file (`ckpt_name`, `lora_name`, `clip_name1` ...).
+/// Whether an input names a model file (`ckpt_name`, `lora_name`, `clip_name1` ...); the
+/// sampler's `sampler_name` is the one `*_name` choice that is not a file.
 pub fn is_model_input(name: &str) -> bool {
-    name.contains("_name")
+    name.contains("_name") && name != "sampler_name"
 }
 
 impl Capabilities {
@@ -153,6 +154,16 @@ mod tests {
         let merged = merge_object_info([&info(&["a"]), &info(&["b", "a"])]);
         assert_eq!(merged["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0], json!(["a", "b"]));
         assert_eq!(merged["UNETLoader"]["input"]["required"]["unet_name"][1]["options"], json!(["a", "b"]));
+    }
+
+    #[test]
+    fn model_inputs_are_files_not_samplers() {
+        for name in ["ckpt_name", "lora_name", "clip_name2", "unet_name", "control_net_name"] {
+            assert!(is_model_input(name), "{name}");
+        }
+        for name in ["sampler_name", "scheduler", "image", "text"] {
+            assert!(!is_model_input(name), "{name}");
+        }
     }
 
     #[test]
