@@ -156,15 +156,9 @@ pub async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()>
                 "{:<6} {:<16} {:<24} {:<12} {:<8} {:<21} {:<21} EXPIRES",
                 "ID", "USER", "NAME", "PREFIX", "STATUS", "CREATED", "LAST USED"
             );
+            let now = comfygate::time::now_ms();
             for t in accounts.list_tokens(username.as_deref()).await? {
-                let now = comfygate::time::now_ms();
-                let status = if t.revoked_at.is_some() {
-                    "revoked"
-                } else if t.expires_at.is_some_and(|e| e <= now) {
-                    "expired"
-                } else {
-                    "active"
-                };
+                let status = t.status(now);
                 println!(
                     "{:<6} {:<16} {:<24} {:<12} {:<8} {:<21} {:<21} {}",
                     t.id,

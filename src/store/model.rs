@@ -133,6 +133,19 @@ pub struct ApiToken {
     pub revoked_at: Option<i64>,
 }
 
+impl ApiToken {
+    /// `active`, `expired` or `revoked` at `now` (unix ms).
+    pub fn status(&self, now: i64) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.expires_at.is_some_and(|end| end <= now) {
+            "expired"
+        } else {
+            "active"
+        }
+    }
+}
+
 /// A token to store.
 pub struct NewToken {
     /// Owner.

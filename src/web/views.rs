@@ -32,13 +32,7 @@ pub struct TokenView {
 
 impl From<&ApiToken> for TokenView {
     fn from(t: &ApiToken) -> Self {
-        let status = if t.revoked_at.is_some() {
-            "revoked"
-        } else if t.expires_at.is_some_and(|e| e <= now_ms()) {
-            "expired"
-        } else {
-            "active"
-        };
+        let status = t.status(now_ms());
         TokenView {
             id: t.id,
             user: t.username.clone(),
