@@ -459,3 +459,33 @@ async fn an_admin_sees_other_users_jobs_without_their_api_keys() {
     let (_, own) = gw.get_json("/history", &Auth::Bearer(&bob)).await;
     assert!(own.to_string().contains(secret));
 }
+
+#[tokio::test]
+async fn jobs_held_by_a_backend_removed_from_the_config_run_elsewhere_after_a_restart() {
+    let kept = sim(2_000, &[]).await;
+    let removed = sim(2_000, &[]).await;
+    let gw = gateway(&[&kept, &removed], 1).await;
+    let token = gw.token("admin", "t").await;
+    let ids =
+        [submit_ok(&gw, &token, job("moved", 1, 2_000)).await, submit_ok(&gw, &token, job("moved", 2, 2_000)).await];
+    // One job on each backend; then the second backend leaves the configuration.
+    let on_removed = poll(Duration::from_secs(10), "a job on the backend to remove", || async {
+        let q: Value = client().get(format!("{}/queue", removed.url())).send().await.ok()?.json().await.ok()?;
+        q["queue_running"][0][1].as_str().map(str::to_owned)
+    })
+    .await;
+    let config = std::fs::read_to_string(&gw.config).unwrap();
+    let cut = config.find("\n[[backends]]\nname = \"b2\"").unwrap();
+    let rest = &config[cut + 1..];
+    let end = rest.find("\n\n").map_or(config.len(), |i| cut + 1 + i);
+    std::fs::write(&gw.config, format!("{}{}", &config[..cut], &config[end..])).unwrap();
+    let gw = gw.restart().await;
+    let (_, queue) = gw.get_json("/queue", &Auth::Bearer(&token)).await;
+    assert!(queue.to_string().matches(on_removed.as_str()).count() <= 1, "listed once, as waiting: {queue}");
+    let entry = finished(&gw, &token, &on_removed).await;
+    assert_eq!(entry["status"]["status_str"], "success");
+    assert!(ran_on(&kept, &on_removed).await, "re-dispatched to the backend still configured");
+    for id in &ids {
+        finished(&gw, &token, id).await;
+    }
+}

@@ -76,17 +76,20 @@ impl Scheduler {
         let numbers = AtomicI64::new(store.max_job_number().await?);
         let mut inner = Inner { queue: FairQueue::default(), jobs: HashMap::new(), abandoned: HashMap::new() };
         for job in store.jobs_in_states(&[JobState::Queued, JobState::Dispatched, JobState::Running]).await? {
-            let active = Active::from_job(&job);
-            match (&job.state, job.backend.as_deref().and_then(|b| pool.get(b))) {
-                (JobState::Dispatched | JobState::Running, Some(backend)) => {
-                    backend.load().inflight.push(job.prompt_id.clone());
+            let mut active = Active::from_job(&job);
+            // A job handed to a backend that is still configured stays with it (reconciled once
+            // its socket connects); anything else waits in the queue again.
+            let holder = match job.state {
+                JobState::Dispatched | JobState::Running => job.backend.as_deref().and_then(|b| pool.get(b)),
+                _ => None,
+            };
+            match holder {
+                Some(backend) => backend.load().inflight.push(job.prompt_id.clone()),
+                None => {
+                    active.state = JobState::Queued;
+                    active.backend = None;
+                    inner.queue.push_back(job.user_id, job.prompt_id.clone());
                 }
-                _ => inner.queue.push_back(job.user_id, job.prompt_id.clone()),
-            }
-            let mut active = active;
-            if active.backend.is_none() || !matches!(job.state, JobState::Dispatched | JobState::Running) {
-                active.state = JobState::Queued;
-                active.backend = None;
             }
             inner.jobs.insert(job.prompt_id.clone(), active);
         }
@@ -243,6 +246,11 @@ impl Scheduler {
         let backends = self.pool.all().to_vec();
         let mut inner = self.inner();
         let inner = &mut *inner;
+        if let Some(known) = &known {
+            for job in inner.jobs.values_mut().filter(|j| j.requirements.is_none()) {
+                job.requirements = Some(workflow::analyse(&job.prompt_map(), known).unwrap_or_default());
+            }
+        }
         let mut out = Vec::new();
         loop {
             let rooms: Vec<&Arc<Backend>> = backends.iter().filter(|b| b.has_room()).collect();
@@ -250,11 +258,6 @@ impl Scheduler {
                 break;
             }
             let jobs = &mut inner.jobs;
-            if let Some(known) = &known {
-                for job in jobs.values_mut().filter(|j| j.requirements.is_none()) {
-                    job.requirements = Some(workflow::analyse(&job.prompt_map(), known).unwrap_or_default());
-                }
-            }
             let taken = inner.queue.take(|id| jobs.get(id).is_some_and(|j| best_backend(j, &rooms).is_some()));
             let Some((_, id)) = taken else { break };
             let Some(job) = jobs.get_mut(&id) else { continue };
