@@ -3,18 +3,19 @@
 
 pub mod body;
 pub mod headers;
+mod pool;
 mod upgrade;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::uri::{Authority, Scheme};
+use http::uri::Authority;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+
+use pool::{Pool, SendError};
 
 use crate::auth::credentials::strip_query_token;
 use crate::config::BackendConfig;
@@ -68,7 +69,7 @@ struct Upstream {
 
 /// Forwards requests to one ComfyUI backend.
 pub struct Proxy {
-    client: Client<HttpConnector, Body>,
+    pool: Arc<Pool>,
     upstream: Upstream,
     max_body: u64,
     cookie_name: String,
@@ -81,15 +82,8 @@ impl Proxy {
         let authority = uri.authority().cloned().ok_or(ProxyError::BadTarget)?;
         let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::BadTarget)?;
         let origin = HeaderValue::from_str(&format!("http://{authority}")).map_err(|_| ProxyError::BadTarget)?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(backend.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         Ok(Self {
-            client,
+            pool: Pool::new(authority.as_str().to_owned(), backend.connect_timeout),
             upstream: Upstream {
                 name: backend.name.clone(),
                 authority,
@@ -155,7 +149,7 @@ impl Proxy {
 
         let timeout = self.upstream.response_timeout;
         let mut response = tokio::select! {
-            result = self.client.request(upstream_req) => result.map_err(|e| self.failure(&e))?,
+            result = self.pool.send(upstream_req) => result.map_err(|e| self.failure(e))?,
             () = async { let _ = sent.await; tokio::time::sleep(timeout).await; } => {
                 return Err(ProxyError::Timeout { backend: self.upstream.name.clone(), timeout });
             }
@@ -209,10 +203,10 @@ impl Proxy {
             req.headers_mut().insert(headers::COMFY_USER, v);
         }
         let timed_out = || ProxyError::Timeout { backend: self.upstream.name.clone(), timeout };
-        let response = tokio::time::timeout(timeout, self.client.request(req))
+        let response = tokio::time::timeout(timeout, self.pool.send(req))
             .await
             .map_err(|_| timed_out())?
-            .map_err(|e| self.failure(&e))?;
+            .map_err(|e| self.failure(e))?;
         let status = response.status();
         let body = tokio::time::timeout(timeout, Limited::new(response.into_body(), MAX_CALL_BODY).collect())
             .await
@@ -222,26 +216,29 @@ impl Proxy {
         Ok((status, body))
     }
 
-    /// The backend's URI for a path and query.
+    /// The request target for a path and query (origin-form: the connection is to the backend).
     fn target(&self, path_and_query: &str) -> Result<Uri, ProxyError> {
-        Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.upstream.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| ProxyError::BadTarget)
+        Uri::builder().path_and_query(path_and_query).build().map_err(|_| ProxyError::BadTarget)
     }
 
-    fn failure(&self, error: &hyper_util::client::legacy::Error) -> ProxyError {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-        while let Some(e) = source {
-            if e.downcast_ref::<body::TooLarge>().is_some() {
-                return ProxyError::TooLarge { limit: self.max_body };
+    fn failure(&self, error: SendError) -> ProxyError {
+        let detail = match &error {
+            SendError::Connect(e) => {
+                tracing::warn!(backend = %self.upstream.name, error = %e, "backend connection failed");
+                "connection failed"
             }
-            source = e.source();
-        }
-        let detail = if error.is_connect() { "connection failed" } else { "connection lost" };
-        tracing::warn!(backend = %self.upstream.name, error = ?error, "backend request failed");
+            SendError::Lost(e) => {
+                let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+                while let Some(e) = source {
+                    if e.downcast_ref::<body::TooLarge>().is_some() {
+                        return ProxyError::TooLarge { limit: self.max_body };
+                    }
+                    source = e.source();
+                }
+                tracing::warn!(backend = %self.upstream.name, error = %e, "backend request failed");
+                "connection lost"
+            }
+        };
         ProxyError::Unreachable { backend: self.upstream.name.clone(), detail: detail.to_owned() }
     }
 }
