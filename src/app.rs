@@ -110,7 +110,7 @@ pub async fn start(app: App) -> Result<Running, StartError> {
     let maintenance = tokio::spawn(app.auth.clone().maintain(app.instance.clone(), watch_shutdown.clone()));
     let scheduling = spawn_scheduling(&app, &watch_shutdown);
     let server =
-        tokio::spawn(http::server::serve(listener, http::router(app), tls, header_read_timeout, watch_shutdown));
+        tokio::spawn(http::server::serve(listener, http::Edge::new(app), tls, header_read_timeout, watch_shutdown));
     let mut tasks = vec![server, maintenance];
     tasks.extend(scheduling);
     Ok(Running { addr, shutdown, tasks })

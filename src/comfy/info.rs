@@ -8,7 +8,7 @@ use axum::response::Response;
 use http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 
-use super::{json_response, ok_empty, read_json};
+use super::{bytes_response, json_response, ok_empty, read_json};
 use crate::app::AppState;
 use crate::http::ApiError;
 
@@ -43,7 +43,20 @@ pub async fn system_stats(app: &AppState) -> Result<Response, ApiError> {
 /// `GET /object_info[/{class}]`: what at least one healthy backend has, model lists merged.
 pub async fn object_info(app: &AppState, class: Option<&str>) -> Result<Response, ApiError> {
     let Some(known) = app.scheduler.pool().known_capabilities(crate::backends::Reach::Healthy) else {
-        return Err(ApiError::BadGateway("no ComfyUI backend has reported its nodes yet".to_owned()));
+        // Just started (or every backend just came back): nothing read yet, so ask a backend.
+        let backend = app
+            .scheduler
+            .pool()
+            .primary()
+            .ok_or_else(|| ApiError::BadGateway("no ComfyUI backend is configured".to_owned()))?;
+        let path = match class {
+            Some(c) => {
+                format!("/object_info/{}", percent_encoding::utf8_percent_encode(c, percent_encoding::NON_ALPHANUMERIC))
+            }
+            None => "/object_info".to_owned(),
+        };
+        let (status, body) = backend.proxy.call(Method::GET, &path, None, backend.config.response_timeout).await?;
+        return Ok(bytes_response(status, body));
     };
     let body = match class {
         None => known.raw.clone(),

@@ -5,25 +5,24 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use http::header::{ACCEPT, LOCATION};
-use http::{Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 
 use super::error::ErrorPage;
 use crate::web::page;
 
 /// Whether the request is a browser loading a page (not fetch/XHR, not a WebSocket).
-pub fn is_navigation(req: &Request) -> bool {
-    let accepts_html = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/html"));
-    let fetch_mode = req.headers().get("sec-fetch-mode").and_then(|v| v.to_str().ok());
-    matches!(*req.method(), Method::GET | Method::HEAD)
-        && accepts_html
-        && fetch_mode.is_none_or(|m| m == "navigate")
-        && !crate::proxy::is_upgrade(req.headers())
-        && !req.headers().contains_key(http::header::AUTHORIZATION)
+pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
+    if !matches!(*method, Method::GET | Method::HEAD) || headers.contains_key(http::header::AUTHORIZATION) {
+        return false;
+    }
+    let accepts_html = headers.get(ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/html"));
+    let fetch_mode = headers.get("sec-fetch-mode").and_then(|v| v.to_str().ok());
+    accepts_html && fetch_mode.is_none_or(|m| m == "navigate") && !crate::proxy::is_upgrade(headers)
 }
 
 /// The middleware.
 pub async fn render_errors_for_browsers(req: Request, next: Next) -> Response {
-    if !is_navigation(&req) {
+    if !is_navigation(req.method(), req.headers()) {
         return next.run(req).await;
     }
     let target = req.uri().path_and_query().map(|pq| pq.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());

@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
-use http::HeaderValue;
 use http::request::Parts;
+use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 
 use crate::app::AppState;
@@ -35,17 +35,17 @@ impl ClientInfo {
 
     /// Reads the client from a request's connection and headers.
     pub fn from_parts(parts: &Parts, trusted: &[IpNet], tls: bool) -> Self {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip())
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        Self::new(peer(&parts.extensions), &parts.headers, trusted, tls)
+    }
+
+    /// The client connected from `peer` that sent `headers`.
+    pub fn new(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet], tls: bool) -> Self {
         let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-        let own_host = parts.headers.get(http::header::HOST).cloned();
+        let own_host = headers.get(http::header::HOST).cloned();
         if !is_trusted(&peer) {
             return Self { address: peer, forwarded_chain: peer.to_string(), https: tls, host: own_host };
         }
-        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
         let hops: Vec<IpAddr> = header("x-forwarded-for")
             .map(|v| v.split(',').filter_map(|h| h.trim().parse().ok()).collect())
             .unwrap_or_default();
@@ -58,9 +58,14 @@ impl ClientInfo {
             Some(proto) => proto.trim().eq_ignore_ascii_case("https"),
             None => tls,
         };
-        let host = parts.headers.get("x-forwarded-host").cloned().or(own_host);
+        let host = headers.get("x-forwarded-host").cloned().or(own_host);
         Self { address, forwarded_chain, https, host }
     }
+}
+
+/// The peer address the listener recorded on the request (unspecified if none).
+pub fn peer(extensions: &http::Extensions) -> IpAddr {
+    extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
 impl FromRequestParts<AppState> for ClientInfo {

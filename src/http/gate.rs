@@ -2,9 +2,11 @@
 //! extractor also refuses cross-site use of a session cookie), normalise the path, check the
 //! route's class, forward.
 
+use std::net::IpAddr;
+
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::response::Response;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::response::{IntoResponse, Response};
 
 use super::caller::Caller;
 use super::client::ClientInfo;
@@ -13,13 +15,24 @@ use crate::app::AppState;
 use crate::policy::{self, RouteClass};
 use crate::proxy::{ProxyError, is_upgrade};
 
-/// The fallback handler: everything that is not the gateway's own route.
-pub async fn gate(
-    State(app): State<AppState>,
-    caller: Caller,
-    client: ClientInfo,
-    req: Request<Body>,
-) -> Result<Response, ApiError> {
+/// The router's fallback: everything that is not the gateway's own route.
+pub async fn gate(State(app): State<AppState>, req: Request<Body>) -> Response {
+    let peer = super::client::peer(req.extensions());
+    pass(&app, peer, req).await
+}
+
+/// A request from `peer` bound for ComfyUI, answered.
+pub async fn pass(app: &AppState, peer: IpAddr, req: Request<Body>) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let caller = match Caller::from_request_parts(&mut parts, app).await {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
+    };
+    let client = ClientInfo::new(peer, &parts.headers, &app.config.server.trusted_proxies, app.tls);
+    forward(app, caller, client, Request::from_parts(parts, body)).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn forward(app: &AppState, caller: Caller, client: ClientInfo, req: Request<Body>) -> Result<Response, ApiError> {
     let identity = caller.identity;
     let path = policy::normalize(req.uri().path())?;
     if policy::classify(req.method(), &path, req.uri().query()) == RouteClass::Admin && !identity.is_admin() {
@@ -27,15 +40,8 @@ pub async fn gate(
         return Err(ApiError::Forbidden("this ComfyUI route is for admins only".to_owned()));
     }
     if let Some(route) = crate::comfy::route(req.method(), &path) {
-        return crate::comfy::handle(
-            &app,
-            Caller { identity, presented: caller.presented },
-            &client,
-            route,
-            &path,
-            req,
-        )
-        .await;
+        return crate::comfy::handle(app, Caller { identity, presented: caller.presented }, &client, route, &path, req)
+            .await;
     }
     let pool = app.scheduler.pool();
     let backend = pool.primary().ok_or_else(|| ApiError::BadGateway("no ComfyUI backend is configured".to_owned()))?;

@@ -1,12 +1,9 @@
 //! The listener: plain HTTP or TLS, HTTP/1.1 (with upgrades) and HTTP/2, graceful shutdown.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -14,7 +11,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
-use tower::ServiceExt;
 
 /// Time allowed for a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,10 +59,10 @@ pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, Tl
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves `router` on `listener` until `shutdown` turns true, then drains open requests.
+/// Serves `edge` on `listener` until `shutdown` turns true, then drains open requests.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    edge: super::Edge,
     tls: Option<TlsAcceptor>,
     header_read_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -77,6 +73,7 @@ pub async fn serve(
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout).title_case_headers(true);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let edge = Arc::new(edge);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -90,10 +87,10 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-            router.clone().oneshot(req.map(axum::body::Body::new))
+        let edge = edge.clone();
+        let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let edge = edge.clone();
+            async move { Ok::<_, std::convert::Infallible>(edge.handle(peer, req).await) }
         });
         let builder = builder.clone();
         match &tls {

@@ -19,6 +19,13 @@ use crate::app::AppState;
 /// Largest body the gateway's own forms and JSON accept.
 const FORM_LIMIT: usize = 64 * 1024;
 
+/// Whether `path` (as sent, before normalisation) may be one of the gateway's own routes: every
+/// route below is, and nothing else is (the edge sends other paths straight to the gate, and
+/// a test checks the two agree).
+pub fn is_own_path(path: &str) -> bool {
+    path == "/login" || path == "/logout" || path.starts_with("/comfygate/")
+}
+
 /// The gateway's routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -37,4 +44,23 @@ pub fn routes() -> Router<AppState> {
         .route("/comfygate/api/users/{name}", delete(api::delete_user).patch(api::update_user))
         .route("/comfygate/api/backends", get(api::backends))
         .layer(DefaultBodyLimit::max(FORM_LIMIT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_an_own_path_and_comfyui_paths_are_not() {
+        let source = include_str!("mod.rs");
+        let paths: Vec<&str> = source.split(".route(\"").skip(1).filter_map(|rest| rest.split('"').next()).collect();
+        assert!(paths.len() >= 12, "found {paths:?}");
+        for path in paths {
+            let concrete = path.replace("{id}", "1").replace("{name}", "alice");
+            assert!(is_own_path(&concrete), "{path} would bypass the router");
+        }
+        for path in ["/", "/prompt", "/ws", "/view", "/login/", "/comfygate", "/api/comfygate/x", "/loginx"] {
+            assert!(!is_own_path(path), "{path}");
+        }
+    }
 }
