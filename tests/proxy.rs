@@ -171,7 +171,21 @@ async fn spoofed_comfy_user_header_is_replaced_by_the_authenticated_user() {
 
 #[tokio::test]
 async fn full_job_over_the_gateway_streams_events_and_serves_identical_output() {
-    let (sim, gw) = setup().await;
+    full_job(Options::default()).await;
+}
+
+/// One worker thread: the gateway runs on tokio's single-threaded scheduler (what the benchmark
+/// and one-CPU containers use); password hashing and SQLite still run beside it.
+#[tokio::test]
+async fn a_single_worker_gateway_logs_in_and_runs_a_full_job() {
+    full_job(Options::default().server("workers = 1")).await;
+}
+
+async fn full_job(options: Options) {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let gw = Gateway::start_with(&sim.url(), options).await;
+    let session = gw.login("admin", ADMIN_PW).await;
+    assert_eq!(gw.get_json("/comfygate/api/whoami", &Auth::Cookie(&session)).await.0, 200);
     let token = gw.token("admin", "job").await;
     let client_id = "job-client-1";
     let mut ws = ws_connect(&ws_url(&gw, &format!("clientId={client_id}&token={token}")), &[]).await.unwrap();

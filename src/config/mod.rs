@@ -79,6 +79,9 @@ pub struct ServerConfig {
     /// Time allowed for a client to send its request headers.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Threads serving requests; 0: one per CPU available to the process (or
+    /// `TOKIO_WORKER_THREADS`). With one, the single-threaded scheduler is used.
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +93,7 @@ impl Default for ServerConfig {
             tls: None,
             max_request_body: ByteSize::gib(2),
             header_read_timeout: Duration::from_secs(30),
+            workers: 0,
         }
     }
 }
