@@ -159,7 +159,23 @@ impl Auth {
 
     /// Verifies a credential: from the cache in microseconds, else from the store.
     pub async fn authenticate(&self, presented: &Presented) -> Result<Identity, AuthFailure> {
-        let digest = secret::digest(presented.secret());
+        self.authenticate_digest(presented, secret::digest(presented.secret())).await
+    }
+
+    /// [`Auth::authenticate`], hashing through the connection's memo.
+    pub async fn authenticate_on(
+        &self,
+        presented: &Presented,
+        memo: &secret::DigestMemo,
+    ) -> Result<Identity, AuthFailure> {
+        self.authenticate_digest(presented, memo.digest(presented.secret())).await
+    }
+
+    async fn authenticate_digest(
+        &self,
+        presented: &Presented,
+        digest: secret::SecretDigest,
+    ) -> Result<Identity, AuthFailure> {
         let now = now_ms();
         if let Some(grant) = self.cache.get(&digest) {
             return admit(&grant, presented, now);

@@ -6,6 +6,7 @@ use http::request::Parts;
 
 use super::error::ApiError;
 use crate::app::AppState;
+use crate::auth::secret::DigestMemo;
 use crate::auth::{AuthFailure, Identity, Presented, credentials};
 use crate::policy::origin;
 use crate::proxy::is_upgrade;
@@ -23,9 +24,20 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        Caller::verify(parts, app, None).await
+    }
+}
+
+impl Caller {
+    /// Reads and verifies the request's credential, hashing through `memo` when given (the
+    /// connection's: see [`DigestMemo`]).
+    pub async fn verify(parts: &Parts, app: &AppState, memo: Option<&DigestMemo>) -> Result<Self, ApiError> {
         let presented =
             credentials::presented(parts, &app.config.auth.cookie_name)?.ok_or(AuthFailure::MissingCredentials)?;
-        let identity = app.auth.authenticate(&presented).await?;
+        let identity = match memo {
+            Some(memo) => app.auth.authenticate_on(&presented, memo).await?,
+            None => app.auth.authenticate(&presented).await?,
+        };
         if presented.is_ambient() && (origin::is_unsafe(&parts.method) || is_upgrade(&parts.headers)) {
             if let Some(reason) = origin::cross_site(&parts.headers, &app.allowed_hosts) {
                 tracing::info!(target: "comfygate::audit", event = "cross_site_refused", username = %identity.username, path = %parts.uri.path());

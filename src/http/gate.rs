@@ -5,26 +5,27 @@
 use std::net::IpAddr;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 
 use super::caller::Caller;
 use super::client::ClientInfo;
 use super::error::ApiError;
 use crate::app::AppState;
+use crate::auth::secret::DigestMemo;
 use crate::policy::{self, RouteClass};
 use crate::proxy::{ProxyError, is_upgrade};
 
 /// The router's fallback: everything that is not the gateway's own route.
 pub async fn gate(State(app): State<AppState>, req: Request<Body>) -> Response {
     let peer = super::client::peer(req.extensions());
-    pass(&app, peer, req).await
+    pass(&app, peer, None, req).await
 }
 
-/// A request from `peer` bound for ComfyUI, answered.
-pub async fn pass(app: &AppState, peer: IpAddr, req: Request<Body>) -> Response {
-    let (mut parts, body) = req.into_parts();
-    let caller = match Caller::from_request_parts(&mut parts, app).await {
+/// A request from `peer` bound for ComfyUI, answered; `memo` is its connection's.
+pub async fn pass(app: &AppState, peer: IpAddr, memo: Option<&DigestMemo>, req: Request<Body>) -> Response {
+    let (parts, body) = req.into_parts();
+    let caller = match Caller::verify(&parts, app, memo).await {
         Ok(caller) => caller,
         Err(e) => return e.into_response(),
     };

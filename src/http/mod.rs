@@ -21,6 +21,7 @@ use tower::ServiceExt;
 use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
+use crate::auth::secret::DigestMemo;
 
 pub use caller::{AdminCaller, Caller};
 pub use client::ClientInfo;
@@ -45,14 +46,14 @@ impl Edge {
         Self { router: router(app.clone()), app, direct }
     }
 
-    /// Answers one request from `peer`.
-    pub async fn handle(&self, peer: SocketAddr, mut req: http::Request<Incoming>) -> Response {
+    /// Answers one request from `peer` on a connection whose credential memo is `memo`.
+    pub async fn handle(&self, peer: SocketAddr, memo: &DigestMemo, mut req: http::Request<Incoming>) -> Response {
         let id = request_id::ensure(req.headers_mut());
         let mut response = if self.direct
             && !crate::web::is_own_path(req.uri().path())
             && !browser::is_navigation(req.method(), req.headers())
         {
-            gate::pass(&self.app, peer.ip(), req.map(Body::new)).await
+            gate::pass(&self.app, peer.ip(), Some(memo), req.map(Body::new)).await
         } else {
             req.extensions_mut().insert(ConnectInfo(peer));
             match self.router.clone().oneshot(req.map(Body::new)).await {

@@ -10,6 +10,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+
+use crate::auth::secret::DigestMemo;
 use tokio_rustls::rustls;
 
 /// Time allowed for a TLS handshake.
@@ -88,9 +90,10 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let edge = edge.clone();
+        let memo = Arc::new(DigestMemo::default());
         let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let edge = edge.clone();
-            async move { Ok::<_, std::convert::Infallible>(edge.handle(peer, req).await) }
+            let (edge, memo) = (edge.clone(), memo.clone());
+            async move { Ok::<_, std::convert::Infallible>(edge.handle(peer, &memo, req).await) }
         });
         let builder = builder.clone();
         match &tls {

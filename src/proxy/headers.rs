@@ -85,34 +85,50 @@ pub fn prepare_request(
         headers.insert(header::UPGRADE, protocol);
     }
 
-    headers.remove(header::AUTHORIZATION);
-    let cookies: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| strip_session_cookie(v, cookie_name))
-        .collect();
-    headers.remove(header::COOKIE);
-    if !cookies.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&cookies.join("; ")) {
-            headers.insert(header::COOKIE, v);
+    // One pass to see which of the headers to replace or drop are there at all: most requests
+    // carry few of them, and every removal costs a hash lookup.
+    let (mut authorization, mut cookie, mut origin, mut drop) = (false, false, false, Vec::new());
+    for name in headers.keys() {
+        if name == header::AUTHORIZATION {
+            authorization = true;
+        } else if name == header::COOKIE {
+            cookie = true;
+        } else if name == header::ORIGIN {
+            origin = true;
+        } else if name == COMFY_USER
+            || name == FORWARDED
+            || name == X_FORWARDED_HOST
+            || SEC_FETCH.contains(&name.as_str())
+        {
+            drop.push(name.clone());
         }
     }
-
-    headers.remove(COMFY_USER);
+    if authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+    for name in &drop {
+        headers.remove(name);
+    }
+    if cookie {
+        let cookies: Vec<String> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| strip_session_cookie(v, cookie_name))
+            .collect();
+        headers.remove(header::COOKIE);
+        if !cookies.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&cookies.join("; ")) {
+                headers.insert(header::COOKIE, v);
+            }
+        }
+    }
     if let Ok(v) = HeaderValue::from_str(username) {
         headers.insert(COMFY_USER, v);
     }
-
-    if headers.contains_key(header::ORIGIN) {
+    if origin {
         headers.insert(header::ORIGIN, backend_origin.clone());
     }
-    for name in SEC_FETCH {
-        headers.remove(*name);
-    }
-
-    headers.remove(FORWARDED);
-    headers.remove(X_FORWARDED_HOST);
     if let Ok(v) = HeaderValue::from_str(forwarded.chain) {
         headers.insert(X_FORWARDED_FOR, v);
     }

@@ -112,11 +112,18 @@ impl Proxy {
         close_when: Option<CloseWhen>,
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = req.into_parts();
-        let path_and_query = match parts.uri.query().and_then(strip_query_token) {
-            Some(query) => format!("{path}?{query}"),
-            None => path.to_owned(),
+        // Most requests arrive in canonical form without a token in the query: their target is
+        // forwarded as it came (already parsed); the others get a new one.
+        let uri = match parts.uri.query() {
+            None if parts.uri.path() == path => {
+                Uri::from(parts.uri.into_parts().path_and_query.ok_or(ProxyError::BadTarget)?)
+            }
+            None => self.target(path)?,
+            Some(query) => match strip_query_token(query) {
+                Some(query) => self.target(&format!("{path}?{query}"))?,
+                None => self.target(path)?,
+            },
         };
-        let uri = self.target(&path_and_query)?;
 
         let client_upgrade = if is_upgrade(&parts.headers) {
             Some(parts.extensions.remove::<hyper::upgrade::OnUpgrade>().ok_or(ProxyError::NotUpgradable)?)
@@ -140,18 +147,26 @@ impl Proxy {
             forwarded,
         );
 
-        let (body, sent) = body::ForwardBody::new(body, self.max_body);
-        let mut upstream_req = Request::new(Body::new(body));
+        let timeout = self.upstream.response_timeout;
+        let timed_out = || ProxyError::Timeout { backend: self.upstream.name.clone(), timeout };
+        let mut upstream_req = Request::new(Body::empty());
         *upstream_req.method_mut() = parts.method;
         *upstream_req.uri_mut() = uri;
         *upstream_req.version_mut() = Version::HTTP_11;
         *upstream_req.headers_mut() = parts.headers;
-
-        let timeout = self.upstream.response_timeout;
-        let mut response = tokio::select! {
-            result = self.pool.send(upstream_req) => result.map_err(|e| self.failure(e))?,
-            () = async { let _ = sent.await; tokio::time::sleep(timeout).await; } => {
-                return Err(ProxyError::Timeout { backend: self.upstream.name.clone(), timeout });
+        let mut response = if http_body::Body::is_end_stream(&body) {
+            // No body (most GETs): the response timeout starts now.
+            tokio::time::timeout(timeout, self.pool.send(upstream_req))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| self.failure(e))?
+        } else {
+            // The response timeout starts once the body has been sent: long uploads never time out.
+            let (body, sent) = body::ForwardBody::new(body, self.max_body);
+            *upstream_req.body_mut() = Body::new(body);
+            tokio::select! {
+                result = self.pool.send(upstream_req) => result.map_err(|e| self.failure(e))?,
+                () = async { let _ = sent.await; tokio::time::sleep(timeout).await; } => return Err(timed_out()),
             }
         };
 
