@@ -518,3 +518,58 @@ async fn browser_navigation_with_a_session_gets_comfyui_pages_and_errors_as_html
     assert_eq!(r.status(), 403);
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
 }
+
+/// Sends one request on an open keep-alive connection and reads the response: (status, body).
+async fn on_connection(stream: &mut tokio::net::TcpStream, path: &str, token: &str) -> (u16, String) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).await.unwrap();
+    let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut length = 0;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).await.unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A keep-alive connection remembers the digest of its last credential: other credentials on
+/// the same connection are still told apart, and a revoked one fails on its next request.
+#[tokio::test]
+async fn credentials_alternating_on_one_connection_are_each_verified() {
+    let (sim, gw) = setup().await;
+    gw.add_user("alice", "user").await;
+    gw.add_user("bob", "user").await;
+    let alice = gw.token("alice", "t").await;
+    let bob = gw.token("bob", "t").await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    sim.clear_requests();
+    for token in [&alice, &alice, &bob, &alice, &bob] {
+        assert_eq!(on_connection(&mut stream, "/embeddings", token).await.0, 200);
+    }
+    let forwarded_as: Vec<String> = common::client_requests(&sim)
+        .iter()
+        .map(|r| r.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("comfy-user")).unwrap().1.clone())
+        .collect();
+    assert_eq!(forwarded_as, ["alice", "alice", "bob", "alice", "bob"]);
+    let (status, body) = on_connection(&mut stream, "/embeddings", &format!("{bob}x")).await;
+    assert_eq!((status, code_of(&serde_json::from_str(&body).unwrap())), (401, "unknown_token"));
+
+    gw.cli(&["token", "revoke", "bob", "t"], None).await.ok();
+    let (status, body) = on_connection(&mut stream, "/embeddings", &bob).await;
+    assert_eq!((status, code_of(&serde_json::from_str(&body).unwrap())), (401, "token_revoked"), "{body}");
+    assert_eq!(on_connection(&mut stream, "/embeddings", &alice).await.0, 200);
+}
