@@ -10,13 +10,30 @@ use ipnet::IpNet;
 
 use crate::app::AppState;
 
+/// The address a connection comes from, with its `X-Forwarded-For` form made once per
+/// connection rather than once per request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The address.
+    pub ip: IpAddr,
+    header: HeaderValue,
+}
+
+impl Peer {
+    /// The peer at `ip`.
+    pub fn new(ip: IpAddr) -> Self {
+        let header = HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { ip, header }
+    }
+}
+
 /// The client as seen by the gateway.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     /// The real client address (the first untrusted hop).
     pub address: IpAddr,
     /// `X-Forwarded-For` to send on: the trusted chain plus the peer.
-    pub forwarded_chain: String,
+    pub forwarded_chain: HeaderValue,
     /// Whether the client used HTTPS (directly or at a trusted proxy).
     pub https: bool,
     /// The host the client asked for.
@@ -35,15 +52,16 @@ impl ClientInfo {
 
     /// Reads the client from a request's connection and headers.
     pub fn from_parts(parts: &Parts, trusted: &[IpNet], tls: bool) -> Self {
-        Self::new(peer(&parts.extensions), &parts.headers, trusted, tls)
+        Self::new(&Peer::new(peer(&parts.extensions)), &parts.headers, trusted, tls)
     }
 
     /// The client connected from `peer` that sent `headers`.
-    pub fn new(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet], tls: bool) -> Self {
+    pub fn new(from: &Peer, headers: &HeaderMap, trusted: &[IpNet], tls: bool) -> Self {
+        let peer = from.ip;
         let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
         let own_host = headers.get(http::header::HOST).cloned();
         if !is_trusted(&peer) {
-            return Self { address: peer, forwarded_chain: peer.to_string(), https: tls, host: own_host };
+            return Self { address: peer, forwarded_chain: from.header.clone(), https: tls, host: own_host };
         }
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
         let hops: Vec<IpAddr> = header("x-forwarded-for")
@@ -51,8 +69,10 @@ impl ClientInfo {
             .unwrap_or_default();
         let address = hops.iter().rev().find(|ip| !is_trusted(ip)).or(hops.first()).copied().unwrap_or(peer);
         let forwarded_chain = match header("x-forwarded-for") {
-            Some(chain) if !chain.is_empty() => format!("{chain}, {peer}"),
-            _ => peer.to_string(),
+            Some(chain) if !chain.is_empty() => {
+                HeaderValue::try_from(format!("{chain}, {peer}")).unwrap_or_else(|_| from.header.clone())
+            }
+            _ => from.header.clone(),
         };
         let https = match header("x-forwarded-proto").and_then(|v| v.split(',').next()) {
             Some(proto) => proto.trim().eq_ignore_ascii_case("https"),

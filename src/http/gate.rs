@@ -2,14 +2,12 @@
 //! extractor also refuses cross-site use of a session cookie), normalise the path, check the
 //! route's class, forward.
 
-use std::net::IpAddr;
-
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 
 use super::caller::Caller;
-use super::client::ClientInfo;
+use super::client::{ClientInfo, Peer};
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::auth::secret::DigestMemo;
@@ -18,12 +16,12 @@ use crate::proxy::{ProxyError, is_upgrade};
 
 /// The router's fallback: everything that is not the gateway's own route.
 pub async fn gate(State(app): State<AppState>, req: Request<Body>) -> Response {
-    let peer = super::client::peer(req.extensions());
-    pass(&app, peer, None, req).await
+    let peer = Peer::new(super::client::peer(req.extensions()));
+    pass(&app, &peer, None, req).await
 }
 
 /// A request from `peer` bound for ComfyUI, answered; `memo` is its connection's.
-pub async fn pass(app: &AppState, peer: IpAddr, memo: Option<&DigestMemo>, req: Request<Body>) -> Response {
+pub async fn pass(app: &AppState, peer: &Peer, memo: Option<&DigestMemo>, req: Request<Body>) -> Response {
     let (parts, body) = req.into_parts();
     let caller = match Caller::verify(&parts, app, memo).await {
         Ok(caller) => caller,
@@ -41,8 +39,10 @@ async fn forward(app: &AppState, caller: Caller, client: ClientInfo, req: Reques
         return Err(ApiError::Forbidden("this ComfyUI route is for admins only".to_owned()));
     }
     if let Some(route) = crate::comfy::route(req.method(), &path) {
-        return crate::comfy::handle(app, Caller { identity, presented: caller.presented }, &client, route, &path, req)
-            .await;
+        // Boxed: the ComfyUI-aware handlers make a large future, which would otherwise be part
+        // of (and be moved with) every plain forward's future too.
+        let caller = Caller { identity, presented: caller.presented };
+        return Box::pin(crate::comfy::handle(app, caller, &client, route, &path, req)).await;
     }
     let pool = app.scheduler.pool();
     let backend = pool.primary().ok_or_else(|| ApiError::BadGateway("no ComfyUI backend is configured".to_owned()))?;

@@ -46,23 +46,39 @@ impl Edge {
         Self { router: router(app.clone()), app, direct }
     }
 
-    /// Answers one request from `peer` on a connection whose credential memo is `memo`.
-    pub async fn handle(&self, peer: SocketAddr, memo: &DigestMemo, mut req: http::Request<Incoming>) -> Response {
+    /// Answers one request that came on `conn`.
+    pub async fn handle(&self, conn: &Connection, mut req: http::Request<Incoming>) -> Response {
         let id = request_id::ensure(req.headers_mut());
         let mut response = if self.direct
             && !crate::web::is_own_path(req.uri().path())
             && !browser::is_navigation(req.method(), req.headers())
         {
-            gate::pass(&self.app, peer.ip(), Some(memo), req.map(Body::new)).await
+            gate::pass(&self.app, &conn.peer, Some(&conn.memo), req.map(Body::new)).await
         } else {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            match self.router.clone().oneshot(req.map(Body::new)).await {
+            req.extensions_mut().insert(ConnectInfo(conn.addr));
+            // Boxed, like every path but the plain forward: it keeps the hot future small.
+            match Box::pin(self.router.clone().oneshot(req.map(Body::new))).await {
                 Ok(response) => response,
                 Err(never) => match never {},
             }
         };
         request_id::propagate(response.headers_mut(), id);
         response
+    }
+}
+
+/// What the edge keeps for one client connection, for all the requests that come on it.
+#[derive(Debug)]
+pub struct Connection {
+    addr: SocketAddr,
+    peer: client::Peer,
+    memo: DigestMemo,
+}
+
+impl Connection {
+    /// A connection from `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, peer: client::Peer::new(addr.ip()), memo: DigestMemo::default() }
     }
 }
 

@@ -11,7 +11,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::secret::DigestMemo;
 use tokio_rustls::rustls;
 
 /// Time allowed for a TLS handshake.
@@ -90,10 +89,10 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let edge = edge.clone();
-        let memo = Arc::new(DigestMemo::default());
+        let conn = Arc::new(super::Connection::new(peer));
         let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let (edge, memo) = (edge.clone(), memo.clone());
-            async move { Ok::<_, std::convert::Infallible>(edge.handle(peer, &memo, req).await) }
+            let (edge, conn) = (edge.clone(), conn.clone());
+            async move { Ok::<_, std::convert::Infallible>(edge.handle(&conn, req).await) }
         });
         let builder = builder.clone();
         match &tls {

@@ -68,6 +68,24 @@ pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
     if raw.len() > MAX_PATH {
         return Err(PathError::TooLong);
     }
+    if is_canonical(raw) {
+        // Most paths: nothing to decode, resolve or re-encode.
+        let segments = raw.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        return Ok(NormalizedPath { segments, canonical: raw.to_owned() });
+    }
+    normalize_any(raw)
+}
+
+/// Whether `raw` is already canonical: absolute, only unreserved characters, no empty or dot
+/// segments (a trailing slash is kept by both ways).
+fn is_canonical(raw: &str) -> bool {
+    raw.starts_with('/')
+        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~'))
+        && !raw.contains("//")
+        && !raw.split('/').any(|s| s == "." || s == "..")
+}
+
+fn normalize_any(raw: &str) -> Result<NormalizedPath, PathError> {
     let rest = raw.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
     let trailing_slash = raw.len() > 1 && raw.ends_with('/');
     let mut segments: Vec<String> = Vec::new();
@@ -102,6 +120,40 @@ mod tests {
 
     fn canon(p: &str) -> String {
         normalize(p).unwrap().canonical
+    }
+
+    #[test]
+    fn the_shortcut_for_canonical_paths_agrees_with_the_full_normalisation() {
+        let paths = [
+            "/",
+            "/prompt",
+            "/api/queue",
+            "/api/",
+            "/extensions/core/x.min.js",
+            "/a/b/",
+            "/a.b/c~d_e-f",
+            "/.hidden",
+            "/a/.",
+            "/a/..",
+            "/./a",
+            "//a",
+            "/a//b",
+            "/a/../b",
+            "/%61",
+            "/a%2Fb",
+            "/a b",
+            "/a\\b",
+            "/..",
+            "/a/.../b",
+            "/view",
+            "/x/...",
+            "/_",
+            "/~",
+            "",
+        ];
+        for p in paths {
+            assert_eq!(normalize(p), normalize_any(p), "{p:?}");
+        }
     }
 
     #[test]

@@ -42,9 +42,15 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names is cheaper than nine removals.
-    let any = headers.keys().any(|k| HOP_BY_HOP.contains(k) || k == KEEP_ALIVE || k == PROXY_CONNECTION);
-    if !any {
+    // One pass over the names, then removals of only what is there: most messages carry none
+    // or just `Connection: keep-alive`, and every removal costs a hash lookup.
+    let mut present: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if HOP_BY_HOP.contains(name) || name == KEEP_ALIVE || name == PROXY_CONNECTION {
+            present.push(name.clone());
+        }
+    }
+    if present.is_empty() {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -53,8 +59,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|name| !present.contains(name))
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP).chain([&KEEP_ALIVE, &PROXY_CONNECTION]) {
+    for name in present.iter().chain(&named) {
         headers.remove(name);
     }
 }
@@ -62,7 +69,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// What the proxy knows about the client when rewriting a request.
 pub struct ForwardedFor<'a> {
     /// `X-Forwarded-For` value to send (trusted chain plus the peer).
-    pub chain: &'a str,
+    pub chain: &'a HeaderValue,
     /// `http` or `https`, as the client used.
     pub proto: &'a str,
     /// The host the client asked for.
@@ -129,9 +136,7 @@ pub fn prepare_request(
     if origin {
         headers.insert(header::ORIGIN, backend_origin.clone());
     }
-    if let Ok(v) = HeaderValue::from_str(forwarded.chain) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
+    headers.insert(X_FORWARDED_FOR, forwarded.chain.clone());
     headers
         .insert(X_FORWARDED_PROTO, HeaderValue::from_static(if forwarded.proto == "https" { "https" } else { "http" }));
     if let Some(host) = forwarded.host {
@@ -165,7 +170,8 @@ mod tests {
 
     fn prepare(h: &mut HeaderMap) {
         let host = HeaderValue::from_static("gw.example:8080");
-        let fwd = ForwardedFor { chain: "203.0.113.9", proto: "https", host: Some(&host) };
+        let chain = HeaderValue::from_static("203.0.113.9");
+        let fwd = ForwardedFor { chain: &chain, proto: "https", host: Some(&host) };
         prepare_request(
             h,
             "alice",
