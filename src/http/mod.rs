@@ -32,7 +32,6 @@ use request_id::REQUEST_ID;
 /// [`gate`], and the gateway's own routes, browser navigations (which may get a page instead
 /// of an error) and everything under debug tracing go through the [`router`]. Both ways answer
 /// alike; the direct one saves the router's per-request machinery on the hot path.
-#[derive(Clone)]
 pub struct Edge {
     app: AppState,
     router: Router,

@@ -10,7 +10,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-
 use tokio_rustls::rustls;
 
 /// Time allowed for a TLS handshake.

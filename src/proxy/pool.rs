@@ -164,3 +164,95 @@ impl http_body::Body for PooledBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+
+    use super::*;
+
+    /// A backend answering `/big` with 1 MiB and everything else with `ok`, closing the
+    /// connection after `/close`; counts the connections it accepted.
+    async fn backend() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = service_fn(|req: Request<Incoming>| async move {
+                        let mut response = match req.uri().path() {
+                            "/big" => Response::new(http_body_util::Full::new(Bytes::from(vec![7u8; 1 << 20]))),
+                            _ => Response::new(http_body_util::Full::new(Bytes::from_static(b"ok"))),
+                        };
+                        if req.uri().path() == "/close" {
+                            response.headers_mut().insert(http::header::CONNECTION, "close".parse().unwrap());
+                        }
+                        Ok::<_, std::convert::Infallible>(response)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn get(path: &str) -> Request<Body> {
+        Request::builder().uri(path).header(http::header::HOST, "backend").body(Body::empty()).unwrap()
+    }
+
+    async fn read(response: Response<PooledBody>) -> Bytes {
+        response.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_body_is_read_and_never_while_it_is_busy() {
+        let (addr, accepted) = backend().await;
+        let pool = Pool::new(addr, Duration::from_secs(5));
+        for _ in 0..3 {
+            assert_eq!(&read(pool.send(get("/")).await.unwrap()).await[..], b"ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "sequential requests share one connection");
+
+        // A response being read keeps its connection: a second request meanwhile gets another.
+        let big = pool.send(get("/big")).await.unwrap();
+        let meanwhile = tokio::time::timeout(Duration::from_secs(5), pool.send(get("/"))).await;
+        assert_eq!(&read(meanwhile.expect("waited for a busy connection").unwrap()).await[..], b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(read(big).await.len(), 1 << 20);
+
+        // A body dropped half-read takes its connection with it; the pool still answers.
+        let mut big = pool.send(get("/big")).await.unwrap().into_body();
+        let _first = big.frame().await.unwrap().unwrap();
+        drop(big);
+        assert_eq!(&read(pool.send(get("/")).await.unwrap()).await[..], b"ok");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_backend_closed_is_not_used_again() {
+        let (addr, accepted) = backend().await;
+        let pool = Pool::new(addr, Duration::from_secs(5));
+        assert_eq!(&read(pool.send(get("/close")).await.unwrap()).await[..], b"ok");
+        for _ in 0..3 {
+            assert_eq!(&read(pool.send(get("/")).await.unwrap()).await[..], b"ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "one closed by the backend, one reused after it");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_backend_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let pool = Pool::new(addr, Duration::from_secs(5));
+        assert!(matches!(pool.send(get("/")).await, Err(SendError::Connect(_))));
+    }
+}
