@@ -139,6 +139,9 @@ impl Config {
         if let Some(url) = &self.server.public_url {
             parse_base_url(url).map_err(|m| ("server.public_url".to_owned(), m))?;
         }
+        if self.server.workers > MAX_WORKERS {
+            return Err(("server.workers".to_owned(), format!("at most {MAX_WORKERS} (0: one per CPU)")));
+        }
         let s = &self.scheduler;
         if s.health_interval.is_zero() || s.health_timeout.is_zero() || s.capabilities_refresh.is_zero() {
             return Err(("scheduler.health_interval".to_owned(), "intervals must be greater than zero".to_owned()));
@@ -170,6 +173,9 @@ impl Config {
         Ok(())
     }
 }
+
+/// More request threads than this is a typo, not a machine.
+const MAX_WORKERS: usize = 1024;
 
 /// Parses `http(s)://host[:port][/]` into a URI without path or query.
 pub(crate) fn parse_base_url(url: &str) -> Result<Uri, String> {
@@ -311,6 +317,9 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("used twice"), "{err}");
+        let err = Config::from_toml("[server]\nworkers = 100000\n").unwrap_err().to_string();
+        assert!(err.contains("server.workers") && err.contains("at most 1024"), "{err}");
+        assert_eq!(Config::from_toml("[server]\nworkers = 1\n").unwrap().server.workers, 1);
     }
 
     #[test]
