@@ -52,7 +52,10 @@ impl Edge {
             && !crate::web::is_own_path(req.uri().path())
             && !browser::is_navigation(req.method(), req.headers())
         {
-            gate::pass(&self.app, &conn.peer, Some(&conn.memo), req.map(Body::new)).await
+            // Most requests have no body: nothing to box.
+            let req =
+                req.map(|body| if http_body::Body::is_end_stream(&body) { Body::empty() } else { Body::new(body) });
+            gate::pass(&self.app, &conn.peer, Some(&conn.memo), req).await
         } else {
             req.extensions_mut().insert(ConnectInfo(conn.addr));
             // Boxed, like every path but the plain forward: it keeps the hot future small.
