@@ -159,23 +159,19 @@ impl Auth {
 
     /// Verifies a credential: from the cache in microseconds, else from the store.
     pub async fn authenticate(&self, presented: &Presented) -> Result<Identity, AuthFailure> {
-        self.authenticate_digest(presented, secret::digest(presented.secret())).await
+        self.authenticate_on(presented, None).await
     }
 
-    /// [`Auth::authenticate`], hashing through the connection's memo.
+    /// [`Auth::authenticate`], hashing through the connection's memo when there is one.
     pub async fn authenticate_on(
         &self,
         presented: &Presented,
-        memo: &secret::DigestMemo,
+        memo: Option<&secret::DigestMemo>,
     ) -> Result<Identity, AuthFailure> {
-        self.authenticate_digest(presented, memo.digest(presented.secret())).await
-    }
-
-    async fn authenticate_digest(
-        &self,
-        presented: &Presented,
-        digest: secret::SecretDigest,
-    ) -> Result<Identity, AuthFailure> {
+        let digest = match memo {
+            Some(memo) => memo.digest(presented.secret()),
+            None => secret::digest(presented.secret()),
+        };
         let now = now_ms();
         if let Some(grant) = self.cache.get(&digest) {
             return admit(&grant, presented, now);

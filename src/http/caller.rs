@@ -34,10 +34,7 @@ impl Caller {
     pub async fn verify(parts: &Parts, app: &AppState, memo: Option<&DigestMemo>) -> Result<Self, ApiError> {
         let presented =
             credentials::presented(parts, &app.config.auth.cookie_name)?.ok_or(AuthFailure::MissingCredentials)?;
-        let identity = match memo {
-            Some(memo) => app.auth.authenticate_on(&presented, memo).await?,
-            None => app.auth.authenticate(&presented).await?,
-        };
+        let identity = app.auth.authenticate_on(&presented, memo).await?;
         if presented.is_ambient() && (origin::is_unsafe(&parts.method) || is_upgrade(&parts.headers)) {
             if let Some(reason) = origin::cross_site(&parts.headers, &app.allowed_hosts) {
                 tracing::info!(target: "comfygate::audit", event = "cross_site_refused", username = %identity.username, path = %parts.uri.path());

@@ -114,15 +114,12 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         // Most requests arrive in canonical form without a token in the query: their target is
         // forwarded as it came (already parsed); the others get a new one.
-        let uri = match parts.uri.query() {
+        let uri = match parts.uri.query().map(strip_query_token) {
             None if parts.uri.path() == path => {
                 Uri::from(parts.uri.into_parts().path_and_query.ok_or(ProxyError::BadTarget)?)
             }
-            None => self.target(path)?,
-            Some(query) => match strip_query_token(query) {
-                Some(query) => self.target(&format!("{path}?{query}"))?,
-                None => self.target(path)?,
-            },
+            Some(Some(query)) => self.target(&format!("{path}?{query}"))?,
+            _ => self.target(path)?,
         };
 
         let client_upgrade = if is_upgrade(&parts.headers) {
@@ -148,7 +145,7 @@ impl Proxy {
         );
 
         let timeout = self.upstream.response_timeout;
-        let timed_out = || ProxyError::Timeout { backend: self.upstream.name.clone(), timeout };
+        let timed_out = || self.timed_out(timeout);
         let mut upstream_req = Request::new(Body::empty());
         *upstream_req.method_mut() = parts.method;
         *upstream_req.uri_mut() = uri;
@@ -217,7 +214,7 @@ impl Proxy {
         if let Some(v) = username.and_then(|u| HeaderValue::from_str(u).ok()) {
             req.headers_mut().insert(headers::COMFY_USER, v);
         }
-        let timed_out = || ProxyError::Timeout { backend: self.upstream.name.clone(), timeout };
+        let timed_out = || self.timed_out(timeout);
         let response = tokio::time::timeout(timeout, self.pool.send(req))
             .await
             .map_err(|_| timed_out())?
@@ -234,6 +231,10 @@ impl Proxy {
     /// The request target for a path and query (origin-form: the connection is to the backend).
     fn target(&self, path_and_query: &str) -> Result<Uri, ProxyError> {
         Uri::builder().path_and_query(path_and_query).build().map_err(|_| ProxyError::BadTarget)
+    }
+
+    fn timed_out(&self, timeout: Duration) -> ProxyError {
+        ProxyError::Timeout { backend: self.upstream.name.clone(), timeout }
     }
 
     fn failure(&self, error: SendError) -> ProxyError {
