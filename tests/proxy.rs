@@ -573,3 +573,28 @@ async fn credentials_alternating_on_one_connection_are_each_verified() {
     assert_eq!((status, code_of(&serde_json::from_str(&body).unwrap())), (401, "token_revoked"), "{body}");
     assert_eq!(on_connection(&mut stream, "/embeddings", &alice).await.0, 200);
 }
+
+/// Every response carries an `X-Request-Id`, on the direct path to ComfyUI and through the
+/// router alike; a client's own id is kept and reaches ComfyUI.
+#[tokio::test]
+async fn request_ids_are_set_kept_and_forwarded() {
+    let (sim, gw) = setup().await;
+    let token = gw.token("admin", "t").await;
+    for path in ["/embeddings", "/comfygate/api/whoami", "/prompt"] {
+        let r = client().get(gw.at(path)).bearer_auth(&token).send().await.unwrap();
+        let id = r.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(id.as_deref().map(str::len), Some(36), "{path}: {id:?}");
+    }
+    let r = client().get(gw.at("/queue")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("x-request-id"), "errors carry one too");
+
+    sim.clear_requests();
+    let r =
+        client().get(gw.at("/embeddings")).bearer_auth(&token).header("x-request-id", "trace-42").send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"], "trace-42");
+    let seen = common::client_requests(&sim);
+    let forwarded =
+        seen[0].headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("x-request-id")).map(|(_, v)| v.as_str());
+    assert_eq!(forwarded, Some("trace-42"));
+}
