@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use comfygate::scheduler::files::FileLocations;
 use comfygate::store::{
     self, Job, JobState, NewSession, NewToken, NewUser, Role, Store, StoreError, StoredFile, TokenKind,
 };
@@ -76,6 +77,7 @@ on_every_store!(
     heartbeats_tell_which_gateways_lag,
     last_admin_count_ignores_disabled_admins,
     jobs_keep_their_state_and_files_their_backend,
+    file_locations_answer_from_memory_and_never_hide_a_new_owner,
 );
 
 fn new_user(name: &str, role: Role) -> NewUser {
@@ -268,4 +270,49 @@ async fn jobs_keep_their_state_and_files_their_backend(db: &TestDb) {
     s.record_file(&StoredFile { backend: "gpu2".to_owned(), user_id: Some(other.id), ..file("gpu2") }).await.unwrap();
     assert_eq!(s.file("output", "", "x_00001_.png", u.id).await.unwrap().unwrap().backend, "gpu1");
     assert_eq!(s.file("output", "", "x_00001_.png", other.id).await.unwrap().unwrap().backend, "gpu2");
+}
+
+async fn file_locations_answer_from_memory_and_never_hide_a_new_owner(db: &TestDb) {
+    let s = &db.store;
+    let owner = s.create_user(new_user("olga", Role::User)).await.unwrap();
+    let other = s.create_user(new_user("pete", Role::User)).await.unwrap();
+    let ttl = std::time::Duration::from_millis(300);
+    let files = FileLocations::with_ttl(s.clone(), ttl);
+    let file = |name: &str| StoredFile {
+        backend: "gpu1".to_owned(),
+        kind: "output".to_owned(),
+        subfolder: "sub".to_owned(),
+        filename: name.to_owned(),
+        prompt_id: None,
+        user_id: Some(owner.id),
+    };
+    let holder = |found: Option<Arc<StoredFile>>| found.map(|f| (f.backend.clone(), f.user_id));
+
+    // Looked up before it exists, then recorded through the locations: the owner is known at
+    // once, to everyone, whatever was cached before.
+    assert!(files.file("output", "sub", "a.png", other.id).await.unwrap().is_none());
+    files.record(&file("a.png")).await.unwrap();
+    let known = Some(("gpu1".to_owned(), Some(owner.id)));
+    assert_eq!(holder(files.file("output", "sub", "a.png", other.id).await.unwrap()), known);
+    assert_eq!(holder(files.file("output", "sub", "a.png", owner.id).await.unwrap()), known);
+
+    // A record answers from memory: another process moving the file is seen after the TTL.
+    s.record_file(&StoredFile { backend: "gpu2".to_owned(), ..file("a.png") }).await.unwrap();
+    assert_eq!(holder(files.file("output", "sub", "a.png", owner.id).await.unwrap()), known);
+    tokio::time::sleep(ttl + std::time::Duration::from_millis(50)).await;
+    let moved = Some(("gpu2".to_owned(), Some(owner.id)));
+    assert_eq!(holder(files.file("output", "sub", "a.png", owner.id).await.unwrap()), moved);
+
+    // "Not recorded" is remembered only when no other process writes to the store: with
+    // replicas (PostgreSQL) a file another gateway records is never hidden behind it.
+    assert!(files.file("output", "sub", "b.png", other.id).await.unwrap().is_none());
+    s.record_file(&file("b.png")).await.unwrap();
+    let seen = holder(files.file("output", "sub", "b.png", other.id).await.unwrap());
+    if s.shared() {
+        assert_eq!(seen, known);
+    } else {
+        assert_eq!(seen, None);
+        tokio::time::sleep(ttl + std::time::Duration::from_millis(50)).await;
+        assert_eq!(holder(files.file("output", "sub", "b.png", other.id).await.unwrap()), known);
+    }
 }

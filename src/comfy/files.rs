@@ -37,7 +37,7 @@ pub async fn view(
         }
     }
     let stored =
-        app.scheduler.store().file(&kind, &subfolder, &filename, caller.identity.user_id).await.map_err(|e| {
+        app.scheduler.files().file(&kind, &subfolder, &filename, caller.identity.user_id).await.map_err(|e| {
             tracing::error!(error = %e, "file lookup failed");
             ApiError::Unavailable("the job store is temporarily unavailable".to_owned())
         })?;
@@ -88,7 +88,7 @@ pub async fn upload(
                 prompt_id: None,
                 user_id: Some(caller.identity.user_id),
             };
-            if let Err(e) = app.scheduler.store().record_file(&file).await {
+            if let Err(e) = app.scheduler.files().record(&file).await {
                 tracing::error!(error = %e, "cannot record an upload");
             }
         }

@@ -62,7 +62,7 @@ pub enum Route {
 
 /// The ComfyUI-aware route for a request, if any.
 pub fn route(method: &Method, path: &NormalizedPath) -> Option<Route> {
-    let segments: Vec<&str> = path.route().iter().map(String::as_str).collect();
+    let segments = path.route();
     let get = method == Method::GET;
     let post = method == Method::POST;
     Some(match (segments.as_slice(), get, post) {

@@ -47,19 +47,29 @@ pub enum PathError {
 /// A path as ComfyUI will see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NormalizedPath {
-    /// Decoded segments, `/api` prefix included.
-    pub segments: Vec<String>,
     /// The canonical encoded path to forward.
     pub canonical: String,
+    /// The decoded segments, kept only when one differs from its canonical (encoded) form;
+    /// most paths have nothing to decode and their segments are read from `canonical`.
+    decoded: Option<Vec<String>>,
 }
 
 impl NormalizedPath {
-    /// The segments after an optional leading `api` (ComfyUI serves every route twice).
-    pub fn route(&self) -> &[String] {
-        match self.segments.first() {
-            Some(first) if first == "api" => &self.segments[1..],
-            _ => &self.segments,
+    /// The decoded segments, `/api` prefix included.
+    pub fn segments(&self) -> Vec<&str> {
+        match &self.decoded {
+            Some(segments) => segments.iter().map(String::as_str).collect(),
+            None => self.canonical.split(['/']).filter(|s| !s.is_empty()).collect(),
         }
+    }
+
+    /// The segments after an optional leading `api` (ComfyUI serves every route twice).
+    pub fn route(&self) -> Vec<&str> {
+        let mut segments = self.segments();
+        if segments.first() == Some(&"api") {
+            segments.remove(0);
+        }
+        segments
     }
 }
 
@@ -70,19 +80,30 @@ pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
     }
     if is_canonical(raw) {
         // Most paths: nothing to decode, resolve or re-encode.
-        let segments = raw.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
-        return Ok(NormalizedPath { segments, canonical: raw.to_owned() });
+        return Ok(NormalizedPath { canonical: raw.to_owned(), decoded: None });
     }
     normalize_any(raw)
 }
 
 /// Whether `raw` is already canonical: absolute, only unreserved characters, no empty or dot
-/// segments (a trailing slash is kept by both ways).
+/// segments (a trailing slash is kept by both ways). One pass over the bytes.
 fn is_canonical(raw: &str) -> bool {
-    raw.starts_with('/')
-        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~'))
-        && !raw.contains("//")
-        && !raw.split('/').any(|s| s == "." || s == "..")
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return false;
+    }
+    let mut start = 1;
+    for (i, &b) in bytes.iter().enumerate().skip(1) {
+        if b == b'/' {
+            if matches!(&bytes[start..i], b"" | b"." | b"..") {
+                return false;
+            }
+            start = i + 1;
+        } else if !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~')) {
+            return false;
+        }
+    }
+    !matches!(&bytes[start..], b"." | b"..")
 }
 
 fn normalize_any(raw: &str) -> Result<NormalizedPath, PathError> {
@@ -110,7 +131,9 @@ fn normalize_any(raw: &str) -> Result<NormalizedPath, PathError> {
     if canonical.is_empty() || trailing_slash {
         canonical.push('/');
     }
-    Ok(NormalizedPath { segments, canonical })
+    // Segments that needed no encoding read the same from `canonical`.
+    let decoded = canonical.contains('%').then_some(segments);
+    Ok(NormalizedPath { canonical, decoded })
 }
 
 #[cfg(test)]
@@ -181,7 +204,7 @@ mod tests {
     #[test]
     fn unicode_survives_round_trip() {
         let n = normalize("/userdata/%E7%94%BB.json").unwrap();
-        assert_eq!(n.segments[1], "画.json");
+        assert_eq!(n.segments()[1], "画.json");
         assert_eq!(n.canonical, "/userdata/%E7%94%BB.json");
     }
 

@@ -19,7 +19,7 @@ const MANAGER_ROOTS: &[&str] = &["manager", "customnode", "snapshot", "comfyui_m
 /// Classifies a request by method, normalised path and query.
 pub fn classify(method: &Method, path: &NormalizedPath, query: Option<&str>) -> RouteClass {
     let route = path.route();
-    let segment = |i: usize| route.get(i).map(String::as_str).unwrap_or("");
+    let segment = |i: usize| route.get(i).copied().unwrap_or("");
     let is = |i: usize, name: &str| segment(i).eq_ignore_ascii_case(name);
     let manager_root = |i: usize| MANAGER_ROOTS.iter().any(|root| is(i, root));
     let admin = manager_root(0)
@@ -27,13 +27,13 @@ pub fn classify(method: &Method, path: &NormalizedPath, query: Option<&str>) -> 
         || is(0, "internal")
         || is(0, "free")
         || (is(0, "users") && method != Method::GET)
-        || ((is(0, "userdata") || (is(0, "v2") && is(1, "userdata"))) && touches_manager_userdata(route, query));
+        || ((is(0, "userdata") || (is(0, "v2") && is(1, "userdata"))) && touches_manager_userdata(&route, query));
     if admin { RouteClass::Admin } else { RouteClass::User }
 }
 
 /// ComfyUI-Manager keeps its config (channel URLs, security level) in user data: writing it
 /// leads to code execution (CVE-2025-67303), so any access to it is admin-only.
-fn touches_manager_userdata(route: &[String], query: Option<&str>) -> bool {
+fn touches_manager_userdata(route: &[&str], query: Option<&str>) -> bool {
     let is_manager = |s: &str| {
         let mut s = s.trim_start_matches(['/', '.']).to_owned();
         for _ in 0..3 {

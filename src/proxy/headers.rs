@@ -9,21 +9,29 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::credentials::strip_session_cookie;
 
-/// Headers that describe one connection, not the message.
-const HOP_BY_HOP: &[HeaderName] = &[
-    header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+/// Headers that describe one connection, not the message (`Connection` first: it may name
+/// more).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
+
+/// The index of `name` in [`HOP_BY_HOP`] (as strings, which compare by length first: cheaper
+/// than nine `HeaderName` comparisons).
+fn hop_by_hop(name: &HeaderName) -> Option<usize> {
+    let name = name.as_str();
+    HOP_BY_HOP.iter().position(|h| *h == name)
+}
 
 /// The header ComfyUI `--multi-user` trusts to name the user.
 pub const COMFY_USER: HeaderName = HeaderName::from_static("comfy-user");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -40,33 +48,53 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes hop-by-hop headers, including those the `Connection` header names; returns the
+/// `Upgrade` header's value, if there was one.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     // One pass over the names, then removals of only what is there: most messages carry none
     // or just `Connection: keep-alive`, and every removal costs a hash lookup.
-    let mut present: Vec<HeaderName> = Vec::new();
+    let mut present = 0u16;
     for name in headers.keys() {
-        if HOP_BY_HOP.contains(name) || name == KEEP_ALIVE || name == PROXY_CONNECTION {
-            present.push(name.clone());
+        if let Some(i) = hop_by_hop(name) {
+            present |= 1 << i;
         }
     }
-    if present.is_empty() {
-        return;
+    if present == 0 {
+        return None;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        // `keep-alive` (the usual token) names a header that is hop-by-hop anyway.
-        .filter(|t| !t.eq_ignore_ascii_case("keep-alive"))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|name| !present.contains(name))
-        .collect();
-    for name in present.iter().chain(&named) {
+    let only_keep_alive = || {
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        values.next().is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"keep-alive")) && values.next().is_none()
+    };
+    // `Connection: keep-alive` (what most messages carry) names nothing more.
+    let named: Vec<HeaderName> = if present & 1 == 0 || only_keep_alive() {
+        Vec::new()
+    } else {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            // `keep-alive` (the usual token) names a header that is hop-by-hop anyway.
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|name| hop_by_hop(name).is_none())
+            .collect()
+    };
+    let mut upgrade = None;
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            let removed = headers.remove(*name);
+            if *name == "upgrade" {
+                upgrade = removed;
+            }
+        }
+    }
+    for name in &named {
         headers.remove(name);
     }
+    upgrade
 }
 
 /// What the proxy knows about the client when rewriting a request.
@@ -88,9 +116,7 @@ pub fn prepare_request(
     backend_origin: &HeaderValue,
     forwarded: &ForwardedFor<'_>,
 ) {
-    let upgrade = headers.get(header::UPGRADE).cloned();
-    remove_hop_by_hop(headers);
-    if let Some(protocol) = upgrade {
+    if let Some(protocol) = remove_hop_by_hop(headers) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
@@ -150,9 +176,7 @@ pub fn prepare_request(
 
 /// Rewrites ComfyUI's response headers for the client.
 pub fn prepare_response(headers: &mut HeaderMap, upgraded: bool) {
-    let upgrade = headers.get(header::UPGRADE).cloned();
-    remove_hop_by_hop(headers);
-    if let (true, Some(protocol)) = (upgraded, upgrade) {
+    if let (Some(protocol), true) = (remove_hop_by_hop(headers), upgraded) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }

@@ -95,7 +95,7 @@ impl Scheduler {
                 prompt_id: Some(id.to_owned()),
                 user_id: Some(owner),
             };
-            if let Err(e) = self.store.record_file(&stored).await {
+            if let Err(e) = self.files.record(&stored).await {
                 tracing::error!(error = %e, "cannot record an output file");
             }
         }

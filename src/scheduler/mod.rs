@@ -12,6 +12,7 @@ pub mod control;
 pub mod delivery;
 mod events;
 pub mod fair;
+pub mod files;
 mod jobs;
 pub mod workflow;
 
@@ -31,6 +32,7 @@ use crate::time::now_ms;
 use delivery::Subscribers;
 pub use events::execution_error;
 use fair::FairQueue;
+use files::FileLocations;
 use jobs::Active;
 pub use jobs::{Answer, strip_secrets};
 use workflow::Requirements;
@@ -62,6 +64,7 @@ struct Inner {
 /// The scheduler of a running gateway.
 pub struct Scheduler {
     store: Arc<dyn Store>,
+    files: FileLocations,
     pool: Arc<Pool>,
     config: SchedulerConfig,
     inner: Mutex<Inner>,
@@ -97,6 +100,7 @@ impl Scheduler {
             tracing::info!(jobs = inner.jobs.len(), "resumed jobs from the store");
         }
         Ok(Self {
+            files: FileLocations::new(store.clone()),
             store,
             pool,
             config,
@@ -119,6 +123,12 @@ impl Scheduler {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Which backend holds which file (through a short-lived cache: read and record files here,
+    /// not in the store directly).
+    pub fn files(&self) -> &FileLocations {
+        &self.files
     }
 
     /// Jobs waiting or running, gateway-wide (ComfyUI's `queue_remaining`).
@@ -221,8 +231,8 @@ impl Scheduler {
         for file in files {
             let clean = file.trim_end_matches(" [input]").trim_end_matches(" [output]").trim_end_matches(" [temp]");
             let (subfolder, name) = clean.rsplit_once('/').unwrap_or(("", clean));
-            if let Some(stored) = self.store.file("input", subfolder, name, user_id).await? {
-                return Ok(Some(stored.backend));
+            if let Some(stored) = self.files.file("input", subfolder, name, user_id).await? {
+                return Ok(Some(stored.backend.clone()));
             }
         }
         Ok(None)

@@ -54,6 +54,8 @@ pub type UseTimes = [(i64, i64)];
 /// revocation) also bumps the revocation epoch in the same transaction.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Whether other gateway processes (replicas) may write to this store at the same time.
+    fn shared(&self) -> bool;
     /// Creates a user; [`StoreError::Conflict`] if the name is taken.
     async fn create_user(&self, new: NewUser) -> StoreResult<User>;
     /// A user by (lower-case) name.

@@ -27,4 +27,4 @@ impl PostgresStore {
     }
 }
 
-impl_store!(PostgresStore, sqlx::Postgres);
+impl_store!(PostgresStore, sqlx::Postgres, shared: true);

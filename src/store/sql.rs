@@ -209,9 +209,13 @@ pub(super) fn map_conflict(what: &str, e: sqlx::Error) -> StoreError {
 
 /// Implements [`Store`](super::Store) for `$store { pool: sqlx::Pool<$db> }`.
 macro_rules! impl_store {
-    ($store:ty, $db:ty) => {
+    ($store:ty, $db:ty, shared: $shared:expr) => {
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
+            fn shared(&self) -> bool {
+                $shared
+            }
+
             async fn create_user(&self, new: NewUser) -> StoreResult<User> {
                 let now = $crate::time::now_ms();
                 let sql = format!(

@@ -38,4 +38,5 @@ impl SqliteStore {
     }
 }
 
-impl_store!(SqliteStore, sqlx::Sqlite);
+// One gateway process per SQLite file (replicas share PostgreSQL).
+impl_store!(SqliteStore, sqlx::Sqlite, shared: false);
