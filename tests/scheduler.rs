@@ -489,3 +489,23 @@ async fn jobs_held_by_a_backend_removed_from_the_config_run_elsewhere_after_a_re
         finished(&gw, &token, id).await;
     }
 }
+
+#[tokio::test]
+async fn object_info_is_answered_while_a_backends_nodes_are_still_loading() {
+    // A ComfyUI with many custom nodes takes seconds to list them: until the gateway has read
+    // them, `/object_info` is asked of a backend directly rather than refused.
+    let delay = Duration::from_secs(2);
+    let sim = Simulator::start(SimConfig { object_info_delay: delay, ..SimConfig::default() }).await.unwrap();
+    let gw = Gateway::start(&sim.url()).await;
+    let token = gw.token("admin", "t").await;
+    let (status, body) = gw.get_json("/object_info/EmptyImage", &Auth::Bearer(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["EmptyImage"]["output"], json!(["IMAGE"]), "{body}");
+    // Asked of the backend: the gateway's own read was still under way (once it is done, the
+    // answer comes from memory and the backend never sees this path).
+    let asked: Vec<String> = sim.requests().into_iter().map(|r| r.uri).collect();
+    assert!(asked.iter().any(|uri| uri == "/object_info/EmptyImage"), "{asked:?}");
+    let (status, all) = gw.get_json("/object_info", &Auth::Bearer(&token)).await;
+    assert_eq!(status, 200);
+    assert!(all.as_object().is_some_and(|nodes| nodes.contains_key("SaveImage")));
+}

@@ -16,6 +16,9 @@ pub struct SimConfig {
     pub max_upload_bytes: u64,
     /// Where `input/`, `output/` and `temp/` live; a fresh temporary directory when `None`.
     pub data_dir: Option<PathBuf>,
+    /// How long `/object_info` takes to answer (a real ComfyUI with many custom nodes can take
+    /// seconds); zero by default.
+    pub object_info_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -26,6 +29,7 @@ impl Default for SimConfig {
             device_name: "cpu".to_string(),
             max_upload_bytes: 1024 * 1024 * 1024,
             data_dir: None,
+            object_info_delay: Duration::ZERO,
         }
     }
 }

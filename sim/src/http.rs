@@ -184,6 +184,7 @@ pub async fn input_images(state: &AppState) -> Vec<J> {
 }
 
 async fn object_info(State(state): State<Arc<AppState>>) -> Response {
+    tokio::time::sleep(state.config().object_info_delay).await;
     let defs = Defs { info: &state.shared.object_info, input_images: input_images(&state).await };
     let mut out = Obj::new();
     if let Some(all) = state.shared.object_info.as_obj() {
@@ -197,6 +198,7 @@ async fn object_info(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn object_info_one(State(state): State<Arc<AppState>>, Path(class): Path<String>) -> Response {
+    tokio::time::sleep(state.config().object_info_delay).await;
     let defs = Defs { info: &state.shared.object_info, input_images: input_images(&state).await };
     let mut out = Obj::new();
     if let Some(def) = defs.class(&class) {

@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         device_name: args.device_name,
         max_upload_bytes: args.max_upload_bytes,
         data_dir: args.data_dir,
+        ..SimConfig::default()
     };
     let mut sim = Simulator::start_on(SocketAddr::new(args.listen, args.port), config).await?;
     println!("comfyui-sim listening on http://{}", sim.addr());
