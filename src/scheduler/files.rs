@@ -17,7 +17,7 @@ use crate::store::{Store, StoreResult, StoredFile};
 /// How long a looked-up location is used before the store is asked again.
 pub const TTL: Duration = Duration::from_secs(2);
 /// Files kept at most; when full, expired entries go, and if none has expired, all.
-pub const MAX_FILES: usize = 4096;
+const MAX_FILES: usize = 4096;
 
 /// The file locations of one store.
 pub struct FileLocations {
