@@ -7,6 +7,7 @@ Run through `bench/run` (installs nginx, caddy, wrk; raises the file limit). Sce
             direct (static nginx backend), nginx proxy_pass, nginx auth_basic, Caddy basic_auth,
             comfygate + Bearer token, comfygate + session cookie; small JSON and 1 MB bodies,
             1 and 64 connections; req/s, p50/p99, proxy CPU seconds per 10k requests.
+            `--compare BINARY` adds another comfygate build (Bearer token) to the same rounds.
   ws        N idle authenticated /ws connections through comfygate to comfyui-sim: gateway RSS
             per connection; relayed-vs-direct arrival delay of the same broadcast message.
   coldstart spawn `comfygate serve` on an existing data dir → first authenticated 200.
@@ -350,7 +351,21 @@ class System:
         self.key, self.label, self.port, self.proc, self.headers = key, label, port, proc, headers
 
 
-def start_systems(procs: Procs, work: str, gw: str, cpus: str | None, notes: dict) -> list[System]:
+def start_comfygate(procs: Procs, work: str, name: str, gw: str, bport: int, cpus: str | None) -> tuple[int, subprocess.Popen, str]:
+    """A comfygate binary in front of the static backend, on its own port and data folder:
+    (port, process, its config file)."""
+    gport = free_port()
+    gdir = os.path.join(work, name)
+    os.makedirs(gdir)
+    gconf = os.path.join(gdir, "comfygate.toml")
+    write_comfygate_config(gconf, gport, os.path.join(gdir, "data"), bport)
+    gproc = procs.start(name, [gw, "--config", gconf, "serve"], cpus=cpus, env=comfygate_env(),
+                        log_path=os.path.join(gdir, "log"))
+    return gport, gproc, gconf
+
+
+def start_systems(procs: Procs, work: str, gw: str, cpus: str | None, notes: dict,
+                  compare: list[str]) -> list[System]:
     data = os.path.join(work, "static")
     os.makedirs(data)
     make_backend_data(data)
@@ -399,13 +414,9 @@ def start_systems(procs: Procs, work: str, gw: str, cpus: str | None, notes: dic
     caddy = procs.start("caddy", ["caddy", "run", "--config", caddyfile, "--adapter", "caddyfile"], cpus=cpus,
                         env=cenv, log_path=os.path.join(cdir, "log"))
 
-    gport = free_port()
-    gdir = os.path.join(work, "comfygate")
-    os.makedirs(gdir)
-    gconf = os.path.join(gdir, "comfygate.toml")
-    write_comfygate_config(gconf, gport, os.path.join(gdir, "data"), bport)
-    gproc = procs.start("comfygate", [gw, "--config", gconf, "serve"], cpus=cpus, env=comfygate_env(),
-                        log_path=os.path.join(gdir, "log"))
+    gport, gproc, gconf = start_comfygate(procs, work, "comfygate", gw, bport, cpus)
+    others = [(f"cg_other{i}", path, *start_comfygate(procs, work, f"comfygate-other{i}", path, bport, cpus))
+              for i, path in enumerate(compare, 1)]
 
     wait_http(pport, JSON_PATH, ngx, "nginx proxy_pass")
     wait_http(aport, JSON_PATH, ngx_auth, "nginx auth_basic")
@@ -422,6 +433,11 @@ def start_systems(procs: Procs, work: str, gw: str, cpus: str | None, notes: dic
         System("cg_token", "comfygate Bearer token", gport, gproc, {"Authorization": f"Bearer {token}"}),
         System("cg_session", "comfygate session cookie", gport, gproc, {"Cookie": f"comfygate_session={session}"}),
     ]
+    # Other builds (--compare), each measured with a Bearer token beside this one, same rounds.
+    for key, path, port, proc, conf in others:
+        wait_http(port, "/comfygate/health", proc, path)
+        label = f"comfygate Bearer token, `{path}`"
+        systems.append(System(key, label, port, proc, {"Authorization": f"Bearer {comfygate_token(path, conf)}"}))
     # Every system must answer 200 with exactly the backend's bytes before we measure it: a
     # gateway that answers a route itself (comfygate's own /queue) would not be a proxy benchmark.
     for wl in (WORKLOAD["json_c64"], WORKLOAD["mb_c64"]):
@@ -906,6 +922,18 @@ def report(args, meta: dict, http_res: dict | None, ws: dict | None, cold: dict 
                          f"{fmt(r['cpu_per_10k'], 3)} | {ratio(r['cpu_per_10k'], base_n['cpu_per_10k'])} | "
                          f"{ratio(r['cpu_per_10k'], base_d['cpu_per_10k'])} |")
             L.append("")
+        others = [key for key in http_res[WORKLOADS[0][0]] if key.startswith("cg_other")]
+        if others:
+            L.append("### This build against the others (`--compare`), Bearer token, same rounds\n")
+            L.append("| workload | " + " | ".join(f"this ÷ {systems_labels[k].split(', ', 1)[1]}: req/s, CPU/10k"
+                                                  for k in others) + " |")
+            L.append("|---|" + "---:|" * len(others))
+            for wl_key, wl_label, _, conns in WORKLOADS:
+                r = http_res[wl_key]
+                cells = [f"{ratio(r['cg_token']['rps'], r[k]['rps'])}, "
+                         f"{ratio(r['cg_token']['cpu_per_10k'], r[k]['cpu_per_10k'])}" for k in others]
+                L.append(f"| {wl_label} | " + " | ".join(cells) + " |")
+            L.append("")
         for wl_key, wl_label, _, conns in WORKLOADS:
             if wl_key in PACE_MS:
                 continue  # a fixed rate: throughput is not what it measures
@@ -1024,6 +1052,9 @@ def main() -> int:
     ap.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     ap.add_argument("--no-build", action="store_true", help="use the existing release binaries")
     ap.add_argument("--no-criterion", action="store_true", help="skip cargo bench (same as leaving it out of --only)")
+    ap.add_argument("--compare", action="append", default=[], metavar="BINARY",
+                    help="another comfygate build to measure beside this one in the HTTP scenario, with a "
+                         "Bearer token, alternated in the same rounds (repeatable): an A/B of two builds")
     args = ap.parse_args()
     q = args.quick
     args.rounds = max(1, min(args.rounds or (1 if q else 3), 50))
@@ -1061,7 +1092,11 @@ def main() -> int:
         log(meta["pinning"])
         if "http" in only:
             try:
-                systems = start_systems(procs, work, gw, server_cpus, meta["notes"])
+                compare = [os.path.abspath(p) for p in args.compare]
+                for path in compare:
+                    if not os.access(path, os.X_OK):
+                        raise HarnessError(f"--compare {path}: not an executable file")
+                systems = start_systems(procs, work, gw, server_cpus, meta["notes"], compare)
                 labels = {s.key: s.label for s in systems}
                 http_res = http_scenario(args, systems, work, load_cpus)
             except HarnessError as e:
