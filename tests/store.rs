@@ -2,6 +2,8 @@
 //! `COMFYGATE_TEST_POSTGRES_URL` is set (each run gets a fresh database).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 
 use comfygate::scheduler::files::FileLocations;
@@ -276,7 +278,7 @@ async fn file_locations_answer_from_memory_and_never_hide_a_new_owner(db: &TestD
     let s = &db.store;
     let owner = s.create_user(new_user("olga", Role::User)).await.unwrap();
     let other = s.create_user(new_user("pete", Role::User)).await.unwrap();
-    let ttl = std::time::Duration::from_millis(300);
+    let ttl = std::time::Duration::from_secs(1);
     let files = FileLocations::with_ttl(s.clone(), ttl);
     let file = |name: &str| StoredFile {
         backend: "gpu1".to_owned(),
@@ -299,9 +301,11 @@ async fn file_locations_answer_from_memory_and_never_hide_a_new_owner(db: &TestD
     // A record answers from memory: another process moving the file is seen after the TTL.
     s.record_file(&StoredFile { backend: "gpu2".to_owned(), ..file("a.png") }).await.unwrap();
     assert_eq!(holder(files.file("output", "sub", "a.png", owner.id).await.unwrap()), known);
-    tokio::time::sleep(ttl + std::time::Duration::from_millis(50)).await;
     let moved = Some(("gpu2".to_owned(), Some(owner.id)));
-    assert_eq!(holder(files.file("output", "sub", "a.png", owner.id).await.unwrap()), moved);
+    common::poll(ttl * 10, "the moved record once the cached one expires", || async {
+        (holder(files.file("output", "sub", "a.png", owner.id).await.unwrap()) == moved).then_some(())
+    })
+    .await;
 
     // "Not recorded" is remembered only when no other process writes to the store: with
     // replicas (PostgreSQL) a file another gateway records is never hidden behind it.
@@ -312,7 +316,9 @@ async fn file_locations_answer_from_memory_and_never_hide_a_new_owner(db: &TestD
         assert_eq!(seen, known);
     } else {
         assert_eq!(seen, None);
-        tokio::time::sleep(ttl + std::time::Duration::from_millis(50)).await;
-        assert_eq!(holder(files.file("output", "sub", "b.png", other.id).await.unwrap()), known);
+        common::poll(ttl * 10, "the record once the cached miss expires", || async {
+            (holder(files.file("output", "sub", "b.png", other.id).await.unwrap()) == known).then_some(())
+        })
+        .await;
     }
 }
