@@ -18,6 +18,9 @@ use crate::store::{Store, StoreResult, StoredFile};
 pub const TTL: Duration = Duration::from_secs(2);
 /// Files kept at most; when full, expired entries go, and if none has expired, all.
 const MAX_FILES: usize = 4096;
+/// Longest file key kept (ComfyUI's names are short): with [`MAX_FILES`], the cache stays
+/// within a few MiB whatever names clients ask for.
+const MAX_KEY: usize = 1024;
 
 /// The file locations of one store.
 pub struct FileLocations {
@@ -77,7 +80,7 @@ impl FileLocations {
             cache.generation
         };
         let found = self.store.file(kind, subfolder, filename, prefer_user).await?.map(Arc::new);
-        if found.is_some() || self.cache_absent {
+        if (found.is_some() || self.cache_absent) && key.len() <= MAX_KEY {
             let mut cache = self.cache();
             if cache.generation == generation {
                 if cache.files.len() >= MAX_FILES && !cache.files.contains_key(&key) {
@@ -122,6 +125,19 @@ fn key(kind: &str, subfolder: &str, filename: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn long_names_are_looked_up_but_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let files = FileLocations::new(crate::store::open(&url).await.unwrap());
+        let long = "x".repeat(MAX_KEY);
+        assert!(files.file("output", "", &long, 1).await.unwrap().is_none());
+        assert!(files.file("output", "", "short.png", 1).await.unwrap().is_none());
+        let cache = files.cache();
+        assert!(cache.files.contains_key(&key("output", "", "short.png")));
+        assert!(!cache.files.contains_key(&key("output", "", &long)));
+    }
 
     #[test]
     fn keys_do_not_collide_whatever_the_names_hold() {
