@@ -172,6 +172,29 @@ async fn path_traversal_and_nul_bytes_get_400() {
 }
 
 #[tokio::test]
+async fn nul_bytes_in_prompt_and_view_parameters_get_a_clean_answer() {
+    let (sim, gw) = setup().await;
+    let token = gw.token("admin", "t").await;
+    // A client id is kept with the job: control characters are refused, on every store.
+    let mut body = json!({"prompt": common::workflow("nul", 1)});
+    body["client_id"] = json!("ab\u{0}cd");
+    let r = client().post(gw.at("/prompt")).bearer_auth(&token).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "invalid_client_id", "{v}");
+    assert!(common::client_requests(&sim).is_empty(), "nothing reached ComfyUI");
+    // A file name no record can have is "not recorded": ComfyUI answers for it.
+    let r = client()
+        .get(gw.at("/view?filename=a%00b.png&type=output&subfolder=s%00"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+    assert_eq!(common::client_requests(&sim).len(), 1, "the /view went to ComfyUI");
+}
+
+#[tokio::test]
 async fn unicode_token_names_are_accepted_and_unicode_user_names_are_rejected() {
     let (_sim, gw) = setup().await;
     let token = gw.token("admin", "t").await;

@@ -307,6 +307,10 @@ async fn file_locations_answer_from_memory_and_never_hide_a_new_owner(db: &TestD
     })
     .await;
 
+    // A name no record can have (PostgreSQL text cannot even hold NUL) is simply not recorded.
+    assert!(files.file("output", "sub", "a\0b.png", other.id).await.unwrap().is_none());
+    assert!(files.file("out\0put", "s\0ub", "a.png", other.id).await.unwrap().is_none());
+
     // "Not recorded" is remembered only when no other process writes to the store: with
     // replicas (PostgreSQL) a file another gateway records is never hidden behind it.
     assert!(files.file("output", "sub", "b.png", other.id).await.unwrap().is_none());

@@ -69,6 +69,11 @@ impl FileLocations {
         filename: &str,
         prefer_user: i64,
     ) -> StoreResult<Option<Arc<StoredFile>>> {
+        if [kind, subfolder, filename].iter().any(|name| name.contains('\0')) {
+            // No record has one (ComfyUI cannot write such a file), and PostgreSQL text cannot
+            // even hold it: asking would fail the request instead of answering "not recorded".
+            return Ok(None);
+        }
         let key = key(kind, subfolder, filename);
         let generation = {
             let cache = self.cache();

@@ -161,6 +161,14 @@ impl Scheduler {
             None => None,
         };
         let client_id = match body.remove("client_id") {
+            // Kept with the job, and PostgreSQL text cannot hold NUL: refused for every store alike.
+            Some(Value::String(id)) if id.chars().any(char::is_control) => {
+                return Ok(Answer::comfy_error(
+                    "invalid_client_id",
+                    "client_id must not contain control characters",
+                    "",
+                ));
+            }
             Some(Value::String(id)) => id,
             _ => String::new(),
         };
