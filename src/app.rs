@@ -1,4 +1,5 @@
-//! Wiring: builds every service from the configuration and starts the gateway.
+//! Wiring: starts the listener, the background maintenance and the scheduling loop on a built
+//! [`App`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,32 +7,19 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth::Auth;
-use crate::backends::{self, Pool};
-use crate::config::Config;
-use crate::http;
-use crate::proxy::ProxyError;
-use crate::scheduler::Scheduler;
-use crate::store::{self, StoreError};
-
-/// Shared state of a running gateway.
-pub type AppState = Arc<App>;
+use crate::backends;
+use crate::edge;
+use crate::state::{App, AppState, BuildError};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The store could not be opened.
+    /// The services could not be built.
     #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A backend URL is unusable.
-    #[error("backend configuration: {0}")]
-    Proxy(#[from] ProxyError),
-    /// The job queue could not be loaded.
-    #[error("cannot load the job queue: {0}")]
-    Queue(String),
+    Build(#[from] BuildError),
     /// TLS files are unusable.
     #[error("TLS: {0}")]
-    Tls(#[from] http::server::TlsError),
+    Tls(#[from] edge::server::TlsError),
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -40,41 +28,6 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
-}
-
-/// Everything a request handler needs.
-pub struct App {
-    /// The configuration in force.
-    pub config: Config,
-    /// Authentication and accounts.
-    pub auth: Arc<Auth>,
-    /// The job queue and the backends behind it.
-    pub scheduler: Arc<Scheduler>,
-    /// This process's name in the store (heartbeats, WebSocket ids).
-    pub instance: String,
-    /// `host[:port]` values users reach the gateway by, beyond the request's own `Host`.
-    pub allowed_hosts: Vec<String>,
-    /// Whether the gateway itself serves HTTPS.
-    pub tls: bool,
-}
-
-impl App {
-    /// Builds the services on an opened store (resuming the jobs it holds).
-    pub async fn new(config: Config, store: Arc<dyn store::Store>) -> Result<Self, StartError> {
-        let auth = Arc::new(Auth::new(store.clone(), config.auth.clone()));
-        let instance = format!("{}-{}", hostname(), &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let pool = Arc::new(Pool::new(&config, &instance)?);
-        let scheduler = Arc::new(Scheduler::load(store, pool, config.scheduler.clone()).await?);
-        let allowed_hosts = config
-            .server
-            .public_url
-            .iter()
-            .filter_map(|u| u.parse::<::http::Uri>().ok())
-            .filter_map(|u| u.authority().map(|a| a.as_str().to_ascii_lowercase()))
-            .collect();
-        let tls = config.server.tls.is_some();
-        Ok(Self { config, auth, scheduler, instance, allowed_hosts, tls })
-    }
 }
 
 /// A started gateway.
@@ -101,7 +54,7 @@ pub async fn start(app: App) -> Result<Running, StartError> {
     let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
     let tls = match &app.config.server.tls {
-        Some(t) => Some(http::server::tls_acceptor(&t.cert_file, &t.key_file)?),
+        Some(t) => Some(edge::server::tls_acceptor(&t.cert_file, &t.key_file)?),
         None => None,
     };
     let header_read_timeout = app.config.server.header_read_timeout;
@@ -110,7 +63,7 @@ pub async fn start(app: App) -> Result<Running, StartError> {
     let maintenance = tokio::spawn(app.auth.clone().maintain(app.instance.clone(), watch_shutdown.clone()));
     let scheduling = spawn_scheduling(&app, &watch_shutdown);
     let server =
-        tokio::spawn(http::server::serve(listener, http::Edge::new(app), tls, header_read_timeout, watch_shutdown));
+        tokio::spawn(edge::server::serve(listener, edge::Edge::new(app), tls, header_read_timeout, watch_shutdown));
     let mut tasks = vec![server, maintenance];
     tasks.extend(scheduling);
     Ok(Running { addr, shutdown, tasks })
@@ -144,8 +97,4 @@ fn spawn_scheduling(app: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<tok
         }
     });
     vec![health, monitor, feed]
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "gateway".to_owned())
 }

@@ -11,13 +11,15 @@ pub mod auth;
 pub mod backends;
 pub mod comfy;
 pub mod config;
+pub mod edge;
 pub mod http;
 pub mod policy;
 pub mod proxy;
 pub mod scheduler;
+pub mod state;
 pub mod store;
 pub mod time;
 pub mod web;
 
-pub use app::App;
 pub use config::Config;
+pub use state::App;

@@ -3,8 +3,9 @@
 use anyhow::Context;
 
 use comfygate::Config;
-use comfygate::app::{self, App};
+use comfygate::app;
 use comfygate::auth::Accounts;
+use comfygate::state::App;
 use comfygate::store;
 
 use super::accounts::admin_password_from_env;

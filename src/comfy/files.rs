@@ -10,10 +10,10 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
 
-use crate::app::AppState;
 use crate::backends::Backend;
 use crate::http::{ApiError, Caller, ClientInfo};
 use crate::policy::NormalizedPath;
+use crate::state::AppState;
 use crate::store::StoredFile;
 
 /// Largest upload answer read back (it is a few dozen bytes).

@@ -10,9 +10,9 @@ use http::{Method, Request, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::{json_response, ok_empty, read_json};
-use crate::app::AppState;
 use crate::http::ApiError;
 use crate::scheduler::control::Scope;
+use crate::state::AppState;
 use crate::store::JobState;
 
 /// Recent jobs of a user considered for the history list.

@@ -9,8 +9,8 @@ use http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 
 use super::{bytes_response, json_response, ok_empty, read_json};
-use crate::app::AppState;
 use crate::http::ApiError;
+use crate::state::AppState;
 
 /// `GET /system_stats`: the first backend's `system`, every backend's devices, each named.
 pub async fn system_stats(app: &AppState) -> Result<Response, ApiError> {

@@ -16,10 +16,10 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, StatusCode};
 use serde_json::Value;
 
-use crate::app::AppState;
 use crate::http::{ApiError, Caller, ClientInfo};
 use crate::policy::NormalizedPath;
 use crate::scheduler::control::Scope;
+use crate::state::AppState;
 
 /// A ComfyUI route the gateway answers itself.
 #[derive(Debug, Clone, PartialEq, Eq)]

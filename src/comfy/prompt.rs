@@ -6,8 +6,8 @@ use http::{Request, StatusCode};
 use serde_json::{Value, json};
 
 use super::{bytes_response, json_response, read_json};
-use crate::app::AppState;
 use crate::http::{ApiError, Caller};
+use crate::state::AppState;
 
 /// `POST /prompt`.
 pub async fn submit(app: &AppState, caller: &Caller, req: Request<Body>) -> Result<Response, ApiError> {

@@ -5,9 +5,9 @@ use axum::response::Response;
 use http::Request;
 
 use super::{ok_empty, read_json};
-use crate::app::AppState;
 use crate::http::ApiError;
 use crate::scheduler::control::Scope;
+use crate::state::AppState;
 
 /// `POST /queue {"delete": [ids]}` and/or `{"clear": true}`.
 pub async fn action(app: &AppState, scope: Scope, req: Request<Body>) -> Result<Response, ApiError> {

@@ -10,9 +10,9 @@ use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use serde_json::{Value, json};
 
-use crate::app::AppState;
 use crate::http::{ApiError, Caller};
 use crate::scheduler::delivery::{Outgoing, status_message};
+use crate::state::AppState;
 
 /// Bytes read from a client socket at once (clients send little; the default is 128 KiB).
 const READ_BUFFER: usize = 4 * 1024;

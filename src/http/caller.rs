@@ -5,11 +5,11 @@ use axum::extract::FromRequestParts;
 use http::request::Parts;
 
 use super::error::ApiError;
-use crate::app::AppState;
 use crate::auth::secret::DigestMemo;
 use crate::auth::{AuthFailure, Identity, Presented, credentials};
 use crate::policy::origin;
 use crate::proxy::is_upgrade;
+use crate::state::AppState;
 
 /// Who is calling, and with what credential.
 #[derive(Debug, Clone)]

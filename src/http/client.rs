@@ -8,7 +8,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// The address a connection comes from, with its `X-Forwarded-For` form made once per
 /// connection rather than once per request.

@@ -1,101 +1,11 @@
-//! The HTTP edge: the listener ([`server`]), who the client is ([`client`]), the gateway's
-//! routes and the fallback [`gate`] to ComfyUI, and the one error mapping ([`error`]).
+//! What every handler shares about a request: who is calling ([`caller`]), where from
+//! ([`client`]), and the one mapping of errors to responses ([`error`]). The edge that
+//! receives requests and routes them is [`crate::edge`], above this and the handlers.
 
-pub mod browser;
 pub mod caller;
 pub mod client;
 pub mod error;
-pub mod gate;
-pub mod request_id;
-pub mod server;
-
-use std::net::SocketAddr;
-
-use axum::Router;
-use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::middleware;
-use axum::response::Response;
-use hyper::body::Incoming;
-use tower::ServiceExt;
-use tower_http::trace::TraceLayer;
-
-use crate::app::AppState;
-use crate::auth::secret::DigestMemo;
 
 pub use caller::{AdminCaller, Caller};
 pub use client::ClientInfo;
 pub use error::ApiError;
-use request_id::REQUEST_ID;
-
-/// Where every request goes: it gets an id, then requests for ComfyUI go straight to the
-/// [`gate`], and the gateway's own routes, browser navigations (which may get a page instead
-/// of an error) and everything under debug tracing go through the [`router`]. Both ways answer
-/// alike; the direct one saves the router's per-request machinery on the hot path.
-pub struct Edge {
-    app: AppState,
-    router: Router,
-    direct: bool,
-}
-
-impl Edge {
-    /// The edge of `app`.
-    pub fn new(app: AppState) -> Self {
-        let direct = !tracing::enabled!(tracing::Level::DEBUG);
-        Self { router: router(app.clone()), app, direct }
-    }
-
-    /// Answers one request that came on `conn`.
-    pub async fn handle(&self, conn: &Connection, mut req: http::Request<Incoming>) -> Response {
-        let id = request_id::ensure(req.headers_mut());
-        let mut response = if self.direct
-            && !crate::web::is_own_path(req.uri().path())
-            && !browser::is_navigation(req.method(), req.headers())
-        {
-            // Most requests have no body: nothing to box.
-            let req =
-                req.map(|body| if http_body::Body::is_end_stream(&body) { Body::empty() } else { Body::new(body) });
-            gate::pass(&self.app, &conn.peer, Some(&conn.memo), req).await
-        } else {
-            req.extensions_mut().insert(ConnectInfo(conn.addr));
-            // Boxed, like every path but the plain forward: it keeps the hot future small.
-            match Box::pin(self.router.clone().oneshot(req.map(Body::new))).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            }
-        };
-        request_id::propagate(response.headers_mut(), id);
-        response
-    }
-}
-
-/// What the edge keeps for one client connection, for all the requests that come on it.
-#[derive(Debug)]
-pub struct Connection {
-    addr: SocketAddr,
-    peer: client::Peer,
-    memo: DigestMemo,
-}
-
-impl Connection {
-    /// A connection from `addr`.
-    pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, peer: client::Peer::new(addr.ip()), memo: DigestMemo::default() }
-    }
-}
-
-/// The whole application: gateway routes, then everything else through the gate.
-fn router(app: AppState) -> Router {
-    let routes =
-        crate::web::routes().fallback(gate::gate).layer(middleware::from_fn(browser::render_errors_for_browsers));
-    // Per-request spans cost ~3 % of a proxied request: only when debug logs are wanted.
-    let routes = if tracing::enabled!(tracing::Level::DEBUG) {
-        routes.layer(TraceLayer::new_for_http().make_span_with(|req: &http::Request<_>| {
-            let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
-        }))
-    } else {
-        routes
-    };
-    routes.with_state(app)
-}

@@ -13,9 +13,9 @@ use super::login::with_page_headers;
 use super::page::{escape, layout};
 use super::views::TokenView;
 use super::{actions, csrf};
-use crate::app::AppState;
 use crate::auth::accounts::IssuedToken;
 use crate::http::{ApiError, Caller, ClientInfo};
+use crate::state::AppState;
 
 /// Token creation form.
 #[derive(Deserialize)]

@@ -1,9 +1,9 @@
 //! What a caller can do to their own account, shared by the account page and the JSON API.
 //! Permission checks live here: a user acts on their own tokens, an admin on anyone's.
 
-use crate::app::AppState;
 use crate::auth::accounts::{IssuedToken, parse_expiry};
 use crate::http::{ApiError, Caller};
+use crate::state::AppState;
 use crate::store::ApiToken;
 
 /// Creates a token for `owner` (the caller, or anyone when the caller is an admin).

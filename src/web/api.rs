@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 
 use super::actions;
 use super::views::{TokenView, UserView};
-use crate::app::AppState;
 use crate::auth::AuthMethod;
 use crate::http::{AdminCaller, ApiError, Caller, ClientInfo};
+use crate::state::AppState;
 use crate::store::Role;
 
 type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;

@@ -11,11 +11,11 @@ use serde::Deserialize;
 use super::cookies::set_cookie;
 use super::csrf;
 use super::page::{PAGE_HEADERS, escape, layout, safe_next};
-use crate::app::AppState;
 use crate::auth::credentials::cookie_value;
 use crate::auth::{LoginFailure, Presented, secret};
 use crate::http::{ApiError, Caller, ClientInfo};
 use crate::policy::origin;
+use crate::state::AppState;
 use crate::time::ms;
 
 /// `GET /login` query.

@@ -1,5 +1,5 @@
 //! The gateway's own pages and API: login and logout, the account page, and the JSON API
-//! under `/comfygate/api/`. Everything else goes through [`crate::http::gate`] to ComfyUI.
+//! under `/comfygate/api/`. Everything else goes through [`crate::edge::gate`] to ComfyUI.
 
 pub mod account;
 pub mod actions;
@@ -14,7 +14,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Largest body the gateway's own forms and JSON accept.
 const FORM_LIMIT: usize = 64 * 1024;

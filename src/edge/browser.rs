@@ -7,7 +7,7 @@ use axum::response::{Html, IntoResponse, Response};
 use http::header::{ACCEPT, LOCATION};
 use http::{HeaderMap, Method, StatusCode};
 
-use super::error::ErrorPage;
+use crate::http::error::ErrorPage;
 use crate::web::page;
 
 /// Whether the request is a browser loading a page (not fetch/XHR, not a WebSocket).

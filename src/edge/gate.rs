@@ -6,17 +6,18 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 
-use super::caller::Caller;
-use super::client::{ClientInfo, Peer};
-use super::error::ApiError;
-use crate::app::AppState;
 use crate::auth::secret::DigestMemo;
+use crate::http::ApiError;
+use crate::http::Caller;
+use crate::http::ClientInfo;
+use crate::http::client::Peer;
 use crate::policy::{self, RouteClass};
 use crate::proxy::{ProxyError, is_upgrade};
+use crate::state::AppState;
 
 /// The router's fallback: everything that is not the gateway's own route.
 pub async fn gate(State(app): State<AppState>, req: Request<Body>) -> Response {
-    let peer = Peer::new(super::client::peer(req.extensions()));
+    let peer = Peer::new(crate::http::client::peer(req.extensions()));
     pass(&app, &peer, None, req).await
 }
 

@@ -1,0 +1,64 @@
+//! The state every request handler shares: configuration, authentication, and the scheduler
+//! with its backends. Built once at start ([`crate::app`] wires it to the listener).
+
+use std::sync::Arc;
+
+use crate::auth::Auth;
+use crate::backends::Pool;
+use crate::config::Config;
+use crate::proxy::ProxyError;
+use crate::scheduler::Scheduler;
+use crate::store::{self, StoreError};
+
+/// Shared state of a running gateway.
+pub type AppState = Arc<App>;
+
+/// Why the services could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A backend URL is unusable.
+    #[error("backend configuration: {0}")]
+    Proxy(#[from] ProxyError),
+}
+
+/// Everything a request handler needs.
+pub struct App {
+    /// The configuration in force.
+    pub config: Config,
+    /// Authentication and accounts.
+    pub auth: Arc<Auth>,
+    /// The job queue and the backends behind it.
+    pub scheduler: Arc<Scheduler>,
+    /// This process's name in the store (heartbeats, WebSocket ids).
+    pub instance: String,
+    /// `host[:port]` values users reach the gateway by, beyond the request's own `Host`.
+    pub allowed_hosts: Vec<String>,
+    /// Whether the gateway itself serves HTTPS.
+    pub tls: bool,
+}
+
+impl App {
+    /// Builds the services on an opened store (resuming the jobs it holds).
+    pub async fn new(config: Config, store: Arc<dyn store::Store>) -> Result<Self, BuildError> {
+        let auth = Arc::new(Auth::new(store.clone(), config.auth.clone()));
+        let instance = format!("{}-{}", hostname(), &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let pool = Arc::new(Pool::new(&config, &instance)?);
+        let scheduler = Arc::new(Scheduler::load(store, pool, config.scheduler.clone()).await?);
+        let allowed_hosts = config
+            .server
+            .public_url
+            .iter()
+            .filter_map(|u| u.parse::<::http::Uri>().ok())
+            .filter_map(|u| u.authority().map(|a| a.as_str().to_ascii_lowercase()))
+            .collect();
+        let tls = config.server.tls.is_some();
+        Ok(Self { config, auth, scheduler, instance, allowed_hosts, tls })
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "gateway".to_owned())
+}
