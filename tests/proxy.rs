@@ -280,7 +280,8 @@ async fn a_200_mb_upload_streams_through_without_buffering() {
     assert_eq!(r.status(), 200);
     let uploaded: Value = r.json().await.unwrap();
     let name = uploaded["name"].as_str().unwrap();
-    let size = std::fs::metadata(sim.data_dir().join("input").join(name)).unwrap().len();
+    assert_eq!(uploaded["subfolder"], "", "the caller's own folder is not shown");
+    let size = std::fs::metadata(common::user_input_dir(&sim, "1").join(name)).unwrap().len();
     assert_eq!(size, total);
 
     let after = gw.peak_rss_kib();

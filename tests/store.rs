@@ -254,6 +254,8 @@ async fn jobs_keep_their_state_and_files_their_backend(db: &TestDb) {
         .collect();
     assert_eq!(all, ["p1", "p2"]);
     assert_eq!(s.job_ids_of(u.id, 10).await.unwrap(), ["p2", "p1"]);
+    let clients = s.job_clients_of(u.id, 10).await.unwrap();
+    assert_eq!(clients.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["p2", "p1"]);
 
     let file = |backend: &str| StoredFile {
         backend: backend.to_owned(),
@@ -272,6 +274,11 @@ async fn jobs_keep_their_state_and_files_their_backend(db: &TestDb) {
     s.record_file(&StoredFile { backend: "gpu2".to_owned(), user_id: Some(other.id), ..file("gpu2") }).await.unwrap();
     assert_eq!(s.file("output", "", "x_00001_.png", u.id).await.unwrap().unwrap().backend, "gpu1");
     assert_eq!(s.file("output", "", "x_00001_.png", other.id).await.unwrap().unwrap().backend, "gpu2");
+    // Each user's own files of a kind, and nobody else's.
+    let mine = s.files_of(u.id, "output", 10).await.unwrap();
+    assert_eq!(mine.iter().map(|f| f.backend.as_str()).collect::<Vec<_>>(), ["gpu1"]);
+    assert!(s.files_of(u.id, "input", 10).await.unwrap().is_empty());
+    assert_eq!(s.files_of(other.id, "output", 10).await.unwrap()[0].backend, "gpu2");
 }
 
 async fn file_locations_answer_from_memory_and_never_hide_a_new_owner(db: &TestDb) {

@@ -183,6 +183,52 @@ pub async fn input_images(state: &AppState) -> Vec<J> {
     names.into_iter().map(J::Str).collect()
 }
 
+/// Image files anywhere below the input folder (`sub/x.png`, also as `sub/x.png [input]`) and
+/// the output and temp folders (`x.png [output]`), sorted: what `LoadImage` accepts (it checks
+/// that the annotated file exists).
+pub async fn input_images_below(state: &AppState) -> Vec<J> {
+    let dirs = state.dirs();
+    let folders = [
+        (dirs.input.clone(), None),
+        (dirs.input.clone(), Some("input")),
+        (dirs.output.clone(), Some("output")),
+        (dirs.temp.clone(), Some("temp")),
+    ];
+    let mut names = tokio::task::spawn_blocking(move || {
+        let mut all = Vec::new();
+        for (dir, annotation) in folders {
+            let suffix = annotation.map(|a| format!(" [{a}]")).unwrap_or_default();
+            all.extend(images_below(dir).into_iter().map(|n| format!("{n}{suffix}")));
+        }
+        all
+    })
+    .await
+    .unwrap_or_default();
+    names.sort();
+    names.into_iter().map(J::Str).collect()
+}
+
+fn images_below(dir: std::path::PathBuf) -> Vec<String> {
+    {
+        let mut names = Vec::new();
+        let mut stack = vec![(dir, String::new())];
+        while let Some((folder, prefix)) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+            for e in entries.flatten() {
+                let n = format!("{prefix}{}", e.file_name().to_string_lossy());
+                match e.file_type() {
+                    Ok(t) if t.is_dir() && names.len() < 100_000 => stack.push((e.path(), format!("{n}/"))),
+                    Ok(t) if t.is_file() && mime_guess::from_path(&n).first().is_some_and(|m| m.type_() == "image") => {
+                        names.push(n)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        names
+    }
+}
+
 async fn object_info(State(state): State<Arc<AppState>>) -> Response {
     tokio::time::sleep(state.config().object_info_delay).await;
     let defs = Defs { info: &state.shared.object_info, input_images: input_images(&state).await };
@@ -318,7 +364,8 @@ async fn post_prompt(State(state): State<Arc<AppState>>, body: Body) -> Response
         Some(other) => other.py_str(),
         None => uuid::Uuid::new_v4().to_string(),
     };
-    let defs = Defs { info: &state.shared.object_info, input_images: input_images(&state).await };
+    // LoadImage validates by existence (its VALIDATE_INPUTS), so files in subfolders count too.
+    let defs = Defs { info: &state.shared.object_info, input_images: input_images_below(&state).await };
     let result = validate::validate_prompt(&defs, &mut prompt);
     let mut extra_data = match data.get("extra_data") {
         Some(J::Obj(e)) => e.clone(),

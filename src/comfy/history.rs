@@ -2,7 +2,7 @@
 //! of why it failed); the list merges every backend, newest first, limited to the caller's
 //! own jobs.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use axum::body::Body;
 use axum::response::Response;
@@ -32,7 +32,7 @@ pub async fn one(app: &AppState, scope: Scope, viewer: i64, id: &str) -> Result<
         {
             if let Ok(Value::Object(mut entries)) = serde_json::from_slice::<Value>(&body) {
                 if let Some(entry) = entries.get_mut(id) {
-                    set_client_id(entry, &job.client_id);
+                    set_client_id(entry, if job.user_id == viewer { &job.client_id } else { "" });
                     if job.user_id != viewer {
                         if let Some(extra) = entry.get_mut("prompt").and_then(|p| p.get_mut(3)) {
                             crate::scheduler::strip_secrets(extra);
@@ -75,8 +75,8 @@ pub async fn list(app: &AppState, scope: Scope, viewer: i64, query: Option<&str>
             _ => {}
         }
     }
-    let mine: HashSet<String> =
-        app.scheduler.store().job_ids_of(viewer, OWN_JOBS).await.map_err(unavailable)?.into_iter().collect();
+    let mine: HashMap<String, String> =
+        app.scheduler.store().job_clients_of(viewer, OWN_JOBS).await.map_err(unavailable)?.into_iter().collect();
     let only_mine = matches!(scope, Scope::Owner(_));
     let mut entries: Vec<(i64, String, Value)> = Vec::new();
     for backend in app.scheduler.pool().healthy() {
@@ -87,11 +87,13 @@ pub async fn list(app: &AppState, scope: Scope, viewer: i64, query: Option<&str>
         };
         let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&body) else { continue };
         for (id, mut entry) in map {
-            let is_mine = mine.contains(&id);
-            if only_mine && !is_mine {
+            let own_client = mine.get(&id);
+            if only_mine && own_client.is_none() {
                 continue;
             }
-            if !is_mine {
+            // The backend saw the gateway's own client id: the owner gets theirs back, others none.
+            set_client_id(&mut entry, own_client.map_or("", String::as_str));
+            if own_client.is_none() {
                 if let Some(extra) = entry.get_mut("prompt").and_then(|p| p.get_mut(3)) {
                     crate::scheduler::strip_secrets(extra);
                 }

@@ -9,7 +9,7 @@ use http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 
 use super::{bytes_response, json_response, ok_empty, read_json};
-use crate::http::ApiError;
+use crate::http::{ApiError, Caller};
 use crate::state::AppState;
 
 /// `GET /system_stats`: the first backend's `system`, every backend's devices, each named.
@@ -40,8 +40,9 @@ pub async fn system_stats(app: &AppState) -> Result<Response, ApiError> {
     Ok(json_response(StatusCode::OK, &json!({"system": system, "devices": devices})))
 }
 
-/// `GET /object_info[/{class}]`: what at least one healthy backend has, model lists merged.
-pub async fn object_info(app: &AppState, class: Option<&str>) -> Result<Response, ApiError> {
+/// `GET /object_info[/{class}]`: what at least one healthy backend has, model lists merged,
+/// file lists holding the caller's own files only.
+pub async fn object_info(app: &AppState, caller: &Caller, class: Option<&str>) -> Result<Response, ApiError> {
     let Some(known) = app.scheduler.pool().known_capabilities(crate::backends::Reach::Healthy) else {
         // Just started (or every backend just came back): nothing read yet, so ask a backend.
         let backend = app
@@ -56,7 +57,10 @@ pub async fn object_info(app: &AppState, class: Option<&str>) -> Result<Response
             None => "/object_info".to_owned(),
         };
         let (status, body) = backend.proxy.call(Method::GET, &path, None, backend.config.response_timeout).await?;
-        return Ok(bytes_response(status, body));
+        return match serde_json::from_slice::<Value>(&body) {
+            Ok(info) if status == StatusCode::OK => Ok(json_response(status, &own_files(app, caller, info).await?)),
+            _ => Ok(bytes_response(status, body)),
+        };
     };
     let body = match class {
         None => known.raw.clone(),
@@ -65,7 +69,14 @@ pub async fn object_info(app: &AppState, class: Option<&str>) -> Result<Response
             None => json!({}),
         },
     };
-    Ok(json_response(StatusCode::OK, &body))
+    Ok(json_response(StatusCode::OK, &own_files(app, caller, body).await?))
+}
+
+async fn own_files(app: &AppState, caller: &Caller, info: Value) -> Result<Value, ApiError> {
+    super::files::references::own_file_lists(app, caller, info).await.map_err(|e| {
+        tracing::error!(error = %e, "cannot list a user's files");
+        ApiError::Unavailable("the job store is temporarily unavailable".to_owned())
+    })
 }
 
 /// `GET /models[/{folder}]`: the union over healthy backends (404 for a folder none has).

@@ -40,7 +40,7 @@ pub enum Route {
     HistoryOne(String),
     /// `POST /history`.
     HistoryAction,
-    /// `GET /view`.
+    /// `GET` and `HEAD /view`.
     View,
     /// `POST /upload/image` and `/upload/mask`.
     Upload,
@@ -63,7 +63,8 @@ pub enum Route {
 /// The ComfyUI-aware route for a request, if any.
 pub fn route(method: &Method, path: &NormalizedPath) -> Option<Route> {
     let segments = path.route();
-    let get = method == Method::GET;
+    // HEAD is GET without the body (hyper drops it): it takes the same handler, checks included.
+    let get = method == Method::GET || method == Method::HEAD;
     let post = method == Method::POST;
     Some(match (segments.as_slice(), get, post) {
         (["prompt"], false, true) => Route::Submit,
@@ -109,8 +110,8 @@ pub async fn handle(
         Route::View => files::view(app, &caller, client, path, req).await,
         Route::Upload => files::upload(app, &caller, client, path, req).await,
         Route::SystemStats => info::system_stats(app).await,
-        Route::ObjectInfo => info::object_info(app, None).await,
-        Route::ObjectInfoOne(class) => info::object_info(app, Some(&class)).await,
+        Route::ObjectInfo => info::object_info(app, &caller, None).await,
+        Route::ObjectInfoOne(class) => info::object_info(app, &caller, Some(&class)).await,
         Route::Models => info::models(app, None).await,
         Route::ModelFolder(folder) => info::models(app, Some(&folder)).await,
         Route::Free => info::free(app, &caller.identity.username, req).await,

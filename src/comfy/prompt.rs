@@ -11,9 +11,15 @@ use crate::state::AppState;
 
 /// `POST /prompt`.
 pub async fn submit(app: &AppState, caller: &Caller, req: Request<Body>) -> Result<Response, ApiError> {
-    let Value::Object(body) = read_json(app, req).await? else {
+    let Value::Object(mut body) = read_json(app, req).await? else {
         return Err(ApiError::BadRequest("the request body must be a JSON object".to_owned()));
     };
+    // The files a workflow names are the caller's own: bound to their real place, or refused.
+    if let Some(Value::Object(prompt)) = body.get_mut("prompt") {
+        if let Err(rejection) = super::files::references::bind_workflow(app, caller, prompt).await {
+            return Ok(json_response(StatusCode::BAD_REQUEST, &rejection));
+        }
+    }
     let answer = app.scheduler.submit(caller.identity.user_id, &caller.identity.username, body).await.map_err(|e| {
         tracing::error!(error = %e, "cannot queue a prompt");
         ApiError::Unavailable("the job store is temporarily unavailable".to_owned())

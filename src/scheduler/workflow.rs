@@ -118,7 +118,7 @@ pub fn analyse(prompt: &Map<String, Value>, known: &Capabilities) -> Result<Requ
 }
 
 /// `["4", 0]` links to node "4".
-fn link_target(value: &Value) -> Option<String> {
+pub fn link_target(value: &Value) -> Option<String> {
     let list = value.as_array()?;
     if list.len() != 2 || !list[1].is_number() {
         return None;

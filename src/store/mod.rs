@@ -124,10 +124,14 @@ pub trait Store: Send + Sync + 'static {
     async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>>;
     /// The prompt ids of a user's most recent jobs.
     async fn job_ids_of(&self, user_id: i64, limit: i64) -> StoreResult<Vec<String>>;
+    /// `(prompt_id, client_id)` of a user's most recent jobs, newest first.
+    async fn job_clients_of(&self, user_id: i64, limit: i64) -> StoreResult<Vec<(String, String)>>;
     /// The highest job number given so far (0 if none).
     async fn max_job_number(&self) -> StoreResult<i64>;
     /// Records which backend holds a file.
     async fn record_file(&self, file: &StoredFile) -> StoreResult<()>;
+    /// The files of one kind (`input`, `output`, `temp`) recorded as `user_id`'s, newest first.
+    async fn files_of(&self, user_id: i64, kind: &str, limit: i64) -> StoreResult<Vec<StoredFile>>;
     /// The backend known to hold a file: the `prefer_user`'s own record first, then the newest.
     async fn file(
         &self,

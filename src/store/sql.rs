@@ -564,6 +564,16 @@ macro_rules! impl_store {
                     .await?)
             }
 
+            async fn job_clients_of(&self, user_id: i64, limit: i64) -> StoreResult<Vec<(String, String)>> {
+                Ok(sqlx::query_as(
+                    "SELECT prompt_id, client_id FROM jobs WHERE user_id = $1 ORDER BY number DESC LIMIT $2",
+                )
+                .bind(user_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
             async fn max_job_number(&self) -> StoreResult<i64> {
                 let max: Option<i64> = sqlx::query_scalar("SELECT MAX(number) FROM jobs").fetch_one(&self.pool).await?;
                 Ok(max.unwrap_or(0))
@@ -585,6 +595,19 @@ macro_rules! impl_store {
                 .execute(&self.pool)
                 .await?;
                 Ok(())
+            }
+
+            async fn files_of(&self, user_id: i64, kind: &str, limit: i64) -> StoreResult<Vec<StoredFile>> {
+                let rows: Vec<FileRow> = sqlx::query_as(
+                    "SELECT backend, kind, subfolder, filename, prompt_id, user_id FROM job_files \
+                     WHERE user_id = $1 AND kind = $2 ORDER BY created_at DESC LIMIT $3",
+                )
+                .bind(user_id)
+                .bind(kind)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(StoredFile::from).collect())
             }
 
             async fn file(

@@ -442,3 +442,8 @@ pub fn client_requests(sim: &comfyui_sim::Simulator) -> Vec<comfyui_sim::Recorde
         .filter(|r| r.headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("comfy-user")))
         .collect()
 }
+
+/// Where the simulator keeps the uploads of the gateway user with id `user_id`.
+pub fn user_input_dir(sim: &comfyui_sim::Simulator, user_id: &str) -> PathBuf {
+    sim.data_dir().join("input").join("comfygate-users").join(user_id)
+}
