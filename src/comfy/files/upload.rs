@@ -63,7 +63,7 @@ pub async fn upload(
         out: tx,
         refusal: refusal.clone(),
     };
-    tokio::spawn(rewrite.run(multer::Multipart::new(body.into_data_stream(), boundary)));
+    tokio::spawn(rewrite.run(multer::Multipart::new(one_chunk_per_poll(body), boundary)));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     parts.headers.remove(CONTENT_LENGTH);
     let content_type = HeaderValue::from_str(&format!("multipart/form-data; boundary={out_boundary}"))
@@ -116,6 +116,22 @@ pub async fn upload(
     let mut response = Response::from_parts(parts, Body::from(answer.to_string()));
     response.headers_mut().remove(CONTENT_LENGTH);
     Ok(response)
+}
+
+/// The client's body, handing `multer` one chunk per poll: it reads whatever is ready in one
+/// go, so with a fast client and a slow backend it would otherwise buffer the whole upload.
+fn one_chunk_per_poll(body: Body) -> impl futures_util::Stream<Item = Result<Bytes, axum::Error>> + Send + 'static {
+    let mut chunks = body.into_data_stream();
+    let mut just_gave = false;
+    futures_util::stream::poll_fn(move |cx| {
+        if std::mem::take(&mut just_gave) {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        let item = std::task::ready!(futures_util::StreamExt::poll_next_unpin(&mut chunks, cx));
+        just_gave = item.is_some();
+        std::task::Poll::Ready(item)
+    })
 }
 
 /// Why the rewriting stopped the body, for the handler to answer.
