@@ -2,6 +2,8 @@
 //! fully resolved path: everything not named here is for admins, so a route a new ComfyUI
 //! release (or a custom node) adds is closed until someone opens it.
 
+use std::borrow::Cow;
+
 use http::Method;
 
 use super::names::{NameError, resolve_relative};
@@ -202,27 +204,20 @@ impl RoutePolicy {
         let method = if method == Method::HEAD { &Method::GET } else { method };
         let shaped = || self.rules.iter().filter(|rule| rule.matches_path(api, route));
         // Names first: whoever asks, ComfyUI must never see a name that escapes its folder.
+        let in_path = shaped().next().into_iter().flat_map(|rule| {
+            rule.segments.iter().zip(route).filter(|(s, _)| **s == Segment::Name).map(|(_, raw)| Cow::Borrowed(*raw))
+        });
+        let in_query = query
+            .filter(|_| is_user_data(route))
+            .into_iter()
+            .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
+            .filter(|(key, _)| NAME_PARAMETERS.contains(&key.as_ref()))
+            .map(|(_, value)| value);
         let mut touches_manager = false;
-        if let Some(rule) = shaped().next() {
-            for (segment, raw) in rule.segments.iter().zip(route) {
-                if *segment == Segment::Name {
-                    match resolved_is_manager(raw) {
-                        Ok(manager) => touches_manager |= manager,
-                        Err(e) => return RouteClass::BadName(e),
-                    }
-                }
-            }
-        }
-        if is_user_data(route) {
-            let names = query
-                .into_iter()
-                .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
-                .filter(|(key, _)| NAME_PARAMETERS.contains(&key.as_ref()));
-            for (_, value) in names {
-                match resolved_is_manager(&value) {
-                    Ok(manager) => touches_manager |= manager,
-                    Err(e) => return RouteClass::BadName(e),
-                }
+        for name in in_path.chain(in_query) {
+            match resolved_is_manager(&name) {
+                Ok(manager) => touches_manager |= manager,
+                Err(e) => return RouteClass::BadName(e),
             }
         }
         if touches_manager {
