@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use comfygate::auth::{Auth, Presented};
 use comfygate::config::AuthConfig;
-use comfygate::policy::{classify, normalize};
+use comfygate::policy::{RoutePolicy, normalize};
 use comfygate::store::Role;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Method;
@@ -93,15 +93,16 @@ fn policy_benches(c: &mut Criterion) {
             }
         })
     });
+    let routes = RoutePolicy::default();
     let queue = normalize("/api/queue").unwrap();
     group.bench_function("classify_api_queue", |b| {
-        b.iter(|| black_box(classify(black_box(&Method::GET), black_box(&queue), None)))
+        b.iter(|| black_box(routes.classify(black_box(&Method::GET), black_box(&queue), None)))
     });
     let view_query = Some("filename=ComfyUI_00001_.png&type=output&subfolder=");
     group.bench_function("normalize_and_classify_view", |b| {
         b.iter(|| {
             let n = normalize(black_box("/view")).unwrap();
-            black_box(classify(&Method::GET, &n, black_box(view_query)))
+            black_box(routes.classify(&Method::GET, &n, black_box(view_query)))
         })
     });
     group.finish();

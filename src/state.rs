@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::auth::Auth;
 use crate::backends::Pool;
 use crate::config::Config;
+use crate::policy::{RouteError, RoutePolicy};
 use crate::proxy::ProxyError;
 use crate::scheduler::Scheduler;
 use crate::store::{self, StoreError};
@@ -22,6 +23,9 @@ pub enum BuildError {
     /// A backend URL is unusable.
     #[error("backend configuration: {0}")]
     Proxy(#[from] ProxyError),
+    /// A `[policy] user_routes` entry is unusable.
+    #[error("policy configuration: {0}")]
+    Policy(#[from] RouteError),
 }
 
 /// Everything a request handler needs.
@@ -38,6 +42,8 @@ pub struct App {
     pub allowed_hosts: Vec<String>,
     /// Whether the gateway itself serves HTTPS.
     pub tls: bool,
+    /// Which ComfyUI routes normal users may reach.
+    pub routes: RoutePolicy,
 }
 
 impl App {
@@ -55,7 +61,8 @@ impl App {
             .filter_map(|u| u.authority().map(|a| a.as_str().to_ascii_lowercase()))
             .collect();
         let tls = config.server.tls.is_some();
-        Ok(Self { config, auth, scheduler, instance, allowed_hosts, tls })
+        let routes = RoutePolicy::with_user_routes(&config.policy.user_routes)?;
+        Ok(Self { config, auth, scheduler, instance, allowed_hosts, tls, routes })
     }
 }
 

@@ -493,14 +493,18 @@ async fn cross_site_cookie_post_is_refused_but_the_same_with_a_bearer_token_is_f
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 404, "a bearer token carries no ambient authority: forwarded");
+    // A bearer token carries no ambient authority: the gateway forwards it, and what answers is
+    // ComfyUI's own check of the `Sec-Fetch-Site` it now receives unchanged.
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.text().await.unwrap(), "", "ComfyUI's empty 403, not the gateway's JSON");
     let seen: Vec<_> = common::client_requests(&sim).into_iter().filter(|r| r.uri == "/userdata/notes.json").collect();
     assert_eq!(seen.len(), 2);
-    for req in &seen {
-        let origin: Vec<&str> =
-            req.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("origin")).map(|(_, v)| v.as_str()).collect();
-        assert_eq!(origin, [sim.url().as_str()]);
-        assert!(!req.headers.iter().any(|(n, _)| n.to_ascii_lowercase().starts_with("sec-fetch-")), "{req:?}");
+    for (req, fetch_site) in seen.iter().zip(["same-origin", "cross-site"]) {
+        let values = |name: &str| -> Vec<&str> {
+            req.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        };
+        assert_eq!(values("origin"), [sim.url().as_str()]);
+        assert_eq!(values("sec-fetch-site"), [fetch_site], "Sec-Fetch-* pass unchanged: {req:?}");
     }
 }
 

@@ -170,6 +170,10 @@ impl Config {
         if auth.revocation_poll_interval.is_zero() {
             return Err(("auth.revocation_poll_interval".to_owned(), "must be greater than zero".to_owned()));
         }
+        for (i, route) in self.policy.user_routes.iter().enumerate() {
+            crate::policy::RoutePolicy::with_user_routes(std::slice::from_ref(route))
+                .map_err(|e| (format!("policy.user_routes[{i}]"), e.to_string()))?;
+        }
         Ok(())
     }
 }
@@ -330,6 +334,16 @@ mod tests {
         let c = Config::load(None, env(&[("COMFYGATE_STORE__URL_FILE", file.to_str().unwrap())])).unwrap();
         assert_eq!(c.store.database_url(), "postgres://u:p@db/x");
         assert!(!format!("{c:?}").contains("u:p@"));
+    }
+
+    #[test]
+    fn policy_user_routes_are_validated() {
+        let c = Config::from_toml("[policy]\nuser_routes = [\"GET /api/jobs\", \"POST /my/custom/**\"]\n").unwrap();
+        assert_eq!(c.policy.user_routes.len(), 2);
+        let err = Config::from_toml("[policy]\nuser_routes = [\"GET /ok\", \"/api/jobs\"]\n").unwrap_err().to_string();
+        assert!(err.contains("policy.user_routes[1]"), "{err}");
+        let err = Config::from_toml("[policy]\nadmin_routes = []\n").unwrap_err().to_string();
+        assert!(err.contains("admin_routes"), "{err}");
     }
 
     #[test]

@@ -30,8 +30,19 @@ pub struct Config {
     pub backends: Vec<BackendConfig>,
     /// Health checks and job dispatch across backends.
     pub scheduler: SchedulerConfig,
+    /// Which ComfyUI routes normal users may reach.
+    pub policy: PolicyConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// Which ComfyUI routes normal users may reach beyond the built-in allow-list.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// More routes for users, as `"METHOD /path"` (`{name}` is one segment, `**` any rest;
+    /// `/x` and `/api/x` are the same route).
+    pub user_routes: Vec<String>,
 }
 
 /// Health checks and job dispatch.

@@ -1,6 +1,7 @@
 //! The path of every request bound for ComfyUI, in order: authenticate (the [`Caller`]
-//! extractor also refuses cross-site use of a session cookie), normalise the path, check the
-//! route's class, forward.
+//! extractor also refuses cross-site state-changing use of a session cookie), normalise the
+//! path, classify the route on it (names inside it resolved), refuse what comes from another
+//! site on the session cookie and what the caller's role does not allow, forward.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -11,7 +12,7 @@ use crate::http::ApiError;
 use crate::http::Caller;
 use crate::http::ClientInfo;
 use crate::http::client::Peer;
-use crate::policy::{self, RouteClass};
+use crate::policy::{self, RouteClass, origin};
 use crate::proxy::{ProxyError, is_upgrade};
 use crate::state::AppState;
 
@@ -28,14 +29,25 @@ pub async fn pass(app: &AppState, peer: &Peer, memo: Option<&DigestMemo>, req: R
         Ok(caller) => caller,
         Err(e) => return e.into_response(),
     };
-    let client = ClientInfo::new(peer, &parts.headers, &app.config.server.trusted_proxies, app.tls);
+    let client = ClientInfo::new(peer, &parts, &app.config.server.trusted_proxies, app.tls);
     forward(app, caller, client, Request::from_parts(parts, body)).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn forward(app: &AppState, caller: Caller, client: ClientInfo, req: Request<Body>) -> Result<Response, ApiError> {
     let identity = caller.identity;
     let path = policy::normalize(req.uri().path())?;
-    if policy::classify(req.method(), &path, req.uri().query()) == RouteClass::Admin && !identity.is_admin() {
+    let class = app.routes.classify(req.method(), &path, req.uri().query());
+    if let RouteClass::BadName(e) = class {
+        return Err(ApiError::BadRequest(format!("a file name in this request is refused: {e}")));
+    }
+    if caller.presented.is_ambient() {
+        let (method, headers, authority) = (req.method(), req.headers(), req.uri().authority());
+        if let Some(reason) = origin::refuse_for_comfyui(method, headers, authority, class, &app.allowed_hosts) {
+            tracing::info!(target: "comfygate::audit", event = "cross_site_refused", username = %identity.username, path = %path.canonical);
+            return Err(ApiError::Forbidden(reason.to_owned()));
+        }
+    }
+    if class == RouteClass::Admin && !identity.is_admin() {
         tracing::info!(target: "comfygate::audit", event = "admin_route_refused", username = %identity.username, path = %path.canonical);
         return Err(ApiError::Forbidden("this ComfyUI route is for admins only".to_owned()));
     }

@@ -1,5 +1,6 @@
 //! The authenticated caller of a request, as an extractor: credentials are read, verified, and
-//! a session cookie riding on a cross-site state-changing request or upgrade is refused.
+//! a session cookie riding on a cross-site state-changing request or upgrade is refused (the
+//! gate refuses cross-site use of ComfyUI routes for every method: [`crate::policy::origin`]).
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
@@ -36,7 +37,7 @@ impl Caller {
             credentials::presented(parts, &app.config.auth.cookie_name)?.ok_or(AuthFailure::MissingCredentials)?;
         let identity = app.auth.authenticate_on(&presented, memo).await?;
         if presented.is_ambient() && (origin::is_unsafe(&parts.method) || is_upgrade(&parts.headers)) {
-            if let Some(reason) = origin::cross_site(&parts.headers, &app.allowed_hosts) {
+            if let Some(reason) = origin::cross_site_at(&parts.headers, parts.uri.authority(), &app.allowed_hosts) {
                 tracing::info!(target: "comfygate::audit", event = "cross_site_refused", username = %identity.username, path = %parts.uri.path());
                 return Err(ApiError::Forbidden(reason.to_owned()));
             }

@@ -52,14 +52,15 @@ impl ClientInfo {
 
     /// Reads the client from a request's connection and headers.
     pub fn from_parts(parts: &Parts, trusted: &[IpNet], tls: bool) -> Self {
-        Self::new(&Peer::new(peer(&parts.extensions)), &parts.headers, trusted, tls)
+        Self::new(&Peer::new(peer(&parts.extensions)), parts, trusted, tls)
     }
 
-    /// The client connected from `peer` that sent `headers`.
-    pub fn new(from: &Peer, headers: &HeaderMap, trusted: &[IpNet], tls: bool) -> Self {
+    /// The client connected from `peer` that sent the request of `parts`.
+    pub fn new(from: &Peer, parts: &Parts, trusted: &[IpNet], tls: bool) -> Self {
         let peer = from.ip;
+        let headers = &parts.headers;
         let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-        let own_host = headers.get(http::header::HOST).cloned();
+        let own_host = own_host(headers, &parts.uri);
         if !is_trusted(&peer) {
             return Self { address: peer, forwarded_chain: from.header.clone(), https: tls, host: own_host };
         }
@@ -81,6 +82,15 @@ impl ClientInfo {
         let host = headers.get("x-forwarded-host").cloned().or(own_host);
         Self { address, forwarded_chain, https, host }
     }
+}
+
+/// The host the request asked for: its `Host` header, or under HTTP/2 (which has none) the
+/// URI's `:authority`.
+fn own_host(headers: &HeaderMap, uri: &http::Uri) -> Option<HeaderValue> {
+    headers
+        .get(http::header::HOST)
+        .cloned()
+        .or_else(|| uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()))
 }
 
 /// The peer address the listener recorded on the request (unspecified if none).
@@ -118,6 +128,14 @@ mod tests {
         assert_eq!(c.address.to_string(), "198.51.100.7");
         assert_eq!(c.forwarded_chain, "198.51.100.7");
         assert!(!c.https);
+    }
+
+    #[test]
+    fn without_a_host_header_the_uri_authority_is_the_host_as_under_http2() {
+        let mut p = http::Request::builder().uri("https://gw.example:8443/prompt").body(()).unwrap().into_parts().0;
+        p.extensions.insert(ConnectInfo("198.51.100.7:5000".parse::<SocketAddr>().unwrap()));
+        let c = ClientInfo::from_parts(&p, &[], true);
+        assert_eq!(c.host.unwrap(), "gw.example:8443");
     }
 
     #[test]

@@ -13,4 +13,4 @@ pub mod routes;
 
 pub use names::NameError;
 pub use path::{NormalizedPath, PathError, normalize};
-pub use routes::{RouteClass, classify};
+pub use routes::{RouteClass, RouteError, RoutePolicy};

@@ -4,7 +4,7 @@
 //! relative form, and anything that would leave the folder is refused.
 
 /// Why a name is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     /// The name climbs out of its folder (`..` above it, or an absolute path).
     #[error("the name leaves its folder")]

@@ -1,11 +1,16 @@
 //! Cross-site protection for requests that carry a browser's session cookie.
 //!
 //! `SameSite=Lax` already keeps the cookie off cross-site subrequests; this refuses what
-//! slips through (same-site sibling hosts, `Origin: null`, old browsers) for state-changing
-//! requests and WebSocket upgrades.
+//! slips through (same-site sibling hosts, `Origin: null`, old browsers, top-level GETs).
+//! The gateway's own routes refuse state-changing requests and WebSocket upgrades from another
+//! site; ComfyUI routes refuse every method, because a plain GET there can read a user's data
+//! or, on an admin route such as `/manager/reboot`, change the server.
 
 use http::header::{HOST, ORIGIN};
+use http::uri::Authority;
 use http::{HeaderMap, Method, Uri};
+
+use super::routes::RouteClass;
 
 /// Whether the method can change state.
 pub fn is_unsafe(method: &Method) -> bool {
@@ -15,8 +20,17 @@ pub fn is_unsafe(method: &Method) -> bool {
 /// `Some(reason)` when the request comes from another site; `allowed_hosts` are the
 /// `host[:port]` values users reach the gateway by (the request's own `Host` always counts).
 pub fn cross_site(headers: &HeaderMap, allowed_hosts: &[String]) -> Option<&'static str> {
-    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-    if fetch_site.is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
+    cross_site_at(headers, None, allowed_hosts)
+}
+
+/// [`cross_site`] for a request whose URI carries `authority`: under HTTP/2 there is no `Host`
+/// header, only the `:authority` the URI holds.
+pub fn cross_site_at(
+    headers: &HeaderMap,
+    authority: Option<&Authority>,
+    allowed_hosts: &[String],
+) -> Option<&'static str> {
+    if fetch_site_is(headers, "cross-site") {
         return Some("cross-site request refused (Sec-Fetch-Site: cross-site)");
     }
     let origin = headers.get(ORIGIN)?;
@@ -24,10 +38,46 @@ pub fn cross_site(headers: &HeaderMap, allowed_hosts: &[String]) -> Option<&'sta
     let Some(origin_host) = origin.as_ref().and_then(|o| o.authority()).map(|a| a.as_str().to_ascii_lowercase()) else {
         return Some("cross-site request refused (opaque or invalid Origin)");
     };
-    let own_host = headers.get(HOST).and_then(|h| h.to_str().ok()).map(str::to_ascii_lowercase);
+    let own_host = headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| authority.map(Authority::as_str))
+        .map(str::to_ascii_lowercase);
     let same = own_host.as_deref() == Some(origin_host.as_str())
         || allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(&origin_host));
     if same { None } else { Some("cross-site request refused (Origin does not match this gateway)") }
+}
+
+/// `Some(reason)` when a request carrying the session cookie must not reach a ComfyUI route
+/// of `class`: it comes from another site (`Sec-Fetch-Site: cross-site` or `same-site`, or a
+/// foreign `Origin`), whatever its method, unless it is a top-level navigation to the app's
+/// page or its static files. Admin routes accept no request from another site at all.
+pub fn refuse_for_comfyui(
+    method: &Method,
+    headers: &HeaderMap,
+    authority: Option<&Authority>,
+    class: RouteClass,
+    allowed_hosts: &[String],
+) -> Option<&'static str> {
+    let reason = cross_site_at(headers, authority, allowed_hosts).or_else(|| {
+        // A sibling host of the same site is another origin: the gateway's own frontend
+        // never sends this.
+        fetch_site_is(headers, "same-site").then_some("cross-site request refused (Sec-Fetch-Site: same-site)")
+    })?;
+    if class == RouteClass::Page && is_top_level_navigation(method, headers) { None } else { Some(reason) }
+}
+
+/// A browser loading a page into its window (a link followed, an address typed), not a
+/// subresource, a frame or a script's fetch.
+fn is_top_level_navigation(method: &Method, headers: &HeaderMap) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    matches!(*method, Method::GET | Method::HEAD)
+        && header("sec-fetch-mode").is_some_and(|m| m.eq_ignore_ascii_case("navigate"))
+        && header("sec-fetch-dest").is_none_or(|d| d.eq_ignore_ascii_case("document"))
+}
+
+fn fetch_site_is(headers: &HeaderMap, value: &str) -> bool {
+    headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()).is_some_and(|s| s.eq_ignore_ascii_case(value))
 }
 
 #[cfg(test)]
@@ -59,5 +109,41 @@ mod tests {
         assert!(cross_site(&parts(&[("host", "gw:8080"), ("origin", "http://evil.test")]), &[]).is_some());
         assert!(cross_site(&parts(&[("host", "gw:8080"), ("origin", "null")]), &[]).is_some());
         assert!(cross_site(&parts(&[("host", "gw:8080"), ("sec-fetch-site", "cross-site")]), &[]).is_some());
+        let sibling = [("host", "gw:8080"), ("origin", "http://blog.gw:8080"), ("sec-fetch-site", "same-site")];
+        assert!(cross_site(&parts(&sibling), &[]).is_some(), "same-site with a foreign Origin is foreign");
+    }
+
+    #[test]
+    fn without_a_host_header_the_uri_authority_is_the_own_host_as_under_http2() {
+        let authority: Authority = "gw.example:8443".parse().unwrap();
+        let h = parts(&[("origin", "https://gw.example:8443")]);
+        assert_eq!(cross_site_at(&h, Some(&authority), &[]), None);
+        assert!(cross_site_at(&h, None, &[]).is_some());
+        let foreign = parts(&[("origin", "https://evil.test")]);
+        assert!(cross_site_at(&foreign, Some(&authority), &[]).is_some());
+    }
+
+    #[test]
+    fn comfyui_routes_refuse_every_method_from_another_site_but_navigations_to_the_page() {
+        let navigate =
+            parts(&[("sec-fetch-site", "cross-site"), ("sec-fetch-mode", "navigate"), ("sec-fetch-dest", "document")]);
+        let fetch =
+            parts(&[("sec-fetch-site", "cross-site"), ("sec-fetch-mode", "no-cors"), ("sec-fetch-dest", "image")]);
+        let frame =
+            parts(&[("sec-fetch-site", "cross-site"), ("sec-fetch-mode", "navigate"), ("sec-fetch-dest", "iframe")]);
+        let sibling = parts(&[("sec-fetch-site", "same-site"), ("sec-fetch-mode", "cors")]);
+        let same = parts(&[("sec-fetch-site", "same-origin"), ("host", "gw"), ("origin", "http://gw")]);
+        let refused = |m: Method, h: &HeaderMap, c| refuse_for_comfyui(&m, h, None, c, &[]).is_some();
+        assert!(!refused(Method::GET, &navigate, RouteClass::Page));
+        assert!(!refused(Method::HEAD, &navigate, RouteClass::Page));
+        assert!(refused(Method::POST, &navigate, RouteClass::Page));
+        assert!(refused(Method::GET, &navigate, RouteClass::User));
+        assert!(refused(Method::GET, &navigate, RouteClass::Admin));
+        assert!(refused(Method::GET, &fetch, RouteClass::Page));
+        assert!(refused(Method::GET, &frame, RouteClass::Page));
+        assert!(refused(Method::GET, &fetch, RouteClass::User));
+        assert!(refused(Method::HEAD, &sibling, RouteClass::User));
+        assert!(!refused(Method::GET, &same, RouteClass::Admin));
+        assert!(!refused(Method::GET, &parts(&[]), RouteClass::User));
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Toward ComfyUI: hop-by-hop headers go (RFC 9110 §7.6.1), the gateway's credentials go,
 //! `comfy-user` is set from the authenticated user (never from the client), forwarding headers
-//! are set, and `Origin` / `Sec-Fetch-*` are rewritten so ComfyUI's own origin check (403 when
-//! a loopback `Host` meets a foreign `Origin`) passes: the gateway has already checked them.
+//! are set, and `Origin` is rewritten so ComfyUI's own origin check (403 when a loopback `Host`
+//! meets a foreign `Origin`) passes: the gateway has already checked it. `Sec-Fetch-*` pass
+//! unchanged, a second line of defence for ComfyUI versions that check them.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -36,7 +37,6 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-const SEC_FETCH: &[&str] = &["sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest", "sec-fetch-user"];
 
 /// Whether the request asks for a WebSocket (or other) protocol upgrade.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -131,11 +131,7 @@ pub fn prepare_request(
             cookie = true;
         } else if name == header::ORIGIN {
             origin = true;
-        } else if name == COMFY_USER
-            || name == FORWARDED
-            || name == X_FORWARDED_HOST
-            || SEC_FETCH.contains(&name.as_str())
-        {
+        } else if name == COMFY_USER || name == FORWARDED || name == X_FORWARDED_HOST {
             drop.push(name.clone());
         }
     }
@@ -231,11 +227,18 @@ mod tests {
     }
 
     #[test]
-    fn origin_is_rewritten_and_fetch_metadata_dropped() {
-        let mut h = headers(&[("origin", "https://gw.example:8080"), ("sec-fetch-site", "same-origin")]);
+    fn origin_is_rewritten_and_fetch_metadata_passes_unchanged() {
+        let mut h = headers(&[
+            ("origin", "https://gw.example:8080"),
+            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-mode", "cors"),
+            ("sec-fetch-dest", "empty"),
+        ]);
         prepare(&mut h);
         assert_eq!(h.get("origin").unwrap(), "http://127.0.0.1:8188");
-        assert!(h.get("sec-fetch-site").is_none());
+        assert_eq!(h.get("sec-fetch-site").unwrap(), "same-origin");
+        assert_eq!(h.get("sec-fetch-mode").unwrap(), "cors");
+        assert_eq!(h.get("sec-fetch-dest").unwrap(), "empty");
         let mut h = headers(&[]);
         prepare(&mut h);
         assert!(h.get("origin").is_none());
