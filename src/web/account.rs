@@ -11,8 +11,7 @@ use http::header::SET_COOKIE;
 use serde::Deserialize;
 
 use super::cookies::set_cookie;
-use super::login::with_page_headers;
-use super::page::{escape, layout};
+use super::page::{escape, layout, with_page_headers};
 use super::views::TokenView;
 use super::{actions, csrf};
 use crate::auth::accounts::IssuedToken;
