@@ -147,7 +147,11 @@ pub async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()>
     match command {
         TokenCommand::Create { username, name, expires } => {
             let issued = accounts
-                .create_token(&username, &name, parse_expiry(expires.as_deref().unwrap_or_default(), config.auth.default_token_lifetime())?)
+                .create_token(
+                    &username,
+                    &name,
+                    parse_expiry(expires.as_deref().unwrap_or_default(), config.auth.default_token_lifetime())?,
+                )
                 .await?;
             let until = issued.token.expires_at.map(format_ms).unwrap_or_else(|| "never".to_owned());
             eprintln!(

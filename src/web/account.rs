@@ -87,9 +87,7 @@ pub async fn create_token(
             | ApiError::Conflict(_)
             | ApiError::Forbidden(_)
             | ApiError::TooManyRequests { .. }),
-        ) => {
-            render(&app, &caller, e.status(), None, Some(&e.to_string())).await
-        }
+        ) => render(&app, &caller, e.status(), None, Some(&e.to_string())).await,
         Err(e) => Err(e),
     }
 }
@@ -221,7 +219,7 @@ fn expiry_options(is_admin: bool, max: Option<Duration>) -> String {
             .filter(|(_, _, d)| is_admin || max.is_none_or(|max| *d <= max))
             .collect();
     if !choices.iter().any(|(_, _, d)| *d == default) {
-        choices.push((humantime::format_duration(default).to_string(), humantime::format_duration(default).to_string(), default));
+        choices.push((humantime::format_duration(default).to_string(), actions::describe(default), default));
         choices.sort_by_key(|(_, _, d)| *d);
     }
     let mut html: String = choices

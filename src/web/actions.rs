@@ -72,7 +72,16 @@ fn check_lifetime(expires_in: Option<Duration>, max: Option<Duration>) -> Result
     match (expires_in, max) {
         (_, None) => Ok(()),
         (Some(asked), Some(max)) if asked <= max => Ok(()),
-        (_, Some(max)) => Err(AccountError::ExpiryTooLong(humantime::format_duration(max).to_string())),
+        (_, Some(max)) => Err(AccountError::ExpiryTooLong(describe(max))),
+    }
+}
+
+/// A lifetime as people read it: whole days as `90 days`, the rest as humantime writes it.
+pub fn describe(d: Duration) -> String {
+    const DAY: u64 = 86400;
+    match d.as_secs() {
+        s if s >= DAY && s % DAY == 0 && d.subsec_nanos() == 0 => format!("{} days", s / DAY),
+        _ => humantime::format_duration(d).to_string(),
     }
 }
 
@@ -133,5 +142,7 @@ mod tests {
         assert!(check_lifetime(Some(91 * day), Some(90 * day)).is_err());
         assert!(check_lifetime(None, Some(90 * day)).is_err());
         assert!(check_lifetime(None, None).is_ok());
+        assert_eq!(describe(90 * day), "90 days");
+        assert_eq!(describe(Duration::from_secs(300)), "5m");
     }
 }

@@ -51,11 +51,8 @@ pub fn with_page_headers(response: Response) -> Response {
 /// Middleware for the gateway's own routes: pages get [`PAGE_HEADERS`], everything else
 /// [`API_HEADERS`].
 pub async fn own_headers(response: Response) -> Response {
-    let is_html = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/html"));
+    let is_html =
+        response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/html"));
     if is_html { with_page_headers(response) } else { with_headers(response, &API_HEADERS) }
 }
 
