@@ -76,6 +76,8 @@ on_every_store!(
     revocations_bump_the_epoch,
     deleting_a_user_removes_tokens_and_sessions,
     sessions_record_use_and_are_purged,
+    ending_a_session_revokes_the_unkept_tokens_it_minted,
+    a_password_change_revokes_every_unkept_session_minted_token,
     heartbeats_tell_which_gateways_lag,
     last_admin_count_ignores_disabled_admins,
     jobs_keep_their_state_and_files_their_backend,
@@ -95,7 +97,13 @@ fn new_token(user_id: i64, name: &str, hash: &str) -> NewToken {
         kind: TokenKind::Api,
         created_at: 1_000,
         expires_at: Some(9_000),
+        minted_by_session: None,
+        keep: false,
     }
+}
+
+fn minted_token(user_id: i64, name: &str, hash: &str, session: i64, keep: bool) -> NewToken {
+    NewToken { minted_by_session: Some(session), keep, ..new_token(user_id, name, hash) }
 }
 
 async fn users_are_unique_and_round_trip(db: &TestDb) {
@@ -332,4 +340,46 @@ async fn file_locations_answer_from_memory_and_never_hide_a_new_owner(db: &TestD
         })
         .await;
     }
+}
+
+async fn ending_a_session_revokes_the_unkept_tokens_it_minted(db: &TestDb) {
+    let s = &db.store;
+    let u = s.create_user(new_user("frank", Role::User)).await.unwrap();
+    let a = s.create_session(session(u.id, "fa")).await.unwrap();
+    let b = s.create_session(session(u.id, "fb")).await.unwrap();
+    let unkept = s.create_token(minted_token(u.id, "unkept", "f1", a.id, false)).await.unwrap();
+    let kept = s.create_token(minted_token(u.id, "kept", "f2", a.id, true)).await.unwrap();
+    let other = s.create_token(minted_token(u.id, "other", "f3", b.id, false)).await.unwrap();
+    let cli = s.create_token(new_token(u.id, "cli", "f4")).await.unwrap();
+    assert_eq!((kept.minted_by_session, kept.keep), (Some(a.id), true), "the origin round-trips");
+    let start = s.revocation_epoch().await.unwrap();
+    assert_eq!(s.revoke_session(a.id, 2_000).await.unwrap(), vec![unkept.id]);
+    assert!(s.revocation_epoch().await.unwrap() > start);
+    let revoked = |hash: &'static str| async move { s.token_by_hash(hash).await.unwrap().unwrap().0.revoked_at };
+    assert_eq!(revoked("f1").await, Some(2_000));
+    for (hash, t) in [("f2", &kept), ("f3", &other), ("f4", &cli)] {
+        assert_eq!(revoked(hash).await, None, "{}", t.name);
+    }
+    assert!(s.revoke_session(a.id, 3_000).await.unwrap().is_empty(), "nothing left to revoke");
+}
+
+async fn a_password_change_revokes_every_unkept_session_minted_token(db: &TestDb) {
+    let s = &db.store;
+    let u = s.create_user(new_user("gina", Role::User)).await.unwrap();
+    let neighbour = s.create_user(new_user("hank", Role::User)).await.unwrap();
+    let a = s.create_session(session(u.id, "ga")).await.unwrap();
+    let b = s.create_session(session(u.id, "gb")).await.unwrap();
+    let n = s.create_session(session(neighbour.id, "gn")).await.unwrap();
+    let t1 = s.create_token(minted_token(u.id, "a", "g1", a.id, false)).await.unwrap();
+    let t2 = s.create_token(minted_token(u.id, "b", "g2", b.id, false)).await.unwrap();
+    s.create_token(minted_token(u.id, "kept", "g3", b.id, true)).await.unwrap();
+    s.create_token(new_token(u.id, "cli", "g4")).await.unwrap();
+    s.create_token(minted_token(neighbour.id, "n", "g5", n.id, false)).await.unwrap();
+    let mut revoked = s.set_password(u.id, "h2").await.unwrap();
+    revoked.sort_unstable();
+    assert_eq!(revoked, vec![t1.id, t2.id]);
+    for hash in ["g3", "g4", "g5"] {
+        assert!(s.token_by_hash(hash).await.unwrap().unwrap().0.revoked_at.is_none(), "{hash}");
+    }
+    assert!(s.session_by_hash("gb").await.unwrap().unwrap().0.revoked_at.is_some(), "sessions end too");
 }

@@ -48,6 +48,9 @@ pub enum AccountError {
     /// The expiry cannot be read.
     #[error("invalid expiry `{0}`: use a duration such as 30d, 12h or 90m, or `never`")]
     InvalidExpiry(String),
+    /// The expiry is longer than a non-admin may ask for.
+    #[error("tokens may live at most {0}: choose a shorter expiry")]
+    ExpiryTooLong(String),
     /// The change would leave no enabled admin.
     #[error("refused: this would leave no enabled admin account")]
     LastAdmin,
@@ -175,12 +178,16 @@ impl Accounts {
         Ok(self.store.list_users().await?)
     }
 
-    /// Sets a new password; every session of the user ends.
+    /// Sets a new password; every session of the user ends, and so does every token a session
+    /// minted without `keep` (a thief of the old password or a session loses what it made).
     pub async fn set_password(&self, username: &str, password: &str) -> Result<User, AccountError> {
         let user = self.user(username).await?;
         self.check_password(password)?;
         let hash = self.hasher.hash(password).await?;
-        self.store.set_password(user.id, &hash).await?;
+        for token in self.store.set_password(user.id, &hash).await? {
+            tracing::info!(target: "comfygate::audit", event = "token_revoked", owner = %user.username, token,
+                reason = "password_changed");
+        }
         Ok(user)
     }
 
@@ -214,20 +221,45 @@ impl Accounts {
         Ok(user)
     }
 
-    /// Creates an API token for a user; the secret is returned once and never stored.
+    /// Creates an API token for a user (outside any session: the CLI); the secret is returned
+    /// once and never stored.
     pub async fn create_token(
         &self,
         username: &str,
         name: &str,
         expires_in: Option<Duration>,
     ) -> Result<IssuedToken, AccountError> {
+        self.create_token_from(username, name, expires_in, TokenOrigin::default()).await
+    }
+
+    /// [`Accounts::create_token`], recording which session (if any) mints it.
+    pub async fn create_token_from(
+        &self,
+        username: &str,
+        name: &str,
+        expires_in: Option<Duration>,
+        origin: TokenOrigin,
+    ) -> Result<IssuedToken, AccountError> {
         let user = self.user(username).await?;
         let name = check_token_name(name)?;
         let secret = secret::new_api_token()?;
         let now = now_ms();
+        let expires_at = expires_in.map(|d| now.saturating_add(ms(d)));
         let token = self
-            .store_token(&user, &name, &secret, TokenKind::Api, now, expires_in.map(|d| now.saturating_add(ms(d))))
-            .await?;
+            .store
+            .create_token(NewToken {
+                user_id: user.id,
+                name: name.clone(),
+                token_hash: secret::hex(&secret::digest(&secret)),
+                prefix: secret::display_prefix(&secret),
+                kind: TokenKind::Api,
+                created_at: now,
+                expires_at,
+                minted_by_session: origin.session,
+                keep: origin.keep,
+            })
+            .await
+            .map_err(|e| token_conflict(e, &name))?;
         Ok(IssuedToken { token, secret })
     }
 
@@ -278,40 +310,27 @@ impl Accounts {
             .create_user(NewUser { username, password_hash: legacy.bcrypt_hash.clone(), role: Role::Admin })
             .await?;
         let legacy_token = if keep_legacy_token {
-            Some(
-                self.store_token(&user, "comfyui-login", &legacy.bcrypt_hash, TokenKind::Legacy, now_ms(), None)
-                    .await?,
-            )
+            let name = "comfyui-login";
+            let token = self
+                .store
+                .create_token(NewToken {
+                    user_id: user.id,
+                    name: name.to_owned(),
+                    token_hash: secret::hex(&secret::digest(&legacy.bcrypt_hash)),
+                    prefix: secret::display_prefix(&legacy.bcrypt_hash),
+                    kind: TokenKind::Legacy,
+                    created_at: now_ms(),
+                    expires_at: None,
+                    minted_by_session: None,
+                    keep: true,
+                })
+                .await
+                .map_err(|e| token_conflict(e, name))?;
+            Some(token)
         } else {
             None
         };
         Ok(Imported { user, legacy_token })
-    }
-
-    async fn store_token(
-        &self,
-        user: &User,
-        name: &str,
-        secret: &str,
-        kind: TokenKind,
-        now: i64,
-        expires_at: Option<i64>,
-    ) -> Result<ApiToken, AccountError> {
-        self.store
-            .create_token(NewToken {
-                user_id: user.id,
-                name: name.to_owned(),
-                token_hash: secret::hex(&secret::digest(secret)),
-                prefix: secret::display_prefix(secret),
-                kind,
-                created_at: now,
-                expires_at,
-            })
-            .await
-            .map_err(|e| match e {
-                StoreError::Conflict(_) => AccountError::TokenNameTaken(name.to_owned()),
-                other => AccountError::Store(other),
-            })
     }
 
     /// Checks a new password against the rules.
@@ -327,6 +346,22 @@ impl Accounts {
     }
 }
 
+/// Where a new token comes from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenOrigin {
+    /// The login session minting it (`None`: the CLI, or another token).
+    pub session: Option<i64>,
+    /// The owner asked to keep it after that session ends and across password changes.
+    pub keep: bool,
+}
+
+fn token_conflict(e: StoreError, name: &str) -> AccountError {
+    match e {
+        StoreError::Conflict(_) => AccountError::TokenNameTaken(name.to_owned()),
+        other => AccountError::Store(other),
+    }
+}
+
 /// Lower-cases and checks a user name.
 pub fn normalize_username(raw: &str) -> Result<String, AccountError> {
     let name = raw.trim().to_lowercase();
@@ -336,10 +371,13 @@ pub fn normalize_username(raw: &str) -> Result<String, AccountError> {
     if valid { Ok(name) } else { Err(AccountError::InvalidUsername(raw.chars().take(80).collect())) }
 }
 
-/// Parses an expiry such as `30d`; `never` (or empty) means no expiry.
-pub fn parse_expiry(text: &str) -> Result<Option<Duration>, AccountError> {
+/// Parses an expiry such as `30d`; `never` means no expiry, empty means `default`.
+pub fn parse_expiry(text: &str, default: Duration) -> Result<Option<Duration>, AccountError> {
     let t = text.trim();
-    if t.is_empty() || t.eq_ignore_ascii_case("never") {
+    if t.is_empty() {
+        return Ok(Some(default));
+    }
+    if t.eq_ignore_ascii_case("never") {
         return Ok(None);
     }
     match humantime::parse_duration(t) {
@@ -370,10 +408,12 @@ mod tests {
 
     #[test]
     fn expiries_parse_durations_and_never() {
-        assert_eq!(parse_expiry("30d").unwrap(), Some(Duration::from_secs(30 * 86400)));
-        assert_eq!(parse_expiry("never").unwrap(), None);
-        assert!(parse_expiry("tomorrow").is_err());
-        assert!(parse_expiry("0s").is_err());
+        let day = Duration::from_secs(86400);
+        assert_eq!(parse_expiry("30d", day).unwrap(), Some(30 * day));
+        assert_eq!(parse_expiry("never", day).unwrap(), None);
+        assert_eq!(parse_expiry(" ", day).unwrap(), Some(day));
+        assert!(parse_expiry("tomorrow", day).is_err());
+        assert!(parse_expiry("0s", day).is_err());
     }
 
     #[test]

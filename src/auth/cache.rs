@@ -99,7 +99,7 @@ impl GrantCache {
             .filter_map(|g| {
                 let used = g.last_used.load(Ordering::Relaxed);
                 (used > g.recorded_use.swap(used, Ordering::Relaxed)).then(|| match &g.identity.method {
-                    super::AuthMethod::Session { session_id } => (true, *session_id, used),
+                    super::AuthMethod::Session { session_id, .. } => (true, *session_id, used),
                     super::AuthMethod::Token { token_id, .. } => (false, *token_id, used),
                 })
             })
@@ -149,7 +149,7 @@ mod tests {
                 user_id: 1,
                 username: "a".into(),
                 role: Role::User,
-                method: AuthMethod::Session { session_id: 7 },
+                method: AuthMethod::Session { session_id: 7, created_at: 0 },
             },
             expires_at: None,
             idle_limit: None,

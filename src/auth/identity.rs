@@ -31,6 +31,9 @@ pub enum AuthMethod {
     Session {
         /// Store id of the session.
         session_id: i64,
+        /// When the session was opened (unix ms): a young session may mint tokens without
+        /// re-entering the password.
+        created_at: i64,
     },
     /// An API token.
     Token {

@@ -92,7 +92,7 @@ impl Auth {
                 user_id: user.id,
                 username: user.username.into(),
                 role: user.role,
-                method: AuthMethod::Session { session_id: session.id },
+                method: AuthMethod::Session { session_id: session.id, created_at: session.created_at },
             },
             cookie_value,
         })
@@ -120,12 +120,17 @@ impl Auth {
         }
     }
 
-    /// Ends the caller's session (a token caller has nothing to end).
+    /// Ends the caller's session and revokes the tokens it minted without `keep` (a token
+    /// caller has nothing to end).
     pub async fn logout(&self, identity: &Identity) -> Result<(), LoginFailure> {
-        if let AuthMethod::Session { session_id } = identity.method {
-            self.store.revoke_session(session_id, now_ms()).await.map_err(unavailable)?;
+        if let AuthMethod::Session { session_id, .. } = identity.method {
+            let revoked = self.store.revoke_session(session_id, now_ms()).await.map_err(unavailable)?;
             self.revoked();
             tracing::info!(target: "comfygate::audit", event = "logout", username = %identity.username, session = session_id);
+            for token in revoked {
+                tracing::info!(target: "comfygate::audit", event = "token_revoked", by = %identity.username,
+                    owner = %identity.username, token, reason = "logout");
+            }
         }
         Ok(())
     }

@@ -230,7 +230,7 @@ impl Auth {
                 user_id: user.id,
                 username: user.username.into(),
                 role: user.role,
-                method: AuthMethod::Session { session_id: session.id },
+                method: AuthMethod::Session { session_id: session.id, created_at: session.created_at },
             },
             expires_at: Some(session.expires_at),
             idle_limit: Some(idle_limit),

@@ -109,7 +109,10 @@ pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
             let (password, generated) = new_password(&password)?;
             let user = accounts.set_password(&username, &password).await?;
             confirm_applied(store.as_ref()).await?;
-            println!("password of `{}` changed; their sessions have ended", user.username);
+            println!(
+                "password of `{}` changed; their sessions and the tokens those minted (unless kept) have ended",
+                user.username
+            );
             if generated {
                 println!("password: {password}");
             }
@@ -143,7 +146,13 @@ pub async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()>
     let (store, accounts) = open(config).await?;
     match command {
         TokenCommand::Create { username, name, expires } => {
-            let issued = accounts.create_token(&username, &name, parse_expiry(&expires)?).await?;
+            let issued = accounts
+                .create_token(
+                    &username,
+                    &name,
+                    parse_expiry(expires.as_deref().unwrap_or_default(), config.auth.default_token_lifetime())?,
+                )
+                .await?;
             let until = issued.token.expires_at.map(format_ms).unwrap_or_else(|| "never".to_owned());
             eprintln!(
                 "created token `{}` for `{}` (expires: {until}); it is shown only once:",

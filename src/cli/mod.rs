@@ -118,9 +118,10 @@ enum TokenCommand {
         /// A label, unique among the owner's active tokens.
         #[arg(long)]
         name: String,
-        /// Lifetime such as 30d or 12h; `never` for none.
-        #[arg(long, default_value = "never")]
-        expires: String,
+        /// Lifetime such as 30d or 12h, or `never` (admins only: the CLI may exceed
+        /// `auth.token_max_lifetime`); default: that maximum, or 90d when it is `never`.
+        #[arg(long)]
+        expires: Option<String>,
     },
     /// List tokens (of one user, or everyone's).
     List {

@@ -310,6 +310,17 @@ mod tests {
     }
 
     #[test]
+    fn token_max_lifetime_may_be_never_and_then_tokens_default_to_90_days() {
+        let c = Config::from_toml("[auth]\ntoken_max_lifetime = \"never\"\n").unwrap();
+        assert_eq!(c.auth.token_max_lifetime, None);
+        assert_eq!(c.auth.default_token_lifetime(), super::super::DEFAULT_TOKEN_LIFETIME);
+        let c = Config::from_toml("[auth]\ntoken_max_lifetime = \"30d\"\n").unwrap();
+        assert_eq!(c.auth.default_token_lifetime().as_secs(), 30 * 86400);
+        let err = Config::from_toml("[auth]\ntoken_max_lifetime = \"soon\"\n").unwrap_err().to_string();
+        assert!(err.contains("auth.token_max_lifetime"), "{err}");
+    }
+
+    #[test]
     fn invalid_values_name_the_key() {
         let err = Config::from_toml("[auth]\nsession_idle_timeout = \"soon\"\n").unwrap_err().to_string();
         assert!(err.contains("auth.session_idle_timeout"), "{err}");

@@ -172,6 +172,33 @@ pub struct AuthConfig {
     /// How often a gateway looks for revocations made by other processes (CLI, replicas).
     #[serde(with = "humantime_serde")]
     pub revocation_poll_interval: Duration,
+    /// A session younger than this may create API tokens without re-entering the password.
+    #[serde(with = "humantime_serde")]
+    pub token_reauth_window: Duration,
+    /// Longest lifetime of a token a non-admin creates, and the default lifetime of every new
+    /// token; `"never"` lets tokens live forever (and then the default is 90 days).
+    #[serde(deserialize_with = "duration_or_never")]
+    pub token_max_lifetime: Option<Duration>,
+}
+
+/// The default token lifetime when `token_max_lifetime` is `never`.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+
+impl AuthConfig {
+    /// The lifetime a token gets when its creator names none.
+    pub fn default_token_lifetime(&self) -> Duration {
+        self.token_max_lifetime.unwrap_or(DEFAULT_TOKEN_LIFETIME)
+    }
+}
+
+/// A humantime duration, or `"never"` (or `"0s"`) for none.
+fn duration_or_never<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim().eq_ignore_ascii_case("never") {
+        return Ok(None);
+    }
+    let duration = humantime::parse_duration(text.trim()).map_err(serde::de::Error::custom)?;
+    Ok((!duration.is_zero()).then_some(duration))
 }
 
 impl Default for AuthConfig {
@@ -186,6 +213,8 @@ impl Default for AuthConfig {
             min_password_length: 10,
             hash_concurrency: 2,
             revocation_poll_interval: Duration::from_millis(100),
+            token_reauth_window: Duration::from_secs(5 * 60),
+            token_max_lifetime: Some(DEFAULT_TOKEN_LIFETIME),
         }
     }
 }

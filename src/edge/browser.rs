@@ -40,5 +40,5 @@ pub async fn render_errors_for_browsers(req: Request, next: Next) -> Response {
             page.headers_mut().insert(name, v.clone());
         }
     }
-    page
+    page::with_page_headers(page)
 }

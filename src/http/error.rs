@@ -194,6 +194,7 @@ impl From<AccountError> for ApiError {
             | AccountError::BadPassword { .. }
             | AccountError::InvalidTokenName(_)
             | AccountError::InvalidExpiry(_)
+            | AccountError::ExpiryTooLong(_)
             | AccountError::Import(_) => ApiError::BadRequest(e.to_string()),
             AccountError::UserExists(_) | AccountError::TokenNameTaken(_) | AccountError::LastAdmin => {
                 ApiError::Conflict(e.to_string())

@@ -66,8 +66,9 @@ pub trait Store: Send + Sync + 'static {
     async fn count_users(&self) -> StoreResult<i64>;
     /// How many enabled admins exist.
     async fn count_active_admins(&self) -> StoreResult<i64>;
-    /// Sets a new password hash and ends every session of the user.
-    async fn set_password(&self, user_id: i64, password_hash: &str) -> StoreResult<()>;
+    /// Sets a new password hash, ends every session of the user and revokes every token a
+    /// session of theirs minted without `keep`; returns the ids of those tokens.
+    async fn set_password(&self, user_id: i64, password_hash: &str) -> StoreResult<Vec<i64>>;
     /// Replaces the hash of the same password (argon2id upgrade); sessions stay.
     async fn rehash_password(&self, user_id: i64, password_hash: &str) -> StoreResult<()>;
     /// Disables or enables a user; disabling ends every session.
@@ -92,8 +93,8 @@ pub trait Store: Send + Sync + 'static {
     async fn create_session(&self, new: NewSession) -> StoreResult<Session>;
     /// The session with this SHA-256 hex digest, with its user.
     async fn session_by_hash(&self, token_hash: &str) -> StoreResult<Option<(Session, User)>>;
-    /// Ends one session.
-    async fn revoke_session(&self, session_id: i64, now: i64) -> StoreResult<()>;
+    /// Ends one session and revokes the tokens it minted without `keep`; returns their ids.
+    async fn revoke_session(&self, session_id: i64, now: i64) -> StoreResult<Vec<i64>>;
     /// Records when sessions were last seen.
     async fn record_session_use(&self, uses: &UseTimes) -> StoreResult<()>;
     /// Deletes revoked sessions and those past their end or idle since before `idle_since`.

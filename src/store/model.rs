@@ -131,6 +131,10 @@ pub struct ApiToken {
     pub expires_at: Option<i64>,
     /// Unix ms.
     pub revoked_at: Option<i64>,
+    /// The login session that created it (`None`: the CLI, or another token).
+    pub minted_by_session: Option<i64>,
+    /// Whether it outlives the logout of that session and password changes.
+    pub keep: bool,
 }
 
 impl ApiToken {
@@ -162,6 +166,10 @@ pub struct NewToken {
     pub created_at: i64,
     /// Unix ms.
     pub expires_at: Option<i64>,
+    /// The login session creating it, if any.
+    pub minted_by_session: Option<i64>,
+    /// Keep it when that session ends or the password changes.
+    pub keep: bool,
 }
 
 /// A login session's record (never the cookie value).

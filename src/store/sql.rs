@@ -45,6 +45,8 @@ pub(super) struct TokenRow {
     last_used_at: Option<i64>,
     expires_at: Option<i64>,
     revoked_at: Option<i64>,
+    minted_by_session: Option<i64>,
+    keep: bool,
     #[sqlx(flatten)]
     owner: OwnerRow,
 }
@@ -87,6 +89,8 @@ impl TokenRow {
             last_used_at: self.last_used_at,
             expires_at: self.expires_at,
             revoked_at: self.revoked_at,
+            minted_by_session: self.minted_by_session,
+            keep: self.keep,
         };
         Ok((token, self.owner.into_user(self.user_id)?))
     }
@@ -187,7 +191,7 @@ pub(super) const JOB_COLUMNS: &str =
 pub(super) const USER_COLUMNS: &str = "id, username, password_hash, role, disabled, created_at, updated_at";
 
 pub(super) const TOKEN_SELECT: &str = "SELECT t.id, t.user_id, t.name, t.prefix, t.kind, t.created_at, \
-     t.last_used_at, t.expires_at, t.revoked_at, u.username AS u_username, \
+     t.last_used_at, t.expires_at, t.revoked_at, t.minted_by_session, t.keep, u.username AS u_username, \
      u.password_hash AS u_password_hash, u.role AS u_role, u.disabled AS u_disabled, \
      u.created_at AS u_created_at, u.updated_at AS u_updated_at \
      FROM api_tokens t JOIN users u ON u.id = t.user_id";
@@ -197,6 +201,14 @@ pub(super) const SESSION_SELECT: &str = "SELECT s.id, s.user_id, s.created_at, s
      u.password_hash AS u_password_hash, u.role AS u_role, u.disabled AS u_disabled, \
      u.created_at AS u_created_at, u.updated_at AS u_updated_at \
      FROM sessions s JOIN users u ON u.id = s.user_id";
+
+/// Revokes the unkept session-minted tokens of user `$2` (at `$1`), returning their ids.
+pub(super) const REVOKE_USER_SESSION_TOKENS: &str = "UPDATE api_tokens SET revoked_at = $1 \
+     WHERE user_id = $2 AND minted_by_session IS NOT NULL AND keep = FALSE AND revoked_at IS NULL RETURNING id";
+
+/// Revokes the unkept tokens minted by session `$2` (at `$1`), returning their ids.
+pub(super) const REVOKE_SESSION_TOKENS: &str = "UPDATE api_tokens SET revoked_at = $1 \
+     WHERE minted_by_session = $2 AND keep = FALSE AND revoked_at IS NULL RETURNING id";
 
 pub(super) const BUMP_EPOCH: &str = "UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = 1";
 
@@ -255,7 +267,7 @@ macro_rules! impl_store {
                     .await?)
             }
 
-            async fn set_password(&self, user_id: i64, password_hash: &str) -> StoreResult<()> {
+            async fn set_password(&self, user_id: i64, password_hash: &str) -> StoreResult<Vec<i64>> {
                 let now = $crate::time::now_ms();
                 let mut tx = self.pool.begin().await?;
                 sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
@@ -269,9 +281,14 @@ macro_rules! impl_store {
                     .bind(user_id)
                     .execute(&mut *tx)
                     .await?;
+                let revoked: Vec<i64> = sqlx::query_scalar(REVOKE_USER_SESSION_TOKENS)
+                    .bind(now)
+                    .bind(user_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
                 sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
                 tx.commit().await?;
-                Ok(())
+                Ok(revoked)
             }
 
             async fn rehash_password(&self, user_id: i64, password_hash: &str) -> StoreResult<()> {
@@ -329,8 +346,8 @@ macro_rules! impl_store {
 
             async fn create_token(&self, new: NewToken) -> StoreResult<ApiToken> {
                 let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO api_tokens (user_id, name, token_hash, prefix, kind, created_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                    "INSERT INTO api_tokens (user_id, name, token_hash, prefix, kind, created_at, expires_at, \
+                     minted_by_session, keep) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
                 )
                 .bind(new.user_id)
                 .bind(&new.name)
@@ -339,6 +356,8 @@ macro_rules! impl_store {
                 .bind(new.kind.as_str())
                 .bind(new.created_at)
                 .bind(new.expires_at)
+                .bind(new.minted_by_session)
+                .bind(new.keep)
                 .fetch_one(&self.pool)
                 .await
                 .map_err(|e| map_conflict(&new.name, e))?;
@@ -423,16 +442,21 @@ macro_rules! impl_store {
                 row.map(SessionRow::into_pair).transpose()
             }
 
-            async fn revoke_session(&self, session_id: i64, now: i64) -> StoreResult<()> {
+            async fn revoke_session(&self, session_id: i64, now: i64) -> StoreResult<Vec<i64>> {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                     .bind(now)
                     .bind(session_id)
                     .execute(&mut *tx)
                     .await?;
+                let revoked: Vec<i64> = sqlx::query_scalar(REVOKE_SESSION_TOKENS)
+                    .bind(now)
+                    .bind(session_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
                 sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
                 tx.commit().await?;
-                Ok(())
+                Ok(revoked)
             }
 
             async fn record_session_use(&self, uses: &UseTimes) -> StoreResult<()> {

@@ -1,5 +1,7 @@
 //! `/comfygate/account`: who you are, your API tokens, your password.
 
+use std::time::Duration;
+
 use axum::Form;
 use axum::extract::{Path, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -9,11 +11,11 @@ use http::header::SET_COOKIE;
 use serde::Deserialize;
 
 use super::cookies::set_cookie;
-use super::login::with_page_headers;
-use super::page::{escape, layout};
+use super::page::{escape, layout, with_page_headers};
 use super::views::TokenView;
 use super::{actions, csrf};
 use crate::auth::accounts::IssuedToken;
+use crate::config::DEFAULT_TOKEN_LIFETIME;
 use crate::http::{ApiError, Caller, ClientInfo};
 use crate::state::AppState;
 
@@ -26,6 +28,11 @@ pub struct NewTokenForm {
     name: String,
     #[serde(default)]
     expires: String,
+    #[serde(default)]
+    password: String,
+    /// A checkbox: present (`on`) when checked.
+    #[serde(default)]
+    keep: Option<String>,
 }
 
 /// Forms that carry only the CSRF token.
@@ -59,15 +66,28 @@ pub async fn show(State(app): State<AppState>, caller: Caller) -> Result<Respons
 pub async fn create_token(
     State(app): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
     form: FormResult<NewTokenForm>,
 ) -> Result<Response, ApiError> {
     let Form(form) = form?;
     csrf::check_form(&caller, &form.csrf)?;
-    match actions::create_token(&app, &caller, None, &form.name, &form.expires).await {
+    let address = client.address.to_string();
+    let request = actions::TokenRequest {
+        owner: None,
+        name: &form.name,
+        expires: &form.expires,
+        password: Some(&form.password),
+        keep: form.keep.is_some(),
+        address: &address,
+    };
+    match actions::create_token(&app, &caller, request).await {
         Ok(issued) => render(&app, &caller, StatusCode::CREATED, Some(&issued), None).await,
-        Err(e @ (ApiError::BadRequest(_) | ApiError::Conflict(_))) => {
-            render(&app, &caller, e.status(), None, Some(&e.to_string())).await
-        }
+        Err(
+            e @ (ApiError::BadRequest(_)
+            | ApiError::Conflict(_)
+            | ApiError::Forbidden(_)
+            | ApiError::TooManyRequests { .. }),
+        ) => render(&app, &caller, e.status(), None, Some(&e.to_string())).await,
         Err(e) => Err(e),
     }
 }
@@ -166,9 +186,13 @@ Use it as <code>Authorization: Bearer …</code> or <code>?token=…</code>.</di
 <div class="card"><h2>API tokens</h2>{issued}{table}
 <form method="post" action="/comfygate/account/tokens"><input type="hidden" name="csrf" value="{csrf}">
 <label for="name">New token name</label><input id="name" name="name" maxlength="64" placeholder="laptop notebook" required>
-<label for="expires">Expires after</label><select id="expires" name="expires"><option value="30d">30 days</option><option value="90d">90 days</option><option value="365d">1 year</option><option value="never">never</option></select>
+<label for="expires">Expires after</label><select id="expires" name="expires">{expiry_options}</select>
+<label for="token-password">Your password</label><input id="token-password" name="password" type="password" autocomplete="current-password">
+<p class="muted">Required unless you logged in less than {window} ago.</p>
+<label><input type="checkbox" name="keep" style="width:auto"> Keep after I log out or change my password</label>
+<p class="muted">Otherwise the token is revoked when this session logs out or the password changes.</p>
 <button type="submit">Create token</button></form></div>
-<div class="card"><h2>Change password</h2><p class="muted">Every session, this one included, ends; API tokens keep working.</p>
+<div class="card"><h2>Change password</h2><p class="muted">Every session, this one included, ends, and so do tokens made in a session unless kept.</p>
 <form method="post" action="/comfygate/account/password"><input type="hidden" name="csrf" value="{csrf}">
 <label for="current">Current password</label><input id="current" name="current" type="password" autocomplete="current-password" required>
 <label for="new">New password</label><input id="new" name="new" type="password" autocomplete="new-password" minlength="{min}" required>
@@ -177,6 +201,50 @@ Use it as <code>Authorization: Bearer …</code> or <code>?token=…</code>.</di
         user = escape(&me.username),
         role = me.role,
         min = app.config.auth.min_password_length,
+        window = humantime::format_duration(app.config.auth.token_reauth_window),
+        expiry_options = expiry_options(me.is_admin(), app.config.auth.token_max_lifetime),
     );
     Ok(with_page_headers((status, Html(layout("Account", &body))).into_response()))
+}
+
+/// The expiry choices a caller may pick: none beyond the maximum lifetime for non-admins, the
+/// default (the maximum, or 90 days) selected.
+fn expiry_options(is_admin: bool, max: Option<Duration>) -> String {
+    let day = Duration::from_secs(86400);
+    let default = max.unwrap_or(DEFAULT_TOKEN_LIFETIME);
+    let mut choices: Vec<(String, String, Duration)> =
+        [(1, "1 day"), (7, "7 days"), (30, "30 days"), (90, "90 days"), (365, "1 year")]
+            .into_iter()
+            .map(|(days, label)| (format!("{days}d"), label.to_owned(), day * days))
+            .filter(|(_, _, d)| is_admin || max.is_none_or(|max| *d <= max))
+            .collect();
+    if !choices.iter().any(|(_, _, d)| *d == default) {
+        choices.push((humantime::format_duration(default).to_string(), actions::describe(default), default));
+        choices.sort_by_key(|(_, _, d)| *d);
+    }
+    let mut html: String = choices
+        .iter()
+        .map(|(value, label, d)| {
+            let selected = if *d == default { " selected" } else { "" };
+            format!(r#"<option value="{}"{selected}>{}</option>"#, escape(value), escape(label))
+        })
+        .collect();
+    if is_admin || max.is_none() {
+        html.push_str(r#"<option value="never">never</option>"#);
+    }
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_admins_are_offered_no_expiry_beyond_the_maximum() {
+        let options = expiry_options(false, Some(Duration::from_secs(90 * 86400)));
+        assert!(options.contains(r#"value="90d" selected"#), "{options}");
+        assert!(!options.contains("365d") && !options.contains("never"), "{options}");
+        let admin = expiry_options(true, Some(Duration::from_secs(90 * 86400)));
+        assert!(admin.contains("365d") && admin.contains("never"), "{admin}");
+    }
 }

@@ -68,17 +68,32 @@ pub struct NewToken {
     expires: Option<String>,
     #[serde(default)]
     user: Option<String>,
+    /// The caller's password: required from a session older than `auth.token_reauth_window`.
+    #[serde(default)]
+    password: Option<String>,
+    /// Keep the token after this session logs out and across password changes.
+    #[serde(default)]
+    keep: bool,
 }
 
 /// `POST /comfygate/api/tokens`: `201 {token, ...}`; the secret is shown this once.
 pub async fn create_token(
     State(app): State<AppState>,
     caller: Caller,
+    client: ClientInfo,
     body: JsonBody<NewToken>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
-    let expires = body.expires.unwrap_or_default();
-    let issued = actions::create_token(&app, &caller, body.user.as_deref(), &body.name, &expires).await?;
+    let address = client.address.to_string();
+    let request = actions::TokenRequest {
+        owner: body.user.as_deref(),
+        name: &body.name,
+        expires: body.expires.as_deref().unwrap_or_default(),
+        password: body.password.as_deref(),
+        keep: body.keep,
+        address: &address,
+    };
+    let issued = actions::create_token(&app, &caller, request).await?;
     let mut view = serde_json::to_value(TokenView::from(&issued.token)).map_err(|_| ApiError::Internal)?;
     view["token"] = Value::String(issued.secret);
     Ok((StatusCode::CREATED, Json(view)).into_response())

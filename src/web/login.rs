@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::cookies::set_cookie;
 use super::csrf;
-use super::page::{PAGE_HEADERS, escape, layout, safe_next};
+use super::page::{escape, layout, safe_next, with_page_headers};
 use crate::auth::credentials::cookie_value;
 use crate::auth::{LoginFailure, Presented, secret};
 use crate::http::{ApiError, Caller, ClientInfo};
@@ -168,12 +168,4 @@ fn render(
         set_cookie(csrf::LOGIN_COOKIE, &token, "/login", SameSite::Strict, Some(3600), client.https),
     );
     with_page_headers(response)
-}
-
-/// Adds the security headers every gateway page carries.
-pub fn with_page_headers(mut response: Response) -> Response {
-    for (name, value) in PAGE_HEADERS {
-        response.headers_mut().insert(name, HeaderValue::from_static(value));
-    }
-    response
 }

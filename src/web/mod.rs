@@ -44,6 +44,7 @@ pub fn routes() -> Router<AppState> {
         .route("/comfygate/api/users/{name}", delete(api::delete_user).patch(api::update_user))
         .route("/comfygate/api/backends", get(api::backends))
         .layer(DefaultBodyLimit::max(FORM_LIMIT))
+        .layer(axum::middleware::map_response(page::own_headers))
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Server-rendered HTML: one layout, escaping for everything interpolated, safe redirects.
 
-use http::StatusCode;
+use axum::response::Response;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, StatusCode};
 
 /// Escapes text for HTML content and attribute values.
 pub fn escape(text: &str) -> String {
@@ -25,7 +27,8 @@ pub fn safe_next(next: &str) -> String {
     if local { next.to_owned() } else { "/".to_owned() }
 }
 
-/// Security headers for every gateway page.
+/// Security headers for every gateway page (login, account, logout, error pages): nothing
+/// loads but inline style, no framing, no `<base>`, forms post only to the gateway.
 pub const PAGE_HEADERS: [(&str, &str); 5] = [
     ("cache-control", "no-store"),
     ("x-frame-options", "DENY"),
@@ -33,9 +36,32 @@ pub const PAGE_HEADERS: [(&str, &str); 5] = [
     ("x-content-type-options", "nosniff"),
     (
         "content-security-policy",
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     ),
 ];
+
+/// Headers on every other answer of the gateway's own routes (the JSON API, redirects).
+pub const API_HEADERS: [(&str, &str); 2] = [("cache-control", "no-store"), ("x-content-type-options", "nosniff")];
+
+/// Adds the security headers every gateway page carries.
+pub fn with_page_headers(response: Response) -> Response {
+    with_headers(response, &PAGE_HEADERS)
+}
+
+/// Middleware for the gateway's own routes: pages get [`PAGE_HEADERS`], everything else
+/// [`API_HEADERS`].
+pub async fn own_headers(response: Response) -> Response {
+    let is_html =
+        response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/html"));
+    if is_html { with_page_headers(response) } else { with_headers(response, &API_HEADERS) }
+}
+
+fn with_headers(mut response: Response, headers: &[(&'static str, &'static str)]) -> Response {
+    for (name, value) in headers {
+        response.headers_mut().insert(*name, HeaderValue::from_static(value));
+    }
+    response
+}
 
 /// Wraps a page body in the common layout.
 pub fn layout(title: &str, body: &str) -> String {
