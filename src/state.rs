@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::proxy::ProxyError;
 use crate::scheduler::Scheduler;
 use crate::store::{self, StoreError};
+use crate::userdata::UserData;
 
 /// Shared state of a running gateway.
 pub type AppState = Arc<App>;
@@ -38,6 +39,8 @@ pub struct App {
     pub allowed_hosts: Vec<String>,
     /// Whether the gateway itself serves HTTPS.
     pub tls: bool,
+    /// Every user's saved workflows and settings.
+    pub userdata: UserData,
 }
 
 impl App {
@@ -55,7 +58,8 @@ impl App {
             .filter_map(|u| u.authority().map(|a| a.as_str().to_ascii_lowercase()))
             .collect();
         let tls = config.server.tls.is_some();
-        Ok(Self { config, auth, scheduler, instance, allowed_hosts, tls })
+        let userdata = UserData::new(&config.store.data_dir, &config.userdata);
+        Ok(Self { config, auth, scheduler, instance, allowed_hosts, tls, userdata })
     }
 }
 

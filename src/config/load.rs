@@ -170,6 +170,13 @@ impl Config {
         if auth.revocation_poll_interval.is_zero() {
             return Err(("auth.revocation_poll_interval".to_owned(), "must be greater than zero".to_owned()));
         }
+        let userdata = &self.userdata;
+        if userdata.max_bytes_per_user.as_u64() == 0 {
+            return Err(("userdata.max_bytes_per_user".to_owned(), "must be greater than zero".to_owned()));
+        }
+        if userdata.max_file_bytes.as_u64() == 0 {
+            return Err(("userdata.max_file_bytes".to_owned(), "must be greater than zero".to_owned()));
+        }
         Ok(())
     }
 }

@@ -30,8 +30,26 @@ pub struct Config {
     pub backends: Vec<BackendConfig>,
     /// Health checks and job dispatch across backends.
     pub scheduler: SchedulerConfig,
+    /// Saved workflows and settings, kept by the gateway per user.
+    pub userdata: UserDataConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// Saved workflows and settings (`/userdata`, `/settings`), kept by the gateway per user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserDataConfig {
+    /// Disk space one user's files may take, all together.
+    pub max_bytes_per_user: ByteSize,
+    /// Largest single file accepted (also bounded by `server.max_request_body`).
+    pub max_file_bytes: ByteSize,
+}
+
+impl Default for UserDataConfig {
+    fn default() -> Self {
+        Self { max_bytes_per_user: ByteSize::gib(1), max_file_bytes: ByteSize::mib(64) }
+    }
 }
 
 /// Health checks and job dispatch.

@@ -1,6 +1,6 @@
 //! The path of every request bound for ComfyUI, in order: authenticate (the [`Caller`]
 //! extractor also refuses cross-site use of a session cookie), normalise the path, check the
-//! route's class, forward.
+//! route's class, answer user data (the gateway's own), forward the rest.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -38,6 +38,10 @@ async fn forward(app: &AppState, caller: Caller, client: ClientInfo, req: Reques
     if policy::classify(req.method(), &path, req.uri().query()) == RouteClass::Admin && !identity.is_admin() {
         tracing::info!(target: "comfygate::audit", event = "admin_route_refused", username = %identity.username, path = %path.canonical);
         return Err(ApiError::Forbidden("this ComfyUI route is for admins only".to_owned()));
+    }
+    if let Some(route) = crate::userdata::route(&path) {
+        // User data belongs to the gateway: answered here, never forwarded.
+        return Ok(crate::userdata::handle(app, &identity, route, req).await);
     }
     if let Some(route) = crate::comfy::route(req.method(), &path) {
         // Boxed: the ComfyUI-aware handlers make a large future, which would otherwise be part
