@@ -335,3 +335,56 @@ fn walk_size(root: &Path) -> io::Result<u64> {
     }
     Ok(total)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn alice() -> UserDir {
+        UserData::new(Path::new("/data"), &UserDataConfig::default()).user(7)
+    }
+
+    #[test]
+    fn every_spelling_of_a_name_is_one_file_in_the_users_own_folder() {
+        let user = alice();
+        for raw in [
+            "workflows/a.json",
+            "workflows%2Fa.json",
+            "workflows%2F.%2Fa.json",
+            "./workflows//a.json",
+            "x%2F..%2Fworkflows%2Fa.json",
+            "workflows/sub/../a.json",
+            "workflows%2Fa.json%2F",
+        ] {
+            let (relative, path) = user.resolve_file(raw).unwrap();
+            assert_eq!(relative, "workflows/a.json", "{raw}");
+            assert_eq!(path, Path::new("/data/userdata/7/workflows/a.json"), "{raw}");
+        }
+    }
+
+    #[test]
+    fn names_leaving_the_folder_or_naming_nothing_are_refused() {
+        let user = alice();
+        for raw in [
+            "../8/a.json",
+            "..%2F8%2Fa.json",
+            "a%2F..%2F..%2Fx",
+            "/etc/passwd",
+            "%2Fetc%2Fpasswd",
+            "../../comfygate.db",
+        ] {
+            assert!(matches!(user.resolve_file(raw), Err(UserDataError::Escapes)), "{raw}");
+        }
+        for raw in ["", ".", "a%2F..", "a\\b", "a%5Cb", "a%00b", "%ff"] {
+            assert!(matches!(user.resolve_file(raw), Err(UserDataError::InvalidName)), "{raw}");
+        }
+    }
+
+    #[test]
+    fn users_are_kept_apart_by_id() {
+        let data = UserData::new(Path::new("/data"), &UserDataConfig::default());
+        assert_eq!(data.user(1).root, Path::new("/data/userdata/1"));
+        assert_ne!(data.user(1).root, data.user(2).root);
+    }
+}
