@@ -330,6 +330,16 @@ mod tests {
     }
 
     #[test]
+    fn user_data_limits_must_be_positive() {
+        let err = Config::from_toml("[userdata]\nmax_bytes_per_user = \"0B\"\n").unwrap_err().to_string();
+        assert!(err.contains("userdata.max_bytes_per_user"), "{err}");
+        let err = Config::from_toml("[userdata]\nmax_file_bytes = 0\n").unwrap_err().to_string();
+        assert!(err.contains("userdata.max_file_bytes"), "{err}");
+        let c = Config::from_toml("[userdata]\nmax_bytes_per_user = \"10MiB\"\n").unwrap();
+        assert_eq!(c.userdata.max_bytes_per_user.as_u64(), 10 * 1024 * 1024);
+    }
+
+    #[test]
     fn secrets_can_come_from_files() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("url");
