@@ -2,8 +2,9 @@
 //!
 //! The request path reads top to bottom through the modules:
 //! [`http`] (edge: listener, TLS, client address, errors) → [`auth`] (who is asking) →
-//! [`policy`] (what they may do) → [`web`] (the gateway's own pages and API) or
-//! [`proxy`] (everything else, streamed to ComfyUI). [`store`] holds users, tokens and sessions.
+//! [`policy`] (what they may do) → [`web`] (the gateway's own pages and API), [`userdata`]
+//! (saved workflows and settings, kept per user by the gateway) or [`proxy`] (everything
+//! else, streamed to ComfyUI). [`store`] holds users, tokens and sessions.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -19,6 +20,7 @@ pub mod scheduler;
 pub mod state;
 pub mod store;
 pub mod time;
+pub mod userdata;
 pub mod web;
 
 pub use config::Config;

@@ -10,6 +10,7 @@ use crate::policy::{RouteError, RoutePolicy};
 use crate::proxy::ProxyError;
 use crate::scheduler::Scheduler;
 use crate::store::{self, StoreError};
+use crate::userdata::UserData;
 
 /// Shared state of a running gateway.
 pub type AppState = Arc<App>;
@@ -44,6 +45,8 @@ pub struct App {
     pub tls: bool,
     /// Which ComfyUI routes normal users may reach.
     pub routes: RoutePolicy,
+    /// Every user's saved workflows and settings.
+    pub userdata: UserData,
 }
 
 impl App {
@@ -62,7 +65,8 @@ impl App {
             .collect();
         let tls = config.server.tls.is_some();
         let routes = RoutePolicy::with_user_routes(&config.policy.user_routes)?;
-        Ok(Self { config, auth, scheduler, instance, allowed_hosts, tls, routes })
+        let userdata = UserData::new(&config.store.data_dir, &config.userdata);
+        Ok(Self { config, auth, scheduler, instance, allowed_hosts, tls, routes, userdata })
     }
 }
 

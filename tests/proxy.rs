@@ -398,8 +398,6 @@ async fn admin_only_routes_are_forbidden_for_users_and_forwarded_for_admins() {
         ("GET", "/internal/logs"),
         ("POST", "/free"),
         ("POST", "/api/free"),
-        ("POST", "/users"),
-        ("POST", "/userdata/ComfyUI-Manager%2Fconfig.ini"),
         ("GET", "/api/%6Danager/reboot"),
         ("GET", "/Manager/reboot"),
         ("GET", "/x/%2e%2e/manager/reboot"),
@@ -417,9 +415,18 @@ async fn admin_only_routes_are_forbidden_for_users_and_forwarded_for_admins() {
         assert_ne!(r.status(), 403, "{method} {path} as an admin");
         assert_eq!(common::client_requests(&sim).len(), 1, "{method} {path} forwarded for an admin");
     }
+    // Admin-only routes of user data are answered by the gateway itself, for admins too.
+    for path in ["/users", "/userdata/ComfyUI-Manager%2Fconfig.ini"] {
+        sim.clear_requests();
+        let r = client().post(gw.at(path)).bearer_auth(&user).body("{}").send().await.unwrap();
+        assert_eq!(r.status(), 403, "POST {path} as a user");
+        let r = client().post(gw.at(path)).bearer_auth(&admin).body("{}").send().await.unwrap();
+        assert_ne!(r.status(), 403, "POST {path} as an admin");
+        assert!(common::client_requests(&sim).is_empty(), "POST {path} never reaches ComfyUI");
+    }
     // Everyday routes stay open to users.
     assert_eq!(gw.get_json("/object_info/EmptyImage", &Auth::Bearer(&user)).await.0, 200);
-    assert_eq!(gw.get_json("/users", &Auth::Bearer(&user)).await.0, 404, "GET /users is forwarded");
+    assert_eq!(gw.get_json("/users", &Auth::Bearer(&user)).await.0, 200, "GET /users is the gateway's");
 }
 
 #[tokio::test]
@@ -465,7 +472,7 @@ async fn cross_site_cookie_post_is_refused_but_the_same_with_a_bearer_token_is_f
     // Same-origin cookie POST: forwarded, with the Origin rewritten for ComfyUI's own check
     // (the simulator, like ComfyUI, would answer 403 to a foreign Origin and 404 here).
     let r = client()
-        .post(gw.at("/userdata/notes.json"))
+        .post(gw.at("/custom/notes.json"))
         .header("cookie", format!("{SESSION_COOKIE}={cookie}"))
         .header("origin", gw.url.clone())
         .header("sec-fetch-site", "same-origin")
@@ -485,7 +492,7 @@ async fn cross_site_cookie_post_is_refused_but_the_same_with_a_bearer_token_is_f
     assert_eq!(r.status(), 200, "same-origin prompts are queued");
 
     let r = client()
-        .post(gw.at("/userdata/notes.json"))
+        .post(gw.at("/custom/notes.json"))
         .bearer_auth(&token)
         .header("origin", "https://evil.test")
         .header("sec-fetch-site", "cross-site")
@@ -497,7 +504,7 @@ async fn cross_site_cookie_post_is_refused_but_the_same_with_a_bearer_token_is_f
     // ComfyUI's own check of the `Sec-Fetch-Site` it now receives unchanged.
     assert_eq!(r.status(), 403);
     assert_eq!(r.text().await.unwrap(), "", "ComfyUI's empty 403, not the gateway's JSON");
-    let seen: Vec<_> = common::client_requests(&sim).into_iter().filter(|r| r.uri == "/userdata/notes.json").collect();
+    let seen: Vec<_> = common::client_requests(&sim).into_iter().filter(|r| r.uri == "/custom/notes.json").collect();
     assert_eq!(seen.len(), 2);
     for (req, fetch_site) in seen.iter().zip(["same-origin", "cross-site"]) {
         let values = |name: &str| -> Vec<&str> {

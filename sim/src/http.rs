@@ -57,6 +57,14 @@ pub fn router(state: Arc<AppState>) -> Router {
     r = both(r, "/upload/image", post(crate::files::upload));
     r = both(r, "/upload/mask", post(crate::files::upload));
     r = both(r, "/ws", get(crate::ws::ws_handler));
+    r = both(r, "/userdata", get(crate::userdata::list));
+    r = both(r, "/v2/userdata", get(crate::userdata::list_v2));
+    let file = get(crate::userdata::get_file).post(crate::userdata::post_file).delete(crate::userdata::delete_file);
+    r = both(r, "/userdata/{file}", file);
+    r = both(r, "/userdata/{file}/move/{dest}", post(crate::userdata::move_file));
+    r = both(r, "/settings", get(crate::userdata::get_settings).post(crate::userdata::post_settings));
+    r = both(r, "/settings/{id}", get(crate::userdata::get_setting).post(crate::userdata::post_setting));
+    r = both(r, "/users", get(crate::userdata::get_users));
     r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())

@@ -11,6 +11,7 @@ pub mod json;
 mod objinfo;
 mod server;
 mod state;
+mod userdata;
 mod validate;
 mod ws;
 

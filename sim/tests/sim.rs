@@ -516,3 +516,51 @@ async fn stop_and_restart_on_the_same_port() {
     sim.clear_requests();
     assert!(sim.requests().is_empty());
 }
+
+async fn text_of(r: reqwest::RequestBuilder) -> (u16, String) {
+    let r = r.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn user_data_of_the_default_user_is_saved_listed_moved_and_deleted_like_comfyui() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let at = |p: &str| format!("{}{p}", sim.url());
+    let c = client();
+    let saved = text_of(c.post(at("/api/userdata/workflows%2Fa.json")).body("{}")).await;
+    assert_eq!(saved, (200, r#""workflows/a.json""#.to_string()));
+    assert!(sim.data_dir().join("user/default/workflows/a.json").is_file());
+    let clash = text_of(c.post(at("/userdata/workflows%2Fa.json?overwrite=false")).body("x")).await;
+    assert_eq!(clash, (409, "File already exists".to_string()));
+    assert_eq!(text_of(c.get(at("/userdata?dir=workflows"))).await, (200, r#"["a.json"]"#.to_string()));
+    let split = text_of(c.get(at("/userdata?dir=workflows&split=true"))).await.1;
+    assert_eq!(split, r#"[["a.json", "a.json"]]"#);
+    assert_eq!(text_of(c.get(at("/userdata"))).await, (400, "Directory not provided".to_string()));
+    assert_eq!(text_of(c.get(at("/userdata?dir=none"))).await, (404, "Directory not found".to_string()));
+    assert_eq!(text_of(c.get(at("/userdata?dir=..%2F..%2F.."))).await.0, 403);
+    let v2: Value = serde_json::from_str(&text_of(c.get(at("/v2/userdata"))).await.1).unwrap();
+    assert_eq!(v2[0], json!({"name": "workflows", "path": "workflows", "type": "directory"}));
+    assert_eq!(v2[1]["path"], "workflows/a.json");
+    assert!(v2[1]["modified"].is_f64());
+    assert_eq!(text_of(c.get(at("/v2/userdata?path=none"))).await, (404, "Requested path not found".to_string()));
+    assert_eq!(text_of(c.get(at("/userdata/..%2F..%2Fx"))).await.0, 403);
+    let moved = text_of(c.post(at("/userdata/workflows%2Fa.json/move/workflows%2Fb.json"))).await;
+    assert_eq!(moved, (200, r#""workflows/b.json""#.to_string()));
+    assert_eq!(text_of(c.get(at("/userdata/workflows%2Fb.json"))).await, (200, "{}".to_string()));
+    assert_eq!(text_of(c.delete(at("/userdata/workflows%2Fb.json"))).await.0, 204);
+    assert_eq!(text_of(c.delete(at("/userdata/workflows%2Fb.json"))).await.0, 404);
+}
+
+#[tokio::test]
+async fn settings_and_users_answer_like_single_user_comfyui() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let at = |p: &str| format!("{}{p}", sim.url());
+    let c = client();
+    assert_eq!(text_of(c.get(at("/settings"))).await, (200, "{}".to_string()));
+    assert_eq!(text_of(c.get(at("/api/settings/Comfy.Zoom"))).await, (200, "null".to_string()));
+    assert_eq!(text_of(c.post(at("/settings")).body(r#"{"a": "é"}"#)).await, (200, String::new()));
+    assert_eq!(text_of(c.post(at("/settings/Comfy.Zoom")).body("2")).await.0, 200);
+    assert_eq!(text_of(c.get(at("/settings"))).await.1, r#"{"a": "\u00e9", "Comfy.Zoom": 2}"#);
+    assert!(sim.data_dir().join("user/default/comfy.settings.json").is_file());
+    assert_eq!(text_of(c.get(at("/users"))).await.1, r#"{"storage": "server", "migrated": true}"#);
+}

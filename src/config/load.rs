@@ -174,6 +174,13 @@ impl Config {
             crate::policy::RoutePolicy::with_user_routes(std::slice::from_ref(route))
                 .map_err(|e| (format!("policy.user_routes[{i}]"), e.to_string()))?;
         }
+        let userdata = &self.userdata;
+        if userdata.max_bytes_per_user.as_u64() == 0 {
+            return Err(("userdata.max_bytes_per_user".to_owned(), "must be greater than zero".to_owned()));
+        }
+        if userdata.max_file_bytes.as_u64() == 0 {
+            return Err(("userdata.max_file_bytes".to_owned(), "must be greater than zero".to_owned()));
+        }
         Ok(())
     }
 }
@@ -335,6 +342,16 @@ mod tests {
         let err = Config::from_toml("[server]\nworkers = 100000\n").unwrap_err().to_string();
         assert!(err.contains("server.workers") && err.contains("at most 1024"), "{err}");
         assert_eq!(Config::from_toml("[server]\nworkers = 1\n").unwrap().server.workers, 1);
+    }
+
+    #[test]
+    fn user_data_limits_must_be_positive() {
+        let err = Config::from_toml("[userdata]\nmax_bytes_per_user = \"0B\"\n").unwrap_err().to_string();
+        assert!(err.contains("userdata.max_bytes_per_user"), "{err}");
+        let err = Config::from_toml("[userdata]\nmax_file_bytes = 0\n").unwrap_err().to_string();
+        assert!(err.contains("userdata.max_file_bytes"), "{err}");
+        let c = Config::from_toml("[userdata]\nmax_bytes_per_user = \"10MiB\"\n").unwrap();
+        assert_eq!(c.userdata.max_bytes_per_user.as_u64(), 10 * 1024 * 1024);
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// Which ComfyUI routes normal users may reach.
     pub policy: PolicyConfig,
+    /// Saved workflows and settings, kept by the gateway per user.
+    pub userdata: UserDataConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -43,6 +45,22 @@ pub struct PolicyConfig {
     /// More routes for users, as `"METHOD /path"` (`{name}` is one segment, `**` any rest;
     /// `/x` and `/api/x` are the same route).
     pub user_routes: Vec<String>,
+}
+
+/// Saved workflows and settings (`/userdata`, `/settings`), kept by the gateway per user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserDataConfig {
+    /// Disk space one user's files may take, all together.
+    pub max_bytes_per_user: ByteSize,
+    /// Largest single file accepted (also bounded by `server.max_request_body`).
+    pub max_file_bytes: ByteSize,
+}
+
+impl Default for UserDataConfig {
+    fn default() -> Self {
+        Self { max_bytes_per_user: ByteSize::gib(1), max_file_bytes: ByteSize::mib(64) }
+    }
 }
 
 /// Health checks and job dispatch.

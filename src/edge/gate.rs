@@ -1,7 +1,8 @@
 //! The path of every request bound for ComfyUI, in order: authenticate (the [`Caller`]
 //! extractor also refuses cross-site state-changing use of a session cookie), normalise the
 //! path, classify the route on it (names inside it resolved), refuse what comes from another
-//! site on the session cookie and what the caller's role does not allow, forward.
+//! site on the session cookie and what the caller's role does not allow, answer user data
+//! (the gateway's own), forward the rest.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -50,6 +51,10 @@ async fn forward(app: &AppState, caller: Caller, client: ClientInfo, req: Reques
     if class == RouteClass::Admin && !identity.is_admin() {
         tracing::info!(target: "comfygate::audit", event = "admin_route_refused", username = %identity.username, path = %path.canonical);
         return Err(ApiError::Forbidden("this ComfyUI route is for admins only".to_owned()));
+    }
+    if let Some(route) = crate::userdata::route(&path) {
+        // User data belongs to the gateway: answered here, never forwarded.
+        return Ok(crate::userdata::handle(app, &identity, route, req).await);
     }
     if let Some(route) = crate::comfy::route(req.method(), &path) {
         // Boxed: the ComfyUI-aware handlers make a large future, which would otherwise be part

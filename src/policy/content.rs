@@ -54,7 +54,7 @@ pub fn protect(headers: &mut HeaderMap, name: &str) {
 }
 
 /// `attachment; filename="…"` with only safe characters kept in the quoted name.
-fn attachment(name: &str) -> HeaderValue {
+pub fn attachment(name: &str) -> HeaderValue {
     let base = name.rsplit('/').next().unwrap_or(name);
     let safe: String = base
         .chars()
