@@ -38,7 +38,9 @@ async fn forward(app: &AppState, caller: Caller, client: ClientInfo, req: Reques
     let identity = caller.identity;
     let path = policy::normalize(req.uri().path())?;
     let class = app.routes.classify(req.method(), &path, req.uri().query());
-    if let RouteClass::BadName(e) = class {
+    let user_data = crate::userdata::route(&path);
+    // User data answers a bad name itself, with ComfyUI's own status for it (it is never forwarded).
+    if let (RouteClass::BadName(e), None) = (class, &user_data) {
         return Err(ApiError::BadRequest(format!("a file name in this request is refused: {e}")));
     }
     if caller.presented.is_ambient() {
@@ -52,9 +54,10 @@ async fn forward(app: &AppState, caller: Caller, client: ClientInfo, req: Reques
         tracing::info!(target: "comfygate::audit", event = "admin_route_refused", username = %identity.username, path = %path.canonical);
         return Err(ApiError::Forbidden("this ComfyUI route is for admins only".to_owned()));
     }
-    if let Some(route) = crate::userdata::route(&path) {
+    if let Some(route) = user_data {
         // User data belongs to the gateway: answered here, never forwarded.
-        return Ok(crate::userdata::handle(app, &identity, route, req).await);
+        let max_body = app.config.server.max_request_body.as_u64();
+        return Ok(crate::userdata::handle(&app.userdata, max_body, &identity, route, req).await);
     }
     if let Some(route) = crate::comfy::route(req.method(), &path) {
         // Boxed: the ComfyUI-aware handlers make a large future, which would otherwise be part

@@ -10,7 +10,6 @@ use serde_json::Value;
 use super::reply;
 use super::store::{UserDataError, UserDir, exists, file_info, in_the_way};
 use crate::policy::content;
-use crate::state::AppState;
 
 /// The one file the frontend loads as a stylesheet from user data.
 const USER_CSS: &str = "user.css";
@@ -40,7 +39,7 @@ pub(super) async fn read(user: &UserDir, raw: &str) -> Result<Response, UserData
 
 /// `POST /userdata/{file}?overwrite=&full_info=`: the raw body saved, answered with its path.
 pub(super) async fn write(
-    app: &AppState,
+    max_body: u64,
     user: &UserDir,
     raw: &str,
     query: Option<&str>,
@@ -48,7 +47,7 @@ pub(super) async fn write(
 ) -> Result<Response, UserDataError> {
     let (relative, path) = user.resolve_file(raw)?;
     let flags = Flags::parse(query);
-    let limit = app.config.server.max_request_body.as_u64().min(user.max_file_bytes);
+    let limit = max_body.min(user.max_file_bytes);
     user.write_stream(&path, body, limit, flags.overwrite).await?;
     answer(&path, relative, flags.full_info).await
 }

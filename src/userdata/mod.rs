@@ -20,7 +20,6 @@ use http::{Method, Request, StatusCode};
 
 use crate::auth::Identity;
 use crate::policy::NormalizedPath;
-use crate::state::AppState;
 
 pub use store::{UserData, UserDataError};
 
@@ -61,8 +60,14 @@ pub fn route(path: &NormalizedPath) -> Option<Route> {
 }
 
 /// Answers a user-data route for `identity` (authenticated, route policy already applied).
-pub async fn handle(app: &AppState, identity: &Identity, route: Route, req: Request<Body>) -> Response {
-    let user = app.userdata.user(identity.user_id);
+pub async fn handle(
+    userdata: &UserData,
+    max_body: u64,
+    identity: &Identity,
+    route: Route,
+    req: Request<Body>,
+) -> Response {
+    let user = userdata.user(identity.user_id);
     let method = req.method().clone();
     let reading = method == Method::GET || method == Method::HEAD;
     let writing = method == Method::POST;
@@ -72,13 +77,13 @@ pub async fn handle(app: &AppState, identity: &Identity, route: Route, req: Requ
         (Route::List, true, _) => listing::list(&user, query).await,
         (Route::ListV2, true, _) => listing::list_v2(&user, query).await,
         (Route::File(file), true, _) => files::read(&user, &file).await,
-        (Route::File(file), _, true) => files::write(app, &user, &file, query, req.into_body()).await,
+        (Route::File(file), _, true) => files::write(max_body, &user, &file, query, req.into_body()).await,
         (Route::File(file), false, false) if method == Method::DELETE => files::delete(&user, &file).await,
         (Route::Move(file, dest), _, true) => files::rename(&user, &file, &dest, query).await,
         (Route::Settings, true, _) => settings::get_all(&user).await,
         (Route::Setting(id), true, _) => settings::get_one(&user, &id).await,
-        (Route::Settings, _, true) => settings::merge(app, &user, req.into_body()).await,
-        (Route::Setting(id), _, true) => settings::set_one(app, &user, &id, req.into_body()).await,
+        (Route::Settings, _, true) => settings::merge(max_body, &user, req.into_body()).await,
+        (Route::Setting(id), _, true) => settings::set_one(max_body, &user, &id, req.into_body()).await,
         (Route::Users, true, _) => {
             Ok(reply::json(StatusCode::OK, &serde_json::json!({"storage": "server", "migrated": true})))
         }

@@ -8,8 +8,6 @@ use serde_json::{Map, Value};
 
 use super::reply;
 use super::store::{UserDataError, UserDir};
-use crate::comfy::MAX_JSON_BODY;
-use crate::state::AppState;
 
 /// ComfyUI's name for the settings file.
 const SETTINGS_FILE: &str = "comfy.settings.json";
@@ -26,16 +24,16 @@ pub(super) async fn get_one(user: &UserDir, id: &str) -> Result<Response, UserDa
 }
 
 /// `POST /settings`: a JSON object merged into the settings.
-pub(super) async fn merge(app: &AppState, user: &UserDir, body: Body) -> Result<Response, UserDataError> {
-    let Value::Object(new) = read_json(app, body).await? else {
+pub(super) async fn merge(max_body: u64, user: &UserDir, body: Body) -> Result<Response, UserDataError> {
+    let Value::Object(new) = read_json(max_body, body).await? else {
         return Err(UserDataError::InvalidJson);
     };
     update(user, |settings| settings.extend(new)).await
 }
 
 /// `POST /settings/{id}`: any JSON value stored under `id`.
-pub(super) async fn set_one(app: &AppState, user: &UserDir, id: &str, body: Body) -> Result<Response, UserDataError> {
-    let value = read_json(app, body).await?;
+pub(super) async fn set_one(max_body: u64, user: &UserDir, id: &str, body: Body) -> Result<Response, UserDataError> {
+    let value = read_json(max_body, body).await?;
     update(user, |settings| {
         settings.insert(id.to_owned(), value);
     })
@@ -70,8 +68,11 @@ async fn load(user: &UserDir) -> Result<Map<String, Value>, UserDataError> {
     }
 }
 
-async fn read_json(app: &AppState, body: Body) -> Result<Value, UserDataError> {
-    let limit = usize::try_from(app.config.server.max_request_body.as_u64()).unwrap_or(usize::MAX).min(MAX_JSON_BODY);
+/// Largest settings body read (ComfyUI settings are a few KiB).
+const MAX_JSON_BODY: usize = 32 * 1024 * 1024;
+
+async fn read_json(max_body: u64, body: Body) -> Result<Value, UserDataError> {
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX).min(MAX_JSON_BODY);
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| UserDataError::TooLarge)?;
     serde_json::from_slice(&bytes).map_err(|_| UserDataError::InvalidJson)
 }
