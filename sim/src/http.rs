@@ -11,6 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 
+use crate::frontend;
 use crate::json::{self, J, Obj};
 use crate::objinfo;
 use crate::state::{AppState, QueueItem, RecordedRequest};
@@ -57,8 +58,25 @@ pub fn router(state: Arc<AppState>) -> Router {
     r = both(r, "/upload/image", post(crate::files::upload));
     r = both(r, "/upload/mask", post(crate::files::upload));
     r = both(r, "/ws", get(crate::ws::ws_handler));
-    r.fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+    r = both(r, "/extensions", get(frontend::extensions));
+    r = both(r, "/i18n", get(frontend::empty_object));
+    r = both(r, "/workflow_templates", get(frontend::empty_object));
+    r = both(r, "/users", get(frontend::users));
+    r = both(r, "/settings", get(frontend::get_settings).post(frontend::post_settings));
+    r = both(r, "/settings/{id}", get(frontend::get_setting).post(frontend::post_setting));
+    r = both(r, "/userdata", get(frontend::list_userdata));
+    r = both(r, "/v2/userdata", get(frontend::list_userdata_v2));
+    r = both(
+        r,
+        "/userdata/{file}",
+        get(frontend::get_userdata).post(frontend::post_userdata).delete(frontend::delete_userdata),
+    );
+    let r = if state.config().web_root.is_some() {
+        r.route("/", get(frontend::index)).fallback(frontend::static_file)
+    } else {
+        r.fallback(not_found)
+    };
+    r.method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(origin_check))
         .layer(middleware::from_fn_with_state(state.clone(), record))
