@@ -144,12 +144,9 @@ pub async fn post_setting(State(state): State<Arc<AppState>>, Path(id): Path<Str
     write_settings(&state, settings).await
 }
 
-/// A user file's path inside the user folder, or ComfyUI's 403 for one that leaves it.
-fn user_file(state: &AppState, name: &str) -> Result<PathBuf, Response> {
-    match safe_relative(name) {
-        Some(rel) => Ok(user_dir(state).join(rel)),
-        None => Err(empty(StatusCode::FORBIDDEN)),
-    }
+/// A user file's path inside the user folder; `None` (ComfyUI answers 403) for one that leaves it.
+fn user_file(state: &AppState, name: &str) -> Option<PathBuf> {
+    safe_relative(name).map(|rel| user_dir(state).join(rel))
 }
 
 fn param<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
@@ -193,9 +190,8 @@ pub async fn list_userdata(State(state): State<Arc<AppState>>, Query(q): Query<V
     let Some(dir) = param(&q, "dir").filter(|d| !d.is_empty()) else {
         return json_response(StatusCode::BAD_REQUEST, &J::obj([("error", J::s("Directory not provided"))]));
     };
-    let base = match user_file(&state, dir) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Some(base) = user_file(&state, dir) else {
+        return empty(StatusCode::FORBIDDEN);
     };
     if !base.is_dir() {
         return json_response(StatusCode::NOT_FOUND, &J::obj([("error", J::s("Directory not found"))]));
@@ -238,8 +234,8 @@ pub async fn list_userdata_v2(State(state): State<Arc<AppState>>, Query(q): Quer
         root.clone()
     } else {
         match user_file(&state, rel) {
-            Ok(p) => p,
-            Err(r) => return r,
+            Some(p) => p,
+            None => return empty(StatusCode::FORBIDDEN),
         }
     };
     let Ok(rd) = std::fs::read_dir(&dir) else {
@@ -269,9 +265,8 @@ pub async fn list_userdata_v2(State(state): State<Arc<AppState>>, Query(q): Quer
 
 /// `GET /userdata/{file}`.
 pub async fn get_userdata(State(state): State<Arc<AppState>>, Path(file): Path<String>) -> Response {
-    let path = match user_file(&state, &file) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Some(path) = user_file(&state, &file) else {
+        return empty(StatusCode::FORBIDDEN);
     };
     match tokio::fs::read(&path).await {
         Ok(bytes) => {
@@ -289,9 +284,8 @@ pub async fn post_userdata(
     Query(q): Query<Vec<(String, String)>>,
     body: Body,
 ) -> Response {
-    let path = match user_file(&state, &file) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Some(path) = user_file(&state, &file) else {
+        return empty(StatusCode::FORBIDDEN);
     };
     if !flag(&q, "overwrite", true) && path.exists() {
         return json_response(StatusCode::CONFLICT, &J::s("File already exists"));
@@ -319,9 +313,8 @@ pub async fn post_userdata(
 
 /// `DELETE /userdata/{file}`.
 pub async fn delete_userdata(State(state): State<Arc<AppState>>, Path(file): Path<String>) -> Response {
-    let path = match user_file(&state, &file) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Some(path) = user_file(&state, &file) else {
+        return empty(StatusCode::FORBIDDEN);
     };
     match tokio::fs::remove_file(&path).await {
         Ok(()) => empty(StatusCode::NO_CONTENT),
