@@ -106,6 +106,18 @@ await scenario('saved_workflow_is_listed_again_after_reload', async () => {
   check(saved.status === 200, `POST /api/userdata/${encodeURIComponent(WORKFLOW)} answered ${saved.status}: ${saved.body}`);
   await a.page.reload();
   await frontendLoaded(a);
+  // In the UI: the workflows side panel lists it (by name, without ".json").
+  await a.page.keyboard.press('Escape'); // the first-run templates dialog, if shown
+  const tab = a.page.locator('[data-testid="workflows-tab-button"]');
+  if (await tab.count()) {
+    await tab.first().click();
+    const label = WORKFLOW_NAME.replace(/\.json$/, '');
+    await a.page.getByText(label).first().waitFor({ state: 'visible', timeout: 15_000 })
+      .catch(() => { throw new Error(`after reload, the workflows panel does not show ${label}`); });
+    await a.page.screenshot({ path: path.join(shots, 'workflows-panel.png') });
+  } else {
+    console.log('  no workflows panel button ([data-testid="workflows-tab-button"]): checking through the API only');
+  }
   const listed = await listedWorkflows(a);
   check(listed.includes(WORKFLOW_NAME), `after reload, GET /api/userdata?dir=workflows lists ${JSON.stringify(listed)}, not ${WORKFLOW_NAME}`);
   const back = await a.page.evaluate(async (file) => {
