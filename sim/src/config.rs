@@ -19,6 +19,9 @@ pub struct SimConfig {
     /// How long `/object_info` takes to answer (a real ComfyUI with many custom nodes can take
     /// seconds); zero by default.
     pub object_info_delay: Duration,
+    /// A folder of static web files served at `/` (ComfyUI's frontend, e.g. the `static` folder of
+    /// the `comfyui-frontend-package` wheel); `None` answers 404 there.
+    pub web_root: Option<PathBuf>,
 }
 
 impl Default for SimConfig {
@@ -30,6 +33,7 @@ impl Default for SimConfig {
             max_upload_bytes: 1024 * 1024 * 1024,
             data_dir: None,
             object_info_delay: Duration::ZERO,
+            web_root: None,
         }
     }
 }

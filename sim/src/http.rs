@@ -11,6 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 
+use crate::frontend;
 use crate::json::{self, J, Obj};
 use crate::objinfo;
 use crate::state::{AppState, QueueItem, RecordedRequest};
@@ -65,8 +66,15 @@ pub fn router(state: Arc<AppState>) -> Router {
     r = both(r, "/settings", get(crate::userdata::get_settings).post(crate::userdata::post_settings));
     r = both(r, "/settings/{id}", get(crate::userdata::get_setting).post(crate::userdata::post_setting));
     r = both(r, "/users", get(crate::userdata::get_users));
-    r.fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+    r = both(r, "/extensions", get(frontend::extensions));
+    r = both(r, "/i18n", get(frontend::empty_object));
+    r = both(r, "/workflow_templates", get(frontend::empty_object));
+    let r = if state.config().web_root.is_some() {
+        r.route("/", get(frontend::index)).fallback(frontend::static_file)
+    } else {
+        r.fallback(not_found)
+    };
+    r.method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(origin_check))
         .layer(middleware::from_fn_with_state(state.clone(), record))

@@ -5,6 +5,7 @@
 mod config;
 mod exec;
 mod files;
+mod frontend;
 mod http;
 mod images;
 pub mod json;

@@ -33,6 +33,9 @@ struct Args {
     /// Folder for input/, output/ and temp/ (a temporary directory when absent).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Folder of static web files to serve at / (ComfyUI's frontend).
+    #[arg(long)]
+    web_root: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -54,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         device_name: args.device_name,
         max_upload_bytes: args.max_upload_bytes,
         data_dir: args.data_dir,
+        web_root: args.web_root,
         ..SimConfig::default()
     };
     let mut sim = Simulator::start_on(SocketAddr::new(args.listen, args.port), config).await?;
