@@ -61,6 +61,7 @@ pub async fn show(
 pub async fn submit(
     State(app): State<AppState>,
     client: ClientInfo,
+    uri: http::Uri,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
@@ -72,7 +73,7 @@ pub async fn submit(
         }
     };
     if !csrf::check_login(cookie_value(&headers, csrf::LOGIN_COOKIE).as_deref(), &form.csrf)
-        || origin::cross_site(&headers, &app.allowed_hosts).is_some()
+        || origin::cross_site_at(&headers, uri.authority(), &app.allowed_hosts).is_some()
     {
         let msg = "The login form expired or came from another site. Please try again.";
         return render(&client, StatusCode::FORBIDDEN, &form.next, None, Some(msg), &form.username);
