@@ -470,7 +470,7 @@ async fn cross_site_cookie_post_is_refused_but_the_same_with_a_bearer_token_is_f
     assert!(common::client_requests(&sim).is_empty(), "refused requests never reach ComfyUI");
 
     // Same-origin cookie POST: forwarded, with the Origin rewritten for ComfyUI's own check
-    // (the simulator, like ComfyUI, would answer 403 to a foreign Origin and stores the file here).
+    // (the simulator, like ComfyUI, would answer 403 to a foreign Origin and 404 here).
     let r = client()
         .post(gw.at("/custom/notes.json"))
         .header("cookie", format!("{SESSION_COOKIE}={cookie}"))
@@ -480,7 +480,7 @@ async fn cross_site_cookie_post_is_refused_but_the_same_with_a_bearer_token_is_f
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(r.status(), 404);
     let r = client()
         .post(gw.at("/prompt"))
         .header("cookie", format!("{SESSION_COOKIE}={cookie}"))
