@@ -18,13 +18,8 @@ pub fn is_unsafe(method: &Method) -> bool {
 }
 
 /// `Some(reason)` when the request comes from another site; `allowed_hosts` are the
-/// `host[:port]` values users reach the gateway by (the request's own `Host` always counts).
-pub fn cross_site(headers: &HeaderMap, allowed_hosts: &[String]) -> Option<&'static str> {
-    cross_site_at(headers, None, allowed_hosts)
-}
-
-/// [`cross_site`] for a request whose URI carries `authority`: under HTTP/2 there is no `Host`
-/// header, only the `:authority` the URI holds.
+/// `host[:port]` values users reach the gateway by (the request's own `Host` always counts,
+/// and without one, as under HTTP/2, the `authority` its URI holds).
 pub fn cross_site_at(
     headers: &HeaderMap,
     authority: Option<&Authority>,
@@ -84,6 +79,10 @@ fn fetch_site_is(headers: &HeaderMap, value: &str) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn cross_site(headers: &HeaderMap, allowed: &[String]) -> Option<&'static str> {
+        cross_site_at(headers, None, allowed)
+    }
 
     fn parts(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

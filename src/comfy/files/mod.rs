@@ -17,6 +17,7 @@ use crate::backends::Backend;
 use crate::http::{ApiError, Caller, ClientInfo};
 use crate::policy::NormalizedPath;
 use crate::state::AppState;
+use crate::store::{StoreError, StoredFile};
 use names::{Kind, Located, UserFile};
 
 pub use upload::upload;
@@ -59,21 +60,37 @@ pub async fn view(
 /// The backend that holds `file` for `caller`: a file the gateway has no owner for, or another
 /// user's, does not exist for a non-admin (404, the same answer either way).
 async fn holder(app: &AppState, caller: &Caller, file: &Located) -> Result<Arc<Backend>, ApiError> {
-    let me = caller.identity.user_id;
-    let stored = app
-        .scheduler
-        .files()
-        .file(file.kind.as_str(), &file.subfolder, &file.filename, me)
-        .await
-        .map_err(store_unavailable)?;
     let pool = app.scheduler.pool();
-    match stored {
-        Some(stored) if stored.user_id == Some(me) || caller.identity.is_admin() => {
+    match access(app, caller, file).await.map_err(store_unavailable)? {
+        Access::Recorded(stored) => {
             pool.get(&stored.backend).cloned().or_else(|| pool.primary()).ok_or_else(no_backend)
         }
-        None if caller.identity.is_admin() => pool.primary().ok_or_else(no_backend),
-        _ => Err(ApiError::NotFound("no such file".to_owned())),
+        Access::Unrecorded => pool.primary().ok_or_else(no_backend),
+        Access::Denied => Err(ApiError::NotFound("no such file".to_owned())),
     }
+}
+
+/// What a caller may do with a located file.
+pub(crate) enum Access {
+    /// Not theirs (another user's, or no one's for a non-admin).
+    Denied,
+    /// Theirs (or an admin's to see), recorded as held by a backend.
+    Recorded(Arc<StoredFile>),
+    /// No record, and the caller is an admin.
+    Unrecorded,
+}
+
+/// The one ownership rule for files: a user may use what is recorded as theirs; an admin may
+/// use anything.
+pub(crate) async fn access(app: &AppState, caller: &Caller, file: &Located) -> Result<Access, StoreError> {
+    let me = caller.identity.user_id;
+    let stored = app.scheduler.files().file(file.kind.as_str(), &file.subfolder, &file.filename, me).await?;
+    let admin = caller.identity.is_admin();
+    Ok(match stored {
+        Some(stored) if stored.user_id == Some(me) || admin => Access::Recorded(stored),
+        None if admin => Access::Unrecorded,
+        _ => Access::Denied,
+    })
 }
 
 /// The canonical `filename=&type=[&subfolder=]` of a located file.
@@ -127,7 +144,8 @@ fn duplicate(name: &str) -> ApiError {
     ApiError::BadRequest(format!("the parameter `{name}` is given more than once"))
 }
 
-fn store_unavailable(e: impl std::fmt::Display) -> ApiError {
+/// The answer when the job store cannot say whose a file is.
+pub(crate) fn store_unavailable(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "file lookup failed");
     ApiError::Unavailable("the job store is temporarily unavailable".to_owned())
 }

@@ -102,12 +102,14 @@ impl UserFile {
             (None, None) => default_kind,
             (None, Some(kind)) => Kind::parse(kind).ok_or_else(|| FileNameError::BadKind(kind.to_owned()))?,
         };
-        let subfolder = names::resolve_relative(subfolder, false).map_err(|e| match e {
-            NameError::Escapes => FileNameError::Escapes,
-            NameError::InvalidCharacters | NameError::TooLong => FileNameError::BadSubfolder,
-        })?;
+        let subfolder = resolve_subfolder(subfolder)?;
         let filename = name.rsplit('/').next().unwrap_or_default().to_owned();
         Ok(Self { kind, subfolder, filename })
+    }
+
+    /// A folder (`kind` + `subfolder`) a file is to go in, before it has a name (uploads).
+    pub fn folder(kind: Kind, subfolder: &str) -> Result<Self, FileNameError> {
+        Ok(Self { kind, subfolder: resolve_subfolder(subfolder)?, filename: String::new() })
     }
 
     /// A workflow input value (`sub/cat.png`, `x.png [output]`): the folder part of the name is
@@ -149,6 +151,14 @@ impl Located {
     }
 }
 
+/// `subfolder` joined under its folder as ComfyUI joins it.
+fn resolve_subfolder(subfolder: &str) -> Result<String, FileNameError> {
+    names::resolve_relative(subfolder, false).map_err(|e| match e {
+        NameError::Escapes => FileNameError::Escapes,
+        NameError::InvalidCharacters | NameError::TooLong => FileNameError::BadSubfolder,
+    })
+}
+
 /// The input subfolder of user `user_id` (relative to ComfyUI's `input/`).
 pub fn user_folder(user_id: i64) -> String {
     format!("{USERS_FOLDER}/{user_id}")
@@ -164,7 +174,8 @@ pub fn user_view_of(user_id: i64, real_subfolder: &str) -> Option<String> {
     real_subfolder.strip_prefix(&own).and_then(|rest| rest.strip_prefix('/')).map(str::to_owned)
 }
 
-fn join(a: &str, b: &str) -> String {
+/// `a/b`, either side possibly empty.
+pub(super) fn join(a: &str, b: &str) -> String {
     match (a.is_empty(), b.is_empty()) {
         (true, _) => b.to_owned(),
         (_, true) => a.to_owned(),

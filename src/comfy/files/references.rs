@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value, json};
 
-use super::names::{Kind, UserFile, user_view_of};
+use super::names::{Kind, UserFile, join, user_view_of};
 use crate::http::Caller;
 use crate::scheduler::workflow::link_target;
 use crate::state::AppState;
@@ -76,7 +76,10 @@ pub async fn bind_workflow(app: &AppState, caller: &Caller, prompt: &mut Map<Str
                     let located = file.located_for(me);
                     let allowed = match file.kind {
                         Kind::Input => true,
-                        Kind::Output | Kind::Temp => owns(app, caller, &located).await.unwrap_or(false),
+                        Kind::Output | Kind::Temp => {
+                            let access = super::access(app, caller, &located).await;
+                            matches!(access, Ok(super::Access::Recorded(_) | super::Access::Unrecorded))
+                        }
                     };
                     let annotate = value.ends_with(']') && value.contains(" [");
                     allowed.then(|| located.input_value(annotate || file.kind != input.folder))
@@ -117,16 +120,6 @@ pub async fn bind_workflow(app: &AppState, caller: &Caller, prompt: &mut Map<Str
             "details": "", "extra_info": {}},
         "node_errors": node_errors,
     }))
-}
-
-/// Whether `caller` may use the output or temp file `file`: it is theirs (admins: anyone's).
-async fn owns(app: &AppState, caller: &Caller, file: &super::names::Located) -> Result<bool, StoreError> {
-    let me = caller.identity.user_id;
-    let stored = app.scheduler.files().file(file.kind.as_str(), &file.subfolder, &file.filename, me).await?;
-    Ok(match stored {
-        Some(stored) => stored.user_id == Some(me) || caller.identity.is_admin(),
-        None => caller.identity.is_admin(),
-    })
 }
 
 /// ComfyUI's error for a file input its node cannot read (`LoadImage`'s own words).
@@ -205,10 +198,6 @@ fn replace_choices(spec: &mut Value, values: &[String]) {
     } else if spec[1].get("options").is_some() {
         spec[1]["options"] = list;
     }
-}
-
-fn join(a: &str, b: &str) -> String {
-    if a.is_empty() { b.to_owned() } else { format!("{a}/{b}") }
 }
 
 #[cfg(test)]

@@ -228,7 +228,7 @@ impl Rewrite {
         if kind != Kind::Input && !admin {
             return Err(refused("users may only upload input files (type=input)"));
         }
-        let target = UserFile::resolve("x", Some(kind.as_str()), fields.subfolder.as_deref().unwrap_or(""), kind)
+        let target = UserFile::folder(kind, fields.subfolder.as_deref().unwrap_or(""))
             .map_err(|e| Stop::Refused(e.into()))?
             .located_for(me);
         self.text("type", kind.as_str()).await?;
@@ -249,20 +249,10 @@ impl Rewrite {
         let text = |key: &str| reference[key].as_str().unwrap_or_default();
         let file = UserFile::resolve(text("filename"), reference["type"].as_str(), text("subfolder"), Kind::Output)
             .map_err(|e| Stop::Refused(e.into()))?;
-        let me = self.caller.identity.user_id;
-        let located = file.located_for(me);
-        let stored = self
-            .app
-            .scheduler
-            .files()
-            .file(located.kind.as_str(), &located.subfolder, &located.filename, me)
-            .await
-            .map_err(|e| Stop::Refused(store_unavailable(e)))?;
-        let allowed = match stored {
-            Some(stored) => stored.user_id == Some(me) || self.caller.identity.is_admin(),
-            None => self.caller.identity.is_admin(),
-        };
-        if !allowed {
+        let located = file.located_for(self.caller.identity.user_id);
+        let access =
+            super::access(&self.app, &self.caller, &located).await.map_err(|e| Stop::Refused(store_unavailable(e)))?;
+        if matches!(access, super::Access::Denied) {
             return Err(Stop::Refused(ApiError::NotFound("original_ref names no file of yours".to_owned())));
         }
         Ok(json!({"filename": located.filename, "subfolder": located.subfolder, "type": located.kind.as_str()})
