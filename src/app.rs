@@ -77,6 +77,7 @@ fn spawn_scheduling(app: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<tok
     let health = tokio::spawn(backends::health::run(pool.clone(), app.config.scheduler.clone(), shutdown.clone()));
     let monitor = tokio::spawn(backends::monitor::run(pool.clone(), frames_tx, shutdown.clone()));
     let mut events = pool.subscribe();
+    let mut accounts = app.auth.changes();
     let mut stop = shutdown.clone();
     let feed = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -85,12 +86,16 @@ fn spawn_scheduling(app: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<tok
                 Some((backend, frame)) = frames.recv() => scheduler.on_frame(&backend, frame).await,
                 event = events.recv() => match event {
                     Ok(event) => scheduler.on_backend_event(event).await,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => scheduler.pump().await,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => scheduler.kick(),
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 },
+                Ok(()) = accounts.changed() => {
+                    let scheduler = scheduler.clone();
+                    tokio::spawn(async move { scheduler.prune_owners().await });
+                }
                 _ = tick.tick() => {
-                    scheduler.reconcile_quiet(std::time::Duration::from_secs(2)).await;
-                    scheduler.pump().await;
+                    scheduler.reconcile_quiet(std::time::Duration::from_secs(2));
+                    scheduler.kick();
                 }
                 _ = stop.changed() => break,
             }

@@ -223,7 +223,9 @@ async fn last_admin_count_ignores_disabled_admins(db: &TestDb) {
 fn job(prompt_id: &str, user_id: i64, number: i64) -> Job {
     Job {
         prompt_id: prompt_id.to_owned(),
+        public_id: prompt_id.to_owned(),
         user_id,
+        token_id: None,
         username: "fay".to_owned(),
         client_id: "c1".to_owned(),
         number,
@@ -245,6 +247,9 @@ async fn jobs_keep_their_state_and_files_their_backend(db: &TestDb) {
     assert_eq!(s.max_job_number().await.unwrap(), 2);
     s.update_job("p1", JobState::Dispatched, Some("gpu1"), None).await.unwrap();
     s.update_job("p1", JobState::Failed, None, Some("backend lost")).await.unwrap();
+    // A late write (another task's stale view) never revives a job that has ended.
+    s.update_job("p1", JobState::Queued, None, None).await.unwrap();
+    s.update_job("p1", JobState::Done, Some("gpu2"), None).await.unwrap();
     let p1 = s.job("p1").await.unwrap().unwrap();
     assert_eq!(
         (p1.state, p1.backend.as_deref(), p1.error.as_deref()),
@@ -262,8 +267,34 @@ async fn jobs_keep_their_state_and_files_their_backend(db: &TestDb) {
         .collect();
     assert_eq!(all, ["p1", "p2"]);
     assert_eq!(s.job_ids_of(u.id, 10).await.unwrap(), ["p2", "p1"]);
-    let clients = s.job_clients_of(u.id, 10).await.unwrap();
-    assert_eq!(clients.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["p2", "p1"]);
+    let refs = s.job_refs_of(u.id, 10).await.unwrap();
+    assert_eq!(refs.iter().map(|r| r.prompt_id.as_str()).collect::<Vec<_>>(), ["p2", "p1"]);
+
+    // Public ids are per owner: another user's same id neither collides nor is found.
+    let other = s.create_user(new_user("gus", Role::User)).await.unwrap();
+    let mine = Job { public_id: "job-0001".to_owned(), ..job("internal-a", u.id, 4) };
+    let theirs = Job { public_id: "job-0001".to_owned(), ..job("internal-b", other.id, 5) };
+    s.insert_job(&mine).await.unwrap();
+    s.insert_job(&theirs).await.unwrap();
+    let again = Job { public_id: "job-0001".to_owned(), ..job("internal-c", u.id, 6) };
+    assert!(matches!(s.insert_job(&again).await, Err(StoreError::Conflict(_))), "unique within the owner");
+    assert_eq!(s.job_of(u.id, "job-0001").await.unwrap().unwrap().prompt_id, "internal-a");
+    assert_eq!(s.job_of(other.id, "job-0001").await.unwrap().unwrap().prompt_id, "internal-b");
+    assert!(s.job_of(other.id, "internal-a").await.unwrap().is_none());
+    assert_eq!(s.job_refs_of(other.id, 10).await.unwrap()[0].public_id, "job-0001");
+
+    // Owners: enabled users run; disabled, removed users and revoked or expired tokens do not.
+    assert!(s.owner_active(u.id, None, 2_000).await.unwrap());
+    assert!(!s.owner_active(999_999, None, 2_000).await.unwrap());
+    s.set_disabled(other.id, true).await.unwrap();
+    assert!(!s.owner_active(other.id, None, 2_000).await.unwrap());
+    let token =
+        s.create_token(NewToken { expires_at: Some(5_000), ..new_token(u.id, "script", "ee55") }).await.unwrap();
+    assert!(s.owner_active(u.id, Some(token.id), 2_000).await.unwrap());
+    assert!(!s.owner_active(u.id, Some(token.id), 6_000).await.unwrap(), "expired");
+    assert!(!s.owner_active(other.id, Some(token.id), 2_000).await.unwrap(), "someone else's token");
+    s.revoke_token(token.id, 3_000).await.unwrap();
+    assert!(!s.owner_active(u.id, Some(token.id), 2_000).await.unwrap(), "revoked");
 
     let file = |backend: &str| StoredFile {
         backend: backend.to_owned(),
@@ -278,7 +309,7 @@ async fn jobs_keep_their_state_and_files_their_backend(db: &TestDb) {
     assert_eq!(s.file("output", "", "x_00001_.png", u.id).await.unwrap().unwrap().backend, "gpu1");
     assert!(s.file("input", "", "x_00001_.png", u.id).await.unwrap().is_none());
     // The same name on another backend, made by someone else: each user finds their own.
-    let other = s.create_user(new_user("gus", Role::User)).await.unwrap();
+    let other = s.user_by_name("gus").await.unwrap().unwrap();
     s.record_file(&StoredFile { backend: "gpu2".to_owned(), user_id: Some(other.id), ..file("gpu2") }).await.unwrap();
     assert_eq!(s.file("output", "", "x_00001_.png", u.id).await.unwrap().unwrap().backend, "gpu1");
     assert_eq!(s.file("output", "", "x_00001_.png", other.id).await.unwrap().unwrap().backend, "gpu2");

@@ -391,6 +391,16 @@ async fn post_prompt(State(state): State<Arc<AppState>>, body: Body) -> Response
     if let Some(c) = data.get("client_id") {
         extra_data.insert("client_id".into(), c.clone());
     }
+    // A test knob, not ComfyUI's: a backend (or the proxy in front of it) failing this one
+    // submission with a server error.
+    if let Some(status) = extra_data.get("sim_prompt_status").and_then(J::as_i64) {
+        let status = u16::try_from(status).ok().and_then(|s| StatusCode::from_u16(s).ok());
+        return (
+            status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "500 Internal Server Error\n\nServer got itself in trouble",
+        )
+            .into_response();
+    }
     match result {
         Ok(valid) => {
             {

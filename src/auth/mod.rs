@@ -125,6 +125,12 @@ impl Auth {
         &self.config
     }
 
+    /// Changes whenever anything may have been revoked (a token or session, a user disabled,
+    /// removed or given a new password), here or by another process on the same store.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.cache.watch()
+    }
+
     /// Forgets every cached grant after a revocation made by this process.
     pub fn revoked(&self) {
         self.cache.clear();

@@ -6,7 +6,9 @@ use http::{Request, StatusCode};
 use serde_json::{Value, json};
 
 use super::{bytes_response, json_response, read_json};
+use crate::auth::AuthMethod;
 use crate::http::{ApiError, Caller};
+use crate::scheduler::Submitter;
 use crate::state::AppState;
 
 /// `POST /prompt`.
@@ -20,7 +22,12 @@ pub async fn submit(app: &AppState, caller: &Caller, req: Request<Body>) -> Resu
             return Ok(json_response(StatusCode::BAD_REQUEST, &rejection));
         }
     }
-    let answer = app.scheduler.submit(caller.identity.user_id, &caller.identity.username, body).await.map_err(|e| {
+    let token_id = match &caller.identity.method {
+        AuthMethod::Token { token_id, .. } => Some(*token_id),
+        AuthMethod::Session { .. } => None,
+    };
+    let by = Submitter { user_id: caller.identity.user_id, username: &caller.identity.username, token_id };
+    let answer = app.scheduler.submit(by, body).await.map_err(|e| {
         tracing::error!(error = %e, "cannot queue a prompt");
         ApiError::Unavailable("the job store is temporarily unavailable".to_owned())
     })?;

@@ -149,6 +149,12 @@ impl Config {
         if s.unhealthy_after == 0 {
             return Err(("scheduler.unhealthy_after".to_owned(), "must be at least 1".to_owned()));
         }
+        if s.dispatch_attempts == 0 {
+            return Err(("scheduler.dispatch_attempts".to_owned(), "must be at least 1".to_owned()));
+        }
+        if s.max_dispatches < s.dispatch_attempts {
+            return Err(("scheduler.max_dispatches".to_owned(), "must be at least dispatch_attempts".to_owned()));
+        }
         let auth = &self.auth;
         if auth.session_idle_timeout.is_zero() || auth.session_absolute_timeout.is_zero() {
             return Err(("auth.session_idle_timeout".to_owned(), "must be greater than zero".to_owned()));

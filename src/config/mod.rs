@@ -78,6 +78,13 @@ pub struct SchedulerConfig {
     /// How often node classes and model files are re-read from `/object_info`.
     #[serde(with = "humantime_serde")]
     pub capabilities_refresh: Duration,
+    /// Different backends a job is offered to when each answers its dispatch with a server
+    /// error (5xx) before the job fails with that error. A 5xx to one job says nothing about
+    /// the backend's health.
+    pub dispatch_attempts: u32,
+    /// Dispatches of one job in all (a backend that dies holding it, refusals, lost
+    /// connections) before it fails: no job goes round without bound.
+    pub max_dispatches: u32,
 }
 
 impl Default for SchedulerConfig {
@@ -87,6 +94,8 @@ impl Default for SchedulerConfig {
             health_timeout: Duration::from_secs(2),
             unhealthy_after: 2,
             capabilities_refresh: Duration::from_secs(60),
+            dispatch_attempts: 2,
+            max_dispatches: 10,
         }
     }
 }

@@ -88,20 +88,42 @@ impl Scheduler {
             .collect()
     }
 
-    /// The owner and backend of a job the gateway holds or held.
-    pub async fn locate(&self, prompt_id: &str) -> Option<(i64, Option<String>)> {
-        if let Some(job) = self.inner().jobs.get(prompt_id) {
-            return Some((job.owner, job.backend.clone()));
+    /// The gateway id, owner and backend of the job `viewer` calls `id` (their own id first;
+    /// for admins, then the gateway's id), held now or recorded.
+    pub async fn locate(&self, scope: Scope, viewer: i64, id: &str) -> Option<(String, i64, Option<String>)> {
+        if let Some(found) = self.held(scope, viewer, id) {
+            let inner = self.inner();
+            let job = inner.jobs.get(&found)?;
+            return Some((found.clone(), job.owner, job.backend.clone()));
         }
-        match self.store.job(prompt_id).await {
-            Ok(Some(job)) => Some((job.user_id, job.backend)),
+        let job = match self.store.job_of(viewer, id).await {
+            Ok(Some(job)) => Some(job),
+            Ok(None) if matches!(scope, Scope::All) => self.store.job(id).await.ok().flatten(),
             _ => None,
-        }
+        }?;
+        Some((job.prompt_id, job.user_id, job.backend))
     }
 
-    /// `POST /queue {"delete": [...]}`: jobs still waiting in the gateway are removed there;
-    /// jobs handed to a backend are deleted from its queue.
-    pub async fn delete(&self, scope: Scope, ids: &[String]) {
+    /// The gateway id of the held job `viewer` calls `id`: one of their own by the id they know
+    /// it by, else (admins) anyone's by the gateway's id. Another user's id is never found.
+    fn held(&self, scope: Scope, viewer: i64, id: &str) -> Option<String> {
+        let inner = self.inner();
+        let own = inner.jobs.iter().find(|(_, j)| j.owner == viewer && j.public_id == id).map(|(k, _)| k.clone());
+        own.or_else(|| match scope {
+            Scope::All => inner.jobs.contains_key(id).then(|| id.to_owned()),
+            Scope::Owner(_) => None,
+        })
+    }
+
+    /// `POST /queue {"delete": [...]}` (ids as `viewer` knows them): jobs still waiting in the
+    /// gateway are removed there; jobs handed to a backend are deleted from its queue.
+    pub async fn delete(&self, scope: Scope, viewer: i64, ids: &[String]) {
+        let ids: Vec<String> = ids.iter().filter_map(|id| self.held(scope, viewer, id)).collect();
+        self.delete_held(scope, &ids, "deleted from the queue").await;
+    }
+
+    /// Deletes held jobs by gateway id (running ones are left alone).
+    pub(super) async fn delete_held(&self, scope: Scope, ids: &[String], reason: &str) {
         for id in ids {
             let target = {
                 let mut inner = self.inner();
@@ -114,19 +136,16 @@ impl Scheduler {
                     inner.queue.remove(id);
                     inner.jobs.remove(id);
                 } else if let Some(job) = inner.jobs.get_mut(id) {
-                    job.outcome = Some((JobState::Cancelled, "deleted from the queue".to_owned()));
+                    job.outcome = Some((JobState::Cancelled, reason.to_owned()));
                 }
                 backend
             };
             match target.as_deref().and_then(|b| self.pool.get(b)).cloned() {
-                None => self.save_state(id, JobState::Cancelled, None, Some("deleted from the queue")).await,
+                None => self.save_state(id, JobState::Cancelled, None, Some(reason)).await,
                 Some(backend) => {
-                    let body = json!({"delete": [id]}).to_string();
-                    let _ = backend
-                        .proxy
-                        .call(Method::POST, "/queue", Some(body.into()), backend.config.response_timeout)
-                        .await;
+                    // Taken out first: a copy that starts meanwhile is a stray, interrupted.
                     self.finish(&backend, id).await;
+                    self.withdraw(&backend, id).await;
                 }
             }
         }
@@ -143,11 +162,19 @@ impl Scheduler {
             .filter(|(_, j)| scope.covers(j.owner) && j.state != JobState::Running)
             .map(|(id, _)| id.clone())
             .collect();
-        self.delete(scope, &ids).await;
+        self.delete_held(scope, &ids, "deleted from the queue").await;
     }
 
-    /// `POST /interrupt`: the named job, or every running job in scope.
-    pub async fn interrupt(&self, scope: Scope, prompt_id: Option<&str>) {
+    /// `POST /interrupt`: the named job (as `viewer` knows it), or every running job in scope.
+    pub async fn interrupt(&self, scope: Scope, viewer: i64, prompt_id: Option<&str>) {
+        let prompt_id = match prompt_id {
+            Some(id) => match self.held(scope, viewer, id) {
+                Some(found) => Some(found),
+                None => return,
+            },
+            None => None,
+        };
+        let prompt_id = prompt_id.as_deref();
         let targets: Vec<(String, String)> = {
             let inner = self.inner();
             inner
@@ -167,7 +194,7 @@ impl Scheduler {
                 .await;
         }
         if let Some(id) = prompt_id {
-            self.delete(scope, &[id.to_owned()]).await;
+            self.delete_held(scope, &[id.to_owned()], "deleted from the queue").await;
         }
     }
 }

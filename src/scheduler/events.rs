@@ -1,4 +1,8 @@
 //! What happens to jobs as backends report on them, go down or come back.
+//!
+//! These run on the gateway's one event feed: nothing here waits for a backend's answer
+//! (dispatches, reconciliations and withdrawals are spawned), so one slow backend never
+//! delays the events of the others.
 
 use std::sync::Arc;
 
@@ -6,11 +10,18 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::delivery::Outgoing;
-use super::{Scheduler, jobs::Active};
+use super::{Scheduler, jobs::Active, renamed};
 use crate::backends::monitor::Frame;
 use crate::backends::{Backend, BackendEvent};
 use crate::store::{JobState, StoredFile};
 use crate::time::now_ms;
+
+/// A job as it ended, taken out of the scheduler.
+pub(super) struct Ended {
+    pub job: Active,
+    pub state: JobState,
+    pub error: Option<String>,
+}
 
 impl Scheduler {
     /// Handles one frame from a backend's monitor socket.
@@ -18,10 +29,7 @@ impl Scheduler {
         let Some(backend) = self.pool.get(backend_name).cloned() else { return };
         backend.load().last_event = Some(std::time::Instant::now());
         match frame {
-            Frame::Connected => {
-                let this = self.clone();
-                tokio::spawn(async move { this.reconcile(&backend).await });
-            }
+            Frame::Connected => self.spawn_reconcile(&backend),
             Frame::Binary(data) => {
                 let running = backend.load().running.clone();
                 let Some(id) = running else { return };
@@ -42,7 +50,28 @@ impl Scheduler {
             // Broadcast `status` frames carry one backend's queue; clients get the gateway's.
             return;
         };
-        let Some((owner, client_id)) = self.inner().jobs.get(id).map(|j| (j.owner, j.client_id.clone())) else {
+        let held = {
+            let mut inner = self.inner();
+            match inner.jobs.get_mut(id) {
+                // Events count only from the backend holding the job.
+                Some(job) if job.backend.as_deref() == Some(backend.name()) => {
+                    job.accepted = true;
+                    Some((job.owner, job.client_id.clone(), job.public_id.clone()))
+                }
+                _ => None,
+            }
+        };
+        let Some((owner, client_id, public_id)) = held else {
+            if kind == "execution_start" {
+                // A copy the gateway gave up on (moved elsewhere, deleted, ended) started here:
+                // it must not run twice.
+                tracing::warn!(
+                    prompt_id = id,
+                    backend = backend.name(),
+                    "stray copy of a job started; interrupting it"
+                );
+                self.spawn_interrupt(backend, id);
+            }
             return;
         };
         match kind {
@@ -65,18 +94,26 @@ impl Scheduler {
             }
             "executed" => self.record_outputs(backend.name(), id, owner, &data["output"]).await,
             "execution_error" => self.set_outcome(id, JobState::Failed, data.to_string()),
-            "execution_interrupted" => self.set_outcome(id, JobState::Cancelled, "interrupted".to_owned()),
+            "execution_interrupted" => self.set_outcome_unless_set(id, JobState::Cancelled, "interrupted"),
             _ => {}
         }
-        self.subscribers.send(owner, &client_id, Outgoing::Text(text));
+        self.subscribers.send(owner, &client_id, Outgoing::Text(renamed(&text, id, &public_id)));
         if kind == "executing" && data["node"].is_null() {
             self.finish(backend, id).await;
+            self.kick();
         }
     }
 
     fn set_outcome(&self, id: &str, state: JobState, detail: String) {
         if let Some(job) = self.inner().jobs.get_mut(id) {
             job.outcome = Some((state, detail));
+        }
+    }
+
+    /// An interruption the gateway asked for keeps its reason (e.g. the owner was disabled).
+    fn set_outcome_unless_set(&self, id: &str, state: JobState, detail: &str) {
+        if let Some(job) = self.inner().jobs.get_mut(id) {
+            job.outcome.get_or_insert_with(|| (state, detail.to_owned()));
         }
     }
 
@@ -101,51 +138,60 @@ impl Scheduler {
         }
     }
 
-    /// A job ended on `backend` (successfully unless an error was seen).
-    pub(super) async fn finish(&self, backend: &Backend, id: &str) {
-        let ended = {
-            let mut load = backend.load();
+    /// Takes job `id` out of the scheduler if `backend` holds it (`None`: wherever it is).
+    pub(super) fn take_job(&self, id: &str, backend: Option<&Backend>) -> Option<Active> {
+        let mut inner = self.inner();
+        let holder = inner.jobs.get(id)?.backend.clone();
+        if backend.is_some_and(|b| holder.as_deref() != Some(b.name())) {
+            return None;
+        }
+        let job = inner.jobs.remove(id)?;
+        inner.queue.remove(id);
+        if let Some(b) = holder.as_deref().and_then(|b| self.pool.get(b)) {
+            let mut load = b.load();
             load.inflight.retain(|x| x != id);
             if load.running.as_deref() == Some(id) {
                 load.running = None;
             }
-            drop(load);
-            self.inner().jobs.remove(id)
-        };
-        let Some(job) = ended else { return };
-        let (state, error) = match job.outcome {
-            Some((state, detail)) => (state, Some(detail)),
+        }
+        Some(job)
+    }
+
+    /// A job ended on `backend` (successfully unless an error was seen); the caller fills
+    /// the freed slot.
+    pub(super) async fn finish(&self, backend: &Backend, id: &str) -> Option<Ended> {
+        let job = self.take_job(id, Some(backend))?;
+        let (state, error) = match &job.outcome {
+            Some((state, detail)) => (*state, Some(detail.clone())),
             None => (JobState::Done, None),
         };
-        // The freed slot is filled first; the record can wait a moment.
-        self.pump().await;
         self.save_state(id, state, Some(backend.name()), error.as_deref()).await;
         self.announce_status();
+        Some(Ended { job, state, error })
     }
 
-    /// Ends a job that never ran (refused by the backend, lost with it): recorded with its
-    /// reason; when `notify`, the owner's socket gets `execution_error` and the final
+    /// Ends a job that did not run to its end (refused by the backend, lost with it): recorded
+    /// with its reason; when `notify`, the owner's socket gets `execution_error` and the final
     /// `executing`, as ComfyUI sends for a failed job.
     pub(super) async fn fail(&self, id: &str, error: &str, notify: bool) {
-        let job = self.inner().jobs.remove(id);
-        if let Some(backend) = job.as_ref().and_then(|j| j.backend.as_deref()).and_then(|b| self.pool.get(b)) {
-            let mut load = backend.load();
-            load.inflight.retain(|x| x != id);
-            if load.running.as_deref() == Some(id) {
-                load.running = None;
-            }
-        }
-        self.save_state(id, JobState::Failed, None, Some(error)).await;
+        self.end(id, JobState::Failed, error, notify).await;
+    }
+
+    /// Ends a job (wherever it is) in `state` with `reason`.
+    pub(super) async fn end(&self, id: &str, state: JobState, reason: &str, notify: bool) {
+        let job = self.take_job(id, None);
+        self.save_state(id, state, None, Some(reason)).await;
         if let (Some(job), true) = (job, notify) {
-            self.notify_failure(&job, id, error);
+            self.notify_failure(&job, reason);
         }
         self.announce_status();
     }
 
-    fn notify_failure(&self, job: &Active, id: &str, error: &str) {
-        let event = json!({"type": "execution_error", "data": execution_error(id, error)});
+    fn notify_failure(&self, job: &Active, error: &str) {
+        let shown = &job.public_id;
+        let event = json!({"type": "execution_error", "data": execution_error(shown, error)});
         self.subscribers.send(job.owner, &job.client_id, Outgoing::Text(event.to_string()));
-        let done = json!({"type": "executing", "data": {"node": null, "prompt_id": id}});
+        let done = json!({"type": "executing", "data": {"node": null, "prompt_id": shown}});
         self.subscribers.send(job.owner, &job.client_id, Outgoing::Text(done.to_string()));
     }
 
@@ -157,70 +203,117 @@ impl Scheduler {
             }
             BackendEvent::Up(name) => {
                 let moved = self.inner().abandoned.remove(&name).unwrap_or_default();
-                if let (false, Some(backend)) = (moved.is_empty(), self.pool.get(&name)) {
-                    let body = json!({"delete": moved}).to_string();
-                    let _ = backend
-                        .proxy
-                        .call(Method::POST, "/queue", Some(body.into()), backend.config.response_timeout)
-                        .await;
+                if let (false, Some(backend)) = (moved.is_empty(), self.pool.get(&name).cloned()) {
+                    // It may not have died after all: the copies it still queues must not run.
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        for id in moved {
+                            this.withdraw(&backend, &id).await;
+                        }
+                    });
                 }
             }
             BackendEvent::Changed => {}
         }
-        self.pump().await;
+        self.kick();
     }
 
     /// Moves a backend's jobs away: not started → back to the queue (same prompt id);
     /// running → failed, saying which backend failed.
     async fn evacuate(self: &Arc<Self>, name: &str, reason: &str) {
         let Some(backend) = self.pool.get(name).cloned() else { return };
-        let (inflight, running) = {
-            let mut load = backend.load();
-            (std::mem::take(&mut load.inflight), load.running.take())
-        };
-        let mut failed = Vec::new();
+        let mut lost = Vec::new();
+        let mut worn_out = Vec::new();
         {
             let mut inner = self.inner();
-            for id in &inflight {
-                let Some(job) = inner.jobs.get_mut(id) else { continue };
+            let inner = &mut *inner;
+            let running = {
+                let mut load = backend.load();
+                load.inflight.clear();
+                load.running.take()
+            };
+            let held: Vec<String> = inner
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.backend.as_deref() == Some(name))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in held {
+                let Some(job) = inner.jobs.get_mut(&id) else { continue };
                 if running.as_deref() == Some(id.as_str()) || job.state == JobState::Running {
-                    failed.push(id.clone());
+                    lost.push(id);
+                    continue;
+                }
+                if job.attempt >= self.config.max_dispatches {
+                    worn_out.push(id);
                     continue;
                 }
                 job.state = JobState::Queued;
                 job.backend = None;
+                job.accepted = false;
                 let owner = job.owner;
                 inner.queue.push_front(owner, id.clone());
-                inner.abandoned.entry(name.to_owned()).or_default().push(id.clone());
+                inner.abandoned.entry(name.to_owned()).or_default().push(id);
             }
         }
-        for id in inflight.iter().filter(|id| !failed.contains(id)) {
-            self.save_state(id, JobState::Queued, None, None).await;
-        }
-        for id in failed {
+        for id in lost {
             tracing::warn!(prompt_id = %id, backend = name, "job lost with its backend");
             self.fail(&id, reason, true).await;
+        }
+        for id in worn_out {
+            let why = format!("{reason}; the job was dispatched {} times without running", self.config.max_dispatches);
+            self.fail(&id, &why, true).await;
         }
     }
 
     /// Settles the jobs of backends that have been quiet for a while: their events may go
     /// elsewhere (jobs dispatched before a gateway restart) or have been missed.
-    pub async fn reconcile_quiet(self: &Arc<Self>, quiet_for: std::time::Duration) {
+    pub fn reconcile_quiet(self: &Arc<Self>, quiet_for: std::time::Duration) {
         for backend in self.pool.healthy() {
             let quiet = {
                 let load = backend.load();
                 !load.inflight.is_empty() && load.last_event.is_none_or(|t| t.elapsed() >= quiet_for)
             };
             if quiet {
-                self.reconcile(&backend).await;
+                self.spawn_reconcile(&backend);
             }
         }
     }
 
-    /// After the monitor socket (re)connects: settles jobs whose end may have been missed.
+    fn spawn_reconcile(self: &Arc<Self>, backend: &Arc<Backend>) {
+        if !self.inner().reconciling.insert(backend.name().to_owned()) {
+            return;
+        }
+        let (this, backend) = (self.clone(), backend.clone());
+        tokio::spawn(async move {
+            this.reconcile(&backend).await;
+            this.inner().reconciling.remove(backend.name());
+            this.pump().await;
+        });
+    }
+
+    fn spawn_interrupt(&self, backend: &Arc<Backend>, id: &str) {
+        let (backend, body) = (backend.clone(), json!({"prompt_id": id}).to_string());
+        tokio::spawn(async move {
+            let timeout = backend.config.response_timeout;
+            let _ = backend.proxy.call(Method::POST, "/interrupt", Some(body.into()), timeout).await;
+        });
+    }
+
+    /// Settles the jobs a backend accepted whose end may have been missed (after its monitor
+    /// socket reconnects, or when it has been quiet): its queue and history tell. Jobs whose
+    /// dispatch is still on its way are left alone (the backend cannot know them yet).
     async fn reconcile(self: &Arc<Self>, backend: &Arc<Backend>) {
-        let inflight = backend.load().inflight.clone();
-        if inflight.is_empty() {
+        let held: Vec<(String, u32)> = {
+            let inner = self.inner();
+            inner
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.backend.as_deref() == Some(backend.name()) && j.accepted)
+                .map(|(id, j)| (id.clone(), j.attempt))
+                .collect()
+        };
+        if held.is_empty() {
             return;
         }
         let timeout = backend.config.response_timeout;
@@ -231,21 +324,27 @@ impl Scheduler {
         let listed = |section: &str, id: &str| {
             queue[section].as_array().is_some_and(|items| items.iter().any(|item| item[1].as_str() == Some(id)))
         };
-        for id in inflight {
+        for (id, attempt) in held {
             if listed("queue_running", &id) {
-                backend.load().running = Some(id.clone());
-                if let Some(job) = self.inner().jobs.get_mut(&id) {
+                let mut inner = self.inner();
+                if let Some(job) = inner.jobs.get_mut(&id).filter(|j| j.attempt == attempt) {
                     job.state = JobState::Running;
+                    backend.load().running = Some(id.clone());
                 }
                 continue;
             }
             if listed("queue_pending", &id) {
                 continue;
             }
-            let history = match backend.proxy.call(Method::GET, &format!("/history/{id}"), None, timeout).await {
+            // Gone from its queue: finished (history says how) or lost with a restart.
+            let path = format!("/history/{id}");
+            let history = match backend.proxy.call(Method::GET, &path, None, timeout).await {
                 Ok((StatusCode::OK, body)) => serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
                 _ => continue,
             };
+            if !self.is_current(&id, backend, attempt) {
+                continue;
+            }
             let entry = &history[id.as_str()];
             if entry.is_object() {
                 let owner = self.inner().jobs.get(&id).map(|j| j.owner);
@@ -261,7 +360,9 @@ impl Scheduler {
                 if entry["status"]["status_str"].as_str() == Some("error") {
                     self.set_outcome(&id, JobState::Failed, entry["status"].to_string());
                 }
-                self.finish(backend, &id).await;
+                if let Some(ended) = self.finish(backend, &id).await {
+                    self.notify_end(&ended);
+                }
             } else {
                 let was_running = self.inner().jobs.get(&id).is_some_and(|j| j.state == JobState::Running);
                 if was_running {
@@ -269,12 +370,25 @@ impl Scheduler {
                         format!("ComfyUI backend `{}` lost this job while running it (restarted?)", backend.name());
                     self.fail(&id, &reason, true).await;
                 } else {
-                    self.requeue(&id, backend);
-                    self.save_state(&id, JobState::Queued, None, None).await;
+                    let reason = format!("ComfyUI backend `{}` lost this job before it started", backend.name());
+                    if let super::Requeued::Failed(why) = self.requeue(&id, backend, attempt, false, &reason) {
+                        self.fail(&id, &why, true).await;
+                    }
                 }
             }
         }
-        self.pump().await;
+    }
+
+    /// Tells the owner's socket that a job settled by reconciliation ended (its own final
+    /// events were missed).
+    fn notify_end(&self, ended: &Ended) {
+        let job = &ended.job;
+        if ended.state == JobState::Failed {
+            self.notify_failure(job, ended.error.as_deref().unwrap_or("failed"));
+            return;
+        }
+        let done = json!({"type": "executing", "data": {"node": null, "prompt_id": job.public_id}});
+        self.subscribers.send(job.owner, &job.client_id, Outgoing::Text(done.to_string()));
     }
 }
 

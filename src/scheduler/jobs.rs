@@ -54,6 +54,10 @@ pub(super) struct Active {
     pub owner: i64,
     pub username: String,
     pub client_id: String,
+    /// The prompt id the owner knows it by (the backends see the gateway's own).
+    pub public_id: String,
+    /// The API token that submitted it, if one did.
+    pub token_id: Option<i64>,
     pub number: i64,
     /// The `POST /prompt` body without `client_id` / `prompt_id`.
     pub request: Arc<Value>,
@@ -67,6 +71,13 @@ pub(super) struct Active {
     pub waiter: Option<oneshot::Sender<Answer>>,
     /// An execution error or interruption seen before the job ended.
     pub outcome: Option<(JobState, String)>,
+    /// Dispatches so far; each dispatch's result is applied only while it is the latest.
+    pub attempt: u32,
+    /// Whether the backend accepted the latest dispatch (its `POST /prompt` answered 200, or
+    /// its events arrived): only then can the backend's queue and history tell its fate.
+    pub accepted: bool,
+    /// Backends that answered a dispatch of this job with a server error: not tried again.
+    pub refused_by: Vec<String>,
 }
 
 impl Active {
@@ -75,6 +86,8 @@ impl Active {
             owner: job.user_id,
             username: job.username.clone(),
             client_id: job.client_id.clone(),
+            public_id: job.public_id.clone(),
+            token_id: job.token_id,
             number: job.number,
             request: Arc::new(serde_json::from_str(&job.request).unwrap_or(Value::Null)),
             requirements: None,
@@ -83,7 +96,16 @@ impl Active {
             backend: job.backend.clone(),
             waiter: None,
             outcome: None,
+            attempt: 0,
+            // Resumed as handed to a backend: that backend's queue and history tell.
+            accepted: matches!(job.state, JobState::Dispatched | JobState::Running),
+            refused_by: Vec::new(),
         }
+    }
+
+    /// The id `viewer` knows this job (gateway id `id`) by: the owner's own, else the gateway's.
+    pub fn id_for<'a>(&'a self, id: &'a str, viewer: i64) -> &'a str {
+        if viewer == self.owner { &self.public_id } else { id }
     }
 
     /// The workflow graph.
@@ -102,6 +124,13 @@ impl Active {
             extra["client_id"] = Value::String(self.client_id.clone());
         }
         let outputs = self.requirements.as_ref().map(|r| r.outputs.clone()).unwrap_or_default();
-        json!([self.number, prompt_id, self.request.get("prompt").cloned().unwrap_or(Value::Null), extra, outputs])
+        let id = self.id_for(prompt_id, viewer);
+        json!([self.number, id, self.request.get("prompt").cloned().unwrap_or(Value::Null), extra, outputs])
     }
+}
+
+/// A backend's message or answer about job `id` as its owner sees it: the gateway's id
+/// replaced by the owner's own (a UUID never occurs by chance in other text).
+pub fn renamed(text: &str, id: &str, public_id: &str) -> String {
+    if id == public_id { text.to_owned() } else { text.replace(id, public_id) }
 }

@@ -4,9 +4,17 @@
 //! restart loses nothing; jobs on a backend that dies are re-dispatched (not started yet) or
 //! reported failed (running).
 //!
-//! [`submit`](Scheduler::submit) → [`pump`](Scheduler::pump) (decide under one lock, then
-//! POST to backends) → events from [`monitor`](crate::backends::monitor) drive
-//! [`events`] → [`delivery`] to the owner's WebSocket.
+//! [`submit`](Scheduler::submit) ([`submission`] builds what may be forwarded) →
+//! [`pump`](Scheduler::pump) (decide under one lock, then POST to backends) → events from
+//! [`monitor`](crate::backends::monitor) drive [`events`] → [`delivery`] to the owner's
+//! WebSocket; [`owners`] cancels the jobs of owners who are no longer active.
+//!
+//! Every change to a job happens under the scheduler's lock and only from the state the
+//! change expects (a dispatch's result applies only while it is the job's latest dispatch
+//! to that backend; events only from the backend holding the job), so a late answer, a
+//! backend dying mid-dispatch or a reconciliation racing a dispatch can neither lose a job
+//! nor run it twice. Backend answers never block the event feed: work that calls backends
+//! from it is spawned.
 
 pub mod control;
 pub mod delivery;
@@ -14,9 +22,11 @@ mod events;
 pub mod fair;
 pub mod files;
 mod jobs;
+mod owners;
+pub mod submission;
 pub mod workflow;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -34,7 +44,7 @@ pub use events::execution_error;
 use fair::FairQueue;
 use files::FileLocations;
 use jobs::Active;
-pub use jobs::{Answer, strip_secrets};
+pub use jobs::{Answer, renamed, strip_secrets};
 use workflow::Requirements;
 
 /// Why a submission is refused before it is queued.
@@ -45,9 +55,25 @@ pub enum SchedulerError {
     Store(#[from] StoreError),
 }
 
+/// Who submits a job.
+#[derive(Debug, Clone, Copy)]
+pub struct Submitter<'a> {
+    /// Store id of the user.
+    pub user_id: i64,
+    /// Their name (ComfyUI's `comfy-user`).
+    pub username: &'a str,
+    /// The API token they used, if they used one (revoking it cancels the job).
+    pub token_id: Option<i64>,
+}
+
 /// A job on its way to a backend.
 struct Dispatch {
     id: String,
+    public_id: String,
+    number: i64,
+    attempt: u32,
+    owner: i64,
+    token_id: Option<i64>,
     backend: Arc<Backend>,
     username: String,
     request: Arc<Value>,
@@ -59,6 +85,18 @@ struct Inner {
     jobs: HashMap<String, Active>,
     /// Jobs moved away from a backend that went down, to delete there when it comes back.
     abandoned: HashMap<String, Vec<String>>,
+    /// Backends being reconciled now (one reconciliation at a time each).
+    reconciling: HashSet<String>,
+}
+
+/// What became of a dispatch that did not land.
+enum Requeued {
+    /// Back in the queue.
+    Waiting,
+    /// Out of tries: failed with this reason.
+    Failed(String),
+    /// The job had moved on (deleted, finished, dispatched again): nothing to do.
+    Stale,
 }
 
 /// The scheduler of a running gateway.
@@ -77,7 +115,12 @@ impl Scheduler {
     /// Loads the jobs the store still has waiting or running.
     pub async fn load(store: Arc<dyn Store>, pool: Arc<Pool>, config: SchedulerConfig) -> Result<Self, StoreError> {
         let numbers = AtomicI64::new(store.max_job_number().await?);
-        let mut inner = Inner { queue: FairQueue::default(), jobs: HashMap::new(), abandoned: HashMap::new() };
+        let mut inner = Inner {
+            queue: FairQueue::default(),
+            jobs: HashMap::new(),
+            abandoned: HashMap::new(),
+            reconciling: HashSet::new(),
+        };
         for job in store.jobs_in_states(&[JobState::Queued, JobState::Dispatched, JobState::Running]).await? {
             let mut active = Active::from_job(&job);
             // A job handed to a backend that is still configured stays with it (reconciled once
@@ -87,10 +130,14 @@ impl Scheduler {
                 _ => None,
             };
             match holder {
-                Some(backend) => backend.load().inflight.push(job.prompt_id.clone()),
+                Some(backend) => {
+                    active.attempt = 1;
+                    backend.load().inflight.push(job.prompt_id.clone());
+                }
                 None => {
                     active.state = JobState::Queued;
                     active.backend = None;
+                    active.accepted = false;
                     inner.queue.push_back(job.user_id, job.prompt_id.clone());
                 }
             }
@@ -141,17 +188,14 @@ impl Scheduler {
         self.subscribers.subscribe(user_id, client_id)
     }
 
-    /// Queues a `POST /prompt` body for `user_id`; dispatches at once when a capable backend has
-    /// room, returning that backend's own answer.
-    pub async fn submit(
-        &self,
-        user_id: i64,
-        username: &str,
-        mut body: Map<String, Value>,
-    ) -> Result<Answer, SchedulerError> {
-        let Some(prompt) = body.get("prompt").and_then(Value::as_object).cloned() else {
-            return Ok(Answer::comfy_error("no_prompt", "No prompt provided", "No prompt provided"));
+    /// Queues a `POST /prompt` body; dispatches at once when a capable backend has room,
+    /// answering with that backend's verdict.
+    pub async fn submit(&self, by: Submitter<'_>, body: Map<String, Value>) -> Result<Answer, SchedulerError> {
+        let submission = match submission::check(body) {
+            Ok(s) => s,
+            Err(refusal) => return Ok(refusal),
         };
+        let prompt = submission.request["prompt"].as_object().cloned().unwrap_or_default();
         let known = self.pool.capabilities_complete().then(|| self.pool.known_capabilities(Reach::Any)).flatten();
         let requirements = match known {
             Some(known) => match workflow::analyse(&prompt, &known) {
@@ -160,41 +204,23 @@ impl Scheduler {
             },
             None => None,
         };
-        let client_id = match body.remove("client_id") {
-            // Kept with the job, and PostgreSQL text cannot hold NUL: refused for every store alike.
-            Some(Value::String(id)) if id.chars().any(char::is_control) => {
-                return Ok(Answer::comfy_error(
-                    "invalid_client_id",
-                    "client_id must not contain control characters",
-                    "",
-                ));
-            }
-            Some(Value::String(id)) => id,
-            _ => String::new(),
-        };
-        let prompt_id = match body.remove("prompt_id") {
-            None | Some(Value::Null) => uuid::Uuid::new_v4().to_string(),
-            Some(Value::String(id)) if valid_prompt_id(&id) => id,
-            Some(_) => {
-                return Ok(Answer::comfy_error(
-                    "invalid_prompt_id",
-                    "prompt_id must be a string of 1-128 letters, digits, '-' or '_'",
-                    "",
-                ));
-            }
-        };
+        // The backends see a gateway-wide id; a client's own choice names the job for them only.
+        let prompt_id = uuid::Uuid::new_v4().to_string();
+        let public_id = submission.prompt_id.clone().unwrap_or_else(|| prompt_id.clone());
         let pinned = match &requirements {
-            Some(req) => self.backend_holding(user_id, &req.input_files).await?,
+            Some(req) => self.backend_holding(by.user_id, &req.input_files).await?,
             None => None,
         };
         let number = self.numbers.fetch_add(1, Ordering::AcqRel) + 1;
         let job = Job {
             prompt_id: prompt_id.clone(),
-            user_id,
-            username: username.to_owned(),
-            client_id: client_id.clone(),
+            public_id: public_id.clone(),
+            user_id: by.user_id,
+            token_id: by.token_id,
+            username: by.username.to_owned(),
+            client_id: submission.client_id.clone(),
             number,
-            request: Value::Object(body).to_string(),
+            request: submission.request.to_string(),
             state: JobState::Queued,
             backend: None,
             error: None,
@@ -206,7 +232,7 @@ impl Scheduler {
                 return Ok(Answer::json(
                     StatusCode::CONFLICT,
                     &json!({"error": {"type": "duplicate_prompt_id", "message": "prompt_id is already in use",
-                        "details": prompt_id, "extra_info": {}}, "node_errors": {}}),
+                        "details": public_id, "extra_info": {}}, "node_errors": {}}),
                 ));
             }
             Err(e) => return Err(e.into()),
@@ -215,11 +241,12 @@ impl Scheduler {
         {
             let mut inner = self.inner();
             let mut active = Active::from_job(&job);
+            active.request = Arc::new(submission.request);
             active.requirements = requirements;
             active.pinned = pinned;
             active.waiter = Some(tx);
             inner.jobs.insert(prompt_id.clone(), active);
-            inner.queue.push_back(user_id, prompt_id.clone());
+            inner.queue.push_back(by.user_id, prompt_id.clone());
         }
         self.pump().await;
         self.announce_status();
@@ -229,7 +256,7 @@ impl Scheduler {
                 if let Some(job) = self.inner().jobs.get_mut(&prompt_id) {
                     job.waiter = None;
                 }
-                Ok(Answer::json(StatusCode::OK, &json!({"prompt_id": prompt_id, "number": number, "node_errors": {}})))
+                Ok(accepted(&public_id, number, &Value::Object(Map::new())))
             }
         }
     }
@@ -247,7 +274,8 @@ impl Scheduler {
     }
 
     /// Hands jobs to backends with room until none fits: decisions under one lock, then the
-    /// POSTs concurrently.
+    /// POSTs concurrently. Never call it from the event feed (it waits for backends): use
+    /// [`kick`](Self::kick) there.
     pub async fn pump(&self) {
         for _ in 0..4 {
             let assignments = self.assign();
@@ -257,6 +285,12 @@ impl Scheduler {
             let dispatches = assignments.into_iter().map(|d| self.dispatch(d));
             futures_util::future::join_all(dispatches).await;
         }
+    }
+
+    /// [`pump`](Self::pump) in its own task.
+    pub fn kick(self: &Arc<Self>) {
+        let this = self.clone();
+        tokio::spawn(async move { this.pump().await });
     }
 
     fn assign(&self) -> Vec<Dispatch> {
@@ -276,72 +310,208 @@ impl Scheduler {
                 break;
             }
             let jobs = &mut inner.jobs;
-            let taken = inner.queue.take(|id| jobs.get(id).is_some_and(|j| best_backend(j, &rooms).is_some()));
-            let Some((_, id)) = taken else { break };
+            let runnable = |id: &str| {
+                jobs.get(id).is_some_and(|j| j.state == JobState::Queued && best_backend(j, &rooms).is_some())
+            };
+            let Some((_, id)) = inner.queue.take(runnable) else { break };
             let Some(job) = jobs.get_mut(&id) else { continue };
             let Some(backend) = best_backend(job, &rooms).cloned() else { continue };
             backend.load().inflight.push(id.clone());
             job.state = JobState::Dispatched;
             job.backend = Some(backend.name().to_owned());
+            job.attempt += 1;
+            job.accepted = false;
             out.push(Dispatch {
-                id,
-                backend,
+                public_id: job.public_id.clone(),
+                number: job.number,
+                attempt: job.attempt,
+                owner: job.owner,
+                token_id: job.token_id,
                 username: job.username.clone(),
                 request: job.request.clone(),
                 waiter: job.waiter.take(),
+                backend,
+                id,
             });
         }
         out
     }
 
-    async fn dispatch(&self, Dispatch { id, backend, username, request, waiter }: Dispatch) {
+    async fn dispatch(&self, d: Dispatch) {
+        let Dispatch { id, public_id, number, attempt, owner, token_id, backend, username, request, waiter } = d;
+        // A job is never dispatched for an owner who is no longer active.
+        match self.store.owner_active(owner, token_id, now_ms()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.release(&id, &backend, attempt);
+                self.cancel_for_owner(&id, owner, token_id).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(prompt_id = %id, error = %e, "cannot check the job's owner; it waits");
+                self.release(&id, &backend, attempt);
+                return;
+            }
+        }
         let mut body = (*request).clone();
         body["client_id"] = Value::String(backend.monitor_id.clone());
         body["prompt_id"] = Value::String(id.clone());
         let bytes = Bytes::from(body.to_string());
         let timeout = backend.config.response_timeout;
         let result = backend.proxy.call_as(Some(&username), Method::POST, "/prompt", Some(bytes), timeout).await;
+        let current = self.is_current(&id, &backend, attempt);
         match result {
             Ok((StatusCode::OK, answer)) => {
-                self.save_state(&id, JobState::Dispatched, Some(backend.name()), None).await;
+                let node_errors = serde_json::from_slice::<Value>(&answer)
+                    .ok()
+                    .and_then(|v| v.get("node_errors").cloned())
+                    .unwrap_or_else(|| json!({}));
                 if let Some(w) = waiter {
-                    let _ = w.send(Answer::raw(StatusCode::OK, answer));
+                    let _ = w.send(accepted(&public_id, number, &node_errors));
+                }
+                if !current {
+                    // Moved on while the answer travelled (deleted, or its backend was given up):
+                    // the copy the backend queued must not run.
+                    self.withdraw(&backend, &id).await;
+                    return;
+                }
+                if self.mark_accepted(&id, &backend, attempt) {
+                    self.save_state(&id, JobState::Dispatched, Some(backend.name()), None).await;
                 }
             }
-            Ok((status, _)) if status.is_server_error() => {
-                // Our body is valid JSON: a 5xx is the backend's trouble (passive health check).
-                tracing::warn!(prompt_id = %id, backend = backend.name(), %status, "backend failed; job goes back to the queue");
-                self.pool.request_failed(
-                    &backend,
-                    &format!("POST /prompt answered {status}"),
-                    self.config.unhealthy_after,
-                );
-                self.requeue(&id, &backend);
+            Ok((status, answer)) if status.is_server_error() => {
+                // A server error to one job is that job's trouble, not the backend's health.
+                let detail = String::from_utf8_lossy(&answer).chars().take(2000).collect::<String>();
+                tracing::warn!(prompt_id = %id, backend = backend.name(), %status,
+                    "backend answered a dispatch with a server error; the job is offered elsewhere");
+                let reason = format!("ComfyUI backend `{}` answered {status}: {detail}", backend.name());
+                let outcome = self.requeue(&id, &backend, attempt, true, &reason);
+                self.settle(&id, outcome, waiter, status, &public_id).await;
             }
             Ok((status, answer)) => {
                 let error = String::from_utf8_lossy(&answer).into_owned();
                 tracing::info!(prompt_id = %id, backend = backend.name(), %status, "backend refused a job");
+                if !current {
+                    return;
+                }
                 // The submitter may have stopped waiting: then the owner's socket is told.
+                let answer = Bytes::from(renamed(&String::from_utf8_lossy(&answer), &id, &public_id));
                 let told = waiter.is_some_and(|w| w.send(Answer::raw(status, answer)).is_ok());
                 self.fail(&id, &error, !told).await;
             }
             Err(e) => {
-                tracing::warn!(prompt_id = %id, backend = backend.name(), error = %e, "dispatch failed; job goes back to the queue");
+                tracing::warn!(prompt_id = %id, backend = backend.name(), error = %e,
+                    "dispatch failed; the job goes back to the queue");
                 self.pool.request_failed(&backend, &e.to_string(), self.config.unhealthy_after);
-                self.requeue(&id, &backend);
+                let outcome = self.requeue(&id, &backend, attempt, false, &e.to_string());
+                self.settle(&id, outcome, waiter, StatusCode::BAD_GATEWAY, &public_id).await;
             }
         }
     }
 
-    /// Puts a dispatched job back at the front of its owner's line.
-    fn requeue(&self, id: &str, backend: &Backend) {
-        backend.load().inflight.retain(|x| x != id);
+    /// Records what became of a dispatch that did not land.
+    async fn settle(
+        &self,
+        id: &str,
+        outcome: Requeued,
+        waiter: Option<oneshot::Sender<Answer>>,
+        status: StatusCode,
+        public_id: &str,
+    ) {
+        match outcome {
+            Requeued::Waiting => {
+                // The record keeps its last backend: a restart finds the job missing there and
+                // queues it again.
+                if let Some(w) = waiter {
+                    // Queued after all: the submitter gets the usual answer (the job runs later).
+                    let number = self.inner().jobs.get(id).map_or(0, |j| j.number);
+                    let _ = w.send(accepted(public_id, number, &json!({})));
+                }
+            }
+            Requeued::Failed(reason) => {
+                let answer = Answer::json(
+                    status,
+                    &json!({"error": {"type": "backend_error", "message": reason, "details": "", "extra_info": {}},
+                        "node_errors": {}}),
+                );
+                let told = waiter.is_some_and(|w| w.send(answer).is_ok());
+                self.fail(id, &reason, !told).await;
+            }
+            Requeued::Stale => {}
+        }
+    }
+
+    /// Whether `attempt` is still job `id`'s latest dispatch, to `backend`.
+    fn is_current(&self, id: &str, backend: &Backend, attempt: u32) -> bool {
+        self.inner().jobs.get(id).is_some_and(|j| j.attempt == attempt && j.backend.as_deref() == Some(backend.name()))
+    }
+
+    /// The backend took the job; true when the record should say so (not yet running).
+    fn mark_accepted(&self, id: &str, backend: &Backend, attempt: u32) -> bool {
+        let mut inner = self.inner();
+        let Some(job) = inner.jobs.get_mut(id) else { return false };
+        if job.attempt != attempt || job.backend.as_deref() != Some(backend.name()) {
+            return false;
+        }
+        job.accepted = true;
+        job.state == JobState::Dispatched
+    }
+
+    /// Puts a dispatched job back where it was, untried (it was never sent).
+    fn release(&self, id: &str, backend: &Backend, attempt: u32) {
         let mut inner = self.inner();
         let Some(job) = inner.jobs.get_mut(id) else { return };
+        if job.attempt != attempt || job.backend.as_deref() != Some(backend.name()) {
+            return;
+        }
+        backend.load().inflight.retain(|x| x != id);
         job.state = JobState::Queued;
         job.backend = None;
+        job.attempt = job.attempt.saturating_sub(1);
         let owner = job.owner;
         inner.queue.push_front(owner, id.to_owned());
+    }
+
+    /// A dispatch of `attempt` did not land on `backend`: the job goes back to the front of its
+    /// owner's line, unless it is out of tries. `refused`: the backend answered with an error
+    /// (it is not offered the job again).
+    fn requeue(&self, id: &str, backend: &Backend, attempt: u32, refused: bool, reason: &str) -> Requeued {
+        let mut inner = self.inner();
+        let Some(job) = inner.jobs.get_mut(id) else { return Requeued::Stale };
+        if job.attempt != attempt || job.backend.as_deref() != Some(backend.name()) || job.state != JobState::Dispatched
+        {
+            return Requeued::Stale;
+        }
+        backend.load().inflight.retain(|x| x != id);
+        if refused && !job.refused_by.iter().any(|b| b == backend.name()) {
+            job.refused_by.push(backend.name().to_owned());
+        }
+        let refusals = u32::try_from(job.refused_by.len()).unwrap_or(u32::MAX);
+        let others = self
+            .pool
+            .all()
+            .iter()
+            .filter(|b| job.pinned.as_deref().is_none_or(|p| p == b.name()))
+            .any(|b| !job.refused_by.iter().any(|r| r == b.name()));
+        if refused && (refusals >= self.config.dispatch_attempts || !others) {
+            return Requeued::Failed(reason.to_owned());
+        }
+        if job.attempt >= self.config.max_dispatches {
+            return Requeued::Failed(format!("dispatched {} times without running; last: {reason}", job.attempt));
+        }
+        job.state = JobState::Queued;
+        job.backend = None;
+        job.accepted = false;
+        let owner = job.owner;
+        inner.queue.push_front(owner, id.to_owned());
+        Requeued::Waiting
+    }
+
+    /// Asks `backend` to drop its copy of a job the gateway no longer has there.
+    async fn withdraw(&self, backend: &Backend, id: &str) {
+        let body = json!({"delete": [id]}).to_string();
+        let timeout = backend.config.response_timeout;
+        let _ = backend.proxy.call(Method::POST, "/queue", Some(body.into()), timeout).await;
     }
 
     async fn save_state(&self, id: &str, state: JobState, backend: Option<&str>, error: Option<&str>) {
@@ -358,13 +528,20 @@ impl Scheduler {
     }
 }
 
-/// The best backend with room for `job`: one that can run it (and holds its input files),
-/// preferring the one whose last job used the same models, then the least loaded.
+/// ComfyUI's answer to an accepted `POST /prompt`, with the id the owner knows the job by.
+fn accepted(public_id: &str, number: i64, node_errors: &Value) -> Answer {
+    Answer::json(StatusCode::OK, &json!({"prompt_id": public_id, "number": number, "node_errors": node_errors}))
+}
+
+/// The best backend with room for `job`: one that can run it (and holds its input files) and
+/// has not refused it, preferring the one whose last job used the same models, then the least
+/// loaded.
 fn best_backend<'a>(job: &Active, rooms: &[&'a Arc<Backend>]) -> Option<&'a Arc<Backend>> {
     let models = job.requirements.as_ref().map(Requirements::model_files).unwrap_or_default();
     rooms
         .iter()
         .filter(|b| job.pinned.as_deref().is_none_or(|p| p == b.name()))
+        .filter(|b| !job.refused_by.iter().any(|r| r == b.name()))
         .filter(|b| match (&job.requirements, b.capabilities()) {
             (Some(req), Some(caps)) => req.satisfied_by(&caps),
             // A backend that has not said what it has gets no job whose needs are known.
@@ -377,8 +554,4 @@ fn best_backend<'a>(job: &Active, rooms: &[&'a Arc<Backend>]) -> Option<&'a Arc<
             (!affine, load.inflight.len())
         })
         .copied()
-}
-
-fn valid_prompt_id(id: &str) -> bool {
-    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }

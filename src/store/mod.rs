@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use model::{ApiToken, Job, JobState, NewSession, NewToken, NewUser, Role, Session, StoredFile, TokenKind, User};
+pub use model::{
+    ApiToken, Job, JobRef, JobState, NewSession, NewToken, NewUser, Role, Session, StoredFile, TokenKind, User,
+};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -109,9 +111,11 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets a gateway that is shutting down.
     async fn remove_instance(&self, instance: &str) -> StoreResult<()>;
 
-    /// Records a new job; [`StoreError::Conflict`] if the prompt id is taken.
+    /// Records a new job; [`StoreError::Conflict`] if its owner already has a job with that
+    /// public id.
     async fn insert_job(&self, job: &Job) -> StoreResult<()>;
-    /// Moves a job to a new state (and backend / error).
+    /// Moves a job to a new state (and backend / error); a job that has ended (done, failed,
+    /// cancelled) stays as it ended, so a late write can never revive it.
     async fn update_job(
         &self,
         prompt_id: &str,
@@ -119,14 +123,19 @@ pub trait Store: Send + Sync + 'static {
         backend: Option<&str>,
         error: Option<&str>,
     ) -> StoreResult<()>;
-    /// One job.
+    /// One job, by the id the backends see.
     async fn job(&self, prompt_id: &str) -> StoreResult<Option<Job>>;
+    /// One of `user_id`'s jobs, by the id they know it by.
+    async fn job_of(&self, user_id: i64, public_id: &str) -> StoreResult<Option<Job>>;
     /// Jobs in the given states, by number.
     async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>>;
     /// The prompt ids of a user's most recent jobs.
     async fn job_ids_of(&self, user_id: i64, limit: i64) -> StoreResult<Vec<String>>;
-    /// `(prompt_id, client_id)` of a user's most recent jobs, newest first.
-    async fn job_clients_of(&self, user_id: i64, limit: i64) -> StoreResult<Vec<(String, String)>>;
+    /// The names of a user's most recent jobs, newest first.
+    async fn job_refs_of(&self, user_id: i64, limit: i64) -> StoreResult<Vec<JobRef>>;
+    /// Whether jobs of `user_id` (submitted with `token_id`, if any) may still run: the user
+    /// exists and is enabled, and the token is neither revoked nor expired at `now`.
+    async fn owner_active(&self, user_id: i64, token_id: Option<i64>, now: i64) -> StoreResult<bool>;
     /// The highest job number given so far (0 if none).
     async fn max_job_number(&self) -> StoreResult<i64>;
     /// Records which backend holds a file.

@@ -261,10 +261,15 @@ impl JobState {
 /// A job the gateway knows about.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
-    /// ComfyUI's prompt id (a UUID, unique per gateway).
+    /// The prompt id the backends see (unique per gateway).
     pub prompt_id: String,
+    /// The prompt id the owner knows the job by: the one they chose (unique among their own
+    /// jobs only), else `prompt_id`.
+    pub public_id: String,
     /// Owner.
     pub user_id: i64,
+    /// The API token that submitted it (`None` for a browser session).
+    pub token_id: Option<i64>,
     /// Owner's name (sent to ComfyUI as `comfy-user`).
     pub username: String,
     /// The client id the owner submitted with (empty when none).
@@ -298,4 +303,15 @@ pub struct StoredFile {
     pub prompt_id: Option<String>,
     /// The user who made or uploaded it, if known.
     pub user_id: Option<i64>,
+}
+
+/// How an owner's job is named: the gateway-wide id, the owner's own, and their client id.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct JobRef {
+    /// The prompt id the backends see.
+    pub prompt_id: String,
+    /// The prompt id the owner knows it by.
+    pub public_id: String,
+    /// The owner's client id (empty when none).
+    pub client_id: String,
 }

@@ -131,7 +131,9 @@ impl SessionRow {
 #[derive(sqlx::FromRow)]
 pub(super) struct JobRow {
     prompt_id: String,
+    public_id: String,
     user_id: i64,
+    token_id: Option<i64>,
     username: String,
     client_id: String,
     number: i64,
@@ -148,7 +150,9 @@ impl TryFrom<JobRow> for Job {
     fn try_from(r: JobRow) -> Result<Self, StoreError> {
         Ok(Job {
             prompt_id: r.prompt_id,
+            public_id: r.public_id,
             user_id: r.user_id,
+            token_id: r.token_id,
             username: r.username,
             client_id: r.client_id,
             number: r.number,
@@ -185,8 +189,11 @@ impl From<FileRow> for StoredFile {
     }
 }
 
-pub(super) const JOB_COLUMNS: &str =
-    "prompt_id, user_id, username, client_id, number, request, state, backend, error, created_at";
+pub(super) const JOB_COLUMNS: &str = "prompt_id, COALESCE(public_id, prompt_id) AS public_id, user_id, token_id, \
+     username, client_id, number, request, state, backend, error, created_at";
+
+/// The states a job ends in (never left).
+pub(super) const ENDED_STATES: &str = "('done', 'failed', 'cancelled')";
 
 pub(super) const USER_COLUMNS: &str = "id, username, password_hash, role, disabled, created_at, updated_at";
 
@@ -519,7 +526,8 @@ macro_rules! impl_store {
             async fn insert_job(&self, job: &Job) -> StoreResult<()> {
                 sqlx::query(
                     "INSERT INTO jobs (prompt_id, user_id, username, client_id, number, request, state, backend, \
-                     error, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+                     error, created_at, updated_at, public_id, token_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12)",
                 )
                 .bind(&job.prompt_id)
                 .bind(job.user_id)
@@ -531,9 +539,11 @@ macro_rules! impl_store {
                 .bind(&job.backend)
                 .bind(&job.error)
                 .bind(job.created_at)
+                .bind(&job.public_id)
+                .bind(job.token_id)
                 .execute(&self.pool)
                 .await
-                .map_err(|e| map_conflict(&format!("prompt {}", job.prompt_id), e))?;
+                .map_err(|e| map_conflict(&format!("prompt {}", job.public_id), e))?;
                 Ok(())
             }
 
@@ -544,10 +554,12 @@ macro_rules! impl_store {
                 backend: Option<&str>,
                 error: Option<&str>,
             ) -> StoreResult<()> {
-                sqlx::query(
+                let sql = format!(
                     "UPDATE jobs SET state = $1, backend = COALESCE($2, backend), error = $3, updated_at = $4 \
-                     WHERE prompt_id = $5",
-                )
+                     WHERE prompt_id = $5 AND state NOT IN {}",
+                    ENDED_STATES
+                );
+                sqlx::query(&sql)
                 .bind(state.as_str())
                 .bind(backend)
                 .bind(error)
@@ -561,6 +573,15 @@ macro_rules! impl_store {
             async fn job(&self, prompt_id: &str) -> StoreResult<Option<Job>> {
                 let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE prompt_id = $1");
                 let row: Option<JobRow> = sqlx::query_as(&sql).bind(prompt_id).fetch_optional(&self.pool).await?;
+                row.map(Job::try_from).transpose()
+            }
+
+            async fn job_of(&self, user_id: i64, public_id: &str) -> StoreResult<Option<Job>> {
+                let sql = format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = $1 AND COALESCE(public_id, prompt_id) = $2"
+                );
+                let row: Option<JobRow> =
+                    sqlx::query_as(&sql).bind(user_id).bind(public_id).fetch_optional(&self.pool).await?;
                 row.map(Job::try_from).transpose()
             }
 
@@ -588,9 +609,31 @@ macro_rules! impl_store {
                     .await?)
             }
 
-            async fn job_clients_of(&self, user_id: i64, limit: i64) -> StoreResult<Vec<(String, String)>> {
+            async fn owner_active(&self, user_id: i64, token_id: Option<i64>, now: i64) -> StoreResult<bool> {
+                let user: Option<bool> = sqlx::query_scalar("SELECT disabled FROM users WHERE id = $1")
+                    .bind(user_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                if user != Some(false) {
+                    return Ok(false);
+                }
+                let Some(token_id) = token_id else { return Ok(true) };
+                let live: Option<i64> = sqlx::query_scalar(
+                    "SELECT id FROM api_tokens WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
+                     AND (expires_at IS NULL OR expires_at > $3)",
+                )
+                .bind(token_id)
+                .bind(user_id)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(live.is_some())
+            }
+
+            async fn job_refs_of(&self, user_id: i64, limit: i64) -> StoreResult<Vec<$crate::store::JobRef>> {
                 Ok(sqlx::query_as(
-                    "SELECT prompt_id, client_id FROM jobs WHERE user_id = $1 ORDER BY number DESC LIMIT $2",
+                    "SELECT prompt_id, COALESCE(public_id, prompt_id) AS public_id, client_id FROM jobs \
+                     WHERE user_id = $1 ORDER BY number DESC LIMIT $2",
                 )
                 .bind(user_id)
                 .bind(limit)

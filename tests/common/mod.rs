@@ -106,7 +106,8 @@ pub fn command(config: &Path) -> Command {
             cmd.env_remove(&k);
         }
     }
-    cmd.env("COMFYGATE_LOG", "warn").arg("--config").arg(config);
+    // Warnings, and the audit trail (tests check what it records).
+    cmd.env("COMFYGATE_LOG", "warn,comfygate::audit=info").arg("--config").arg(config);
     cmd
 }
 
