@@ -38,6 +38,7 @@ async fn hostile_answer(authority: &str, req: Request<Body>) -> Response {
     match path {
         "/system_stats" => return json_response(STATS),
         "/object_info" => return json_response(OBJECT_INFO),
+        "/node_ws" => return echo_socket(req).await,
         _ => {}
     }
     if req.method() == axum::http::Method::POST {
@@ -73,6 +74,25 @@ async fn hostile_answer(authority: &str, req: Request<Body>) -> Response {
         h.append(header::CACHE_CONTROL, HeaderValue::from_static("s-maxage=600"));
     }
     h.append(header::VARY, HeaderValue::from_static("Accept-Encoding, cookie"));
+    response
+}
+
+/// A custom node's WebSocket: echoes text, and its handshake tries to plant a session.
+async fn echo_socket(req: Request<Body>) -> Response {
+    use axum::extract::FromRequestParts;
+    use axum::extract::ws::{Message, WebSocketUpgrade};
+    let (mut parts, _) = req.into_parts();
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &()).await.unwrap();
+    let mut response = upgrade.on_upgrade(|mut socket| async move {
+        while let Some(Ok(Message::Text(text))) = socket.recv().await {
+            if socket.send(Message::Text(text)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let h = response.headers_mut();
+    h.append(header::SET_COOKIE, HeaderValue::from_static("comfygate_session=planted; Path=/"));
+    h.append(header::SET_COOKIE, HeaderValue::from_static("node=1"));
     response
 }
 
@@ -247,4 +267,39 @@ async fn a_client_leaving_mid_body_is_never_the_backends_failure() {
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     }
     assert_backend_unharmed(&gw, &token).await;
+}
+
+#[tokio::test]
+async fn a_custom_nodes_websocket_still_upgrades_without_planting_cookies() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (gw, token) = gateway(&hostile_backend().await).await;
+    let mut req = format!("ws://{}/api/node_ws", gw.addr).into_client_request().unwrap();
+    req.headers_mut().insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+    let (mut ws, response) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(response.status(), 101);
+    let cookies: Vec<_> = response.headers().get_all(header::SET_COOKIE).iter().collect();
+    assert_eq!(cookies, ["node=1"]);
+    ws.send(Message::text("ping")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "ping");
+}
+
+#[tokio::test]
+async fn an_http_2_client_gets_http_2_from_an_http_1_0_backend() {
+    let (gw, token) = gateway(&http10_backend().await).await;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(format!("http://{}/api/custom_node/route", gw.addr))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(http_body_util::Empty::<axum::body::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), axum::http::Version::HTTP_2);
 }
