@@ -188,9 +188,10 @@ impl Proxy {
 
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) = (response.status(), client_upgrade) {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            upgrade::spawn_tunnel(client_upgrade, upstream_upgrade, close_when);
             let (mut parts, _) = response.into_parts();
+            // A refused handshake drops the backend's side: no tunnel is ever opened.
             self.relay(&mut parts, client_version, true)?;
+            upgrade::spawn_tunnel(client_upgrade, upstream_upgrade, close_when);
             return Ok(Response::from_parts(parts, Body::empty()));
         }
         let (mut parts, incoming) = response.into_parts();
