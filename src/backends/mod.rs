@@ -119,7 +119,7 @@ impl Pool {
             .iter()
             .map(|b| {
                 Ok(Arc::new(Backend {
-                    proxy: Proxy::new(b, max_body, &config.auth.cookie_name)?,
+                    proxy: Proxy::new(b, max_body, &config.auth)?,
                     monitor_id: format!("comfygate-{instance}-{}", b.name),
                     config: b.clone(),
                     // Optimistic until the first check: a gateway starting next to its ComfyUI

@@ -145,7 +145,7 @@ pub(crate) async fn read_json(app: &AppState, req: Request<Body>) -> Result<Valu
     let limit = usize::try_from(app.config.server.max_request_body.as_u64()).unwrap_or(usize::MAX).min(MAX_JSON_BODY);
     let bytes = axum::body::to_bytes(req.into_body(), limit)
         .await
-        .map_err(|_| ApiError::TooLarge(format!("request body larger than {limit} bytes")))?;
+        .map_err(|e| crate::http::error::unreadable_body(&e, limit))?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Default::default()));
     }

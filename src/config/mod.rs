@@ -208,10 +208,18 @@ pub struct AuthConfig {
     pub token_max_lifetime: Option<Duration>,
 }
 
+/// The cookie holding the login form's CSRF token (set before login, on `/login` only).
+pub const LOGIN_CSRF_COOKIE: &str = "comfygate_login_csrf";
+
 /// The default token lifetime when `token_max_lifetime` is `never`.
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 
 impl AuthConfig {
+    /// Every cookie the gateway sets: a backend may never set or clear these.
+    pub fn gateway_cookies(&self) -> [&str; 2] {
+        [&self.cookie_name, LOGIN_CSRF_COOKIE]
+    }
+
     /// The lifetime a token gets when its creator names none.
     pub fn default_token_lifetime(&self) -> Duration {
         self.token_max_lifetime.unwrap_or(DEFAULT_TOKEN_LIFETIME)

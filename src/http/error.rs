@@ -158,6 +158,19 @@ fn body_rejection(what: &str, status: StatusCode, detail: String) -> ApiError {
     }
 }
 
+/// A request body the gateway reads itself that could not be read: over `limit` bytes (413),
+/// or malformed or cut short by the client (400).
+pub fn unreadable_body(e: &axum::Error, limit: usize) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return ApiError::TooLarge(format!("request body larger than {limit} bytes"));
+        }
+        source = e.source();
+    }
+    ApiError::BadRequest("the request body could not be read (malformed or cut short)".to_owned())
+}
+
 impl From<axum::extract::rejection::QueryRejection> for ApiError {
     fn from(e: axum::extract::rejection::QueryRejection) -> Self {
         ApiError::BadRequest(format!("invalid query: {}", e.body_text()))
@@ -179,10 +192,12 @@ impl From<PathError> for ApiError {
 impl From<ProxyError> for ApiError {
     fn from(e: ProxyError) -> Self {
         match e {
-            ProxyError::Unreachable { .. } => ApiError::BadGateway(e.to_string()),
+            ProxyError::Unreachable { .. } | ProxyError::Refused { .. } => ApiError::BadGateway(e.to_string()),
             ProxyError::Timeout { .. } => ApiError::GatewayTimeout(e.to_string()),
             ProxyError::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
-            ProxyError::NotUpgradable | ProxyError::BadTarget => ApiError::BadRequest(e.to_string()),
+            ProxyError::NotUpgradable | ProxyError::BadTarget | ProxyError::ClientBody => {
+                ApiError::BadRequest(e.to_string())
+            }
         }
     }
 }

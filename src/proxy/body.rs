@@ -1,5 +1,7 @@
 //! The request body on its way to ComfyUI: streamed, size-limited, and announcing when it
 //! has been fully sent (the response timeout starts then, so long uploads never time out).
+//! Its errors are the client's ([`TooLarge`], [`ClientBodyFailed`]): the proxy tells them from
+//! the backend's by finding these in the error's source chain.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -12,6 +14,12 @@ use tokio::sync::oneshot;
 #[derive(Debug, thiserror::Error)]
 #[error("request body larger than {0} bytes")]
 pub struct TooLarge(pub u64);
+
+/// The client's body could not be read (malformed chunking, the client went away, an upload
+/// refused while it streamed).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read: {0}")]
+pub struct ClientBodyFailed(#[source] pub Box<dyn std::error::Error + Send + Sync>);
 
 /// Wraps a body: counts bytes against `limit` and fires `sent` at the end (or when dropped).
 pub struct ForwardBody<B> {
@@ -58,7 +66,7 @@ where
             }
             Poll::Ready(Some(Err(e))) => {
                 this.finish();
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(Box::new(ClientBodyFailed(e.into())))))
             }
             Poll::Ready(None) => {
                 this.finish();
@@ -102,5 +110,18 @@ mod tests {
         let (body, _sent) = ForwardBody::new(Full::new(Bytes::from(vec![0u8; 11])), 10);
         let err = body.collect().await.unwrap_err();
         assert!(err.downcast_ref::<TooLarge>().is_some());
+    }
+
+    #[tokio::test]
+    async fn errors_of_the_client_body_are_marked_as_the_clients() {
+        let failing = http_body_util::StreamBody::new(futures_util::stream::iter([
+            Ok(Frame::data(Bytes::from_static(b"hel"))),
+            Err(std::io::Error::other("client went away")),
+        ]));
+        let (body, sent) = ForwardBody::new(failing, 10);
+        let err = body.collect().await.unwrap_err();
+        let failed = err.downcast_ref::<ClientBodyFailed>().unwrap();
+        assert!(failed.to_string().contains("client went away"), "{failed}");
+        sent.await.unwrap();
     }
 }

@@ -5,9 +5,12 @@
 //! are set, and `Origin` is rewritten so ComfyUI's own origin check (403 when a loopback `Host`
 //! meets a foreign `Origin`) passes: the gateway has already checked it. `Sec-Fetch-*` pass
 //! unchanged, a second line of defence for ComfyUI versions that check them.
+//!
+//! Toward the client: hop-by-hop headers go, then the rules of [`super::response`].
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::response::{Refused, ResponseRules};
 use crate::auth::credentials::strip_session_cookie;
 
 /// Headers that describe one connection, not the message (`Connection` first: it may name
@@ -170,12 +173,14 @@ pub fn prepare_request(
     headers.insert(header::HOST, backend_authority.clone());
 }
 
-/// Rewrites ComfyUI's response headers for the client.
-pub fn prepare_response(headers: &mut HeaderMap, upgraded: bool) {
+/// Rewrites ComfyUI's response headers for the client: hop-by-hop headers go, then `rules`
+/// (the gateway's cookies, redirects, caching) apply, or refuse the response.
+pub fn prepare_response(headers: &mut HeaderMap, upgraded: bool, rules: &ResponseRules) -> Result<(), Refused> {
     if let (Some(protocol), true) = (remove_hop_by_hop(headers), upgraded) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
+    rules.apply(headers)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod headers;
 mod pool;
+pub mod response;
 mod upgrade;
 
 use std::sync::Arc;
@@ -18,7 +19,8 @@ use http_body_util::{BodyExt, Limited};
 use pool::{Pool, SendError};
 
 use crate::auth::credentials::strip_query_token;
-use crate::config::BackendConfig;
+use crate::config::{AuthConfig, BackendConfig};
+use response::{Refused, ResponseRules};
 
 pub use headers::{ForwardedFor, is_upgrade};
 pub use upgrade::CloseWhen;
@@ -42,12 +44,24 @@ pub enum ProxyError {
         /// The limit.
         timeout: Duration,
     },
+    /// The backend answered with something the gateway does not relay (see [`response`]).
+    #[error("ComfyUI backend `{backend}` sent a response the gateway refuses: {reason}")]
+    Refused {
+        /// Backend name.
+        backend: String,
+        /// What was wrong with it.
+        reason: Refused,
+    },
     /// The request body exceeds the limit.
     #[error("request body exceeds the limit of {limit} bytes")]
     TooLarge {
         /// The limit in bytes.
         limit: u64,
     },
+    /// The client's request body broke off or was malformed: the client's failure, not the
+    /// backend's.
+    #[error("the request body could not be read (malformed or cut short)")]
+    ClientBody,
     /// An upgrade was asked for on a connection that cannot upgrade (HTTP/2).
     #[error("WebSocket upgrades need an HTTP/1.1 connection")]
     NotUpgradable,
@@ -73,16 +87,19 @@ pub struct Proxy {
     upstream: Upstream,
     max_body: u64,
     cookie_name: String,
+    response_rules: ResponseRules,
 }
 
 impl Proxy {
-    /// A proxy to `backend`, refusing bodies over `max_body` bytes.
-    pub fn new(backend: &BackendConfig, max_body: u64, cookie_name: &str) -> Result<Self, ProxyError> {
+    /// A proxy to `backend`, refusing bodies over `max_body` bytes; `auth` names the gateway's
+    /// cookies (taken from requests, never set by responses).
+    pub fn new(backend: &BackendConfig, max_body: u64, auth: &AuthConfig) -> Result<Self, ProxyError> {
         let uri: Uri = backend.url.parse().map_err(|_| ProxyError::BadTarget)?;
         let authority = uri.authority().cloned().ok_or(ProxyError::BadTarget)?;
         let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::BadTarget)?;
         let origin = HeaderValue::from_str(&format!("http://{authority}")).map_err(|_| ProxyError::BadTarget)?;
         Ok(Self {
+            response_rules: ResponseRules::new(&authority, auth.gateway_cookies()),
             pool: Pool::new(authority.as_str().to_owned(), backend.connect_timeout),
             upstream: Upstream {
                 name: backend.name.clone(),
@@ -92,7 +109,7 @@ impl Proxy {
                 response_timeout: backend.response_timeout,
             },
             max_body,
-            cookie_name: cookie_name.to_owned(),
+            cookie_name: auth.cookie_name.clone(),
         })
     }
 
@@ -102,7 +119,8 @@ impl Proxy {
     }
 
     /// Forwards `req` (whose path is already the canonical `path`) as `username`; an upgraded
-    /// connection is closed when `close_when` resolves.
+    /// connection is closed when `close_when` resolves. The response speaks the client's HTTP
+    /// version, whatever the backend's was, and its headers pass [`headers::prepare_response`].
     pub async fn forward(
         &self,
         req: Request<Body>,
@@ -112,6 +130,7 @@ impl Proxy {
         close_when: Option<CloseWhen>,
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = req.into_parts();
+        let client_version = parts.version;
         // Most requests arrive in canonical form without a token in the query: their target is
         // forwarded as it came (already parsed); the others get a new one.
         let uri = match parts.uri.query().map(strip_query_token) {
@@ -169,14 +188,29 @@ impl Proxy {
 
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) = (response.status(), client_upgrade) {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            upgrade::spawn_tunnel(client_upgrade, upstream_upgrade, close_when);
             let (mut parts, _) = response.into_parts();
-            headers::prepare_response(&mut parts.headers, true);
+            // A refused handshake drops the backend's side: no tunnel is ever opened.
+            self.relay(&mut parts, client_version, true)?;
+            upgrade::spawn_tunnel(client_upgrade, upstream_upgrade, close_when);
             return Ok(Response::from_parts(parts, Body::empty()));
         }
         let (mut parts, incoming) = response.into_parts();
-        headers::prepare_response(&mut parts.headers, false);
+        self.relay(&mut parts, client_version, false)?;
         Ok(Response::from_parts(parts, Body::new(incoming)))
+    }
+
+    /// A backend's response head made fit for the client (or refused).
+    fn relay(
+        &self,
+        parts: &mut http::response::Parts,
+        client_version: Version,
+        upgraded: bool,
+    ) -> Result<(), ProxyError> {
+        parts.version = client_version;
+        headers::prepare_response(&mut parts.headers, upgraded, &self.response_rules).map_err(|reason| {
+            tracing::warn!(backend = %self.upstream.name, status = %parts.status, %reason, "backend response refused");
+            ProxyError::Refused { backend: self.upstream.name.clone(), reason }
+        })
     }
 
     /// The backend's authority (`host:port`).
@@ -244,10 +278,15 @@ impl Proxy {
                 "connection failed"
             }
             SendError::Lost(e) => {
+                // The client's body failing is the client's failure: it says nothing of the backend.
                 let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
                 while let Some(e) = source {
                     if e.downcast_ref::<body::TooLarge>().is_some() {
                         return ProxyError::TooLarge { limit: self.max_body };
+                    }
+                    if let Some(failed) = e.downcast_ref::<body::ClientBodyFailed>() {
+                        tracing::debug!(error = %failed, "request body broke off");
+                        return ProxyError::ClientBody;
                     }
                     source = e.source();
                 }

@@ -13,7 +13,7 @@ use crate::auth::{Presented, secret};
 use crate::http::{ApiError, Caller};
 
 /// The cookie holding the login form's token.
-pub const LOGIN_COOKIE: &str = "comfygate_login_csrf";
+pub const LOGIN_COOKIE: &str = crate::config::LOGIN_CSRF_COOKIE;
 
 /// The form token bound to a session secret.
 pub fn session_token(session_secret: &str) -> String {
