@@ -321,3 +321,24 @@ async fn client_chosen_prompt_ids_belong_to_their_owner_alone() {
     let (_, own_view) = gw.get_json("/history/job-0001", &Auth::Bearer(&admin)).await;
     assert_eq!(own_view, json!({}), "the admin has no job of that id");
 }
+
+#[tokio::test]
+async fn removing_a_user_cancels_their_jobs_before_any_backend_sees_them() {
+    let backend = sim(1_500).await;
+    let gw = gateway(&[&backend], 1).await;
+    let admin = gw.token("admin", "t").await;
+    gw.add_user("dave", "user").await;
+    let dave = gw.token("dave", "t").await;
+    let first = submit_ok(&gw, &admin, job("admin", 50, 1_500)).await;
+    running_on(&backend, &first).await;
+    let waiting = submit_ok(&gw, &dave, job("dave", 51, 50)).await;
+    gw.cli(&["user", "remove", "dave"], None).await.ok();
+    poll(Duration::from_secs(10), "dave's job gone from the queue", || async {
+        let (_, queue) = gw.get_json("/queue", &Auth::Bearer(&admin)).await;
+        (!queue.to_string().contains(&waiting)).then_some(())
+    })
+    .await;
+    assert_eq!(finished(&gw, &admin, &first).await["status"]["status_str"], "success");
+    assert_eq!(dispatches(&backend), 1, "the removed user's job never reached the backend");
+    assert!(gw.stderr().contains("job_cancelled"), "{}", gw.stderr());
+}
