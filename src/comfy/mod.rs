@@ -101,7 +101,13 @@ pub async fn handle(
     match route {
         Route::Submit => prompt::submit(app, &caller, req).await,
         Route::PromptStatus => Ok(prompt::status(app)),
-        Route::Queue => Ok(json_response(StatusCode::OK, &app.scheduler.queue_view(scope, caller.identity.user_id))),
+        Route::Queue => match app.scheduler.queue_view(scope, caller.identity.user_id).await {
+            Ok(view) => Ok(json_response(StatusCode::OK, &view)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the queue's workflows");
+                Err(ApiError::Unavailable("the job store is temporarily unavailable".to_owned()))
+            }
+        },
         Route::QueueAction => queue::action(app, scope, caller.identity.user_id, req).await,
         Route::Interrupt => queue::interrupt(app, scope, caller.identity.user_id, req).await,
         Route::History => history::list(app, scope, caller.identity.user_id, req.uri().query()).await,

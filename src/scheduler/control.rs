@@ -5,7 +5,8 @@ use http::Method;
 use serde_json::{Value, json};
 
 use super::Scheduler;
-use crate::store::JobState;
+use super::jobs::QueueEntry;
+use crate::store::{JobState, StoreError};
 
 /// Whose jobs a caller may see or touch.
 #[derive(Debug, Clone, Copy)]
@@ -27,28 +28,46 @@ impl Scope {
 }
 
 impl Scheduler {
-    /// ComfyUI's `GET /queue`: running jobs, then waiting ones (on backends, then in the gateway).
-    pub fn queue_view(&self, scope: Scope, viewer: i64) -> Value {
-        let inner = self.inner();
-        let mut running = Vec::new();
-        let mut dispatched = Vec::new();
-        for (id, job) in inner.jobs.iter().filter(|(_, j)| scope.covers(j.owner)) {
-            match job.state {
-                JobState::Running => running.push((job.number, job.queue_item(id, viewer))),
-                JobState::Dispatched => dispatched.push((job.number, job.queue_item(id, viewer))),
-                _ => {}
+    /// ComfyUI's `GET /queue`: running jobs, then waiting ones (on backends, then in the
+    /// gateway). Built from a snapshot taken under the lock and workflows read from the store
+    /// outside it; a user's view costs in proportion to their own jobs.
+    pub async fn queue_view(&self, scope: Scope, viewer: i64) -> Result<Value, StoreError> {
+        let (mut running, mut dispatched, waiting) = {
+            let inner = self.inner();
+            let (mut running, mut dispatched) = (Vec::new(), Vec::new());
+            for backend in self.pool.all() {
+                for id in backend.load().inflight.iter() {
+                    let Some(job) = inner.jobs.get(id).filter(|j| scope.covers(j.owner)) else { continue };
+                    match job.state {
+                        JobState::Running => running.push(job.view(id)),
+                        _ => dispatched.push(job.view(id)),
+                    }
+                }
             }
-        }
-        running.sort_by_key(|(n, _)| *n);
-        dispatched.sort_by_key(|(n, _)| *n);
-        let waiting = inner
-            .queue
-            .in_order()
-            .into_iter()
-            .filter(|(owner, _)| scope.covers(*owner))
-            .filter_map(|(_, id)| inner.jobs.get(&id).map(|j| j.queue_item(&id, viewer)));
-        let pending: Vec<Value> = dispatched.into_iter().map(|(_, item)| item).chain(waiting).collect();
-        json!({"queue_running": running.into_iter().map(|(_, item)| item).collect::<Vec<_>>(), "queue_pending": pending})
+            let order = match scope {
+                Scope::Owner(owner) => inner.queue.line(owner),
+                Scope::All => inner.queue.in_order().into_iter().map(|(_, id)| id).collect(),
+            };
+            let waiting: Vec<QueueEntry> =
+                order.iter().filter_map(|id| inner.jobs.get(id).map(|j| j.view(id))).collect();
+            (running, dispatched, waiting)
+        };
+        running.sort_by_key(|i| i.number);
+        dispatched.sort_by_key(|i| i.number);
+        let ids: Vec<String> = running.iter().chain(&dispatched).chain(&waiting).map(|i| i.id.clone()).collect();
+        let requests = self.store.job_requests(&ids).await?;
+        let build = |items: Vec<QueueEntry>| -> Vec<Value> {
+            items
+                .into_iter()
+                .map(|i| {
+                    let request = requests.get(&i.id).and_then(|r| serde_json::from_str(r).ok()).unwrap_or(Value::Null);
+                    i.item(viewer, &request)
+                })
+                .collect()
+        };
+        let running = build(running);
+        let pending: Vec<Value> = build(dispatched).into_iter().chain(build(waiting)).collect();
+        Ok(json!({"queue_running": running, "queue_pending": pending}))
     }
 
     /// Why each job in the gateway's queue is still waiting (for operators).
@@ -108,7 +127,7 @@ impl Scheduler {
     /// it by, else (admins) anyone's by the gateway's id. Another user's id is never found.
     fn held(&self, scope: Scope, viewer: i64, id: &str) -> Option<String> {
         let inner = self.inner();
-        let own = inner.jobs.iter().find(|(_, j)| j.owner == viewer && j.public_id == id).map(|(k, _)| k.clone());
+        let own = inner.by_public.get(&(viewer, id.to_owned())).cloned();
         own.or_else(|| match scope {
             Scope::All => inner.jobs.contains_key(id).then(|| id.to_owned()),
             Scope::Owner(_) => None,
@@ -133,8 +152,7 @@ impl Scheduler {
                 }
                 let backend = job.backend.clone();
                 if backend.is_none() {
-                    inner.queue.remove(id);
-                    inner.jobs.remove(id);
+                    inner.remove(id);
                 } else if let Some(job) = inner.jobs.get_mut(id) {
                     job.outcome = Some((JobState::Cancelled, reason.to_owned()));
                 }

@@ -145,8 +145,7 @@ impl Scheduler {
         if backend.is_some_and(|b| holder.as_deref() != Some(b.name())) {
             return None;
         }
-        let job = inner.jobs.remove(id)?;
-        inner.queue.remove(id);
+        let job = inner.remove(id)?;
         if let Some(b) = holder.as_deref().and_then(|b| self.pool.get(b)) {
             let mut load = b.load();
             load.inflight.retain(|x| x != id);

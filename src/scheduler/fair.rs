@@ -48,17 +48,28 @@ impl FairQueue {
         None
     }
 
-    /// Removes a queued job; true if it was queued.
-    pub fn remove(&mut self, prompt_id: &str) -> bool {
-        let Some((&owner, line)) = self.jobs.iter_mut().find(|(_, line)| line.iter().any(|id| id == prompt_id)) else {
-            return false;
-        };
+    /// Removes one of `owner`'s queued jobs (costs in proportion to that owner's line only);
+    /// true if it was queued.
+    pub fn remove(&mut self, owner: i64, prompt_id: &str) -> bool {
+        let Some(line) = self.jobs.get_mut(&owner) else { return false };
+        let before = line.len();
         line.retain(|id| id != prompt_id);
+        let removed = line.len() != before;
         if line.is_empty() {
             self.jobs.remove(&owner);
             self.turns.retain(|o| *o != owner);
         }
-        true
+        removed
+    }
+
+    /// One owner's waiting jobs, in their order.
+    pub fn line(&self, owner: i64) -> Vec<String> {
+        self.jobs.get(&owner).map(|l| l.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// How many jobs `owner` has waiting.
+    pub fn waiting_of(&self, owner: i64) -> usize {
+        self.jobs.get(&owner).map_or(0, VecDeque::len)
     }
 
     /// Every queued job in the order they would run if every backend could run all of them.
@@ -123,8 +134,11 @@ mod tests {
         q.push_back(2, "b".into());
         q.push_front(1, "back".into());
         assert_eq!(q.in_order(), [(1, "back".to_owned()), (2, "b".to_owned()), (1, "a".to_owned())]);
-        assert!(q.remove("b"));
-        assert!(!q.remove("b"));
+        assert!(q.remove(2, "b"));
+        assert!(!q.remove(2, "b"));
+        assert!(!q.remove(2, "a"), "only the owner's own line is searched");
+        assert_eq!(q.line(1), ["back", "a"]);
+        assert_eq!(q.waiting_of(1), 2);
         assert_eq!(ids(&mut q, 3), ["back", "a"]);
     }
 }

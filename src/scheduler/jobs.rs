@@ -42,11 +42,29 @@ impl Answer {
 /// Keys of `extra_data` that carry a user's credentials for paid API nodes (Comfy.org).
 const SECRET_KEYS: &[&str] = &["api_key_comfy_org", "auth_token_comfy_org"];
 
-/// Removes credentials from an `extra_data` object shown to someone other than its owner.
+/// Whether an `extra_data` key names a credential: Comfy.org's keys, and anything named like a
+/// key or token (any case).
+pub fn is_secret_key(key: &str) -> bool {
+    let lower = key.to_ascii_lowercase();
+    SECRET_KEYS.contains(&lower.as_str())
+        || ["api_key", "apikey", "token", "secret", "password"].iter().any(|s| lower.contains(s))
+}
+
+/// Removes credentials from an `extra_data` object (for views, history and the store).
 pub fn strip_secrets(extra: &mut Value) {
     if let Some(map) = extra.as_object_mut() {
-        map.retain(|key, _| !SECRET_KEYS.contains(&key.as_str()) && !key.contains("api_key") && !key.contains("token"));
+        map.retain(|key, _| !is_secret_key(key));
     }
+}
+
+/// Takes the credentials out of an `extra_data` object; `None` when it held none.
+pub fn take_secrets(extra: &mut Value) -> Option<Map<String, Value>> {
+    let map = extra.as_object_mut()?;
+    let keys: Vec<String> = map.keys().filter(|k| is_secret_key(k)).cloned().collect();
+    if keys.is_empty() {
+        return None;
+    }
+    Some(keys.into_iter().filter_map(|k| map.remove(&k).map(|v| (k, v))).collect())
 }
 
 /// A job the gateway holds (waiting, dispatched or running).
@@ -59,8 +77,12 @@ pub(super) struct Active {
     /// The API token that submitted it, if one did.
     pub token_id: Option<i64>,
     pub number: i64,
-    /// The `POST /prompt` body without `client_id` / `prompt_id`.
-    pub request: Arc<Value>,
+    /// The workflow, held in memory only until its requirements are known (the store keeps
+    /// it; dispatch and views read it from there).
+    pub request: Option<Arc<Value>>,
+    /// Credentials from `extra_data` (Comfy.org API keys and the like): never written to the
+    /// store, so held here until the job is dispatched.
+    pub secrets: Option<Map<String, Value>>,
     /// What it needs; `None` until some backend's capabilities are known.
     pub requirements: Option<Requirements>,
     /// The backend holding its uploaded input files.
@@ -89,7 +111,8 @@ impl Active {
             public_id: job.public_id.clone(),
             token_id: job.token_id,
             number: job.number,
-            request: Arc::new(serde_json::from_str(&job.request).unwrap_or(Value::Null)),
+            request: None,
+            secrets: None,
             requirements: None,
             pinned: None,
             state: job.state,
@@ -103,29 +126,41 @@ impl Active {
         }
     }
 
-    /// The id `viewer` knows this job (gateway id `id`) by: the owner's own, else the gateway's.
-    pub fn id_for<'a>(&'a self, id: &'a str, viewer: i64) -> &'a str {
-        if viewer == self.owner { &self.public_id } else { id }
-    }
-
-    /// The workflow graph.
-    pub fn prompt_map(&self) -> Map<String, Value> {
-        self.request.get("prompt").and_then(Value::as_object).cloned().unwrap_or_default()
-    }
-
-    /// ComfyUI's queue item: `[number, prompt_id, prompt, extra_data, outputs_to_execute]`, as
-    /// `viewer` may see it (another user's secrets removed).
-    pub fn queue_item(&self, prompt_id: &str, viewer: i64) -> Value {
-        let mut extra = self.request.get("extra_data").cloned().unwrap_or_else(|| json!({}));
-        if viewer != self.owner {
-            strip_secrets(&mut extra);
+    /// What a view of the queue needs of this job (gateway id `id`), taken under the lock.
+    pub fn view(&self, id: &str) -> QueueEntry {
+        QueueEntry {
+            id: id.to_owned(),
+            number: self.number,
+            owner: self.owner,
+            client_id: self.client_id.clone(),
+            public_id: self.public_id.clone(),
+            outputs: self.requirements.as_ref().map(|r| r.outputs.clone()).unwrap_or_default(),
         }
-        if !self.client_id.is_empty() {
+    }
+}
+
+/// A job as a queue view shows it, without its workflow (read from the store).
+pub struct QueueEntry {
+    pub id: String,
+    pub number: i64,
+    owner: i64,
+    client_id: String,
+    public_id: String,
+    outputs: Vec<String>,
+}
+
+impl QueueEntry {
+    /// ComfyUI's queue item `[number, prompt_id, prompt, extra_data, outputs_to_execute]`, as
+    /// `viewer` may see it, from the job's stored `request` (which holds no credentials).
+    pub fn item(&self, viewer: i64, request: &Value) -> Value {
+        let mut extra = request.get("extra_data").cloned().unwrap_or_else(|| json!({}));
+        strip_secrets(&mut extra);
+        let own = viewer == self.owner;
+        if !self.client_id.is_empty() && own {
             extra["client_id"] = Value::String(self.client_id.clone());
         }
-        let outputs = self.requirements.as_ref().map(|r| r.outputs.clone()).unwrap_or_default();
-        let id = self.id_for(prompt_id, viewer);
-        json!([self.number, id, self.request.get("prompt").cloned().unwrap_or(Value::Null), extra, outputs])
+        let shown = if own { &self.public_id } else { &self.id };
+        json!([self.number, shown, request.get("prompt").cloned().unwrap_or(Value::Null), extra, self.outputs])
     }
 }
 

@@ -44,7 +44,7 @@ pub use events::execution_error;
 use fair::FairQueue;
 use files::FileLocations;
 use jobs::Active;
-pub use jobs::{Answer, renamed, strip_secrets};
+pub use jobs::{Answer, is_secret_key, renamed, strip_secrets};
 use workflow::Requirements;
 
 /// Why a submission is refused before it is queued.
@@ -66,6 +66,9 @@ pub struct Submitter<'a> {
     pub token_id: Option<i64>,
 }
 
+/// The key marking a stored request whose credentials were withheld from the store.
+const WITHHELD: &str = "comfygate_withheld";
+
 /// A job on its way to a backend.
 struct Dispatch {
     id: String,
@@ -76,7 +79,7 @@ struct Dispatch {
     token_id: Option<i64>,
     backend: Arc<Backend>,
     username: String,
-    request: Arc<Value>,
+    secrets: Option<Map<String, Value>>,
     waiter: Option<oneshot::Sender<Answer>>,
 }
 
@@ -87,6 +90,24 @@ struct Inner {
     abandoned: HashMap<String, Vec<String>>,
     /// Backends being reconciled now (one reconciliation at a time each).
     reconciling: HashSet<String>,
+    /// Jobs whose requirements are not known yet (their workflow is held until they are).
+    unanalysed: Vec<String>,
+    /// Gateway ids by (owner, the id the owner knows the job by).
+    by_public: HashMap<(i64, String), String>,
+}
+
+impl Inner {
+    fn insert(&mut self, id: String, job: Active) {
+        self.by_public.insert((job.owner, job.public_id.clone()), id.clone());
+        self.jobs.insert(id, job);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Active> {
+        let job = self.jobs.remove(id)?;
+        self.by_public.remove(&(job.owner, job.public_id.clone()));
+        self.queue.remove(job.owner, id);
+        Some(job)
+    }
 }
 
 /// What became of a dispatch that did not land.
@@ -120,9 +141,13 @@ impl Scheduler {
             jobs: HashMap::new(),
             abandoned: HashMap::new(),
             reconciling: HashSet::new(),
+            unanalysed: Vec::new(),
+            by_public: HashMap::new(),
         };
         for job in store.jobs_in_states(&[JobState::Queued, JobState::Dispatched, JobState::Running]).await? {
             let mut active = Active::from_job(&job);
+            active.request = serde_json::from_str(&job.request).ok().map(Arc::new);
+            inner.unanalysed.push(job.prompt_id.clone());
             // A job handed to a backend that is still configured stays with it (reconciled once
             // its socket connects); anything else waits in the queue again.
             let holder = match job.state {
@@ -141,7 +166,7 @@ impl Scheduler {
                     inner.queue.push_back(job.user_id, job.prompt_id.clone());
                 }
             }
-            inner.jobs.insert(job.prompt_id.clone(), active);
+            inner.insert(job.prompt_id.clone(), active);
         }
         if !inner.jobs.is_empty() {
             tracing::info!(jobs = inner.jobs.len(), "resumed jobs from the store");
@@ -195,10 +220,11 @@ impl Scheduler {
             Ok(s) => s,
             Err(refusal) => return Ok(refusal),
         };
-        let prompt = submission.request["prompt"].as_object().cloned().unwrap_or_default();
         let known = self.pool.capabilities_complete().then(|| self.pool.known_capabilities(Reach::Any)).flatten();
+        let empty = Map::new();
+        let prompt = submission.request["prompt"].as_object().unwrap_or(&empty);
         let requirements = match known {
-            Some(known) => match workflow::analyse(&prompt, &known) {
+            Some(known) => match workflow::analyse(prompt, &known) {
                 Ok(req) => Some(req),
                 Err(rejection) => return Ok(Answer::json(StatusCode::BAD_REQUEST, &rejection)),
             },
@@ -212,6 +238,20 @@ impl Scheduler {
             None => None,
         };
         let number = self.numbers.fetch_add(1, Ordering::AcqRel) + 1;
+        // Credentials never reach the store: they wait in memory for the dispatch.
+        let mut request = submission.request;
+        let secrets = jobs::take_secrets(&mut request["extra_data"]);
+        let stored = match (&secrets, request.as_object_mut()) {
+            (Some(_), Some(map)) => {
+                map.insert(WITHHELD.to_owned(), Value::Bool(true));
+                let text = request.to_string();
+                if let Some(map) = request.as_object_mut() {
+                    map.remove(WITHHELD);
+                }
+                text
+            }
+            _ => request.to_string(),
+        };
         let job = Job {
             prompt_id: prompt_id.clone(),
             public_id: public_id.clone(),
@@ -220,7 +260,7 @@ impl Scheduler {
             username: by.username.to_owned(),
             client_id: submission.client_id.clone(),
             number,
-            request: submission.request.to_string(),
+            request: stored,
             state: JobState::Queued,
             backend: None,
             error: None,
@@ -241,11 +281,15 @@ impl Scheduler {
         {
             let mut inner = self.inner();
             let mut active = Active::from_job(&job);
-            active.request = Arc::new(submission.request);
+            if requirements.is_none() {
+                active.request = Some(Arc::new(request));
+                inner.unanalysed.push(prompt_id.clone());
+            }
+            active.secrets = secrets;
             active.requirements = requirements;
             active.pinned = pinned;
             active.waiter = Some(tx);
-            inner.jobs.insert(prompt_id.clone(), active);
+            inner.insert(prompt_id.clone(), active);
             inner.queue.push_back(by.user_id, prompt_id.clone());
         }
         self.pump().await;
@@ -298,9 +342,13 @@ impl Scheduler {
         let backends = self.pool.all().to_vec();
         let mut inner = self.inner();
         let inner = &mut *inner;
-        if let Some(known) = &known {
-            for job in inner.jobs.values_mut().filter(|j| j.requirements.is_none()) {
-                job.requirements = Some(workflow::analyse(&job.prompt_map(), known).unwrap_or_default());
+        if let (Some(known), false) = (&known, inner.unanalysed.is_empty()) {
+            for id in std::mem::take(&mut inner.unanalysed) {
+                let Some(job) = inner.jobs.get_mut(&id) else { continue };
+                let empty = Map::new();
+                let prompt = job.request.as_deref().and_then(|r| r["prompt"].as_object()).unwrap_or(&empty);
+                job.requirements = Some(workflow::analyse(prompt, known).unwrap_or_default());
+                job.request = None;
             }
         }
         let mut out = Vec::new();
@@ -328,7 +376,7 @@ impl Scheduler {
                 owner: job.owner,
                 token_id: job.token_id,
                 username: job.username.clone(),
-                request: job.request.clone(),
+                secrets: job.secrets.clone(),
                 waiter: job.waiter.take(),
                 backend,
                 id,
@@ -338,7 +386,7 @@ impl Scheduler {
     }
 
     async fn dispatch(&self, d: Dispatch) {
-        let Dispatch { id, public_id, number, attempt, owner, token_id, backend, username, request, waiter } = d;
+        let Dispatch { id, public_id, number, attempt, owner, token_id, backend, username, secrets, waiter } = d;
         // A job is never dispatched for an owner who is no longer active.
         match self.store.owner_active(owner, token_id, now_ms()).await {
             Ok(true) => {}
@@ -353,7 +401,33 @@ impl Scheduler {
                 return;
             }
         }
-        let mut body = (*request).clone();
+        let mut body = match self.store.job(&id).await {
+            Ok(Some(job)) => serde_json::from_str::<Value>(&job.request).unwrap_or(Value::Null),
+            Ok(None) => {
+                // Its owner was removed (their jobs with them).
+                self.release(&id, &backend, attempt);
+                self.end(&id, JobState::Cancelled, "cancelled: its owner was removed", true).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(prompt_id = %id, error = %e, "cannot read the job's workflow; it waits");
+                self.release(&id, &backend, attempt);
+                return;
+            }
+        };
+        let withheld = body.as_object_mut().is_some_and(|m| m.remove(WITHHELD).is_some());
+        match (secrets, body["extra_data"].as_object_mut()) {
+            (Some(secrets), Some(extra)) => extra.extend(secrets),
+            (None, _) if withheld => {
+                // Submitted before a restart of the gateway, which does not keep credentials.
+                self.release(&id, &backend, attempt);
+                let reason = "its credentials (extra_data keys and tokens) are not kept across gateway restarts: \
+                              submit it again";
+                self.fail(&id, reason, true).await;
+                return;
+            }
+            _ => {}
+        }
         body["client_id"] = Value::String(backend.monitor_id.clone());
         body["prompt_id"] = Value::String(id.clone());
         let bytes = Bytes::from(body.to_string());

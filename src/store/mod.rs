@@ -14,6 +14,7 @@ use async_trait::async_trait;
 
 pub use model::{
     ApiToken, Job, JobRef, JobState, NewSession, NewToken, NewUser, Role, Session, StoredFile, TokenKind, User,
+    UserLimits,
 };
 
 /// What can go wrong in the store.
@@ -131,6 +132,17 @@ pub trait Store: Send + Sync + 'static {
     async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>>;
     /// The prompt ids of a user's most recent jobs.
     async fn job_ids_of(&self, user_id: i64, limit: i64) -> StoreResult<Vec<String>>;
+    /// The stored requests of the given jobs (those that exist), by prompt id.
+    async fn job_requests(&self, prompt_ids: &[String]) -> StoreResult<std::collections::HashMap<String, String>>;
+    /// Deletes jobs that ended before `ended_before` (unix ms); returns how many.
+    async fn purge_jobs(&self, ended_before: i64) -> StoreResult<u64>;
+    /// When `user_id`'s jobs submitted since `since` (unix ms) were submitted, newest first, at
+    /// most `limit`.
+    async fn submissions_since(&self, user_id: i64, since: i64, limit: i64) -> StoreResult<Vec<i64>>;
+    /// The limits set for a user.
+    async fn user_limits(&self, user_id: i64) -> StoreResult<UserLimits>;
+    /// Sets a user's limits (all of them: `None` returns one to the default).
+    async fn set_user_limits(&self, user_id: i64, limits: &UserLimits) -> StoreResult<()>;
     /// The names of a user's most recent jobs, newest first.
     async fn job_refs_of(&self, user_id: i64, limit: i64) -> StoreResult<Vec<JobRef>>;
     /// Whether jobs of `user_id` (submitted with `token_id`, if any) may still run: the user

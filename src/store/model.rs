@@ -315,3 +315,18 @@ pub struct JobRef {
     /// The owner's client id (empty when none).
     pub client_id: String,
 }
+
+/// Limits set for one user by an admin; `None`: the configured default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct UserLimits {
+    /// Jobs waiting in the gateway's queue at once.
+    pub max_waiting: Option<i64>,
+    /// Jobs on backends (dispatched or running) at once.
+    pub max_running: Option<i64>,
+    /// Submissions in any hour.
+    pub jobs_per_hour: Option<i64>,
+    /// Bytes of one upload.
+    pub max_upload_bytes: Option<i64>,
+    /// Bytes of one workflow (the forwarded `POST /prompt` body).
+    pub max_workflow_bytes: Option<i64>,
+}

@@ -609,6 +609,76 @@ macro_rules! impl_store {
                     .await?)
             }
 
+            async fn job_requests(
+                &self,
+                prompt_ids: &[String],
+            ) -> StoreResult<std::collections::HashMap<String, String>> {
+                let mut out = std::collections::HashMap::with_capacity(prompt_ids.len());
+                for chunk in prompt_ids.chunks(500) {
+                    let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                    let sql =
+                        format!("SELECT prompt_id, request FROM jobs WHERE prompt_id IN ({})", placeholders.join(", "));
+                    let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+                    for id in chunk {
+                        query = query.bind(id);
+                    }
+                    out.extend(query.fetch_all(&self.pool).await?);
+                }
+                Ok(out)
+            }
+
+            async fn purge_jobs(&self, ended_before: i64) -> StoreResult<u64> {
+                let sql = format!("DELETE FROM jobs WHERE state IN {ENDED_STATES} AND updated_at < $1");
+                Ok(sqlx::query(&sql).bind(ended_before).execute(&self.pool).await?.rows_affected())
+            }
+
+            async fn submissions_since(&self, user_id: i64, since: i64, limit: i64) -> StoreResult<Vec<i64>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT created_at FROM jobs WHERE user_id = $1 AND created_at >= $2 \
+                     ORDER BY created_at DESC LIMIT $3",
+                )
+                .bind(user_id)
+                .bind(since)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn user_limits(&self, user_id: i64) -> StoreResult<$crate::store::UserLimits> {
+                let row: Option<$crate::store::UserLimits> = sqlx::query_as(
+                    "SELECT max_waiting, max_running, jobs_per_hour, max_upload_bytes, max_workflow_bytes \
+                     FROM user_limits WHERE user_id = $1",
+                )
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.unwrap_or_default())
+            }
+
+            async fn set_user_limits(&self, user_id: i64, limits: &$crate::store::UserLimits) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO user_limits (user_id, max_waiting, max_running, jobs_per_hour, max_upload_bytes, \
+                     max_workflow_bytes, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (user_id) DO \
+                     UPDATE SET max_waiting = excluded.max_waiting, max_running = excluded.max_running, \
+                     jobs_per_hour = excluded.jobs_per_hour, max_upload_bytes = excluded.max_upload_bytes, \
+                     max_workflow_bytes = excluded.max_workflow_bytes, updated_at = excluded.updated_at",
+                )
+                .bind(user_id)
+                .bind(limits.max_waiting)
+                .bind(limits.max_running)
+                .bind(limits.jobs_per_hour)
+                .bind(limits.max_upload_bytes)
+                .bind(limits.max_workflow_bytes)
+                .bind($crate::time::now_ms())
+                .execute(&mut *tx)
+                .await?;
+                // Running gateways re-read what they cached about accounts.
+                sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
             async fn owner_active(&self, user_id: i64, token_id: Option<i64>, now: i64) -> StoreResult<bool> {
                 let user: Option<bool> = sqlx::query_scalar("SELECT disabled FROM users WHERE id = $1")
                     .bind(user_id)
