@@ -14,6 +14,7 @@ pub mod comfy;
 pub mod config;
 pub mod edge;
 pub mod http;
+pub mod limits;
 pub mod policy;
 pub mod proxy;
 pub mod scheduler;

@@ -55,7 +55,16 @@ impl App {
         let auth = Arc::new(Auth::new(store.clone(), config.auth.clone()));
         let instance = format!("{}-{}", hostname(), &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let pool = Arc::new(Pool::new(&config, &instance)?);
-        let scheduler = Arc::new(Scheduler::load(store, pool, config.scheduler.clone()).await?);
+        let scheduler = Arc::new(
+            Scheduler::load(
+                store,
+                pool,
+                config.scheduler.clone(),
+                config.limits.clone(),
+                config.server.max_request_body.as_u64(),
+            )
+            .await?,
+        );
         let allowed_hosts = config
             .server
             .public_url

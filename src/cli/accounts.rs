@@ -15,7 +15,23 @@ use comfygate::auth::maintenance::wait_until_applied;
 use comfygate::store::{self, Role, Store};
 use comfygate::time::format_ms;
 
-use super::{InitArgs, PasswordSource, TokenCommand, UserCommand};
+use comfygate::limits::Limits;
+use comfygate::store::UserLimits;
+
+use super::{InitArgs, PasswordSource, Setting, TokenCommand, UserCommand};
+
+/// Prints the limits in force for a user, saying which are their own.
+fn print_limits(username: &str, limits: &Limits, set: &UserLimits) {
+    let count = |n: Option<u64>| n.map_or_else(|| "no limit".to_owned(), |n| n.to_string());
+    let size = |n: u64| bytesize::ByteSize::b(n).display().iec().to_string();
+    let origin = |own: Option<i64>| if own.is_some() { "" } else { " (default)" };
+    println!("limits of `{username}`:");
+    println!("  max-waiting    {}{}", count(limits.max_waiting), origin(set.max_waiting));
+    println!("  max-running    {}{}", count(limits.max_running), origin(set.max_running));
+    println!("  jobs-per-hour  {}{}", count(limits.jobs_per_hour), origin(set.jobs_per_hour));
+    println!("  max-upload     {}{}", size(limits.max_upload), origin(set.max_upload_bytes));
+    println!("  max-workflow   {}{}", size(limits.max_workflow), origin(set.max_workflow_bytes));
+}
 
 /// How long to wait for running gateways to confirm a revocation.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -136,6 +152,27 @@ pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
             let user = accounts.remove_user(&username).await?;
             confirm_applied(store.as_ref()).await?;
             println!("removed `{}` with their tokens and sessions", user.username);
+        }
+        UserCommand::Limits { username, max_waiting, max_running, jobs_per_hour, max_upload, max_workflow } => {
+            let user = accounts.user(&username).await?;
+            let mut set = store.user_limits(user.id).await?;
+            let apply = |slot: &mut Option<i64>, setting: Option<Setting>| match setting {
+                Some(Setting::Value(n)) => *slot = Some(n),
+                Some(Setting::Default) => *slot = None,
+                None => {}
+            };
+            let changed =
+                [max_waiting, max_running, jobs_per_hour, max_upload, max_workflow].iter().any(Option::is_some);
+            apply(&mut set.max_waiting, max_waiting);
+            apply(&mut set.max_running, max_running);
+            apply(&mut set.jobs_per_hour, jobs_per_hour);
+            apply(&mut set.max_upload_bytes, max_upload);
+            apply(&mut set.max_workflow_bytes, max_workflow);
+            if changed {
+                store.set_user_limits(user.id, &set).await?;
+            }
+            let limits = Limits::resolve(&config.limits, &set, config.server.max_request_body.as_u64());
+            print_limits(&user.username, &limits, &set);
         }
     }
     Ok(())

@@ -107,6 +107,54 @@ enum UserCommand {
         /// User name.
         username: String,
     },
+    /// Show a user's limits, or set them (`default` returns one to `[limits]`; a count of 0
+    /// means no limit).
+    Limits {
+        /// User name.
+        username: String,
+        /// Jobs waiting in the gateway's queue at once.
+        #[arg(long, value_parser = parse_count)]
+        max_waiting: Option<Setting>,
+        /// Jobs on backends (dispatched or running) at once.
+        #[arg(long, value_parser = parse_count)]
+        max_running: Option<Setting>,
+        /// Submissions in any hour.
+        #[arg(long, value_parser = parse_count)]
+        jobs_per_hour: Option<Setting>,
+        /// Largest upload, e.g. `200MiB`.
+        #[arg(long, value_parser = parse_size)]
+        max_upload: Option<Setting>,
+        /// Largest workflow, e.g. `4MiB`.
+        #[arg(long, value_parser = parse_size)]
+        max_workflow: Option<Setting>,
+    },
+}
+
+/// A limit given on the command line: a value, or back to the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// This value.
+    Value(i64),
+    /// The configured default.
+    Default,
+}
+
+fn parse_count(text: &str) -> Result<Setting, String> {
+    if text.eq_ignore_ascii_case("default") {
+        return Ok(Setting::Default);
+    }
+    text.parse::<u32>()
+        .map(|n| Setting::Value(i64::from(n)))
+        .map_err(|_| format!("`{text}` is not a count or `default`"))
+}
+
+fn parse_size(text: &str) -> Result<Setting, String> {
+    if text.eq_ignore_ascii_case("default") {
+        return Ok(Setting::Default);
+    }
+    let size: bytesize::ByteSize =
+        text.parse().map_err(|_| format!("`{text}` is not a size (e.g. 200MiB) or `default`"))?;
+    i64::try_from(size.as_u64()).map(Setting::Value).map_err(|_| format!("`{text}` is too large"))
 }
 
 #[derive(Subcommand)]

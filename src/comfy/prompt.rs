@@ -34,7 +34,11 @@ pub async fn submit(app: &AppState, caller: &Caller, req: Request<Body>) -> Resu
     if answer.status == StatusCode::OK {
         tracing::debug!(username = %caller.identity.username, "prompt accepted");
     }
-    Ok(bytes_response(answer.status, answer.body))
+    let mut response = bytes_response(answer.status, answer.body);
+    if let Some(seconds) = answer.retry_after {
+        response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+    }
+    Ok(response)
 }
 
 /// `GET /prompt`.

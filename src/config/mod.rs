@@ -34,8 +34,39 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Saved workflows and settings, kept by the gateway per user.
     pub userdata: UserDataConfig,
+    /// What one user may make the gateway hold (defaults; admins set per-user overrides).
+    pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// Per-user limits: the defaults for every user (`comfygate user limits` overrides them for
+/// one). A count of 0 means no limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Jobs one user may have waiting in the gateway's queue.
+    pub max_waiting: u64,
+    /// Jobs one user may have on backends (dispatched or running) at once.
+    pub max_running: u64,
+    /// Submissions one user may make in any hour.
+    pub jobs_per_hour: u64,
+    /// Largest workflow (the `POST /prompt` body as forwarded).
+    pub max_workflow: ByteSize,
+    /// Largest upload; 0: `server.max_request_body`.
+    pub max_upload: ByteSize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_waiting: 1000,
+            max_running: 0,
+            jobs_per_hour: 0,
+            max_workflow: ByteSize::mib(4),
+            max_upload: ByteSize::b(0),
+        }
+    }
 }
 
 /// Which ComfyUI routes normal users may reach beyond the built-in allow-list.

@@ -17,17 +17,24 @@ pub struct Answer {
     pub status: StatusCode,
     /// JSON body.
     pub body: Bytes,
+    /// Seconds after which trying again makes sense (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl Answer {
     /// A backend's answer, passed on unchanged.
     pub fn raw(status: StatusCode, body: Bytes) -> Self {
-        Self { status, body }
+        Self { status, body, retry_after: None }
     }
 
     /// A JSON answer.
     pub fn json(status: StatusCode, body: &Value) -> Self {
-        Self { status, body: Bytes::from(body.to_string()) }
+        Self { status, body: Bytes::from(body.to_string()), retry_after: None }
+    }
+
+    /// A limit's refusal.
+    pub fn refused(refusal: &crate::limits::Refusal) -> Self {
+        Self { retry_after: refusal.retry_after, ..Self::json(refusal.status, &refusal.body()) }
     }
 
     /// ComfyUI's error shape (`400 {"error": {...}, "node_errors": {}}`).

@@ -36,7 +36,8 @@ use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
 use crate::backends::{Backend, Pool, Reach};
-use crate::config::SchedulerConfig;
+use crate::config::{LimitsConfig, SchedulerConfig};
+use crate::limits::{HOUR, Limits, Refusal};
 use crate::store::{Job, JobState, Store, StoreError};
 use crate::time::now_ms;
 use delivery::Subscribers;
@@ -94,6 +95,8 @@ struct Inner {
     unanalysed: Vec<String>,
     /// Gateway ids by (owner, the id the owner knows the job by).
     by_public: HashMap<(i64, String), String>,
+    /// Each owner's limits as last read (at their latest submission).
+    limits: HashMap<i64, Limits>,
 }
 
 impl Inner {
@@ -126,7 +129,11 @@ pub struct Scheduler {
     files: FileLocations,
     pool: Arc<Pool>,
     config: SchedulerConfig,
+    limits: LimitsConfig,
+    max_request_body: u64,
     inner: Mutex<Inner>,
+    /// One submission at a time per user, so their limits hold under concurrency.
+    submitting: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     numbers: AtomicI64,
     announced: AtomicUsize,
     subscribers: Subscribers,
@@ -134,7 +141,13 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Loads the jobs the store still has waiting or running.
-    pub async fn load(store: Arc<dyn Store>, pool: Arc<Pool>, config: SchedulerConfig) -> Result<Self, StoreError> {
+    pub async fn load(
+        store: Arc<dyn Store>,
+        pool: Arc<Pool>,
+        config: SchedulerConfig,
+        limits: LimitsConfig,
+        max_request_body: u64,
+    ) -> Result<Self, StoreError> {
         let numbers = AtomicI64::new(store.max_job_number().await?);
         let mut inner = Inner {
             queue: FairQueue::default(),
@@ -143,6 +156,7 @@ impl Scheduler {
             reconciling: HashSet::new(),
             unanalysed: Vec::new(),
             by_public: HashMap::new(),
+            limits: HashMap::new(),
         };
         for job in store.jobs_in_states(&[JobState::Queued, JobState::Dispatched, JobState::Running]).await? {
             let mut active = Active::from_job(&job);
@@ -171,12 +185,20 @@ impl Scheduler {
         if !inner.jobs.is_empty() {
             tracing::info!(jobs = inner.jobs.len(), "resumed jobs from the store");
         }
+        let owners: HashSet<i64> = inner.jobs.values().map(|j| j.owner).collect();
+        for owner in owners {
+            let resolved = Limits::of(store.as_ref(), &limits, max_request_body, owner).await?;
+            inner.limits.insert(owner, resolved);
+        }
         Ok(Self {
             files: FileLocations::new(store.clone()),
             store,
             pool,
             config,
+            limits,
+            max_request_body,
             inner: Mutex::new(inner),
+            submitting: Mutex::new(HashMap::new()),
             numbers,
             announced: AtomicUsize::new(usize::MAX),
             subscribers: Subscribers::default(),
@@ -230,6 +252,13 @@ impl Scheduler {
             },
             None => None,
         };
+        let limits = Limits::of(self.store.as_ref(), &self.limits, self.max_request_body, by.user_id).await?;
+        // One submission of this user at a time: the counts below hold until it is queued.
+        let turn = self.submitting_lock(by.user_id);
+        let _turn = turn.lock().await;
+        if let Some(refusal) = self.over_limits(by.user_id, &limits).await? {
+            return Ok(Answer::refused(&refusal));
+        }
         // The backends see a gateway-wide id; a client's own choice names the job for them only.
         let prompt_id = uuid::Uuid::new_v4().to_string();
         let public_id = submission.prompt_id.clone().unwrap_or_else(|| prompt_id.clone());
@@ -252,6 +281,10 @@ impl Scheduler {
             }
             _ => request.to_string(),
         };
+        if u64::try_from(stored.len()).unwrap_or(u64::MAX) > limits.max_workflow {
+            let message = format!("the workflow is larger than your limit of {} bytes", limits.max_workflow);
+            return Ok(Answer::refused(&Refusal::too_large("workflow_too_large", message)));
+        }
         let job = Job {
             prompt_id: prompt_id.clone(),
             public_id: public_id.clone(),
@@ -287,6 +320,7 @@ impl Scheduler {
             }
             active.secrets = secrets;
             active.requirements = requirements;
+            inner.limits.insert(by.user_id, limits);
             active.pinned = pinned;
             active.waiter = Some(tx);
             inner.insert(prompt_id.clone(), active);
@@ -303,6 +337,33 @@ impl Scheduler {
                 Ok(accepted(&public_id, number, &Value::Object(Map::new())))
             }
         }
+    }
+
+    fn submitting_lock(&self, user_id: i64) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.submitting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(user_id).or_default().clone()
+    }
+
+    /// Whether one more job of `user_id` would go over their limits (waiting jobs, jobs per
+    /// hour); the caller holds the user's submission turn.
+    async fn over_limits(&self, user_id: i64, limits: &Limits) -> Result<Option<Refusal>, StoreError> {
+        if let Some(max) = limits.max_waiting {
+            let waiting = self.inner().queue.waiting_of(user_id);
+            if u64::try_from(waiting).unwrap_or(u64::MAX) >= max {
+                let message = format!("you have {waiting} jobs waiting, your limit is {max}");
+                return Ok(Some(Refusal::busy("too_many_waiting_jobs", message, 10)));
+            }
+        }
+        if let Some(max) = limits.jobs_per_hour {
+            let now = now_ms();
+            let since = now - i64::try_from(HOUR.as_millis()).unwrap_or(i64::MAX);
+            let recent = self.store.submissions_since(user_id, since, i64::try_from(max).unwrap_or(i64::MAX)).await?;
+            if let Some(wait) = limits.hourly_wait(&recent, now) {
+                let message = format!("you submitted {} jobs in the last hour, your limit is {max}", recent.len());
+                return Ok(Some(Refusal::busy("too_many_jobs_per_hour", message, wait)));
+            }
+        }
+        Ok(None)
     }
 
     /// The backend that holds the uploaded input files the job uses (when one is known).
@@ -352,14 +413,29 @@ impl Scheduler {
             }
         }
         let mut out = Vec::new();
+        // Jobs each owner has on backends, for their `max_running` limit.
+        let mut running: HashMap<i64, u64> = HashMap::new();
+        for backend in &backends {
+            for id in backend.load().inflight.iter() {
+                if let Some(job) = inner.jobs.get(id) {
+                    *running.entry(job.owner).or_default() += 1;
+                }
+            }
+        }
         loop {
             let rooms: Vec<&Arc<Backend>> = backends.iter().filter(|b| b.has_room()).collect();
             if rooms.is_empty() {
                 break;
             }
-            let jobs = &mut inner.jobs;
+            let (jobs, limits) = (&mut inner.jobs, &inner.limits);
+            let may_run = |owner: i64| {
+                let max = limits.get(&owner).and_then(|l| l.max_running);
+                max.is_none_or(|max| running.get(&owner).copied().unwrap_or(0) < max)
+            };
             let runnable = |id: &str| {
-                jobs.get(id).is_some_and(|j| j.state == JobState::Queued && best_backend(j, &rooms).is_some())
+                jobs.get(id).is_some_and(|j| {
+                    j.state == JobState::Queued && may_run(j.owner) && best_backend(j, &rooms).is_some()
+                })
             };
             let Some((_, id)) = inner.queue.take(runnable) else { break };
             let Some(job) = jobs.get_mut(&id) else { continue };
@@ -369,6 +445,7 @@ impl Scheduler {
             job.backend = Some(backend.name().to_owned());
             job.attempt += 1;
             job.accepted = false;
+            *running.entry(job.owner).or_default() += 1;
             out.push(Dispatch {
                 public_id: job.public_id.clone(),
                 number: job.number,

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use super::names::{Kind, UserFile, user_view_of};
 use super::{least_busy, no_backend, store_unavailable};
 use crate::http::{ApiError, Caller, ClientInfo};
+use crate::limits::Limits;
 use crate::policy::NormalizedPath;
 use crate::state::AppState;
 use crate::store::StoredFile;
@@ -37,10 +38,17 @@ pub async fn upload(
     path: &NormalizedPath,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
-    let limit = app.config.server.max_request_body.as_u64();
+    let max_body = app.config.server.max_request_body.as_u64();
+    let limits = Limits::of(app.scheduler.store().as_ref(), &app.config.limits, max_body, caller.identity.user_id)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot read the uploader's limits");
+            ApiError::Unavailable("the store is temporarily unavailable".to_owned())
+        })?;
+    let limit = limits.max_upload;
     let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
-        return Err(ApiError::TooLarge(format!("request body exceeds the limit of {limit} bytes")));
+        return Err(ApiError::TooLarge(format!("the upload exceeds your limit of {limit} bytes")));
     }
     let boundary = req
         .headers()
@@ -63,7 +71,8 @@ pub async fn upload(
         out: tx,
         refusal: refusal.clone(),
     };
-    tokio::spawn(rewrite.run(multer::Multipart::new(one_chunk_per_poll(body), boundary)));
+    let constraints = multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(limit));
+    tokio::spawn(rewrite.run(multer::Multipart::with_constraints(one_chunk_per_poll(body), boundary, constraints)));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     parts.headers.remove(CONTENT_LENGTH);
     let content_type = HeaderValue::from_str(&format!("multipart/form-data; boundary={out_boundary}"))
@@ -304,6 +313,9 @@ fn malformed(e: multer::Error) -> Stop {
     match e {
         multer::Error::StreamReadFailed(_) => {
             Stop::Refused(ApiError::BadRequest("the upload body could not be read".to_owned()))
+        }
+        multer::Error::StreamSizeExceeded { limit } => {
+            Stop::Refused(ApiError::TooLarge(format!("the upload exceeds your limit of {limit} bytes")))
         }
         other => Stop::Refused(ApiError::BadRequest(format!("the upload is not valid multipart/form-data: {other}"))),
     }

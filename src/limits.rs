@@ -1,0 +1,175 @@
+//! What one user may make the gateway hold: waiting and running jobs, submissions per hour,
+//! workflow and upload sizes. Defaults come from `[limits]`; an admin's per-user overrides
+//! live in the store (`comfygate user limits`). A refusal is ComfyUI's error shape with 429
+//! (413 for sizes) and `Retry-After`, and touches nothing of anyone else's.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::config::LimitsConfig;
+use crate::store::{Store, StoreError, UserLimits};
+
+/// The limits in force for one user (`None`: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Limits {
+    /// Jobs waiting in the gateway's queue.
+    pub max_waiting: Option<u64>,
+    /// Jobs on backends at once.
+    pub max_running: Option<u64>,
+    /// Submissions in any hour.
+    pub jobs_per_hour: Option<u64>,
+    /// Bytes of one workflow.
+    pub max_workflow: u64,
+    /// Bytes of one upload.
+    pub max_upload: u64,
+}
+
+/// The window of `jobs_per_hour`.
+pub const HOUR: Duration = Duration::from_secs(3600);
+
+impl Limits {
+    /// The defaults of `config`, with `set` (an admin's overrides) on top; uploads are never
+    /// above `max_request_body`.
+    pub fn resolve(config: &LimitsConfig, set: &UserLimits, max_request_body: u64) -> Self {
+        let count = |set: Option<i64>, default: u64| {
+            let n = set.map_or(default, |n| u64::try_from(n).unwrap_or(0));
+            (n > 0).then_some(n)
+        };
+        let size = |set: Option<i64>, default: u64| set.and_then(|n| u64::try_from(n).ok()).unwrap_or(default);
+        let default_upload = match config.max_upload.as_u64() {
+            0 => max_request_body,
+            n => n,
+        };
+        let upload = match size(set.max_upload_bytes, default_upload) {
+            0 => max_request_body,
+            n => n,
+        };
+        Self {
+            max_waiting: count(set.max_waiting, config.max_waiting),
+            max_running: count(set.max_running, config.max_running),
+            jobs_per_hour: count(set.jobs_per_hour, config.jobs_per_hour),
+            max_workflow: size(set.max_workflow_bytes, config.max_workflow.as_u64()),
+            max_upload: upload.min(max_request_body),
+        }
+    }
+
+    /// The limits of `user_id`, read from the store.
+    pub async fn of(
+        store: &dyn Store,
+        config: &LimitsConfig,
+        max_request_body: u64,
+        user_id: i64,
+    ) -> Result<Self, StoreError> {
+        Ok(Self::resolve(config, &store.user_limits(user_id).await?, max_request_body))
+    }
+
+    /// When the next submission fits `jobs_per_hour`, given the submissions of the last hour
+    /// (unix ms, newest first) at `now`: `None` if it fits now, else the seconds to wait.
+    pub fn hourly_wait(&self, recent: &[i64], now: i64) -> Option<u64> {
+        let limit = usize::try_from(self.jobs_per_hour?).unwrap_or(usize::MAX);
+        if recent.len() < limit {
+            return None;
+        }
+        // The submission that must leave the window for one more to fit.
+        let oldest = recent.get(limit - 1).copied().unwrap_or(now);
+        let hour = i64::try_from(HOUR.as_millis()).unwrap_or(i64::MAX);
+        let ms = (oldest + hour - now).max(0);
+        Some(u64::try_from(ms).unwrap_or(0).div_ceil(1000).max(1))
+    }
+}
+
+/// A refusal for going over a limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// 429, or 413 for sizes.
+    pub status: StatusCode,
+    /// ComfyUI-style error type.
+    pub kind: &'static str,
+    /// What the user reads.
+    pub message: String,
+    /// Seconds until trying again makes sense.
+    pub retry_after: Option<u64>,
+}
+
+impl Refusal {
+    /// Too many jobs at once or per hour.
+    pub fn busy(kind: &'static str, message: String, retry_after: u64) -> Self {
+        Self { status: StatusCode::TOO_MANY_REQUESTS, kind, message, retry_after: Some(retry_after) }
+    }
+
+    /// Too large.
+    pub fn too_large(kind: &'static str, message: String) -> Self {
+        Self { status: StatusCode::PAYLOAD_TOO_LARGE, kind, message, retry_after: None }
+    }
+
+    /// ComfyUI's error body.
+    pub fn body(&self) -> Value {
+        json!({"error": {"type": self.kind, "message": self.message, "details": "", "extra_info": {}}, "node_errors": {}})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytesize::ByteSize;
+
+    fn config() -> LimitsConfig {
+        LimitsConfig {
+            max_waiting: 1000,
+            max_running: 0,
+            jobs_per_hour: 0,
+            max_workflow: ByteSize::mib(4),
+            max_upload: ByteSize::b(0),
+        }
+    }
+
+    #[test]
+    fn overrides_replace_defaults_and_zero_means_no_limit() {
+        let base = Limits::resolve(&config(), &UserLimits::default(), 1 << 30);
+        assert_eq!(
+            base,
+            Limits {
+                max_waiting: Some(1000),
+                max_running: None,
+                jobs_per_hour: None,
+                max_workflow: 4 << 20,
+                max_upload: 1 << 30
+            }
+        );
+        let set = UserLimits {
+            max_waiting: Some(0),
+            max_running: Some(2),
+            jobs_per_hour: Some(500),
+            max_upload_bytes: Some(200 << 20),
+            max_workflow_bytes: Some(1 << 20),
+        };
+        let user = Limits::resolve(&config(), &set, 1 << 30);
+        assert_eq!(
+            user,
+            Limits {
+                max_waiting: None,
+                max_running: Some(2),
+                jobs_per_hour: Some(500),
+                max_workflow: 1 << 20,
+                max_upload: 200 << 20
+            }
+        );
+        let capped = UserLimits { max_upload_bytes: Some(i64::MAX), ..UserLimits::default() };
+        assert_eq!(Limits::resolve(&config(), &capped, 1 << 20).max_upload, 1 << 20, "never above the body limit");
+        let negative = UserLimits { max_running: Some(-5), ..UserLimits::default() };
+        assert_eq!(Limits::resolve(&config(), &negative, 1).max_running, None);
+    }
+
+    #[test]
+    fn the_hourly_wait_is_until_the_oldest_counted_submission_leaves_the_window() {
+        let limits = Limits { jobs_per_hour: Some(3), ..Limits::resolve(&config(), &UserLimits::default(), 1) };
+        let now = 10_000_000;
+        assert_eq!(limits.hourly_wait(&[now - 1000, now - 2000], now), None);
+        let full = [now - 1_000, now - 2_000, now - 3_600_000 + 10_000];
+        assert_eq!(limits.hourly_wait(&full, now), Some(10));
+        let unlimited = Limits { jobs_per_hour: None, ..limits };
+        assert_eq!(unlimited.hourly_wait(&full, now), None);
+    }
+}
