@@ -22,6 +22,16 @@ pub struct SimConfig {
     /// A folder of static web files served at `/` (ComfyUI's frontend, e.g. the `static` folder of
     /// the `comfyui-frontend-package` wheel); `None` answers 404 there.
     pub web_root: Option<PathBuf>,
+    /// How long `POST /prompt` takes to answer after the prompt is queued. ComfyUI's worker
+    /// thread takes a prompt the moment it is queued (`PromptQueue.put` notifies it), so on a
+    /// loaded server `execution_start`, or a whole short job, reaches the WebSocket before the
+    /// HTTP answer, and a server killed in this window has accepted a prompt whose answer never
+    /// comes. Zero by default.
+    pub prompt_answer_delay: Duration,
+    /// How long [`restart`](crate::Simulator::restart) keeps the port closed: ComfyUI loads
+    /// its nodes before it listens (`main.py`: `init_extra_nodes`, then `start_multi_address`),
+    /// which takes seconds. Zero by default.
+    pub startup_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -34,6 +44,8 @@ impl Default for SimConfig {
             data_dir: None,
             object_info_delay: Duration::ZERO,
             web_root: None,
+            prompt_answer_delay: Duration::ZERO,
+            startup_delay: Duration::ZERO,
         }
     }
 }

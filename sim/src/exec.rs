@@ -180,6 +180,7 @@ async fn run_job(state: &Arc<AppState>, item: QueueItem, interrupt: Arc<Notify>)
     let pid_obj = || -> Obj { [("prompt_id".to_string(), J::s(pid.as_str()))].into_iter().collect() };
     let send = |t: &str, data: J| state.lock().send(&message(t, data), to);
 
+    let run = state.run_started(&pid);
     add_message(&mut messages, "execution_start", pid_obj(), false);
     let mut cached = Obj::new();
     cached.insert("nodes".into(), J::Arr(vec![]));
@@ -305,6 +306,7 @@ async fn run_job(state: &Arc<AppState>, item: QueueItem, interrupt: Arc<Notify>)
     let mut inner = state.lock();
     inner.running = None;
     inner.history.insert(pid.clone(), entry);
+    state.run_ended(run, status_str);
     while inner.history.len() > MAX_HISTORY {
         inner.history.shift_remove_index(0);
     }

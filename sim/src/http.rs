@@ -409,6 +409,11 @@ async fn post_prompt(State(state): State<Arc<AppState>>, body: Body) -> Response
                 inner.broadcast_status();
             }
             state.work.notify_one();
+            // The worker may already be running it; a server killed now never answers.
+            let delay = state.config().prompt_answer_delay;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             json_response(
                 StatusCode::OK,
                 &J::obj([("prompt_id", J::s(prompt_id)), ("number", number), ("node_errors", valid.node_errors)]),

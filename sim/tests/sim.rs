@@ -564,3 +564,83 @@ async fn settings_and_users_answer_like_single_user_comfyui() {
     assert!(sim.data_dir().join("user/default/comfy.settings.json").is_file());
     assert_eq!(text_of(c.get(at("/users"))).await.1, r#"{"storage": "server", "migrated": true}"#);
 }
+
+/// The next text message's `(type, prompt_id)`, within a deadline.
+async fn next_event<S>(ws: &mut S) -> (String, Option<String>)
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            let id = v["data"]["prompt_id"].as_str().map(str::to_owned);
+            return (v["type"].as_str().unwrap().to_owned(), id);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_loaded_server_runs_a_prompt_before_answering_and_a_kill_cuts_the_answer() {
+    let config = SimConfig {
+        job_duration: Duration::from_millis(20),
+        prompt_answer_delay: Duration::from_millis(400),
+        ..SimConfig::default()
+    };
+    let mut sim = Simulator::start(config).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws?clientId=m", sim.addr())).await.unwrap();
+    let body = json!({"prompt": workflow("early", 1, false), "client_id": "m", "prompt_id": "early-1"});
+    let url = sim.url();
+    let answer = tokio::spawn(async move { client().post(format!("{url}/prompt")).json(&body).send().await });
+    // The whole job reaches the socket while the answer is still to come.
+    loop {
+        let (kind, id) = next_event(&mut ws).await;
+        if kind == "executing" && id.as_deref() == Some("early-1") {
+            assert!(!answer.is_finished(), "the job ended before POST /prompt answered");
+            break;
+        }
+    }
+    assert_eq!(answer.await.unwrap().unwrap().status(), 200);
+
+    // Killed between queueing and answering: no answer, though the prompt was taken.
+    let url = sim.url();
+    let body = json!({"prompt": workflow("cut", 2, false), "client_id": "m", "prompt_id": "cut-1"});
+    let cut = tokio::spawn(async move { client().post(format!("{url}/prompt")).json(&body).send().await });
+    loop {
+        let (kind, id) = next_event(&mut ws).await;
+        if kind == "execution_start" && id.as_deref() == Some("cut-1") {
+            break;
+        }
+    }
+    sim.stop().await;
+    assert!(cut.await.unwrap().is_err(), "the answer is cut by the kill");
+    let runs: Vec<(String, Option<String>)> = sim.runs().into_iter().map(|r| (r.prompt_id, r.ended)).collect();
+    assert_eq!(runs[0], ("early-1".to_owned(), Some("success".to_owned())));
+    assert_eq!(runs[1].0, "cut-1");
+}
+
+#[tokio::test]
+async fn a_restarting_server_keeps_its_port_closed_while_starting_and_runs_survive_in_the_log() {
+    let config = SimConfig { startup_delay: Duration::from_millis(500), ..SimConfig::default() };
+    let mut sim = Simulator::start(config).await.unwrap();
+    let url = sim.url();
+    let (_, resp) = post_prompt(&sim, &json!({"prompt": workflow("life", 3, false), "prompt_id": "same"})).await;
+    assert!(resp.contains("\"same\""), "{resp}");
+    wait_history(&sim, "same").await;
+    let probe = url.clone();
+    let (restarted, closed) = tokio::join!(sim.restart(), async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        client().get(format!("{probe}/system_stats")).send().await.is_err()
+    });
+    restarted.unwrap();
+    assert!(closed, "the port is closed while the server starts");
+    assert_eq!(client().get(format!("{url}/history")).send().await.unwrap().text().await.unwrap(), "{}");
+    // The same prompt id is accepted and run again, as ComfyUI does.
+    let (status, _) = post_prompt(&sim, &json!({"prompt": workflow("life", 3, false), "prompt_id": "same"})).await;
+    assert_eq!(status, 200);
+    wait_history(&sim, "same").await;
+    let lives: Vec<(String, u64, Option<String>)> =
+        sim.runs().into_iter().map(|r| (r.prompt_id, r.life, r.ended)).collect();
+    let ok = Some("success".to_owned());
+    assert_eq!(lives, [("same".to_owned(), 0, ok.clone()), ("same".to_owned(), 1, ok)]);
+}
