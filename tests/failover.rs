@@ -84,6 +84,24 @@ async fn drained(gw: &Gateway, admin: &str, ids: &[String], deadline: Duration) 
     false
 }
 
+/// Waits (bounded) until every running simulator has run everything it was given, so that a
+/// job handed out twice shows as run twice.
+async fn idle(sims: &[&Simulator]) {
+    let end = Instant::now() + Duration::from_secs(30);
+    for sim in sims.iter().filter(|s| s.is_running()) {
+        while Instant::now() < end {
+            let q: Value = match client().get(format!("{}/queue", sim.url())).send().await {
+                Ok(r) => r.json().await.unwrap_or(Value::Null),
+                Err(_) => break,
+            };
+            if q["queue_running"].as_array().is_some_and(Vec::is_empty) && q["queue_pending"].as_array().is_some_and(Vec::is_empty) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// How one accepted job ended, as the gateway and the backends tell it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Ending {
@@ -323,6 +341,7 @@ async fn kill_one_of_two_under_load(restart: bool) -> (Verdict, Gateway) {
     }
     let only_ids: Vec<String> = ids.iter().map(|(id, _)| id.clone()).collect();
     drained(&gw, &admin, &only_ids, Duration::from_secs(60)).await;
+    idle(&[&doomed, &survivor]).await;
     let verdict = judge(&gw, &admin, &ids, &[&doomed, &survivor]).await;
     (verdict, gw)
 }
@@ -337,6 +356,31 @@ async fn a_backend_killed_under_load_loses_no_job_it_was_handed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_backend_that_restarts_is_reconciled_without_losing_or_rerunning_a_job() {
     let (verdict, gw) = kill_one_of_two_under_load(true).await;
+    verdict.assert_nothing_lost_or_restarted(&gw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_a_quiet_backend_is_still_validating_is_not_taken_for_lost() {
+    // ComfyUI validates a prompt before queueing it; meanwhile it is in neither `/queue` nor
+    // `/history`, and the backend says nothing on its socket.
+    let slow = SimConfig { prompt_accept_delay: Duration::from_millis(3_500), ..loaded(200, 0, 0) };
+    let sims = [Simulator::start(slow.clone()).await.unwrap(), Simulator::start(slow).await.unwrap()];
+    let gw = gateway(&[&sims[0], &sims[1]], 2).await;
+    let admin = gw.token("admin", "t").await;
+    let id = submit(&gw, &admin, job("validated", 1, 200)).await.unwrap();
+    let ids = [(id.clone(), admin.clone())];
+    drained(&gw, &admin, &[id], Duration::from_secs(30)).await;
+    idle(&[&sims[0], &sims[1]]).await;
+    for (n, sim) in sims.iter().enumerate() {
+        let asked: Vec<String> = sim
+            .requests()
+            .into_iter()
+            .filter(|r| ["/prompt", "/queue", "/history"].iter().any(|p| r.uri.starts_with(p)))
+            .map(|r| format!("{} {}", r.method, r.uri))
+            .collect();
+        println!("sim{} was asked: {asked:?}", n + 1);
+    }
+    let verdict = judge(&gw, &admin, &ids, &[&sims[0], &sims[1]]).await;
     verdict.assert_nothing_lost_or_restarted(&gw);
 }
 
@@ -441,6 +485,7 @@ async fn chaos_of_dying_and_restarting_backends_loses_and_duplicates_no_job() {
 
     let ids: Vec<String> = accepted.iter().map(|(id, _)| id.clone()).collect();
     let emptied = drained(&gw, &admin, &ids, Duration::from_secs(120)).await;
+    idle(&sims.iter().collect::<Vec<_>>()).await;
     let verdict = judge(&gw, &admin, &accepted, &sims.iter().collect::<Vec<_>>()).await;
     println!("queue drained: {emptied}");
     for (id, runs) in verdict.started_elsewhere() {

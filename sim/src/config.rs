@@ -22,6 +22,11 @@ pub struct SimConfig {
     /// A folder of static web files served at `/` (ComfyUI's frontend, e.g. the `static` folder of
     /// the `comfyui-frontend-package` wheel); `None` answers 404 there.
     pub web_root: Option<PathBuf>,
+    /// How long `POST /prompt` takes to queue a valid prompt: ComfyUI validates it first
+    /// (`await execution.validate_prompt(...)`, which runs nodes' `VALIDATE_INPUTS` and can take
+    /// long on a loaded server), and the prompt is in neither `/queue` nor `/history` meanwhile.
+    /// Zero by default.
+    pub prompt_accept_delay: Duration,
     /// How long `POST /prompt` takes to answer after the prompt is queued. ComfyUI's worker
     /// thread takes a prompt the moment it is queued (`PromptQueue.put` notifies it), so on a
     /// loaded server `execution_start`, or a whole short job, reaches the WebSocket before the
@@ -44,6 +49,7 @@ impl Default for SimConfig {
             data_dir: None,
             object_info_delay: Duration::ZERO,
             web_root: None,
+            prompt_accept_delay: Duration::ZERO,
             prompt_answer_delay: Duration::ZERO,
             startup_delay: Duration::ZERO,
         }

@@ -393,6 +393,10 @@ async fn post_prompt(State(state): State<Arc<AppState>>, body: Body) -> Response
     }
     match result {
         Ok(valid) => {
+            let validating = state.config().prompt_accept_delay;
+            if !validating.is_zero() {
+                tokio::time::sleep(validating).await;
+            }
             {
                 let mut inner = state.lock();
                 inner.seq += 1;

@@ -644,3 +644,19 @@ async fn a_restarting_server_keeps_its_port_closed_while_starting_and_runs_survi
     let ok = Some("success".to_owned());
     assert_eq!(lives, [("same".to_owned(), 0, ok.clone()), ("same".to_owned(), 1, ok)]);
 }
+
+#[tokio::test]
+async fn a_prompt_being_validated_is_in_neither_queue_nor_history() {
+    let config = SimConfig { prompt_accept_delay: Duration::from_millis(400), ..SimConfig::default() };
+    let sim = Simulator::start(config).await.unwrap();
+    let url = sim.url();
+    let body = json!({"prompt": workflow("slow", 4, false), "prompt_id": "validating"});
+    let answer = tokio::spawn(async move { client().post(format!("{url}/prompt")).json(&body).send().await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let queue: Value = client().get(format!("{}/queue", sim.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(queue, json!({"queue_running": [], "queue_pending": []}));
+    let history = client().get(format!("{}/history/validating", sim.url())).send().await.unwrap();
+    assert_eq!(history.text().await.unwrap(), "{}");
+    assert_eq!(answer.await.unwrap().unwrap().status(), 200);
+    wait_history(&sim, "validating").await;
+}
