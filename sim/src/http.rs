@@ -93,6 +93,7 @@ async fn record(State(state): State<Arc<AppState>>, req: Request, next: Next) ->
     let rec = RecordedRequest {
         method: req.method().to_string(),
         uri: req.uri().to_string(),
+        at_ms: crate::state::now_ms(),
         headers: req
             .headers()
             .iter()

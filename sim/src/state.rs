@@ -21,6 +21,8 @@ pub struct RecordedRequest {
     pub method: String,
     /// Path and query as received.
     pub uri: String,
+    /// When it arrived (ms since the Unix epoch).
+    pub at_ms: u64,
     pub headers: Vec<(String, String)>,
 }
 
@@ -30,6 +32,8 @@ pub struct PromptRun {
     pub prompt_id: String,
     /// Which life of the server ran it: 0 until the first restart, then 1, ...
     pub life: u64,
+    /// When it started (ms since the Unix epoch).
+    pub started_ms: u64,
     /// `None` while running, or when the server died running it; else the history's `status_str`
     /// (`"success"` or `"error"`).
     pub ended: Option<String>,
@@ -116,6 +120,8 @@ pub struct Inner {
     pub history: IndexMap<String, J>,
     pub clients: HashMap<String, Client>,
     pub next_conn: u64,
+    /// The last prompt's node outputs by node id: (cache key, `executed` output or null).
+    pub cache: HashMap<String, (String, J)>,
 }
 
 impl Inner {
@@ -213,7 +219,7 @@ impl AppState {
     pub fn run_started(&self, prompt_id: &str) -> usize {
         let life = self.shared.life.load(std::sync::atomic::Ordering::Acquire);
         let mut runs = self.shared.runs.lock().unwrap_or_else(|e| e.into_inner());
-        runs.push(PromptRun { prompt_id: prompt_id.to_string(), life, ended: None });
+        runs.push(PromptRun { prompt_id: prompt_id.to_string(), life, started_ms: now_ms(), ended: None });
         runs.len() - 1
     }
 

@@ -660,3 +660,42 @@ async fn a_prompt_being_validated_is_in_neither_queue_nor_history() {
     assert_eq!(answer.await.unwrap().unwrap().status(), 200);
     wait_history(&sim, "validating").await;
 }
+
+#[tokio::test]
+async fn an_identical_prompt_reuses_every_cached_output_like_comfyui() {
+    let config = SimConfig { job_duration: Duration::from_millis(600), cache_outputs: true, ..SimConfig::default() };
+    let sim = Simulator::start(config).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws?clientId=c", sim.addr())).await.unwrap();
+    let body = |id: &str| json!({"prompt": workflow("cached", 7, true), "client_id": "c", "prompt_id": id});
+    post_prompt(&sim, &body("first")).await;
+    let first = wait_history(&sim, "first").await;
+    let started = Instant::now();
+    post_prompt(&sim, &body("again")).await;
+    let again = wait_history(&sim, "again").await;
+    assert!(started.elapsed() < Duration::from_millis(400), "nothing ran again: {:?}", started.elapsed());
+    assert_eq!(again["outputs"], first["outputs"], "the same file, not a new one");
+    let cached = &again["status"]["messages"][1];
+    assert_eq!(cached[0], "execution_cached");
+    let mut nodes: Vec<&str> = cached[1]["nodes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["1", "2", "3"]);
+    // The second job's events: no node executes, the output is announced again.
+    let mut kinds = Vec::new();
+    loop {
+        let (kind, id) = next_event(&mut ws).await;
+        if id.as_deref() == Some("again") {
+            kinds.push(kind.clone());
+            if kind == "executing" {
+                break;
+            }
+        }
+    }
+    assert_eq!(kinds, ["execution_start", "execution_cached", "executed", "execution_success", "executing"]);
+    // A changed input runs that node and everything below it.
+    let mut changed = body("changed");
+    changed["prompt"]["3"]["inputs"]["blur_radius"] = json!(2);
+    post_prompt(&sim, &changed).await;
+    let entry = wait_history(&sim, "changed").await;
+    assert_eq!(entry["status"]["messages"][1][1]["nodes"], json!(["1"]));
+    assert_ne!(entry["outputs"], first["outputs"]);
+}
