@@ -24,6 +24,7 @@ fn loaded(job_ms: u64, answer_ms: u64, startup_ms: u64) -> SimConfig {
         job_duration: Duration::from_millis(job_ms),
         prompt_answer_delay: Duration::from_millis(answer_ms),
         startup_delay: Duration::from_millis(startup_ms),
+        cache_outputs: true,
         ..SimConfig::default()
     }
 }
@@ -128,6 +129,9 @@ struct Verdict {
     starts: HashMap<String, Vec<String>>,
     /// The gateway's record of each job (state, backend), read from its store.
     records: HashMap<String, (JobState, Option<String>)>,
+    /// What the simulators saw of each job, in time order: runs, and the gateway asking for
+    /// its history (its reconciliation).
+    timelines: HashMap<String, Vec<(u64, String)>>,
 }
 
 impl Verdict {
@@ -231,18 +235,36 @@ impl Verdict {
             .filter(|l| ["prompt_id", "taken out of service", "back in service", "lost"].iter().any(|k| l.contains(k)))
             .take(60)
             .collect();
+        // The timelines of the first few, and the gateway's log lines about them.
+        let mut told = Vec::new();
+        let mut ids: Vec<&str> = bad.iter().map(|entry| entry.split(':').next().unwrap_or_default()).collect();
+        ids.dedup();
+        for id in ids.into_iter().take(6) {
+            told.push(format!("{id}:"));
+            for (at, what) in self.timelines.get(id).into_iter().flatten() {
+                told.push(format!("  {} {what}", clock(*at)));
+            }
+            told.extend(log.lines().filter(|l| l.contains(id)).map(|l| format!("  {l}")));
+        }
         let more = bad.len().saturating_sub(40);
         bad.truncate(40);
         if more > 0 {
             bad.push(format!("... and {more} more"));
         }
         panic!(
-            "{summary}\n{}\ngateway log about jobs and backends (all of it in {}):\n{}",
+            "{summary}\n{}\ntimelines (UTC):\n{}\ngateway log about jobs and backends (all of it in {}):\n{}",
             bad.join("\n"),
+            told.join("\n"),
             path.display(),
             about.join("\n")
         );
     }
+}
+
+/// `ms` since the epoch as `HH:MM:SS.mmm` (UTC), to line up with the gateway's log.
+fn clock(ms: u64) -> String {
+    let s = ms / 1000;
+    format!("{:02}:{:02}:{:02}.{:03}", s / 3600 % 24, s / 60 % 60, s % 60, ms % 1000)
 }
 
 /// `text` without ANSI colour sequences.
@@ -268,7 +290,15 @@ fn without_colours(text: &str) -> String {
 async fn judge(gw: &Gateway, admin: &str, ids: &[(String, String)], sims: &[&Simulator]) -> Verdict {
     let mut verdict = Verdict::default();
     for (n, sim) in sims.iter().enumerate() {
+        for r in sim.requests() {
+            if let Some(id) = r.uri.strip_prefix("/history/") {
+                let seen = format!("sim{} asked {} {}", n + 1, r.method, r.uri);
+                verdict.timelines.entry(id.to_owned()).or_default().push((r.at_ms, seen));
+            }
+        }
         for run in sim.runs() {
+            let seen = format!("sim{} life {} started it ({})", n + 1, run.life, run.ended.as_deref().unwrap_or("never ended"));
+            verdict.timelines.entry(run.prompt_id.clone()).or_default().push((run.started_ms, seen));
             let ended = run.ended.as_deref().unwrap_or("died running it");
             let what = format!("sim{} life {}: {ended}", n + 1, run.life);
             verdict.starts.entry(run.prompt_id.clone()).or_default().push(what.clone());
@@ -276,6 +306,9 @@ async fn judge(gw: &Gateway, admin: &str, ids: &[(String, String)], sims: &[&Sim
                 verdict.completions.entry(run.prompt_id).or_default().push(what);
             }
         }
+    }
+    for timeline in verdict.timelines.values_mut() {
+        timeline.sort();
     }
     let queued = queued_ids(gw, admin).await.unwrap_or_default();
     let store = comfygate::store::open(&format!("sqlite://{}", gw.dir.path().join("data/comfygate.db").display()))
