@@ -95,7 +95,9 @@ async fn idle(sims: &[&Simulator]) {
                 Ok(r) => r.json().await.unwrap_or(Value::Null),
                 Err(_) => break,
             };
-            if q["queue_running"].as_array().is_some_and(Vec::is_empty) && q["queue_pending"].as_array().is_some_and(Vec::is_empty) {
+            if q["queue_running"].as_array().is_some_and(Vec::is_empty)
+                && q["queue_pending"].as_array().is_some_and(Vec::is_empty)
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -196,8 +198,11 @@ impl Verdict {
     /// As [`assert_nothing_lost`](Self::assert_nothing_lost), and no job started on a backend
     /// that died running it and then ran elsewhere.
     fn assert_nothing_lost_or_restarted(&self, gw: &Gateway) {
-        let restarted: Vec<String> =
-            self.started_elsewhere().iter().map(|(id, runs)| format!("{id}: started {} times: {runs:?}", runs.len())).collect();
+        let restarted: Vec<String> = self
+            .started_elsewhere()
+            .iter()
+            .map(|(id, runs)| format!("{id}: started {} times: {runs:?}", runs.len()))
+            .collect();
         self.assert_with(gw, &restarted);
     }
 
@@ -297,7 +302,12 @@ async fn judge(gw: &Gateway, admin: &str, ids: &[(String, String)], sims: &[&Sim
             }
         }
         for run in sim.runs() {
-            let seen = format!("sim{} life {} started it ({})", n + 1, run.life, run.ended.as_deref().unwrap_or("never ended"));
+            let seen = format!(
+                "sim{} life {} started it ({})",
+                n + 1,
+                run.life,
+                run.ended.as_deref().unwrap_or("never ended")
+            );
             verdict.timelines.entry(run.prompt_id.clone()).or_default().push((run.started_ms, seen));
             let ended = run.ended.as_deref().unwrap_or("died running it");
             let what = format!("sim{} life {}: {ended}", n + 1, run.life);
@@ -359,7 +369,8 @@ async fn kill_one_of_two_under_load(restart: bool) -> (Verdict, Gateway) {
     }
     // Kill it in the middle of a dispatch: after it finished a job and was handed the next one,
     // before that POST is answered.
-    let dispatched = |sim: &Simulator| sim.requests().iter().filter(|r| r.method == "POST" && r.uri == "/prompt").count();
+    let dispatched =
+        |sim: &Simulator| sim.requests().iter().filter(|r| r.method == "POST" && r.uri == "/prompt").count();
     let first = dispatched(&doomed);
     poll(Duration::from_secs(20), "a further dispatch to the doomed backend", || async {
         let ran = doomed.runs().iter().any(|r| r.ended.is_some());

@@ -149,12 +149,7 @@ async fn save_images(state: &AppState, prompt: &Obj, id: &str, class: &str) -> R
 }
 
 fn node_meta(id: &str) -> J {
-    J::obj([
-        ("node_id", J::s(id)),
-        ("display_node", J::s(id)),
-        ("parent_node", J::Null),
-        ("real_node_id", J::s(id)),
-    ])
+    J::obj([("node_id", J::s(id)), ("display_node", J::s(id)), ("parent_node", J::Null), ("real_node_id", J::s(id))])
 }
 
 /// Each node's cache key: its class and inputs, links replaced by the linked node's key (so a
