@@ -22,6 +22,26 @@ pub struct SimConfig {
     /// A folder of static web files served at `/` (ComfyUI's frontend, e.g. the `static` folder of
     /// the `comfyui-frontend-package` wheel); `None` answers 404 there.
     pub web_root: Option<PathBuf>,
+    /// Whether the outputs of the last prompt's nodes are reused, as ComfyUI does
+    /// (`execution.py`: a node whose inputs did not change is not run again): an identical prompt
+    /// then ends at once, lists every node in `execution_cached` and writes no new file. Off by
+    /// default: tests that run one workflow twice expect two runs.
+    pub cache_outputs: bool,
+    /// How long `POST /prompt` takes to queue a valid prompt: ComfyUI validates it first
+    /// (`await execution.validate_prompt(...)`, which runs nodes' `VALIDATE_INPUTS` and can take
+    /// long on a loaded server), and the prompt is in neither `/queue` nor `/history` meanwhile.
+    /// Zero by default.
+    pub prompt_accept_delay: Duration,
+    /// How long `POST /prompt` takes to answer after the prompt is queued. ComfyUI's worker
+    /// thread takes a prompt the moment it is queued (`PromptQueue.put` notifies it), so on a
+    /// loaded server `execution_start`, or a whole short job, reaches the WebSocket before the
+    /// HTTP answer, and a server killed in this window has accepted a prompt whose answer never
+    /// comes. Zero by default.
+    pub prompt_answer_delay: Duration,
+    /// How long [`restart`](crate::Simulator::restart) keeps the port closed: ComfyUI loads
+    /// its nodes before it listens (`main.py`: `init_extra_nodes`, then `start_multi_address`),
+    /// which takes seconds. Zero by default.
+    pub startup_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -34,6 +54,10 @@ impl Default for SimConfig {
             data_dir: None,
             object_info_delay: Duration::ZERO,
             web_root: None,
+            cache_outputs: false,
+            prompt_accept_delay: Duration::ZERO,
+            prompt_answer_delay: Duration::ZERO,
+            startup_delay: Duration::ZERO,
         }
     }
 }

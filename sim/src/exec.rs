@@ -148,6 +148,32 @@ async fn save_images(state: &AppState, prompt: &Obj, id: &str, class: &str) -> R
     Ok(images)
 }
 
+fn node_meta(id: &str) -> J {
+    J::obj([("node_id", J::s(id)), ("display_node", J::s(id)), ("parent_node", J::Null), ("real_node_id", J::s(id))])
+}
+
+/// Each node's cache key: its class and inputs, links replaced by the linked node's key (so a
+/// change upstream changes every key below it).
+fn signatures(prompt: &Obj, order: &[String]) -> std::collections::HashMap<String, String> {
+    let mut sigs: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for id in order {
+        let Some(node) = prompt.get(id) else { continue };
+        let mut inputs = Obj::new();
+        for (name, value) in node.get("inputs").and_then(J::as_obj).into_iter().flatten() {
+            let key = match value.as_arr().map(Vec::as_slice) {
+                Some([J::Str(dep), slot]) if sigs.contains_key(dep) => {
+                    J::Arr(vec![J::s(sigs[dep].as_str()), slot.clone()])
+                }
+                _ => value.clone(),
+            };
+            inputs.insert(name.clone(), key);
+        }
+        let class = node.get("class_type").map(J::dumps).unwrap_or_default();
+        sigs.insert(id.clone(), format!("{class}{}", J::Obj(inputs).dumps()));
+    }
+    sigs
+}
+
 fn node_state(prompt_id: &str, id: &str, done: bool) -> J {
     J::obj([
         ("value", J::float(if done { 1.0 } else { 0.0 })),
@@ -180,9 +206,25 @@ async fn run_job(state: &Arc<AppState>, item: QueueItem, interrupt: Arc<Notify>)
     let pid_obj = || -> Obj { [("prompt_id".to_string(), J::s(pid.as_str()))].into_iter().collect() };
     let send = |t: &str, data: J| state.lock().send(&message(t, data), to);
 
+    let run = state.run_started(&pid);
     add_message(&mut messages, "execution_start", pid_obj(), false);
+    let order = execution_order(&prompt, &item.outputs);
+    let signatures = signatures(&prompt, &order);
+    // ComfyUI keeps the outputs of the last prompt's nodes: unchanged nodes are not run again.
+    let reused: Obj = if state.config().cache_outputs {
+        let inner = state.lock();
+        order
+            .iter()
+            .filter_map(|id| {
+                let (sig, output) = inner.cache.get(id)?;
+                (Some(sig) == signatures.get(id)).then(|| (id.clone(), output.clone()))
+            })
+            .collect()
+    } else {
+        Obj::new()
+    };
     let mut cached = Obj::new();
-    cached.insert("nodes".into(), J::Arr(vec![]));
+    cached.insert("nodes".into(), J::Arr(reused.keys().map(|k| J::s(k.as_str())).collect()));
     cached.insert("prompt_id".into(), J::s(pid.as_str()));
     add_message(&mut messages, "execution_cached", cached, false);
 
@@ -192,8 +234,7 @@ async fn run_job(state: &Arc<AppState>, item: QueueItem, interrupt: Arc<Notify>)
         .and_then(J::as_i64)
         .map(|ms| Duration::from_millis(ms.max(0) as u64))
         .unwrap_or(state.config().job_duration);
-    let order = execution_order(&prompt, &item.outputs);
-    let per_node = duration / (order.len().max(1) as u32);
+    let per_node = duration / (order.len().saturating_sub(reused.len()).max(1) as u32);
 
     let mut progress = Obj::new();
     let mut outputs = Obj::new();
@@ -201,6 +242,22 @@ async fn run_job(state: &Arc<AppState>, item: QueueItem, interrupt: Arc<Notify>)
     let mut executed: Vec<String> = Vec::new();
     let mut end = End::Success;
     for id in &order {
+        if let Some(output) = reused.get(id) {
+            if !matches!(output, J::Null) {
+                outputs.insert(id.clone(), output.clone());
+                meta.insert(id.clone(), node_meta(id));
+                send(
+                    "executed",
+                    J::obj([
+                        ("node", J::s(id.as_str())),
+                        ("display_node", J::s(id.as_str())),
+                        ("output", output.clone()),
+                        ("prompt_id", J::s(pid.as_str())),
+                    ]),
+                );
+            }
+            continue;
+        }
         let class =
             prompt.get(id).and_then(|n| n.get("class_type")).and_then(J::as_str).unwrap_or_default().to_string();
         progress.insert(id.clone(), node_state(&pid, id, false));
@@ -229,15 +286,7 @@ async fn run_job(state: &Arc<AppState>, item: QueueItem, interrupt: Arc<Notify>)
                 Ok(images) => {
                     let output = J::obj([("images", J::Arr(images))]);
                     outputs.insert(id.clone(), output.clone());
-                    meta.insert(
-                        id.clone(),
-                        J::obj([
-                            ("node_id", J::s(id.as_str())),
-                            ("display_node", J::s(id.as_str())),
-                            ("parent_node", J::Null),
-                            ("real_node_id", J::s(id.as_str())),
-                        ]),
-                    );
+                    meta.insert(id.clone(), node_meta(id));
                     send(
                         "executed",
                         J::obj([
@@ -289,6 +338,12 @@ async fn run_job(state: &Arc<AppState>, item: QueueItem, interrupt: Arc<Notify>)
         }
     };
 
+    // What ran (or was reused) is kept for the next prompt; the rest is dropped.
+    let kept = order
+        .iter()
+        .filter(|id| executed.contains(id) || reused.contains_key(*id))
+        .filter_map(|id| Some((id.clone(), (signatures.get(id)?.clone(), outputs.get(id).cloned().unwrap_or(J::Null)))))
+        .collect();
     let entry = J::obj([
         ("prompt", item.to_j()),
         ("outputs", J::Obj(outputs)),
@@ -303,8 +358,12 @@ async fn run_job(state: &Arc<AppState>, item: QueueItem, interrupt: Arc<Notify>)
         ("meta", J::Obj(meta)),
     ]);
     let mut inner = state.lock();
+    if state.config().cache_outputs {
+        inner.cache = kept;
+    }
     inner.running = None;
     inner.history.insert(pid.clone(), entry);
+    state.run_ended(run, status_str);
     while inner.history.len() > MAX_HISTORY {
         inner.history.shift_remove_index(0);
     }

@@ -93,6 +93,7 @@ async fn record(State(state): State<Arc<AppState>>, req: Request, next: Next) ->
     let rec = RecordedRequest {
         method: req.method().to_string(),
         uri: req.uri().to_string(),
+        at_ms: crate::state::now_ms(),
         headers: req
             .headers()
             .iter()
@@ -403,6 +404,10 @@ async fn post_prompt(State(state): State<Arc<AppState>>, body: Body) -> Response
     }
     match result {
         Ok(valid) => {
+            let validating = state.config().prompt_accept_delay;
+            if !validating.is_zero() {
+                tokio::time::sleep(validating).await;
+            }
             {
                 let mut inner = state.lock();
                 inner.seq += 1;
@@ -419,6 +424,11 @@ async fn post_prompt(State(state): State<Arc<AppState>>, body: Body) -> Response
                 inner.broadcast_status();
             }
             state.work.notify_one();
+            // The worker may already be running it; a server killed now never answers.
+            let delay = state.config().prompt_answer_delay;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             json_response(
                 StatusCode::OK,
                 &J::obj([("prompt_id", J::s(prompt_id)), ("number", number), ("node_errors", valid.node_errors)]),

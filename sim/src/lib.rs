@@ -18,7 +18,7 @@ mod ws;
 
 pub use config::SimConfig;
 pub use server::Simulator;
-pub use state::RecordedRequest;
+pub use state::{PromptRun, RecordedRequest};
 
 /// A small valid PNG (8x8 grey), handy for upload tests.
 pub fn sample_png() -> Vec<u8> {

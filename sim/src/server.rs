@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SimConfig;
-use crate::state::{AppState, Dirs, RecordedRequest, Shared};
+use crate::state::{AppState, Dirs, PromptRun, RecordedRequest, Shared};
 use crate::{exec, http, images, objinfo};
 
 struct Run {
@@ -100,6 +100,8 @@ impl Simulator {
             config,
             dirs,
             requests: Mutex::new(Vec::new()),
+            runs: Mutex::new(Vec::new()),
+            life: std::sync::atomic::AtomicU64::new(0),
         });
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -121,7 +123,8 @@ impl Simulator {
         &self.shared.dirs.root
     }
 
-    /// Stops listening and drops every open connection (WebSockets included) and the running job.
+    /// Stops listening and drops every open connection (WebSockets included, without a close
+    /// frame), the answers not yet written and the running job: what a SIGKILLed ComfyUI does.
     pub async fn stop(&mut self) {
         if let Some(run) = self.run.take() {
             run.cancel.cancel();
@@ -130,8 +133,11 @@ impl Simulator {
     }
 
     /// Listens again on the same port with fresh in-memory state (queue, history); files stay.
+    /// Like ComfyUI, the port stays closed while the server "starts" (`SimConfig::startup_delay`).
     pub async fn restart(&mut self) -> std::io::Result<()> {
         self.stop().await;
+        tokio::time::sleep(self.shared.config.startup_delay).await;
+        self.shared.life.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let mut last = None;
         for _ in 0..100 {
             match TcpListener::bind(self.addr).await {
@@ -151,6 +157,17 @@ impl Simulator {
     /// Every HTTP request received so far (WebSocket upgrades included), in order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.requests.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Every prompt the worker started, over all lives of the server (history is lost at a
+    /// restart; this is not), with how each ended.
+    pub fn runs(&self) -> Vec<PromptRun> {
+        self.shared.runs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether it is listening (not stopped).
+    pub fn is_running(&self) -> bool {
+        self.run.is_some()
     }
 
     pub fn clear_requests(&self) {

@@ -21,7 +21,22 @@ pub struct RecordedRequest {
     pub method: String,
     /// Path and query as received.
     pub uri: String,
+    /// When it arrived (ms since the Unix epoch).
+    pub at_ms: u64,
     pub headers: Vec<(String, String)>,
+}
+
+/// One run of a prompt, kept across restarts (a restarted server has an empty history).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PromptRun {
+    pub prompt_id: String,
+    /// Which life of the server ran it: 0 until the first restart, then 1, ...
+    pub life: u64,
+    /// When it started (ms since the Unix epoch).
+    pub started_ms: u64,
+    /// `None` while running, or when the server died running it; else the history's `status_str`
+    /// (`"success"` or `"error"`).
+    pub ended: Option<String>,
 }
 
 /// The simulator's folders.
@@ -49,6 +64,10 @@ pub struct Shared {
     pub config: SimConfig,
     pub dirs: Dirs,
     pub requests: Mutex<Vec<RecordedRequest>>,
+    /// Every prompt the worker started, in order, over all lives of the server.
+    pub runs: Mutex<Vec<PromptRun>>,
+    /// How many times the server was (re)started, minus one.
+    pub life: std::sync::atomic::AtomicU64,
     /// object_info with the configured model lists.
     pub object_info: J,
     pub system_stats: String,
@@ -101,6 +120,8 @@ pub struct Inner {
     pub history: IndexMap<String, J>,
     pub clients: HashMap<String, Client>,
     pub next_conn: u64,
+    /// The last prompt's node outputs by node id: (cache key, `executed` output or null).
+    pub cache: HashMap<String, (String, J)>,
 }
 
 impl Inner {
@@ -192,5 +213,21 @@ impl AppState {
 
     pub fn dirs(&self) -> &Dirs {
         &self.shared.dirs
+    }
+
+    /// Records that the worker started `prompt_id`; returns the record's index.
+    pub fn run_started(&self, prompt_id: &str) -> usize {
+        let life = self.shared.life.load(std::sync::atomic::Ordering::Acquire);
+        let mut runs = self.shared.runs.lock().unwrap_or_else(|e| e.into_inner());
+        runs.push(PromptRun { prompt_id: prompt_id.to_string(), life, started_ms: now_ms(), ended: None });
+        runs.len() - 1
+    }
+
+    /// Records how the run at `index` ended (its history `status_str`).
+    pub fn run_ended(&self, index: usize, status_str: &str) {
+        let mut runs = self.shared.runs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(run) = runs.get_mut(index) {
+            run.ended = Some(status_str.to_string());
+        }
     }
 }

@@ -564,3 +564,138 @@ async fn settings_and_users_answer_like_single_user_comfyui() {
     assert!(sim.data_dir().join("user/default/comfy.settings.json").is_file());
     assert_eq!(text_of(c.get(at("/users"))).await.1, r#"{"storage": "server", "migrated": true}"#);
 }
+
+/// The next text message's `(type, prompt_id)`, within a deadline.
+async fn next_event<S>(ws: &mut S) -> (String, Option<String>)
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            let id = v["data"]["prompt_id"].as_str().map(str::to_owned);
+            return (v["type"].as_str().unwrap().to_owned(), id);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_loaded_server_runs_a_prompt_before_answering_and_a_kill_cuts_the_answer() {
+    let config = SimConfig {
+        job_duration: Duration::from_millis(20),
+        prompt_answer_delay: Duration::from_millis(400),
+        ..SimConfig::default()
+    };
+    let mut sim = Simulator::start(config).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws?clientId=m", sim.addr())).await.unwrap();
+    let body = json!({"prompt": workflow("early", 1, false), "client_id": "m", "prompt_id": "early-1"});
+    let url = sim.url();
+    let answer = tokio::spawn(async move { client().post(format!("{url}/prompt")).json(&body).send().await });
+    // The whole job reaches the socket while the answer is still to come.
+    loop {
+        let (kind, id) = next_event(&mut ws).await;
+        if kind == "executing" && id.as_deref() == Some("early-1") {
+            assert!(!answer.is_finished(), "the job ended before POST /prompt answered");
+            break;
+        }
+    }
+    assert_eq!(answer.await.unwrap().unwrap().status(), 200);
+
+    // Killed between queueing and answering: no answer, though the prompt was taken.
+    let url = sim.url();
+    let body = json!({"prompt": workflow("cut", 2, false), "client_id": "m", "prompt_id": "cut-1"});
+    let cut = tokio::spawn(async move { client().post(format!("{url}/prompt")).json(&body).send().await });
+    loop {
+        let (kind, id) = next_event(&mut ws).await;
+        if kind == "execution_start" && id.as_deref() == Some("cut-1") {
+            break;
+        }
+    }
+    sim.stop().await;
+    assert!(cut.await.unwrap().is_err(), "the answer is cut by the kill");
+    let runs: Vec<(String, Option<String>)> = sim.runs().into_iter().map(|r| (r.prompt_id, r.ended)).collect();
+    assert_eq!(runs[0], ("early-1".to_owned(), Some("success".to_owned())));
+    assert_eq!(runs[1].0, "cut-1");
+}
+
+#[tokio::test]
+async fn a_restarting_server_keeps_its_port_closed_while_starting_and_runs_survive_in_the_log() {
+    let config = SimConfig { startup_delay: Duration::from_millis(500), ..SimConfig::default() };
+    let mut sim = Simulator::start(config).await.unwrap();
+    let url = sim.url();
+    let (_, resp) = post_prompt(&sim, &json!({"prompt": workflow("life", 3, false), "prompt_id": "same"})).await;
+    assert!(resp.contains("\"same\""), "{resp}");
+    wait_history(&sim, "same").await;
+    let probe = url.clone();
+    let (restarted, closed) = tokio::join!(sim.restart(), async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        client().get(format!("{probe}/system_stats")).send().await.is_err()
+    });
+    restarted.unwrap();
+    assert!(closed, "the port is closed while the server starts");
+    assert_eq!(client().get(format!("{url}/history")).send().await.unwrap().text().await.unwrap(), "{}");
+    // The same prompt id is accepted and run again, as ComfyUI does.
+    let (status, _) = post_prompt(&sim, &json!({"prompt": workflow("life", 3, false), "prompt_id": "same"})).await;
+    assert_eq!(status, 200);
+    wait_history(&sim, "same").await;
+    let lives: Vec<(String, u64, Option<String>)> =
+        sim.runs().into_iter().map(|r| (r.prompt_id, r.life, r.ended)).collect();
+    let ok = Some("success".to_owned());
+    assert_eq!(lives, [("same".to_owned(), 0, ok.clone()), ("same".to_owned(), 1, ok)]);
+}
+
+#[tokio::test]
+async fn a_prompt_being_validated_is_in_neither_queue_nor_history() {
+    let config = SimConfig { prompt_accept_delay: Duration::from_millis(400), ..SimConfig::default() };
+    let sim = Simulator::start(config).await.unwrap();
+    let url = sim.url();
+    let body = json!({"prompt": workflow("slow", 4, false), "prompt_id": "validating"});
+    let answer = tokio::spawn(async move { client().post(format!("{url}/prompt")).json(&body).send().await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let queue: Value = client().get(format!("{}/queue", sim.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(queue, json!({"queue_running": [], "queue_pending": []}));
+    let history = client().get(format!("{}/history/validating", sim.url())).send().await.unwrap();
+    assert_eq!(history.text().await.unwrap(), "{}");
+    assert_eq!(answer.await.unwrap().unwrap().status(), 200);
+    wait_history(&sim, "validating").await;
+}
+
+#[tokio::test]
+async fn an_identical_prompt_reuses_every_cached_output_like_comfyui() {
+    let config = SimConfig { job_duration: Duration::from_millis(600), cache_outputs: true, ..SimConfig::default() };
+    let sim = Simulator::start(config).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws?clientId=c", sim.addr())).await.unwrap();
+    let body = |id: &str| json!({"prompt": workflow("cached", 7, true), "client_id": "c", "prompt_id": id});
+    post_prompt(&sim, &body("first")).await;
+    let first = wait_history(&sim, "first").await;
+    let started = Instant::now();
+    post_prompt(&sim, &body("again")).await;
+    let again = wait_history(&sim, "again").await;
+    assert!(started.elapsed() < Duration::from_millis(400), "nothing ran again: {:?}", started.elapsed());
+    assert_eq!(again["outputs"], first["outputs"], "the same file, not a new one");
+    let cached = &again["status"]["messages"][1];
+    assert_eq!(cached[0], "execution_cached");
+    let mut nodes: Vec<&str> = cached[1]["nodes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["1", "2", "3"]);
+    // The second job's events: no node executes, the output is announced again.
+    let mut kinds = Vec::new();
+    loop {
+        let (kind, id) = next_event(&mut ws).await;
+        if id.as_deref() == Some("again") {
+            kinds.push(kind.clone());
+            if kind == "executing" {
+                break;
+            }
+        }
+    }
+    assert_eq!(kinds, ["execution_start", "execution_cached", "executed", "execution_success", "executing"]);
+    // A changed input runs that node and everything below it.
+    let mut changed = body("changed");
+    changed["prompt"]["3"]["inputs"]["blur_radius"] = json!(2);
+    post_prompt(&sim, &changed).await;
+    let entry = wait_history(&sim, "changed").await;
+    assert_eq!(entry["status"]["messages"][1][1]["nodes"], json!(["1"]));
+    assert_ne!(entry["outputs"], first["outputs"]);
+}
