@@ -83,6 +83,10 @@ fn spawn_scheduling(app: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<tok
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tokio::select! {
+                // A backend's frames come before news about it: the events it sent before it
+                // went down are applied before its jobs are moved (a running job is not taken
+                // for one that never started).
+                biased;
                 Some((backend, frame)) = frames.recv() => scheduler.on_frame(&backend, frame).await,
                 event = events.recv() => match event {
                     Ok(event) => scheduler.on_backend_event(event).await,
@@ -101,5 +105,31 @@ fn spawn_scheduling(app: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<tok
             }
         }
     });
-    vec![health, monitor, feed]
+    let purge = tokio::spawn(purge_ended_jobs(
+        app.scheduler.store().clone(),
+        app.config.scheduler.job_retention,
+        shutdown.clone(),
+    ));
+    vec![health, monitor, feed, purge]
+}
+
+/// Deletes ended jobs older than `retention`, at start and then hourly.
+async fn purge_ended_jobs(
+    store: std::sync::Arc<dyn crate::store::Store>,
+    retention: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let cutoff = crate::time::now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        match store.purge_jobs(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "purged ended jobs past their retention"),
+            Err(e) => tracing::warn!(error = %e, "cannot purge ended jobs"),
+        }
+    }
 }

@@ -395,7 +395,6 @@ async fn kill_one_of_two_under_load(restart: bool) -> (Verdict, Gateway) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until the scheduler rewrite lands (issue 16)"]
 async fn a_backend_killed_under_load_loses_no_job_it_was_handed() {
     let (verdict, gw) = kill_one_of_two_under_load(false).await;
     verdict.assert_nothing_lost_or_restarted(&gw);
@@ -403,14 +402,12 @@ async fn a_backend_killed_under_load_loses_no_job_it_was_handed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until the scheduler rewrite lands (issue 16)"]
 async fn a_killed_backend_that_restarts_is_reconciled_without_losing_or_rerunning_a_job() {
     let (verdict, gw) = kill_one_of_two_under_load(true).await;
     verdict.assert_nothing_lost_or_restarted(&gw);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until the scheduler rewrite lands (issue 16)"]
 async fn a_job_a_quiet_backend_is_still_validating_is_not_taken_for_lost() {
     // ComfyUI validates a prompt before queueing it; meanwhile it is in neither `/queue` nor
     // `/history`, and the backend says nothing on its socket.
@@ -462,7 +459,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// every accepted job finished or failed with a reason, once. `COMFYGATE_CHAOS_SECS` sets the
 /// length of the chaos (60 s), `COMFYGATE_CHAOS_SEED` its seed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until the scheduler rewrite lands (issue 16)"]
 async fn chaos_of_dying_and_restarting_backends_loses_and_duplicates_no_job() {
     const JOBS: u32 = 200;
     let secs = env_u64("COMFYGATE_CHAOS_SECS", 60).max(1);

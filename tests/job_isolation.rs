@@ -148,7 +148,7 @@ async fn a_server_error_to_one_job_fails_that_job_after_other_backends_and_no_ba
     for id in &poisoned {
         let entry = finished(&gw, &alice, id).await;
         assert_eq!(entry["status"]["status_str"], "error", "{entry}");
-        let message = entry["status"]["messages"][0][1]["exception_message"].as_str().unwrap();
+        let message = reason(&entry);
         assert!(message.contains("500"), "the failure says what the backend answered: {message}");
     }
     let entry = finished(&gw, &bob, &running).await;

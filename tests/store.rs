@@ -234,6 +234,8 @@ fn job(prompt_id: &str, user_id: i64, number: i64) -> Job {
         backend: None,
         error: None,
         created_at: 1_000,
+        outcome: None,
+        in_history: true,
     }
 }
 
@@ -247,6 +249,16 @@ async fn jobs_keep_their_state_and_files_their_backend(db: &TestDb) {
     assert_eq!(s.max_job_number().await.unwrap(), 2);
     s.update_job("p1", JobState::Dispatched, Some("gpu1"), None).await.unwrap();
     s.update_job("p1", JobState::Failed, None, Some("backend lost")).await.unwrap();
+    // History: entries of ended jobs, in the order they ended; deleting hides them.
+    s.end_job("p2", JobState::Done, Some("gpu1"), None, Some(r#"{"outputs":{}}"#)).await.unwrap();
+    assert_eq!(s.history_count(Some(u.id)).await.unwrap(), 1);
+    let page = s.history_page(Some(u.id), 0, 10).await.unwrap();
+    assert_eq!((page[0].prompt_id.as_str(), page[0].outcome.as_deref()), ("p2", Some(r#"{"outputs":{}}"#)));
+    assert_eq!(s.history_count(None).await.unwrap(), 1);
+    assert_eq!(s.hide_history(Some(u.id + 1), None).await.unwrap(), 0, "another user's clear hides nothing");
+    assert_eq!(s.hide_history(Some(u.id), Some(&["p2".to_owned()])).await.unwrap(), 1);
+    assert_eq!(s.history_count(Some(u.id)).await.unwrap(), 0);
+    assert!(!s.job("p2").await.unwrap().unwrap().in_history);
     // A late write (another task's stale view) never revives a job that has ended.
     s.update_job("p1", JobState::Queued, None, None).await.unwrap();
     s.update_job("p1", JobState::Done, Some("gpu2"), None).await.unwrap();

@@ -116,6 +116,9 @@ pub struct SchedulerConfig {
     /// Dispatches of one job in all (a backend that dies holding it, refusals, lost
     /// connections) before it fails: no job goes round without bound.
     pub max_dispatches: u32,
+    /// How long ended jobs (their records and history entries) are kept.
+    #[serde(with = "humantime_serde")]
+    pub job_retention: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -127,6 +130,7 @@ impl Default for SchedulerConfig {
             capabilities_refresh: Duration::from_secs(60),
             dispatch_attempts: 2,
             max_dispatches: 10,
+            job_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

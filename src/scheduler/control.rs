@@ -5,6 +5,7 @@ use http::Method;
 use serde_json::{Value, json};
 
 use super::Scheduler;
+use super::events::Entry;
 use super::jobs::QueueEntry;
 use crate::store::{JobState, StoreError};
 
@@ -142,7 +143,7 @@ impl Scheduler {
     }
 
     /// Deletes held jobs by gateway id (running ones are left alone).
-    pub(super) async fn delete_held(&self, scope: Scope, ids: &[String], reason: &str) {
+    async fn delete_held(&self, scope: Scope, ids: &[String], reason: &str) {
         for id in ids {
             let target = {
                 let mut inner = self.inner();
@@ -159,10 +160,10 @@ impl Scheduler {
                 backend
             };
             match target.as_deref().and_then(|b| self.pool.get(b)).cloned() {
-                None => self.save_state(id, JobState::Cancelled, None, Some(reason)).await,
+                None => self.end_job(id, JobState::Cancelled, None, Some(reason), None).await,
                 Some(backend) => {
                     // Taken out first: a copy that starts meanwhile is a stray, interrupted.
-                    self.finish(&backend, id).await;
+                    self.finish(&backend, id, Entry::Omitted).await;
                     self.withdraw(&backend, id).await;
                 }
             }

@@ -16,6 +16,16 @@ use crate::backends::{Backend, BackendEvent};
 use crate::store::{JobState, StoredFile};
 use crate::time::now_ms;
 
+/// What a job's history entry is when it ends.
+pub(super) enum Entry {
+    /// What the gateway saw of its run.
+    Seen,
+    /// None (deleted from the queue: ComfyUI keeps no entry either).
+    Omitted,
+    /// The backend's own (read from its history).
+    Given(String),
+}
+
 /// A job as it ended, taken out of the scheduler.
 pub(super) struct Ended {
     pub job: Active,
@@ -56,6 +66,7 @@ impl Scheduler {
                 // Events count only from the backend holding the job.
                 Some(job) if job.backend.as_deref() == Some(backend.name()) => {
                     job.accepted = true;
+                    job.record.note(kind, data);
                     Some((job.owner, job.client_id.clone(), job.public_id.clone()))
                 }
                 _ => None,
@@ -99,7 +110,7 @@ impl Scheduler {
         }
         self.subscribers.send(owner, &client_id, Outgoing::Text(renamed(&text, id, &public_id)));
         if kind == "executing" && data["node"].is_null() {
-            self.finish(backend, id).await;
+            self.finish(backend, id, Entry::Seen).await;
             self.kick();
         }
     }
@@ -156,15 +167,21 @@ impl Scheduler {
         Some(job)
     }
 
-    /// A job ended on `backend` (successfully unless an error was seen); the caller fills
-    /// the freed slot.
-    pub(super) async fn finish(&self, backend: &Backend, id: &str) -> Option<Ended> {
+    /// A job ended on `backend` (successfully unless an error was seen), with its history
+    /// `entry`; the caller fills the freed slot.
+    pub(super) async fn finish(&self, backend: &Backend, id: &str, entry: Entry) -> Option<Ended> {
         let job = self.take_job(id, Some(backend))?;
         let (state, error) = match &job.outcome {
             Some((state, detail)) => (*state, Some(detail.clone())),
             None => (JobState::Done, None),
         };
-        self.save_state(id, state, Some(backend.name()), error.as_deref()).await;
+        let outputs = job.requirements.as_ref().map(|r| r.outputs.clone()).unwrap_or_default();
+        let outcome = match entry {
+            Entry::Seen => Some(job.record.outcome(state == JobState::Done, &outputs)),
+            Entry::Omitted => None,
+            Entry::Given(text) => Some(text),
+        };
+        self.end_job(id, state, Some(backend.name()), error.as_deref(), outcome.as_deref()).await;
         self.announce_status();
         Some(Ended { job, state, error })
     }
@@ -176,10 +193,16 @@ impl Scheduler {
         self.end(id, JobState::Failed, error, notify).await;
     }
 
-    /// Ends a job (wherever it is) in `state` with `reason`.
+    /// Ends a job (wherever it is) in `state` with `reason`, which its history entry shows.
     pub(super) async fn end(&self, id: &str, state: JobState, reason: &str, notify: bool) {
-        let job = self.take_job(id, None);
-        self.save_state(id, state, None, Some(reason)).await;
+        let mut job = self.take_job(id, None);
+        let outcome = job.as_mut().map(|job| {
+            let mut record = std::mem::take(&mut job.record);
+            record.messages.push(json!(["execution_error", execution_error(id, reason)]));
+            let outputs = job.requirements.as_ref().map(|r| r.outputs.clone()).unwrap_or_default();
+            record.outcome(false, &outputs)
+        });
+        self.end_job(id, state, None, Some(reason), outcome.as_deref()).await;
         if let (Some(job), true) = (job, notify) {
             self.notify_failure(&job, reason);
         }
@@ -359,7 +382,7 @@ impl Scheduler {
                 if entry["status"]["status_str"].as_str() == Some("error") {
                     self.set_outcome(&id, JobState::Failed, entry["status"].to_string());
                 }
-                if let Some(ended) = self.finish(backend, &id).await {
+                if let Some(ended) = self.finish_from_history(backend, &id, entry).await {
                     self.notify_end(&ended);
                 }
             } else {
@@ -376,6 +399,18 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Ends a job whose end the backend's history told (its events were missed): the entry
+    /// is kept as the backend wrote it.
+    async fn finish_from_history(&self, backend: &Backend, id: &str, entry: &Value) -> Option<Ended> {
+        let mut kept = entry.clone();
+        if let Some(map) = kept.as_object_mut() {
+            let outputs = map.get("prompt").and_then(|p| p.get(4)).cloned().unwrap_or_else(|| json!([]));
+            map.remove("prompt");
+            map.insert("outputs_to_execute".to_owned(), outputs);
+        }
+        self.finish(backend, id, Entry::Given(kept.to_string())).await
     }
 
     /// Tells the owner's socket that a job settled by reconciliation ended (its own final

@@ -107,6 +107,56 @@ pub(super) struct Active {
     pub accepted: bool,
     /// Backends that answered a dispatch of this job with a server error: not tried again.
     pub refused_by: Vec<String>,
+    /// What its run has shown so far, for its history entry.
+    pub record: Record,
+}
+
+/// What a job's run showed: the parts of ComfyUI's history entry the gateway keeps.
+#[derive(Debug, Default)]
+pub struct Record {
+    /// Outputs by node id (from `executed`).
+    pub outputs: Map<String, Value>,
+    /// Output nodes' `{node_id, display_node, parent_node, real_node_id}`.
+    pub meta: Map<String, Value>,
+    /// `[type, data]` of the execution messages ComfyUI keeps in history.
+    pub messages: Vec<Value>,
+}
+
+impl Record {
+    /// Notes one message from the backend.
+    pub fn note(&mut self, kind: &str, data: &Value) {
+        match kind {
+            "execution_start"
+            | "execution_cached"
+            | "execution_success"
+            | "execution_error"
+            | "execution_interrupted" => self.messages.push(json!([kind, data])),
+            "executed" => {
+                let Some(node) = data["node"].as_str() else { return };
+                self.outputs.insert(node.to_owned(), data["output"].clone());
+                let display = data.get("display_node").cloned().unwrap_or_else(|| json!(node));
+                let real = data.get("real_node_id").cloned().unwrap_or_else(|| json!(node));
+                let parent = data.get("parent_node").cloned().unwrap_or(Value::Null);
+                self.meta.insert(
+                    node.to_owned(),
+                    json!({"node_id": node, "display_node": display, "parent_node": parent, "real_node_id": real}),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// The history entry without its prompt, as stored: `success` unless it ended otherwise.
+    pub fn outcome(&self, success: bool, outputs_to_execute: &[String]) -> String {
+        json!({
+            "outputs": self.outputs,
+            "status": {"status_str": if success { "success" } else { "error" }, "completed": success,
+                "messages": self.messages},
+            "meta": self.meta,
+            "outputs_to_execute": outputs_to_execute,
+        })
+        .to_string()
+    }
 }
 
 impl Active {
@@ -130,6 +180,7 @@ impl Active {
             // Resumed as handed to a backend: that backend's queue and history tell.
             accepted: matches!(job.state, JobState::Dispatched | JobState::Running),
             refused_by: Vec::new(),
+            record: Record::default(),
         }
     }
 

@@ -298,6 +298,8 @@ impl Scheduler {
             backend: None,
             error: None,
             created_at: now_ms(),
+            outcome: None,
+            in_history: true,
         };
         match self.store.insert_job(&job).await {
             Ok(()) => {}
@@ -555,6 +557,11 @@ impl Scheduler {
                     "dispatch failed; the job goes back to the queue");
                 self.pool.request_failed(&backend, &e.to_string(), self.config.unhealthy_after);
                 let outcome = self.requeue(&id, &backend, attempt, false, &e.to_string());
+                if matches!(outcome, Requeued::Waiting) {
+                    // The backend may have queued it before the answer was lost: deleted there
+                    // when it is back in service (a copy that starts first is interrupted).
+                    self.inner().abandoned.entry(backend.name().to_owned()).or_default().push(id.clone());
+                }
                 self.settle(&id, outcome, waiter, StatusCode::BAD_GATEWAY, &public_id).await;
             }
         }
@@ -663,6 +670,19 @@ impl Scheduler {
         let body = json!({"delete": [id]}).to_string();
         let timeout = backend.config.response_timeout;
         let _ = backend.proxy.call(Method::POST, "/queue", Some(body.into()), timeout).await;
+    }
+
+    async fn end_job(
+        &self,
+        id: &str,
+        state: JobState,
+        backend: Option<&str>,
+        error: Option<&str>,
+        outcome: Option<&str>,
+    ) {
+        if let Err(e) = self.store.end_job(id, state, backend, error, outcome).await {
+            tracing::error!(prompt_id = id, error = %e, "cannot record how a job ended");
+        }
     }
 
     async fn save_state(&self, id: &str, state: JobState, backend: Option<&str>, error: Option<&str>) {

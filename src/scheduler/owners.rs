@@ -9,7 +9,6 @@ use http::Method;
 use serde_json::json;
 
 use super::Scheduler;
-use super::control::Scope;
 use crate::store::JobState;
 use crate::time::now_ms;
 
@@ -71,7 +70,11 @@ impl Scheduler {
                         let timeout = backend.config.response_timeout;
                         let _ = backend.proxy.call(Method::POST, "/interrupt", Some(body.into()), timeout).await;
                     }
-                    (JobState::Dispatched, Some(_)) => self.delete_held(Scope::All, &[id], &reason).await,
+                    (JobState::Dispatched, Some(backend)) => {
+                        // Taken out first: a copy that starts meanwhile is a stray, interrupted.
+                        self.end(&id, JobState::Cancelled, &reason, true).await;
+                        self.withdraw(&backend, &id).await;
+                    }
                     _ => self.end(&id, JobState::Cancelled, &reason, true).await,
                 }
             }

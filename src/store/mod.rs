@@ -134,6 +134,23 @@ pub trait Store: Send + Sync + 'static {
     async fn job_ids_of(&self, user_id: i64, limit: i64) -> StoreResult<Vec<String>>;
     /// The stored requests of the given jobs (those that exist), by prompt id.
     async fn job_requests(&self, prompt_ids: &[String]) -> StoreResult<std::collections::HashMap<String, String>>;
+    /// Ends a job (done, failed, cancelled) with its history entry; a job that has ended
+    /// already stays as it ended.
+    async fn end_job(
+        &self,
+        prompt_id: &str,
+        state: JobState,
+        backend: Option<&str>,
+        error: Option<&str>,
+        outcome: Option<&str>,
+    ) -> StoreResult<()>;
+    /// How many history entries `user_id` (everyone's: `None`) has.
+    async fn history_count(&self, user_id: Option<i64>) -> StoreResult<i64>;
+    /// History entries in the order the jobs ended (ComfyUI's order), from `offset`.
+    async fn history_page(&self, user_id: Option<i64>, offset: i64, limit: i64) -> StoreResult<Vec<Job>>;
+    /// Takes history entries out of the history (the given jobs, or all) of `user_id`
+    /// (anyone's: `None`); returns how many.
+    async fn hide_history(&self, user_id: Option<i64>, prompt_ids: Option<&[String]>) -> StoreResult<u64>;
     /// Deletes jobs that ended before `ended_before` (unix ms); returns how many.
     async fn purge_jobs(&self, ended_before: i64) -> StoreResult<u64>;
     /// When `user_id`'s jobs submitted since `since` (unix ms) were submitted, newest first, at

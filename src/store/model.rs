@@ -286,6 +286,11 @@ pub struct Job {
     pub error: Option<String>,
     /// Unix ms.
     pub created_at: i64,
+    /// Once it ended: its history entry without the prompt (`outputs`, `status`, `meta`,
+    /// `outputs_to_execute`) as JSON.
+    pub outcome: Option<String>,
+    /// Whether its history entry is shown (the owner may delete it).
+    pub in_history: bool,
 }
 
 /// A file on a backend (an output of a job, or an upload).

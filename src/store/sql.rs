@@ -142,6 +142,8 @@ pub(super) struct JobRow {
     backend: Option<String>,
     error: Option<String>,
     created_at: i64,
+    outcome: Option<String>,
+    in_history: bool,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -161,6 +163,8 @@ impl TryFrom<JobRow> for Job {
             backend: r.backend,
             error: r.error,
             created_at: r.created_at,
+            outcome: r.outcome,
+            in_history: r.in_history,
         })
     }
 }
@@ -190,7 +194,7 @@ impl From<FileRow> for StoredFile {
 }
 
 pub(super) const JOB_COLUMNS: &str = "prompt_id, COALESCE(public_id, prompt_id) AS public_id, user_id, token_id, \
-     username, client_id, number, request, state, backend, error, created_at";
+     username, client_id, number, request, state, backend, error, created_at, outcome, in_history";
 
 /// The states a job ends in (never left).
 pub(super) const ENDED_STATES: &str = "('done', 'failed', 'cancelled')";
@@ -625,6 +629,76 @@ macro_rules! impl_store {
                     out.extend(query.fetch_all(&self.pool).await?);
                 }
                 Ok(out)
+            }
+
+            async fn end_job(
+                &self,
+                prompt_id: &str,
+                state: JobState,
+                backend: Option<&str>,
+                error: Option<&str>,
+                outcome: Option<&str>,
+            ) -> StoreResult<()> {
+                let sql = format!(
+                    "UPDATE jobs SET state = $1, backend = COALESCE($2, backend), error = $3, outcome = $4, \
+                     ended_at = $5, updated_at = $5 WHERE prompt_id = $6 AND state NOT IN {ENDED_STATES}"
+                );
+                sqlx::query(&sql)
+                    .bind(state.as_str())
+                    .bind(backend)
+                    .bind(error)
+                    .bind(outcome)
+                    .bind($crate::time::now_ms())
+                    .bind(prompt_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn history_count(&self, user_id: Option<i64>) -> StoreResult<i64> {
+                Ok(sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM jobs WHERE outcome IS NOT NULL AND in_history \
+                     AND ($1 IS NULL OR user_id = $1)",
+                )
+                .bind(user_id)
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
+            async fn history_page(&self, user_id: Option<i64>, offset: i64, limit: i64) -> StoreResult<Vec<Job>> {
+                let sql = format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE outcome IS NOT NULL AND in_history \
+                     AND ($1 IS NULL OR user_id = $1) ORDER BY ended_at, number LIMIT $2 OFFSET $3"
+                );
+                let rows: Vec<JobRow> =
+                    sqlx::query_as(&sql).bind(user_id).bind(limit).bind(offset).fetch_all(&self.pool).await?;
+                rows.into_iter().map(Job::try_from).collect()
+            }
+
+            async fn hide_history(&self, user_id: Option<i64>, prompt_ids: Option<&[String]>) -> StoreResult<u64> {
+                let Some(ids) = prompt_ids else {
+                    return Ok(sqlx::query(
+                        "UPDATE jobs SET in_history = FALSE WHERE in_history AND ($1 IS NULL OR user_id = $1)",
+                    )
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected());
+                };
+                let mut hidden = 0;
+                for chunk in ids.chunks(500) {
+                    let placeholders: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
+                    let sql = format!(
+                        "UPDATE jobs SET in_history = FALSE WHERE ($1 IS NULL OR user_id = $1) AND prompt_id IN ({})",
+                        placeholders.join(", ")
+                    );
+                    let mut query = sqlx::query(&sql).bind(user_id);
+                    for id in chunk {
+                        query = query.bind(id);
+                    }
+                    hidden += query.execute(&self.pool).await?.rows_affected();
+                }
+                Ok(hidden)
             }
 
             async fn purge_jobs(&self, ended_before: i64) -> StoreResult<u64> {
