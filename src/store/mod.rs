@@ -5,6 +5,7 @@
 
 mod model;
 mod postgres;
+pub mod private;
 mod sql;
 mod sqlite;
 
@@ -34,8 +35,8 @@ pub enum StoreError {
     /// The URL names no supported database.
     #[error("unsupported database URL (use sqlite://path or postgres://...)")]
     UnsupportedUrl,
-    /// The data folder could not be created.
-    #[error("cannot create data folder {path}: {source}")]
+    /// The data folder or database file could not be created or made private.
+    #[error("cannot create {path} readable by the gateway only: {source}")]
     DataDir {
         /// The folder.
         path: String,
