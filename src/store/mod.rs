@@ -105,7 +105,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Takes one login attempt from throttle `key`, atomically (concurrent attempts in any
     /// process cannot all pass): `None` if granted, else the time (unix ms) the key is blocked
-    /// until (`0` when `limit` attempts are failed or still being checked, with no block set).
+    /// until (not after `now` when it is refused because `limit` attempts are still in flight).
     /// A key quiet since before `forget_before` starts a fresh round.
     async fn take_login_attempt(
         &self,
