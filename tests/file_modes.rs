@@ -28,13 +28,8 @@ async fn data_folder_database_and_user_files_are_private_under_umask_022() {
     let gw = Gateway::start(&sim.url()).await;
     gw.add_user("alice", "user").await;
     let token = gw.token("alice", "t").await;
-    let r = client()
-        .post(gw.at("/userdata/workflows%2Fsub%2Fa.json"))
-        .bearer_auth(&token)
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let r =
+        client().post(gw.at("/userdata/workflows%2Fsub%2Fa.json")).bearer_auth(&token).body("{}").send().await.unwrap();
     assert_eq!(r.status(), 200);
 
     let data = gw.dir.path().join("data");

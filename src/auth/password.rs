@@ -190,8 +190,14 @@ mod tests {
         let argon2 = h.hash("argon-pass").await.unwrap();
         let legacy = bcrypt::hash("legacy-pass", 4).unwrap();
         for cost in [None, Some(4)] {
-            assert_eq!(h.verify_uniformly("argon-pass", Some(&argon2), cost).await.unwrap(), Verdict::Valid { rehash: false });
-            assert_eq!(h.verify_uniformly("legacy-pass", Some(&legacy), cost).await.unwrap(), Verdict::Valid { rehash: true });
+            assert_eq!(
+                h.verify_uniformly("argon-pass", Some(&argon2), cost).await.unwrap(),
+                Verdict::Valid { rehash: false }
+            );
+            assert_eq!(
+                h.verify_uniformly("legacy-pass", Some(&legacy), cost).await.unwrap(),
+                Verdict::Valid { rehash: true }
+            );
             assert_eq!(h.verify_uniformly("legacy-pass", Some(&argon2), cost).await.unwrap(), Verdict::Invalid);
             assert_eq!(h.verify_uniformly("argon-pass", None, cost).await.unwrap(), Verdict::Invalid);
         }

@@ -107,13 +107,8 @@ pub trait Store: Send + Sync + 'static {
     /// process cannot all pass): `None` if granted, else the time (unix ms) the key is blocked
     /// until (not after `now` when it is refused because `limit` attempts are still in flight).
     /// A key quiet since before `forget_before` starts a fresh round.
-    async fn take_login_attempt(
-        &self,
-        key: &str,
-        limit: i64,
-        now: i64,
-        forget_before: i64,
-    ) -> StoreResult<Option<i64>>;
+    async fn take_login_attempt(&self, key: &str, limit: i64, now: i64, forget_before: i64)
+    -> StoreResult<Option<i64>>;
     /// A taken attempt failed: if the round is full, the key is blocked for `base_ms` (doubling
     /// with each block, up to `max_ms`), after which one more attempt is allowed.
     async fn login_attempt_failed(&self, key: &str, limit: i64, now: i64, base_ms: i64, max_ms: i64)

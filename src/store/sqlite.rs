@@ -7,12 +7,13 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::sql::{
-    BLOCK_LOGIN_KEY, BUMP_EPOCH, ENDED_STATES, FileRow, JOB_COLUMNS, JobRow, REVOKE_SESSION_TOKENS, REVOKE_USER_SESSION_TOKENS,
-    SESSION_SELECT, SessionRow, TAKE_LOGIN_ATTEMPT, TOKEN_SELECT, TokenRow, USER_COLUMNS, UserRow, impl_store, map_conflict,
+    BLOCK_LOGIN_KEY, BUMP_EPOCH, ENDED_STATES, FileRow, JOB_COLUMNS, JobRow, REVOKE_SESSION_TOKENS,
+    REVOKE_USER_SESSION_TOKENS, SESSION_SELECT, SessionRow, TAKE_LOGIN_ATTEMPT, TOKEN_SELECT, TokenRow, USER_COLUMNS,
+    UserRow, impl_store, map_conflict,
 };
 use super::{
-    private, ApiToken, Job, JobState, NewSession, NewToken, NewUser, Role, Session, StoreError, StoreResult, StoredFile,
-    UseTimes, User,
+    ApiToken, Job, JobState, NewSession, NewToken, NewUser, Role, Session, StoreError, StoreResult, StoredFile,
+    UseTimes, User, private,
 };
 
 /// A [`Store`](super::Store) on a SQLite file.

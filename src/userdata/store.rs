@@ -295,7 +295,8 @@ pub(super) async fn create_private_dir(folder: &Path) -> Result<(), UserDataErro
 /// A new file at `path` (truncated if it exists), readable by the gateway only.
 async fn create_private_file(path: &Path) -> io::Result<tokio::fs::File> {
     let path = path.to_path_buf();
-    let file = tokio::task::spawn_blocking(move || private::open_for_writing(&path)).await.map_err(io::Error::other)??;
+    let file =
+        tokio::task::spawn_blocking(move || private::open_for_writing(&path)).await.map_err(io::Error::other)??;
     Ok(tokio::fs::File::from_std(file))
 }
 
