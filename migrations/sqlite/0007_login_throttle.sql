@@ -1,5 +1,5 @@
 -- Login throttling shared by every gateway on the store, and where each account logged in from.
--- Mirrored in migrations/postgres/0006_login_throttle.sql: keep both in step.
+-- Mirrored in migrations/postgres/0007_login_throttle.sql: keep both in step.
 --
 -- login_throttle: one row per throttled key (an account at an address, an address, an account).
 -- attempts counts the current round's attempts, failed or still being checked: it is taken
