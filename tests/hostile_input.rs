@@ -267,7 +267,7 @@ async fn lockout_after_five_wrong_passwords_returns_429_with_retry_after() {
     assert_eq!(r.status(), 429);
     let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=30).contains(&retry), "{retry}");
-    // Even the right password waits; the lockout is per account.
+    // Even the right password waits from this address (the account at this address is locked).
     let r = gw.login_response("admin", ADMIN_PW, "/").await;
     assert_eq!(r.status(), 429);
     assert!(common::cookie_from(r.headers(), SESSION_COOKIE).is_none());

@@ -82,6 +82,9 @@ on_every_store!(
     last_admin_count_ignores_disabled_admins,
     jobs_keep_their_state_and_files_their_backend,
     file_locations_answer_from_memory_and_never_hide_a_new_owner,
+    login_attempts_are_taken_before_the_check_and_a_full_round_blocks,
+    concurrent_login_attempts_cannot_all_be_taken,
+    login_addresses_and_bcrypt_costs_are_known,
 );
 
 fn new_user(name: &str, role: Role) -> NewUser {
@@ -425,4 +428,78 @@ async fn a_password_change_revokes_every_unkept_session_minted_token(db: &TestDb
         assert!(s.token_by_hash(hash).await.unwrap().unwrap().0.revoked_at.is_none(), "{hash}");
     }
     assert!(s.session_by_hash("gb").await.unwrap().unwrap().0.revoked_at.is_some(), "sessions end too");
+}
+
+async fn login_attempts_are_taken_before_the_check_and_a_full_round_blocks(db: &TestDb) {
+    let s = &db.store;
+    let (base, max) = (30_000, 100_000);
+    for _ in 0..5 {
+        assert_eq!(s.take_login_attempt("k", 5, 1_000, 0).await.unwrap(), None);
+    }
+    assert_eq!(s.take_login_attempt("k", 5, 1_000, 0).await.unwrap(), Some(0), "five in flight: no sixth, no block");
+    for _ in 0..5 {
+        s.login_attempt_failed("k", 5, 2_000, base, max).await.unwrap();
+    }
+    assert_eq!(s.take_login_attempt("k", 5, 2_001, 0).await.unwrap(), Some(32_000), "blocked once");
+    // One more try after the block; its failure doubles the block, up to the maximum.
+    assert_eq!(s.take_login_attempt("k", 5, 32_000, 0).await.unwrap(), None);
+    assert_eq!(s.take_login_attempt("k", 5, 32_000, 0).await.unwrap(), Some(32_000), "in flight, block past");
+    s.login_attempt_failed("k", 5, 33_000, base, max).await.unwrap();
+    assert_eq!(s.take_login_attempt("k", 5, 33_001, 0).await.unwrap(), Some(93_000));
+    assert_eq!(s.take_login_attempt("k", 5, 93_000, 0).await.unwrap(), None);
+    s.login_attempt_failed("k", 5, 93_000, base, max).await.unwrap();
+    assert_eq!(s.take_login_attempt("k", 5, 93_001, 0).await.unwrap(), Some(193_000));
+    // Quiet past the forget window (and no longer blocked): a fresh round with the first block.
+    assert_eq!(s.purge_login_throttle(100_000).await.unwrap(), 0, "a blocked key is kept");
+    for _ in 0..5 {
+        assert_eq!(s.take_login_attempt("k", 5, 200_000, 193_001).await.unwrap(), None);
+    }
+    s.login_attempt_failed("k", 5, 200_000, base, max).await.unwrap();
+    assert_eq!(s.take_login_attempt("k", 5, 200_001, 0).await.unwrap(), Some(230_000));
+    // Given back, an attempt counts no more; forgotten, the key starts afresh.
+    s.take_login_attempt("other", 2, 1_000, 0).await.unwrap();
+    s.take_login_attempt("other", 2, 1_000, 0).await.unwrap();
+    s.return_login_attempt("other", false).await.unwrap();
+    assert_eq!(s.take_login_attempt("other", 2, 1_000, 0).await.unwrap(), None);
+    s.return_login_attempt("k", true).await.unwrap();
+    assert_eq!(s.take_login_attempt("k", 5, 200_002, 0).await.unwrap(), None);
+    assert_eq!(s.purge_login_throttle(1_000_000).await.unwrap(), 2);
+}
+
+async fn concurrent_login_attempts_cannot_all_be_taken(db: &TestDb) {
+    let attempts: Vec<_> = (0..50)
+        .map(|_| {
+            let s = db.store.clone();
+            tokio::spawn(async move { s.take_login_attempt("crowd", 5, 1_000, 0).await.unwrap() })
+        })
+        .collect();
+    let mut granted = 0;
+    for attempt in attempts {
+        granted += usize::from(attempt.await.unwrap().is_none());
+    }
+    assert_eq!(granted, 5);
+}
+
+async fn login_addresses_and_bcrypt_costs_are_known(db: &TestDb) {
+    let s = &db.store;
+    let alice = s.create_user(new_user("alice", Role::User)).await.unwrap();
+    assert_eq!(s.max_bcrypt_cost().await.unwrap(), None);
+    let legacy = NewUser {
+        password_hash: "$2b$12$NErya5UooY9bJnscVc/ec.hpVDX.nYM86/88bXIkF/hh2VeKRvU5k".to_owned(),
+        ..new_user("legacy", Role::Admin)
+    };
+    let legacy = s.create_user(legacy).await.unwrap();
+    assert_eq!(s.max_bcrypt_cost().await.unwrap(), Some(12));
+    s.rehash_password(legacy.id, "$argon2id$v=19$y").await.unwrap();
+    assert_eq!(s.max_bcrypt_cost().await.unwrap(), None, "upgraded accounts no longer count");
+
+    assert!(!s.known_login_address(alice.id, "203.0.113.5", 0).await.unwrap());
+    s.record_login_address(alice.id, "203.0.113.5", 5_000).await.unwrap();
+    s.record_login_address(alice.id, "203.0.113.5", 6_000).await.unwrap();
+    assert!(s.known_login_address(alice.id, "203.0.113.5", 6_000).await.unwrap());
+    assert!(!s.known_login_address(alice.id, "203.0.113.5", 6_001).await.unwrap(), "too long ago");
+    assert!(!s.known_login_address(alice.id, "198.51.100.1", 0).await.unwrap());
+    assert!(!s.known_login_address(legacy.id, "203.0.113.5", 0).await.unwrap(), "per account");
+    s.delete_user(alice.id).await.unwrap();
+    assert!(!s.known_login_address(alice.id, "203.0.113.5", 0).await.unwrap());
 }

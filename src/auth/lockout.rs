@@ -1,131 +1,157 @@
-//! Login throttling: after a few failures for an account or from an address, further attempts
-//! wait, doubling each time. Owns all rate limiting of logins.
+//! Login throttling: owns all rate limiting of logins and password confirmations.
+//!
+//! An attempt is taken from counters in the store *before* its password hash is checked, in one
+//! statement per counter, so attempts held back and released together (here or at another
+//! replica) cannot all be checked: at most `login_max_failures` hashes per round. In this
+//! process an address also has one attempt in flight at a time.
+//!
+//! Counters are kept per account *at an address* and per address, so failures elsewhere never
+//! lock the owner out. Guessing one account from many addresses is stopped by an account-wide
+//! counter that spares the addresses the account has logged in from before: the owner's known
+//! addresses still get in while strangers are refused.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
-/// Failures older than this are forgotten.
-const WINDOW: Duration = Duration::from_secs(15 * 60);
-/// Entries kept at most (oldest pruned first).
-const MAX_ENTRIES: usize = 100_000;
-/// An address may fail this many times more than an account (shared NAT, several users).
-const ADDRESS_FACTOR: u32 = 4;
+use tokio::sync::OwnedMutexGuard;
 
-struct Failures {
-    count: u32,
-    last: Instant,
+use crate::store::{Store, StoreError};
+use crate::time::{ms, now_ms};
+
+/// A key quiet this long starts afresh (and is purged).
+pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+/// An address that logged in to an account within this long is known to it.
+pub const KNOWN_ADDRESS_FOR: Duration = Duration::from_secs(90 * 24 * 3600);
+/// An address, and an account from unknown addresses, may fail this many times more than an
+/// account at one address (shared NAT, several users; an owner trying several devices).
+const WIDE_FACTOR: i64 = 4;
+/// Addresses with an attempt in flight remembered before dead entries are pruned.
+const PRUNE_AT: usize = 10_000;
+
+/// What a refused attempt says.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Too many attempts: wait this long.
+    Wait(Duration),
+    /// The store failed.
+    Store(StoreError),
 }
 
-/// Per-account and per-address failure counts.
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal::Store(e)
+    }
+}
+
+/// The throttle of one gateway, on counters in the store.
 pub struct Lockout {
-    failures: Mutex<HashMap<String, Failures>>,
-    max_failures: u32,
+    store: Arc<dyn Store>,
+    addresses: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    max_failures: i64,
     base: Duration,
     max: Duration,
 }
 
+/// One taken attempt: report how it went with [`Attempt::failed`] or [`Attempt::succeeded`]
+/// (dropped unreported, it stays counted until its key is forgotten).
+pub struct Attempt<'a> {
+    lockout: &'a Lockout,
+    /// Keys taken, most specific first, with their limits.
+    taken: Vec<(String, i64)>,
+    _in_flight: OwnedMutexGuard<()>,
+}
+
 impl Lockout {
-    /// After `max_failures`, wait `base`, doubling up to `max`.
-    pub fn new(max_failures: u32, base: Duration, max: Duration) -> Self {
-        Self { failures: Mutex::new(HashMap::new()), max_failures, base, max }
-    }
-
-    /// `Err(retry_after)` if this account or address must wait.
-    pub fn check(&self, username: &str, address: &str) -> Result<(), Duration> {
-        let Ok(map) = self.failures.lock() else { return Ok(()) };
-        let now = Instant::now();
-        let wait =
-            [(account_key(username), self.max_failures), (address_key(address), self.max_failures * ADDRESS_FACTOR)]
-                .iter()
-                .filter_map(|(key, limit)| map.get(key).and_then(|f| self.remaining(f, *limit, now)))
-                .max();
-        match wait {
-            Some(wait) => Err(wait),
-            None => Ok(()),
+    /// After `max_failures` in a round, wait `base`, doubling up to `max`.
+    pub fn new(store: Arc<dyn Store>, max_failures: u32, base: Duration, max: Duration) -> Self {
+        Self {
+            store,
+            addresses: Mutex::new(HashMap::new()),
+            max_failures: i64::from(max_failures.max(1)),
+            base: base.min(max),
+            max,
         }
     }
 
-    /// Counts a failed attempt.
-    pub fn failed(&self, username: &str, address: &str) {
-        let Ok(mut map) = self.failures.lock() else { return };
-        let now = Instant::now();
-        if map.len() >= MAX_ENTRIES {
-            map.retain(|_, f| now.duration_since(f.last) < WINDOW);
+    /// Takes an attempt for `username` from `address`; `account_wide` also counts it against
+    /// the account from any address (for addresses the account does not know).
+    pub async fn attempt(&self, username: &str, address: &str, account_wide: bool) -> Result<Attempt<'_>, Refusal> {
+        let in_flight = self.in_flight(address).await;
+        let mut keys = vec![
+            (format!("pair:{username}|{address}"), self.max_failures),
+            (format!("address:{address}"), self.max_failures * WIDE_FACTOR),
+        ];
+        if account_wide {
+            keys.push((format!("account:{username}"), self.max_failures * WIDE_FACTOR));
         }
-        for key in [account_key(username), address_key(address)] {
-            let entry = map.entry(key).or_insert(Failures { count: 0, last: now });
-            if now.duration_since(entry.last) >= WINDOW {
-                entry.count = 0;
+        let mut attempt = Attempt { lockout: self, taken: Vec::with_capacity(keys.len()), _in_flight: in_flight };
+        let now = now_ms();
+        for (key, limit) in keys {
+            match self.store.take_login_attempt(&key, limit, now, now - ms(FORGET_AFTER)).await {
+                Ok(None) => attempt.taken.push((key, limit)),
+                Ok(Some(blocked_until)) => {
+                    attempt.give_back().await;
+                    let wait = Duration::from_millis(u64::try_from(blocked_until - now).unwrap_or(0));
+                    return Err(Refusal::Wait(wait.max(Duration::from_secs(1))));
+                }
+                Err(e) => {
+                    attempt.give_back().await;
+                    return Err(e.into());
+                }
             }
-            entry.count = entry.count.saturating_add(1);
-            entry.last = now;
         }
+        Ok(attempt)
     }
 
-    /// Forgets the account's failures after a successful login.
-    pub fn succeeded(&self, username: &str) {
-        if let Ok(mut map) = self.failures.lock() {
-            map.remove(&account_key(username));
-        }
-    }
-
-    fn remaining(&self, f: &Failures, limit: u32, now: Instant) -> Option<Duration> {
-        if f.count < limit || now.duration_since(f.last) >= WINDOW {
-            return None;
-        }
-        let doublings = (f.count - limit).min(20);
-        let wait = self.base.saturating_mul(1u32 << doublings).min(self.max);
-        wait.checked_sub(now.duration_since(f.last)).filter(|d| !d.is_zero())
+    /// Waits for this address's attempt in flight, if any, and holds its place.
+    async fn in_flight(&self, address: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.addresses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if map.len() >= PRUNE_AT {
+                map.retain(|_, lock| lock.strong_count() > 0);
+            }
+            match map.get(address).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(address.to_owned(), Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
     }
 }
 
-fn account_key(username: &str) -> String {
-    format!("u:{username}")
-}
-
-fn address_key(address: &str) -> String {
-    format!("a:{address}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn locks_after_max_failures_and_success_unlocks_the_account() {
-        let l = Lockout::new(3, Duration::from_secs(60), Duration::from_secs(600));
-        for _ in 0..2 {
-            l.failed("bob", "1.1.1.1");
-            assert!(l.check("bob", "1.1.1.1").is_ok());
+impl Attempt<'_> {
+    /// The password was wrong: each full round blocks its key.
+    pub async fn failed(self) {
+        let store = &self.lockout.store;
+        let (base, max) = (ms(self.lockout.base), ms(self.lockout.max));
+        for (key, limit) in &self.taken {
+            if let Err(e) = store.login_attempt_failed(key, *limit, now_ms(), base, max).await {
+                tracing::warn!(error = %e, "cannot record a failed login");
+            }
         }
-        l.failed("bob", "1.1.1.1");
-        let wait = l.check("bob", "2.2.2.2").unwrap_err();
-        assert!(wait <= Duration::from_secs(60) && wait > Duration::from_secs(50));
-        l.succeeded("bob");
-        assert!(l.check("bob", "2.2.2.2").is_ok());
     }
 
-    #[test]
-    fn waits_double_up_to_the_maximum() {
-        let l = Lockout::new(1, Duration::from_secs(10), Duration::from_secs(25));
-        l.failed("a", "x");
-        l.failed("a", "x");
-        assert!(l.check("a", "y").unwrap_err() > Duration::from_secs(10));
-        for _ in 0..10 {
-            l.failed("a", "x");
+    /// The password was right: the account at this address starts afresh, and the attempt is
+    /// given back to the wider counters (other people's failures stay counted).
+    pub async fn succeeded(self) {
+        for (i, (key, _)) in self.taken.iter().enumerate() {
+            if let Err(e) = self.lockout.store.return_login_attempt(key, i == 0).await {
+                tracing::warn!(error = %e, "cannot record a successful login");
+            }
         }
-        assert!(l.check("a", "y").unwrap_err() <= Duration::from_secs(25));
     }
 
-    #[test]
-    fn an_address_gets_more_attempts_than_an_account() {
-        let l = Lockout::new(2, Duration::from_secs(10), Duration::from_secs(10));
-        for i in 0..7 {
-            l.failed(&format!("user{i}"), "9.9.9.9");
+    /// The attempt was not checked (refused by a later key, or the hasher failed).
+    pub async fn give_back(&mut self) {
+        for (key, _) in self.taken.drain(..) {
+            if let Err(e) = self.lockout.store.return_login_attempt(&key, false).await {
+                tracing::warn!(error = %e, "cannot return a login attempt");
+            }
         }
-        assert!(l.check("fresh", "9.9.9.9").is_ok());
-        l.failed("user8", "9.9.9.9");
-        assert!(l.check("fresh", "9.9.9.9").is_err());
     }
 }

@@ -8,7 +8,7 @@ use crate::time::{ms, now_ms};
 use super::accounts::normalize_username;
 use super::identity::{AuthMethod, Identity};
 use super::password::Verdict;
-use super::{Auth, secret};
+use super::{Auth, lockout, secret};
 
 /// Longest user agent stored with a session.
 const MAX_USER_AGENT: usize = 256;
@@ -39,7 +39,8 @@ pub struct NewLogin {
 }
 
 impl Auth {
-    /// Checks a password and opens a session.
+    /// Checks a password and opens a session. The attempt is taken from the throttle before the
+    /// hash is checked, and every kind of wrong login takes the same time.
     pub async fn login(
         &self,
         username: &str,
@@ -48,24 +49,38 @@ impl Auth {
         user_agent: &str,
     ) -> Result<NewLogin, LoginFailure> {
         let name = normalize_username(username).unwrap_or_default();
-        self.lockout.check(&name, address).map_err(LoginFailure::LockedOut)?;
         let user = if name.is_empty() { None } else { self.store.user_by_name(&name).await.map_err(unavailable)? };
-        let Some(user) = user else {
-            self.accounts.hasher().verify_decoy(password).await.map_err(unavailable)?;
-            self.lockout.failed(&name, address);
-            tracing::info!(target: "comfygate::audit", event = "login_failed", username = %name, address, reason = "unknown_user");
-            return Err(LoginFailure::InvalidCredentials);
+        let since = now_ms().saturating_sub(ms(lockout::KNOWN_ADDRESS_FOR));
+        let known_address = self
+            .store
+            .known_login_address(user.as_ref().map_or(-1, |u| u.id), address, since)
+            .await
+            .map_err(unavailable)?;
+        let mut attempt = self.lockout.attempt(&name, address, !known_address).await.map_err(|refusal| {
+            tracing::info!(target: "comfygate::audit", event = "login_throttled", username = %name, address);
+            refused(refusal)
+        })?;
+        let verdict = self.check_password(password, user.as_ref().map(|u| u.password_hash.as_str())).await;
+        let (user, rehash) = match (user, verdict) {
+            (Some(user), Ok(Verdict::Valid { rehash })) => (user, rehash),
+            (user, Ok(_)) => {
+                attempt.failed().await;
+                let reason = if user.is_some() { "bad_password" } else { "unknown_user" };
+                tracing::info!(target: "comfygate::audit", event = "login_failed", username = %name, address, reason);
+                return Err(LoginFailure::InvalidCredentials);
+            }
+            (_, Err(failure)) => {
+                attempt.give_back().await;
+                return Err(failure);
+            }
         };
-        let verdict = self.accounts.hasher().verify(password, &user.password_hash).await.map_err(unavailable)?;
-        let Verdict::Valid { rehash } = verdict else {
-            self.lockout.failed(&name, address);
-            tracing::info!(target: "comfygate::audit", event = "login_failed", username = %name, address, reason = "bad_password");
-            return Err(LoginFailure::InvalidCredentials);
-        };
-        self.lockout.succeeded(&name);
+        attempt.succeeded().await;
         if user.disabled {
             tracing::info!(target: "comfygate::audit", event = "login_failed", username = %name, address, reason = "disabled");
             return Err(LoginFailure::Disabled);
+        }
+        if let Err(e) = self.store.record_login_address(user.id, address, now_ms()).await {
+            tracing::warn!(error = %e, "cannot remember the address of a login");
         }
         if rehash {
             let upgraded = self.accounts.hasher().hash(password).await.map_err(unavailable)?;
@@ -98,7 +113,8 @@ impl Auth {
         })
     }
 
-    /// Re-checks the caller's password before a sensitive change (throttled like logins).
+    /// Re-checks the caller's password before a sensitive change (throttled like logins; the
+    /// caller already holds the account, so only the counters of its own address apply).
     pub async fn confirm_password(
         &self,
         identity: &Identity,
@@ -106,18 +122,31 @@ impl Auth {
         address: &str,
     ) -> Result<(), LoginFailure> {
         let name = identity.username.as_ref();
-        self.lockout.check(name, address).map_err(LoginFailure::LockedOut)?;
         let user = self.store.user_by_name(name).await.map_err(unavailable)?.ok_or(LoginFailure::InvalidCredentials)?;
-        match self.accounts.hasher().verify(password, &user.password_hash).await.map_err(unavailable)? {
-            Verdict::Valid { .. } => {
-                self.lockout.succeeded(name);
+        let mut attempt = self.lockout.attempt(name, address, false).await.map_err(refused)?;
+        match self.check_password(password, Some(&user.password_hash)).await {
+            Ok(Verdict::Valid { .. }) => {
+                attempt.succeeded().await;
                 Ok(())
             }
-            Verdict::Invalid => {
-                self.lockout.failed(name, address);
+            Ok(Verdict::Invalid) => {
+                attempt.failed().await;
+                tracing::info!(target: "comfygate::audit", event = "password_confirmation_failed", username = %name, address);
                 Err(LoginFailure::InvalidCredentials)
             }
+            Err(failure) => {
+                attempt.give_back().await;
+                Err(failure)
+            }
         }
+    }
+
+    /// One password check, timed alike for every kind of account (see
+    /// [`PasswordHasher::verify_uniformly`](super::password::PasswordHasher::verify_uniformly)).
+    async fn check_password(&self, password: &str, stored: Option<&str>) -> Result<Verdict, LoginFailure> {
+        let bcrypt_cost = self.store.max_bcrypt_cost().await.map_err(unavailable)?;
+        tracing::debug!(target: "comfygate::auth", "checking a password hash");
+        self.accounts.hasher().verify_uniformly(password, stored, bcrypt_cost).await.map_err(unavailable)
     }
 
     /// Ends the caller's session and revokes the tokens it minted without `keep` (a token
@@ -133,6 +162,13 @@ impl Auth {
             }
         }
         Ok(())
+    }
+}
+
+fn refused(refusal: lockout::Refusal) -> LoginFailure {
+    match refusal {
+        lockout::Refusal::Wait(wait) => LoginFailure::LockedOut(wait),
+        lockout::Refusal::Store(e) => unavailable(e),
     }
 }
 

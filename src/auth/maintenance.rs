@@ -67,6 +67,10 @@ impl Auth {
                 if let Err(e) = self.store.purge_sessions(now_ms(), idle_since).await {
                     tracing::warn!(error = %e, "cannot purge old sessions");
                 }
+                let quiet_since = now_ms() - ms(super::lockout::FORGET_AFTER);
+                if let Err(e) = self.store.purge_login_throttle(quiet_since).await {
+                    tracing::warn!(error = %e, "cannot purge old login counters");
+                }
             }
         }
         self.record_uses().await;

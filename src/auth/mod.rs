@@ -107,11 +107,16 @@ impl Auth {
     pub fn new(store: Arc<dyn Store>, config: AuthConfig) -> Self {
         Self {
             accounts: Accounts::new(store.clone(), &config),
-            store,
             cache: GrantCache::new(CACHE_CAPACITY),
-            lockout: lockout::Lockout::new(config.login_max_failures, config.login_lockout, config.login_lockout_max),
+            lockout: lockout::Lockout::new(
+                store.clone(),
+                config.login_max_failures,
+                config.login_lockout,
+                config.login_lockout_max,
+            ),
             config,
             applied_epoch: AtomicI64::new(-1),
+            store,
         }
     }
 

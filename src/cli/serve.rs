@@ -14,6 +14,10 @@ use super::accounts::admin_password_from_env;
 pub async fn run(config: Config) -> anyhow::Result<()> {
     super::logging::init(&config.log)?;
     let url = config.store.database_url();
+    let data_dir = &config.store.data_dir;
+    store::private::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data folder {}", data_dir.display()))?;
+    store::private::warn_if_shared(data_dir);
     let store = store::open(&url).await.context("cannot open the store")?;
 
     let admin_user = std::env::var("COMFYGATE_ADMIN_USER").unwrap_or_else(|_| "admin".to_owned());

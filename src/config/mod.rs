@@ -219,7 +219,9 @@ pub struct AuthConfig {
     pub session_absolute_timeout: Duration,
     /// Name of the session cookie.
     pub cookie_name: String,
-    /// Failed logins (per account and per client address) before a lockout starts.
+    /// Failed logins for one account from one client address before a lockout starts (an
+    /// address gets four times as many over all accounts, an account four times as many from
+    /// addresses it has not logged in from).
     pub login_max_failures: u32,
     /// First lockout; each further failure doubles it up to `login_lockout_max`.
     #[serde(with = "humantime_serde")]

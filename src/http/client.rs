@@ -65,15 +65,20 @@ impl ClientInfo {
             return Self { address: peer, forwarded_chain: from.header.clone(), https: tls, host: own_host };
         }
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-        let hops: Vec<IpAddr> = header("x-forwarded-for")
-            .map(|v| v.split(',').filter_map(|h| h.trim().parse().ok()).collect())
-            .unwrap_or_default();
-        let address = hops.iter().rev().find(|ip| !is_trusted(ip)).or(hops.first()).copied().unwrap_or(peer);
-        let forwarded_chain = match header("x-forwarded-for") {
-            Some(chain) if !chain.is_empty() => {
-                HeaderValue::try_from(format!("{chain}, {peer}")).unwrap_or_else(|_| from.header.clone())
-            }
-            _ => from.header.clone(),
+        // Every line of the header, in order: a proxy may append its own line rather than
+        // extend the client's.
+        let lines: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        let chain = lines.join(", ");
+        let address = client_address(&chain, peer, is_trusted);
+        let forwarded_chain = match chain.is_empty() {
+            false => HeaderValue::try_from(format!("{chain}, {peer}")).unwrap_or_else(|_| from.header.clone()),
+            true => from.header.clone(),
         };
         let https = match header("x-forwarded-proto").and_then(|v| v.split(',').next()) {
             Some(proto) => proto.trim().eq_ignore_ascii_case("https"),
@@ -82,6 +87,34 @@ impl ClientInfo {
         let host = headers.get("x-forwarded-host").cloned().or(own_host);
         Self { address, forwarded_chain, https, host }
     }
+}
+
+/// The client behind a trusted `peer`, from its `X-Forwarded-For` chain: the right-most entry
+/// that is not a trusted proxy (everything left of it was written by the client itself). An
+/// unreadable entry there stops the walk at the trusted hop to its right; a chain of trusted
+/// proxies only names its left-most entry.
+fn client_address(chain: &str, peer: IpAddr, is_trusted: impl Fn(&IpAddr) -> bool) -> IpAddr {
+    let hops: Vec<Option<IpAddr>> =
+        chain.split(',').map(str::trim).filter(|h| !h.is_empty()).map(hop_address).collect();
+    let mut nearest = peer;
+    for hop in hops.iter().rev() {
+        match hop {
+            Some(ip) if is_trusted(ip) => nearest = *ip,
+            Some(ip) => return *ip,
+            None => return nearest,
+        }
+    }
+    nearest
+}
+
+/// One `X-Forwarded-For` entry: `192.0.2.1`, `192.0.2.1:4711`, `2001:db8::1`, `[2001:db8::1]`
+/// or `[2001:db8::1]:4711`.
+fn hop_address(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .or_else(|_| hop.parse::<SocketAddr>().map(|s| s.ip()))
+        .or_else(|_| hop.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(hop).parse())
+        .ok()
+        .map(|ip| ip.to_canonical())
 }
 
 /// The host the request asked for: its `Host` header, or under HTTP/2 (which has none) the
@@ -136,6 +169,52 @@ mod tests {
         p.extensions.insert(ConnectInfo("198.51.100.7:5000".parse::<SocketAddr>().unwrap()));
         let c = ClientInfo::from_parts(&p, &[], true);
         assert_eq!(c.host.unwrap(), "gw.example:8443");
+    }
+
+    #[test]
+    fn the_client_is_the_right_most_untrusted_entry_of_every_forwarded_line() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()];
+        let cases: &[(&[&str], &str)] = &[
+            (&["203.0.113.5"], "203.0.113.5"),
+            (&["198.51.100.1, 203.0.113.5"], "203.0.113.5"),
+            // A proxy appending its own line: the client's forged first line is not the answer.
+            (&["198.51.100.1", "203.0.113.5"], "203.0.113.5"),
+            (&["198.51.100.1", "203.0.113.5, 10.0.0.9", "10.0.0.3"], "203.0.113.5"),
+            (&["  203.0.113.5  ,10.0.0.9 ,, "], "203.0.113.5"),
+            (&["2001:db8::7"], "2001:db8::7"),
+            (&["[2001:db8::7]:4711, 10.0.0.9"], "2001:db8::7"),
+            (&["[2001:db8::7]"], "2001:db8::7"),
+            (&["203.0.113.5:4711"], "203.0.113.5"),
+            (&["::ffff:203.0.113.5"], "203.0.113.5"),
+            (&["fd00::1, 10.0.0.9"], "fd00::1"),
+            // Garbage left of the client is the client's own business; garbage right of it
+            // stops the walk at the trusted hop that received it.
+            (&["not-an-ip, 203.0.113.5"], "203.0.113.5"),
+            (&["198.51.100.1, unknown, 10.0.0.9"], "10.0.0.9"),
+            (&["198.51.100.1, unknown"], "10.0.0.2"),
+            // Only trusted proxies: the left-most is as far as anyone knows.
+            (&["10.0.0.7, 10.0.0.9"], "10.0.0.7"),
+            (&[""], "10.0.0.2"),
+            (&[], "10.0.0.2"),
+        ];
+        for (lines, expected) in cases {
+            let mut b = http::Request::builder().uri("/").header("host", "gw:8080");
+            for line in *lines {
+                b = b.header("x-forwarded-for", *line);
+            }
+            let mut p = b.body(()).unwrap().into_parts().0;
+            p.extensions.insert(ConnectInfo("10.0.0.2:5000".parse::<SocketAddr>().unwrap()));
+            let c = ClientInfo::from_parts(&p, &trusted, false);
+            assert_eq!(c.address.to_string(), *expected, "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn every_forwarded_line_is_passed_on() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let p = parts("10.0.0.2", &[("x-forwarded-for", "198.51.100.1"), ("x-forwarded-for", "203.0.113.5")]);
+        let c = ClientInfo::from_parts(&p, &trusted, false);
+        assert_eq!(c.forwarded_chain, "198.51.100.1, 203.0.113.5, 10.0.0.2");
     }
 
     #[test]

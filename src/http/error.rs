@@ -85,6 +85,17 @@ impl ApiError {
         }
     }
 
+    /// The `Retry-After` (seconds) the response carries, if any: when a refusal ends.
+    pub fn retry_after(&self) -> Option<HeaderValue> {
+        match self {
+            ApiError::TooManyRequests { retry_after, .. } => Some(HeaderValue::from(retry_after.as_secs().max(1))),
+            ApiError::Unavailable(_) | ApiError::Unauthenticated(AuthFailure::Unavailable) => {
+                Some(HeaderValue::from(5u64))
+            }
+            _ => None,
+        }
+    }
+
     /// A stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
@@ -123,13 +134,10 @@ impl IntoResponse for ApiError {
                     headers.insert(WWW_AUTHENTICATE, v);
                 }
             }
-            ApiError::TooManyRequests { retry_after, .. } => {
-                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
-            }
-            ApiError::Unavailable(_) | ApiError::Unauthenticated(AuthFailure::Unavailable) => {
-                headers.insert(RETRY_AFTER, HeaderValue::from(5u64));
-            }
             _ => {}
+        }
+        if let Some(retry_after) = self.retry_after() {
+            headers.insert(RETRY_AFTER, retry_after);
         }
         let login_required = matches!(self, ApiError::Unauthenticated(ref f) if status == StatusCode::UNAUTHORIZED && f != &AuthFailure::Unavailable);
         response.extensions_mut().insert(ErrorPage { message, login_required });

@@ -5,6 +5,7 @@
 
 mod model;
 mod postgres;
+pub mod private;
 mod sql;
 mod sqlite;
 
@@ -35,8 +36,8 @@ pub enum StoreError {
     /// The URL names no supported database.
     #[error("unsupported database URL (use sqlite://path or postgres://...)")]
     UnsupportedUrl,
-    /// The data folder could not be created.
-    #[error("cannot create data folder {path}: {source}")]
+    /// The data folder or database file could not be created or made private.
+    #[error("cannot create {path} readable by the gateway only: {source}")]
     DataDir {
         /// The folder.
         path: String,
@@ -102,6 +103,28 @@ pub trait Store: Send + Sync + 'static {
     async fn record_session_use(&self, uses: &UseTimes) -> StoreResult<()>;
     /// Deletes revoked sessions and those past their end or idle since before `idle_since`.
     async fn purge_sessions(&self, now: i64, idle_since: i64) -> StoreResult<u64>;
+
+    /// Takes one login attempt from throttle `key`, atomically (concurrent attempts in any
+    /// process cannot all pass): `None` if granted, else the time (unix ms) the key is blocked
+    /// until (not after `now` when it is refused because `limit` attempts are still in flight).
+    /// A key quiet since before `forget_before` starts a fresh round.
+    async fn take_login_attempt(&self, key: &str, limit: i64, now: i64, forget_before: i64)
+    -> StoreResult<Option<i64>>;
+    /// A taken attempt failed: if the round is full, the key is blocked for `base_ms` (doubling
+    /// with each block, up to `max_ms`), after which one more attempt is allowed.
+    async fn login_attempt_failed(&self, key: &str, limit: i64, now: i64, base_ms: i64, max_ms: i64)
+    -> StoreResult<()>;
+    /// Gives a taken attempt back (it succeeded, or was never checked); `forget` drops the key.
+    async fn return_login_attempt(&self, key: &str, forget: bool) -> StoreResult<()>;
+    /// Deletes throttle keys quiet since before `before`.
+    async fn purge_login_throttle(&self, before: i64) -> StoreResult<u64>;
+    /// Records that `user_id` logged in from `address` at `now`.
+    async fn record_login_address(&self, user_id: i64, address: &str, now: i64) -> StoreResult<()>;
+    /// Whether `user_id` logged in from `address` at or after `since`.
+    async fn known_login_address(&self, user_id: i64, address: &str, since: i64) -> StoreResult<bool>;
+    /// The highest bcrypt cost among the stored password hashes (imported ComfyUI-Login
+    /// accounts not yet upgraded), if there are any.
+    async fn max_bcrypt_cost(&self) -> StoreResult<Option<u32>>;
 
     /// The current revocation epoch.
     async fn revocation_epoch(&self) -> StoreResult<i64>;

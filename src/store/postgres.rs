@@ -5,8 +5,9 @@ use std::time::Duration;
 use sqlx::postgres::PgPoolOptions;
 
 use super::sql::{
-    BUMP_EPOCH, ENDED_STATES, FileRow, JOB_COLUMNS, JobRow, REVOKE_SESSION_TOKENS, REVOKE_USER_SESSION_TOKENS,
-    SESSION_SELECT, SessionRow, TOKEN_SELECT, TokenRow, USER_COLUMNS, UserRow, impl_store, map_conflict,
+    BLOCK_LOGIN_KEY, BUMP_EPOCH, ENDED_STATES, FileRow, JOB_COLUMNS, JobRow, REVOKE_SESSION_TOKENS,
+    REVOKE_USER_SESSION_TOKENS, SESSION_SELECT, SessionRow, TAKE_LOGIN_ATTEMPT, TOKEN_SELECT, TokenRow, USER_COLUMNS,
+    UserRow, impl_store, map_conflict,
 };
 use super::{
     ApiToken, Job, JobState, NewSession, NewToken, NewUser, Role, Session, StoreResult, StoredFile, UseTimes, User,

@@ -223,6 +223,29 @@ pub(super) const REVOKE_SESSION_TOKENS: &str = "UPDATE api_tokens SET revoked_at
 
 pub(super) const BUMP_EPOCH: &str = "UPDATE revocation_epoch SET epoch = epoch + 1 WHERE id = 1";
 
+/// Takes one attempt from key `$1` at `$2` (a key quiet since before `$3` starts afresh) unless
+/// it is blocked or `$4` attempts are failed or in flight: one statement, so atomic in both
+/// databases. Returns a row only when granted.
+pub(super) const TAKE_LOGIN_ATTEMPT: &str = "INSERT INTO login_throttle \
+     (throttle_key, attempts, lock_ms, blocked_until, updated_at) VALUES ($1, 1, 0, 0, $2) \
+     ON CONFLICT (throttle_key) DO UPDATE SET \
+     attempts = CASE WHEN login_throttle.updated_at < $3 AND login_throttle.blocked_until <= $2 THEN 1 \
+                     ELSE login_throttle.attempts + 1 END, \
+     lock_ms = CASE WHEN login_throttle.updated_at < $3 AND login_throttle.blocked_until <= $2 THEN 0 \
+                    ELSE login_throttle.lock_ms END, \
+     updated_at = $2 \
+     WHERE login_throttle.blocked_until <= $2 \
+     AND (login_throttle.updated_at < $3 OR login_throttle.attempts < $4) \
+     RETURNING attempts";
+
+/// After a failed attempt on key `$1` whose round of `$2` is full: blocks it at `$3` for
+/// `$4` ms, doubling the previous block up to `$5`, and leaves one attempt for after the block.
+pub(super) const BLOCK_LOGIN_KEY: &str = "UPDATE login_throttle SET \
+     lock_ms = CASE WHEN lock_ms = 0 THEN $4 WHEN lock_ms * 2 > $5 THEN $5 ELSE lock_ms * 2 END, \
+     blocked_until = $3 + CASE WHEN lock_ms = 0 THEN $4 WHEN lock_ms * 2 > $5 THEN $5 ELSE lock_ms * 2 END, \
+     attempts = $2 - 1 \
+     WHERE throttle_key = $1 AND attempts >= $2";
+
 pub(super) fn map_conflict(what: &str, e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what.to_owned()),
@@ -349,6 +372,7 @@ macro_rules! impl_store {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query("DELETE FROM api_tokens WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
                 sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM login_addresses WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
                 sqlx::query("DELETE FROM users WHERE id = $1").bind(user_id).execute(&mut *tx).await?;
                 sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
                 tx.commit().await?;
@@ -492,6 +516,104 @@ macro_rules! impl_store {
                 .execute(&self.pool)
                 .await?
                 .rows_affected())
+            }
+
+            async fn take_login_attempt(
+                &self,
+                key: &str,
+                limit: i64,
+                now: i64,
+                forget_before: i64,
+            ) -> StoreResult<Option<i64>> {
+                let granted: Option<i64> = sqlx::query_scalar(TAKE_LOGIN_ATTEMPT)
+                    .bind(key)
+                    .bind(now)
+                    .bind(forget_before)
+                    .bind(limit)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                if granted.is_some() {
+                    return Ok(None);
+                }
+                let until: Option<i64> =
+                    sqlx::query_scalar("SELECT blocked_until FROM login_throttle WHERE throttle_key = $1")
+                        .bind(key)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Ok(Some(until.unwrap_or(0)))
+            }
+
+            async fn login_attempt_failed(
+                &self,
+                key: &str,
+                limit: i64,
+                now: i64,
+                base_ms: i64,
+                max_ms: i64,
+            ) -> StoreResult<()> {
+                sqlx::query(BLOCK_LOGIN_KEY)
+                    .bind(key)
+                    .bind(limit)
+                    .bind(now)
+                    .bind(base_ms)
+                    .bind(max_ms)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn return_login_attempt(&self, key: &str, forget: bool) -> StoreResult<()> {
+                let sql = if forget {
+                    "DELETE FROM login_throttle WHERE throttle_key = $1"
+                } else {
+                    "UPDATE login_throttle SET attempts = attempts - 1 WHERE throttle_key = $1 AND attempts > 0"
+                };
+                sqlx::query(sql).bind(key).execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn purge_login_throttle(&self, before: i64) -> StoreResult<u64> {
+                Ok(sqlx::query("DELETE FROM login_throttle WHERE updated_at < $1 AND blocked_until < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected())
+            }
+
+            async fn record_login_address(&self, user_id: i64, address: &str, now: i64) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO login_addresses (user_id, address, last_login_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_id, address) DO UPDATE SET last_login_at = excluded.last_login_at",
+                )
+                .bind(user_id)
+                .bind(address)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn known_login_address(&self, user_id: i64, address: &str, since: i64) -> StoreResult<bool> {
+                let found: Option<i64> = sqlx::query_scalar(
+                    "SELECT user_id FROM login_addresses WHERE user_id = $1 AND address = $2 AND last_login_at >= $3",
+                )
+                .bind(user_id)
+                .bind(address)
+                .bind(since)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(found.is_some())
+            }
+
+            async fn max_bcrypt_cost(&self) -> StoreResult<Option<u32>> {
+                // `$2b$12$...`: the cost is the two digits after the second `$`.
+                let cost: Option<String> = sqlx::query_scalar(
+                    "SELECT MAX(SUBSTR(password_hash, 5, 2)) FROM users WHERE password_hash LIKE $1",
+                )
+                .bind("$2_$__$%")
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(cost.and_then(|c| c.parse().ok()))
             }
 
             async fn revocation_epoch(&self) -> StoreResult<i64> {

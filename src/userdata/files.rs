@@ -8,7 +8,7 @@ use http::header::{CONTENT_DISPOSITION, CONTENT_TYPE, HeaderValue};
 use serde_json::Value;
 
 use super::reply;
-use super::store::{UserDataError, UserDir, exists, file_info, in_the_way};
+use super::store::{UserDataError, UserDir, create_private_dir, exists, file_info, in_the_way};
 use crate::policy::content;
 
 /// The one file the frontend loads as a stylesheet from user data.
@@ -82,7 +82,7 @@ pub(super) async fn rename(
             return Err(UserDataError::Exists);
         }
         if let Some(parent) = dest.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(in_the_way)?;
+            create_private_dir(parent).await?;
         }
         tokio::fs::rename(&source, &dest).await.map_err(in_the_way)?;
     }

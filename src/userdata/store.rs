@@ -20,6 +20,7 @@ use super::reply;
 use crate::config::UserDataConfig;
 use crate::policy::NameError;
 use crate::policy::names::resolve_relative;
+use crate::store::private;
 
 /// Temporary files start with this; listings and quotas leave them out.
 pub(super) const TEMP_PREFIX: &str = ".comfygate-tmp-";
@@ -214,7 +215,7 @@ impl UserDir {
     pub(super) async fn write_bytes(&self, target: &Path, bytes: &[u8]) -> Result<(), UserDataError> {
         let temp = self.temp_beside(target).await?;
         let written = async {
-            let mut file = tokio::fs::File::create(&temp).await?;
+            let mut file = create_private_file(&temp).await?;
             file.write_all(bytes).await?;
             file.sync_data().await?;
             Ok::<_, io::Error>(bytes.len() as u64)
@@ -232,7 +233,7 @@ impl UserDir {
     /// A fresh temporary name in `target`'s folder (created with its parents).
     async fn temp_beside(&self, target: &Path) -> Result<PathBuf, UserDataError> {
         let parent = target.parent().unwrap_or(&self.root);
-        tokio::fs::create_dir_all(parent).await.map_err(in_the_way)?;
+        create_private_dir(parent).await?;
         Ok(parent.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple())))
     }
 
@@ -282,6 +283,23 @@ pub(super) async fn file_info(path: &Path, relative: &str) -> Result<Value, User
     }))
 }
 
+/// Creates `folder` and its missing parents, readable by the gateway only.
+pub(super) async fn create_private_dir(folder: &Path) -> Result<(), UserDataError> {
+    let folder = folder.to_path_buf();
+    tokio::task::spawn_blocking(move || private::create_dir_all(&folder))
+        .await
+        .map_err(|e| UserDataError::Io(io::Error::other(e)))?
+        .map_err(in_the_way)
+}
+
+/// A new file at `path` (truncated if it exists), readable by the gateway only.
+async fn create_private_file(path: &Path) -> io::Result<tokio::fs::File> {
+    let path = path.to_path_buf();
+    let file =
+        tokio::task::spawn_blocking(move || private::open_for_writing(&path)).await.map_err(io::Error::other)??;
+    Ok(tokio::fs::File::from_std(file))
+}
+
 /// Whether something exists at `path`.
 pub(super) async fn exists(path: &Path) -> bool {
     tokio::fs::symlink_metadata(path).await.is_ok()
@@ -299,7 +317,7 @@ pub(super) fn in_the_way(e: io::Error) -> UserDataError {
 }
 
 async fn stream_to(temp: &Path, body: Body, limit: u64) -> Result<u64, UserDataError> {
-    let mut file = tokio::fs::File::create(temp).await?;
+    let mut file = create_private_file(temp).await?;
     let mut stream = body.into_data_stream();
     let mut written: u64 = 0;
     while let Some(chunk) = stream.next().await {

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use cookie::SameSite;
 use http::StatusCode;
-use http::header::SET_COOKIE;
+use http::header::{RETRY_AFTER, SET_COOKIE};
 use serde::Deserialize;
 
 use super::cookies::set_cookie;
@@ -87,7 +87,7 @@ pub async fn create_token(
             | ApiError::Conflict(_)
             | ApiError::Forbidden(_)
             | ApiError::TooManyRequests { .. }),
-        ) => render(&app, &caller, e.status(), None, Some(&e.to_string())).await,
+        ) => refused(&app, &caller, e).await,
         Err(e) => Err(e),
     }
 }
@@ -127,10 +127,19 @@ pub async fn change_password(
             Ok(response)
         }
         Err(e @ (ApiError::BadRequest(_) | ApiError::Unauthenticated(_) | ApiError::TooManyRequests { .. })) => {
-            render(&app, &caller, e.status(), None, Some(&e.to_string())).await
+            refused(&app, &caller, e).await
         }
         Err(e) => Err(e),
     }
+}
+
+/// The account page saying why a form was refused (and, for a throttled one, when to retry).
+async fn refused(app: &AppState, caller: &Caller, e: ApiError) -> Result<Response, ApiError> {
+    let mut response = render(app, caller, e.status(), None, Some(&e.to_string())).await?;
+    if let Some(retry_after) = e.retry_after() {
+        response.headers_mut().insert(RETRY_AFTER, retry_after);
+    }
+    Ok(response)
 }
 
 async fn render(

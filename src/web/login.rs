@@ -5,14 +5,14 @@ use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use cookie::SameSite;
 use http::header::{RETRY_AFTER, SET_COOKIE, USER_AGENT};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
 use super::cookies::set_cookie;
 use super::csrf;
 use super::page::{escape, layout, safe_next, with_page_headers};
 use crate::auth::credentials::cookie_value;
-use crate::auth::{LoginFailure, Presented, secret};
+use crate::auth::{Presented, secret};
 use crate::http::{ApiError, Caller, ClientInfo};
 use crate::policy::origin;
 use crate::state::AppState;
@@ -94,10 +94,11 @@ pub async fn submit(
             response
         }
         Err(failure) => {
-            let status = ApiError::from(failure.clone()).status();
-            let mut response = render(&client, status, &form.next, None, Some(&failure.to_string()), &form.username);
-            if let LoginFailure::LockedOut(wait) = failure {
-                response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+            let error = ApiError::from(failure);
+            let mut response =
+                render(&client, error.status(), &form.next, None, Some(&error.to_string()), &form.username);
+            if let Some(retry_after) = error.retry_after() {
+                response.headers_mut().insert(RETRY_AFTER, retry_after);
             }
             response
         }
