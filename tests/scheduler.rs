@@ -222,7 +222,7 @@ async fn history_and_view_are_answered_by_the_backend_that_ran_the_job() {
     let (_, all) = gw.get_json("/history", &Auth::Bearer(&admin)).await;
     assert_eq!(all.as_object().unwrap().len(), 2, "from both backends");
     // ComfyUI's order: oldest first; `max_items` alone gives the latest ones.
-    assert_eq!(all.as_object().unwrap().keys().last(), last.as_object().unwrap().keys().next());
+    assert_eq!(all.as_object().unwrap().keys().next_back(), last.as_object().unwrap().keys().next());
     let (_, first) = gw.get_json("/history?max_items=1&offset=0", &Auth::Bearer(&admin)).await;
     assert_eq!(all.as_object().unwrap().keys().next(), first.as_object().unwrap().keys().next());
 }
