@@ -66,6 +66,9 @@ async fn drip(addr: SocketAddr, start: &[u8], drip: &[u8], every: Duration, dead
                 break;
             }
         }
+        // Kept open: dropping the writer would end the request, not time it out.
+        std::future::pending::<()>().await;
+        drop(writer);
     });
     let elapsed = closed_after(reader, since, deadline).await;
     dripping.abort();
