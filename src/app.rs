@@ -67,7 +67,7 @@ pub async fn start(app: App) -> Result<Running, StartError> {
     tracing::info!(
         open_file_limit = open_files,
         max_connections = limits.max_total(),
-        max_connections_per_address = server.max_connections_per_address,
+        max_connections_per_address = limits.max_per_address(),
         "connection limits"
     );
     let app: AppState = Arc::new(app);

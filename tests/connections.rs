@@ -203,6 +203,18 @@ async fn connections_beyond_the_cap_per_address_get_429_until_some_close() {
     drop(open);
     served_again(&gw, 429).await;
     assert!(gw.stderr().contains("max_connections_per_address"), "{}", gw.stderr());
+
+    // Upgraded connections count as long as they are open.
+    let token = gw.token("admin", "ws").await;
+    let mut sockets = Vec::new();
+    for i in 0..5 {
+        let url = format!("ws://{}/ws?clientId=c{i}&token={token}", gw.addr);
+        sockets.push(tokio_tungstenite::connect_async(url).await.unwrap().0);
+    }
+    let (status, head, _) = raw_request(gw.addr, b"GET /comfygate/api/whoami HTTP/1.1\r\nHost: gw", b"").await;
+    assert_eq!(status, 429, "{head}");
+    drop(sockets);
+    served_again(&gw, 429).await;
 }
 
 #[tokio::test]
@@ -272,7 +284,10 @@ impl LimitedGateway {
                 None => cmd.env_remove(key),
             };
         }
-        cmd.env("COMFYGATE_ADMIN_PASSWORD", ADMIN_PW).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.env("COMFYGATE_ADMIN_PASSWORD", ADMIN_PW)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let stderr = Arc::new(Mutex::new(String::new()));
         let (sink, pipe) = (stderr.clone(), child.stderr.take().unwrap());

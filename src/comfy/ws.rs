@@ -43,11 +43,8 @@ pub async fn upgrade(app: &AppState, caller: Caller, req: Request<Body>) -> Resu
     // Idle sockets stay cheap: small read buffer, writes go out at once. Clients send small
     // JSON: a larger message (or frame) closes the socket before it is buffered.
     let max_message = usize::try_from(app.config.server.max_websocket_message.as_u64()).unwrap_or(usize::MAX);
-    let ws = ws
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_message_size(max_message)
-        .max_frame_size(max_message);
+    let ws =
+        ws.read_buffer_size(READ_BUFFER).write_buffer_size(0).max_message_size(max_message).max_frame_size(max_message);
     Ok(ws.on_upgrade(move |socket| serve(app, caller, client_id, socket)))
 }
 

@@ -65,7 +65,9 @@ impl Activity {
         loop {
             let state = *changes.borrow_and_update();
             let (deadline, why) = match state {
-                State { in_progress: 0, requests: 0, idle_since } => (idle_since + deadlines.first_head, Expired::NoRequest),
+                State { in_progress: 0, requests: 0, idle_since } => {
+                    (idle_since + deadlines.first_head, Expired::NoRequest)
+                }
                 State { in_progress: 0, idle_since, .. } => (idle_since + deadlines.idle, Expired::Idle),
                 _ => {
                     // The sender lives as long as `self`: `changed` fails only while dropping.

@@ -1,12 +1,17 @@
 //! How many client connections may be open: in total and per address (the TCP peer's: a
 //! forwarded address is not known before the request head), within what the open file limit
-//! allows. Refusals and accept errors are logged at most once per [`LOG_EVERY`].
+//! allows. A connection counts until its socket closes, upgraded or not. Refusals and accept
+//! errors are logged at most once per [`LOG_EVERY`].
 
 use std::collections::HashMap;
+use std::io;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
 /// Descriptors kept for everything that is not a client connection: the listener, the store,
@@ -89,6 +94,11 @@ impl ConnectionLimits {
         self.max_total
     }
 
+    /// The cap per address in force.
+    pub fn max_per_address(&self) -> usize {
+        self.max_per_address
+    }
+
     /// Counts a new connection from `ip`, or tells why it is refused. A refused connection
     /// that should be answered gets a [`Slot`] too (counted apart); `Err(None)` means close it
     /// at once (too many refusals are being answered already).
@@ -168,6 +178,52 @@ impl ConnectionLimits {
 pub struct Slot {
     limits: Arc<ConnectionLimits>,
     kind: SlotKind,
+}
+
+impl Slot {
+    /// Ties the slot to the connection's socket, so it stays counted as long as the socket is
+    /// open: after an upgrade (WebSockets) too, when hyper hands the socket on.
+    pub fn hold<I>(self, io: I) -> Counted<I> {
+        Counted { io, _slot: self }
+    }
+}
+
+/// A socket counted against the caps until it is dropped.
+pub struct Counted<I> {
+    io: I,
+    _slot: Slot,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 enum SlotKind {

@@ -50,8 +50,8 @@ impl Edge {
     /// Answers one request that came on `conn`.
     pub async fn handle(&self, conn: &Connection, req: http::Request<Incoming>) -> Response {
         // Most requests have no body: nothing to box.
-        let mut req =
-            req.map(|body| if http_body::Body::is_end_stream(&body) { Body::empty() } else { self.body_rate.apply(body) });
+        let mut req = req
+            .map(|body| if http_body::Body::is_end_stream(&body) { Body::empty() } else { self.body_rate.apply(body) });
         let id = request_id::ensure(req.headers_mut());
         let mut response = if self.direct
             && !crate::web::is_own_path(req.uri().path())

@@ -203,13 +203,13 @@ impl Client {
         F: Fn(http::Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response> + Send + 'static,
     {
-        let _slot = slot;
         let Client { stream, peer, tls, shutdown } = self;
         match tokio::time::timeout(rules.first_byte, stream.peek(&mut [0; 1])).await {
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return,
             Err(_) => return tracing::debug!(%peer, "closing a connection that sent nothing"),
         }
+        let stream = slot.hold(stream);
         let first_byte = Instant::now();
         let activity = Arc::new(Activity::new(first_byte));
         let service = {
