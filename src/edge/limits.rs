@@ -12,7 +12,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 
 /// Descriptors kept for everything that is not a client connection: the listener, the store,
 /// health checks, monitor sockets, logs.
@@ -48,7 +47,6 @@ pub struct ConnectionLimits {
     max_per_address: usize,
     max_refusals: usize,
     open: Mutex<Open>,
-    closed: Notify,
     refusals_logged: LogThrottle,
 }
 
@@ -84,7 +82,6 @@ impl ConnectionLimits {
             max_per_address: max_per_address.min(total),
             max_refusals: refusals,
             open: Mutex::new(Open::default()),
-            closed: Notify::new(),
             refusals_logged: LogThrottle::default(),
         }
     }
@@ -126,17 +123,6 @@ impl ConnectionLimits {
         Err((refusal.0, slot))
     }
 
-    /// Resolves once no counted connection is open.
-    pub async fn all_closed(&self) {
-        loop {
-            let closed = self.closed.notified();
-            if self.open.lock().map(|open| open.total == 0 && open.refusing == 0).unwrap_or(true) {
-                return;
-            }
-            closed.await;
-        }
-    }
-
     fn release(&self, kind: &SlotKind) {
         let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match kind {
@@ -151,8 +137,6 @@ impl ConnectionLimits {
             }
             SlotKind::Refusal => open.refusing = open.refusing.saturating_sub(1),
         }
-        drop(open);
-        self.closed.notify_waiters();
     }
 
     fn log_refusal(&self, refusal: Refusal, ip: IpAddr) {

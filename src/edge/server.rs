@@ -99,6 +99,8 @@ pub async fn serve(
         deadlines: Deadlines { first_head: rules.deadlines.first_head.min(REFUSAL_DEADLINE), idle: Duration::ZERO },
     };
     let edge = Arc::new(edge);
+    // Each connection task holds a sender: the channel closes once every task has ended.
+    let (tasks_running, mut all_tasks_ended) = tokio::sync::mpsc::channel::<Infallible>(1);
     let accept_failures = LogThrottle::default();
     let mut backoff = ACCEPT_BACKOFF.0;
     loop {
@@ -125,7 +127,8 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let client = Client { stream, peer, tls: tls.clone(), shutdown: shutdown.clone() };
+        let client =
+            Client { stream, peer, tls: tls.clone(), shutdown: shutdown.clone(), _running: tasks_running.clone() };
         match limits.admit(peer.ip()) {
             Ok(slot) => {
                 let (edge, builder) = (edge.clone(), serving.clone());
@@ -143,8 +146,9 @@ pub async fn serve(
             Err((_, None)) => {} // dropped: closed unanswered
         }
     }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, limits.all_closed()).await.is_err() {
+    drop((listener, tasks_running));
+    // Upgraded connections (WebSockets) are on their own by then: only HTTP is drained.
+    if tokio::time::timeout(DRAIN_TIMEOUT, all_tasks_ended.recv()).await.is_err() {
         tracing::warn!("some connections were still open after {} s", DRAIN_TIMEOUT.as_secs());
     }
 }
@@ -193,6 +197,7 @@ struct Client {
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     shutdown: watch::Receiver<bool>,
+    _running: tokio::sync::mpsc::Sender<Infallible>,
 }
 
 impl Client {
@@ -203,7 +208,7 @@ impl Client {
         F: Fn(http::Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response> + Send + 'static,
     {
-        let Client { stream, peer, tls, shutdown } = self;
+        let Client { stream, peer, tls, shutdown, _running } = self;
         match tokio::time::timeout(rules.first_byte, stream.peek(&mut [0; 1])).await {
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return,
