@@ -57,13 +57,27 @@ pub async fn start(app: App) -> Result<Running, StartError> {
         Some(t) => Some(edge::server::tls_acceptor(&t.cert_file, &t.key_file)?),
         None => None,
     };
-    let header_read_timeout = app.config.server.header_read_timeout;
+    let open_files = edge::limits::raise_open_file_limit();
+    let server = app.config.server.clone();
+    let limits = Arc::new(edge::limits::ConnectionLimits::new(
+        server.max_connections,
+        server.max_connections_per_address,
+        open_files,
+    ));
+    tracing::info!(
+        open_file_limit = open_files,
+        max_connections = limits.max_total(),
+        max_connections_per_address = limits.max_per_address(),
+        "connection limits"
+    );
     let app: AppState = Arc::new(app);
     let (shutdown, watch_shutdown) = watch::channel(false);
     let maintenance = tokio::spawn(app.auth.clone().maintain(app.instance.clone(), watch_shutdown.clone()));
     let scheduling = spawn_scheduling(&app, &watch_shutdown);
-    let server =
-        tokio::spawn(edge::server::serve(listener, edge::Edge::new(app), tls, header_read_timeout, watch_shutdown));
+    let edge = edge::Edge::new(app);
+    let server = tokio::spawn(async move {
+        edge::server::serve(listener, edge, tls, &server, limits, watch_shutdown).await;
+    });
     let mut tasks = vec![server, maintenance];
     tasks.extend(scheduling);
     Ok(Running { addr, shutdown, tasks })

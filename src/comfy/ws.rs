@@ -9,6 +9,7 @@ use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 use crate::http::{ApiError, Caller};
 use crate::scheduler::delivery::{Outgoing, status_message};
@@ -19,6 +20,10 @@ const READ_BUFFER: usize = 4 * 1024;
 
 /// Longest `clientId` accepted.
 const MAX_CLIENT_ID: usize = 128;
+
+/// Time a frame may take to be written to the client: a client that stops reading is
+/// disconnected, its frames are not kept for it.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Upgrades the request and serves the socket.
 pub async fn upgrade(app: &AppState, caller: Caller, req: Request<Body>) -> Result<Response, ApiError> {
@@ -35,8 +40,11 @@ pub async fn upgrade(app: &AppState, caller: Caller, req: Request<Body>) -> Resu
         .await
         .map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade: {}", e.body_text())))?;
     let app = app.clone();
-    // Idle sockets stay cheap: small read buffer, writes go out at once.
-    let ws = ws.read_buffer_size(READ_BUFFER).write_buffer_size(0);
+    // Idle sockets stay cheap: small read buffer, writes go out at once. Clients send small
+    // JSON: a larger message (or frame) closes the socket before it is buffered.
+    let max_message = usize::try_from(app.config.server.max_websocket_message.as_u64()).unwrap_or(usize::MAX);
+    let ws =
+        ws.read_buffer_size(READ_BUFFER).write_buffer_size(0).max_message_size(max_message).max_frame_size(max_message);
     Ok(ws.on_upgrade(move |socket| serve(app, caller, client_id, socket)))
 }
 
@@ -45,7 +53,7 @@ async fn serve(app: AppState, caller: Caller, client_id: String, socket: WebSock
     let mut frames = app.scheduler.subscribe(user, &client_id);
     let (mut sink, mut stream) = socket.split();
     let first = status_message(app.scheduler.queue_remaining(), Some(&client_id));
-    if sink.send(Message::Text(first.into())).await.is_err() {
+    if !send(&mut sink, Message::Text(first.into())).await {
         return;
     }
     let revoked = app.auth.clone().until_invalid(caller.presented.clone());
@@ -58,14 +66,14 @@ async fn serve(app: AppState, caller: Caller, client_id: String, socket: WebSock
                     Some(Outgoing::Binary(data)) => Message::Binary(data),
                     None => break,
                 };
-                if sink.send(message).await.is_err() {
+                if !send(&mut sink, message).await {
                     break;
                 }
             }
             incoming = stream.next() => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     if let Some(reply) = answer(text.as_str()) {
-                        if sink.send(Message::Text(reply.into())).await.is_err() {
+                        if !send(&mut sink, Message::Text(reply.into())).await {
                             break;
                         }
                     }
@@ -78,6 +86,17 @@ async fn serve(app: AppState, caller: Caller, client_id: String, socket: WebSock
                 let _ = sink.send(Message::Close(None)).await;
                 break;
             }
+        }
+    }
+}
+
+/// Writes one message; false if the socket failed or the client did not take it in time.
+async fn send(sink: &mut futures_util::stream::SplitSink<WebSocket, Message>, message: Message) -> bool {
+    match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
+        Ok(result) => result.is_ok(),
+        Err(_) => {
+            tracing::info!("closing a WebSocket whose client stopped reading");
+            false
         }
     }
 }

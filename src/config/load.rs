@@ -142,6 +142,7 @@ impl Config {
         if self.server.workers > MAX_WORKERS {
             return Err(("server.workers".to_owned(), format!("at most {MAX_WORKERS} (0: one per CPU)")));
         }
+        self.validate_server()?;
         let s = &self.scheduler;
         if s.health_interval.is_zero() || s.health_timeout.is_zero() || s.capabilities_refresh.is_zero() {
             return Err(("scheduler.health_interval".to_owned(), "intervals must be greater than zero".to_owned()));
@@ -189,7 +190,37 @@ impl Config {
         }
         Ok(())
     }
+
+    fn validate_server(&self) -> Result<(), (String, String)> {
+        let server = &self.server;
+        let timeouts = [
+            ("first_byte_timeout", server.first_byte_timeout),
+            ("header_read_timeout", server.header_read_timeout),
+            ("idle_timeout", server.idle_timeout),
+            ("http2_keepalive_interval", server.http2_keepalive_interval),
+            ("body_rate_period", server.body_rate_period),
+        ];
+        if let Some((key, _)) = timeouts.iter().find(|(_, d)| d.is_zero()) {
+            return Err((format!("server.{key}"), "must be greater than zero".to_owned()));
+        }
+        if server.max_connections == 0 {
+            return Err(("server.max_connections".to_owned(), "must be at least 1".to_owned()));
+        }
+        if server.max_connections_per_address == 0 {
+            return Err(("server.max_connections_per_address".to_owned(), "must be at least 1".to_owned()));
+        }
+        if server.max_websocket_message.as_u64() < MIN_WEBSOCKET_MESSAGE {
+            return Err((
+                "server.max_websocket_message".to_owned(),
+                format!("must be at least {MIN_WEBSOCKET_MESSAGE} bytes"),
+            ));
+        }
+        Ok(())
+    }
 }
+
+/// ComfyUI's own client messages (`feature_flags`) take a few hundred bytes.
+const MIN_WEBSOCKET_MESSAGE: u64 = 1024;
 
 /// More request threads than this is a typo, not a machine.
 const MAX_WORKERS: usize = 1024;
@@ -348,6 +379,21 @@ mod tests {
         let err = Config::from_toml("[server]\nworkers = 100000\n").unwrap_err().to_string();
         assert!(err.contains("server.workers") && err.contains("at most 1024"), "{err}");
         assert_eq!(Config::from_toml("[server]\nworkers = 1\n").unwrap().server.workers, 1);
+    }
+
+    #[test]
+    fn connection_limits_are_validated() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!((c.server.max_connections, c.server.max_connections_per_address), (10_000, 256));
+        assert_eq!(c.server.idle_timeout.as_secs(), 75);
+        let err = Config::from_toml("[server]\nfirst_byte_timeout = \"0s\"\n").unwrap_err().to_string();
+        assert!(err.contains("server.first_byte_timeout"), "{err}");
+        let err = Config::from_toml("[server]\nmax_connections_per_address = 0\n").unwrap_err().to_string();
+        assert!(err.contains("server.max_connections_per_address"), "{err}");
+        let err = Config::from_toml("[server]\nmax_websocket_message = \"10B\"\n").unwrap_err().to_string();
+        assert!(err.contains("server.max_websocket_message"), "{err}");
+        let c = Config::from_toml("[server]\nmin_body_rate = \"0B\"\nidle_timeout = \"5s\"\n").unwrap();
+        assert_eq!((c.server.min_body_rate.as_u64(), c.server.idle_timeout.as_secs()), (0, 5));
     }
 
     #[test]

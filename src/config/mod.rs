@@ -149,9 +149,34 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Largest request body forwarded to a backend (uploads), checked while streaming.
     pub max_request_body: ByteSize,
-    /// Time allowed for a client to send its request headers.
+    /// Time allowed for a new connection's first byte (a silent socket is closed then).
+    #[serde(with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
+    /// Time allowed for a request's headers; for a connection's first request it counts from
+    /// its first byte and covers the TLS handshake and the HTTP/1-or-2 detection.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// A connection with no request in progress for this long is closed (HTTP/1 keep-alive
+    /// and HTTP/2 alike).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How often an HTTP/2 client is pinged; one that does not answer within as long again is
+    /// disconnected.
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_interval: Duration,
+    /// Slowest request body accepted, in bytes per second, measured over each
+    /// `body_rate_period` the gateway waits for it (0: no minimum).
+    pub min_body_rate: ByteSize,
+    /// The window `min_body_rate` is measured over; also the grace a body has to start.
+    #[serde(with = "humantime_serde")]
+    pub body_rate_period: Duration,
+    /// Client connections open at once; more are answered 503 (also lowered to fit the open
+    /// file limit).
+    pub max_connections: usize,
+    /// Client connections open at once from one address (the TCP peer's); more are answered 429.
+    pub max_connections_per_address: usize,
+    /// Largest message (and frame) a client may send on a WebSocket the gateway answers (`/ws`).
+    pub max_websocket_message: ByteSize,
     /// Threads serving requests; 0: one per CPU available to the process (or
     /// `TOKIO_WORKER_THREADS`). With one, the single-threaded scheduler is used.
     pub workers: usize,
@@ -165,7 +190,15 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             tls: None,
             max_request_body: ByteSize::gib(2),
+            first_byte_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            http2_keepalive_interval: Duration::from_secs(20),
+            min_body_rate: ByteSize::kib(1),
+            body_rate_period: Duration::from_secs(20),
+            max_connections: 10_000,
+            max_connections_per_address: 256,
+            max_websocket_message: ByteSize::mib(1),
             workers: 0,
         }
     }

@@ -2,8 +2,11 @@
 //! gateway's own routes ([`crate::web`]) or the [`gate`] to ComfyUI ([`crate::comfy`] and the
 //! generic proxy). It sits above the handlers; what they share is in [`crate::http`].
 
+pub mod activity;
+pub mod body_rate;
 pub mod browser;
 pub mod gate;
+pub mod limits;
 pub mod request_id;
 pub mod server;
 
@@ -31,30 +34,34 @@ pub struct Edge {
     app: AppState,
     router: Router,
     direct: bool,
+    body_rate: body_rate::BodyRate,
 }
 
 impl Edge {
     /// The edge of `app`.
     pub fn new(app: AppState) -> Self {
         let direct = !tracing::enabled!(tracing::Level::DEBUG);
-        Self { router: router(app.clone()), app, direct }
+        let server = &app.config.server;
+        let body_rate =
+            body_rate::BodyRate { min_bytes_per_sec: server.min_body_rate.as_u64(), period: server.body_rate_period };
+        Self { router: router(app.clone()), app, direct, body_rate }
     }
 
     /// Answers one request that came on `conn`.
-    pub async fn handle(&self, conn: &Connection, mut req: http::Request<Incoming>) -> Response {
+    pub async fn handle(&self, conn: &Connection, req: http::Request<Incoming>) -> Response {
+        // Most requests have no body: nothing to box.
+        let mut req = req
+            .map(|body| if http_body::Body::is_end_stream(&body) { Body::empty() } else { self.body_rate.apply(body) });
         let id = request_id::ensure(req.headers_mut());
         let mut response = if self.direct
             && !crate::web::is_own_path(req.uri().path())
             && !browser::is_navigation(req.method(), req.headers())
         {
-            // Most requests have no body: nothing to box.
-            let req =
-                req.map(|body| if http_body::Body::is_end_stream(&body) { Body::empty() } else { Body::new(body) });
             gate::pass(&self.app, &conn.peer, Some(&conn.memo), req).await
         } else {
             req.extensions_mut().insert(ConnectInfo(conn.addr));
             // Boxed, like every path but the plain forward: it keeps the hot future small.
-            match Box::pin(self.router.clone().oneshot(req.map(Body::new))).await {
+            match Box::pin(self.router.clone().oneshot(req)).await {
                 Ok(response) => response,
                 Err(never) => match never {},
             }

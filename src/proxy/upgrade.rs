@@ -5,6 +5,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 /// Small buffers keep thousands of idle sockets cheap; ComfyUI's frames are small or streamed.
+/// They are also all a tunnel ever holds: bytes are copied, never reassembled into messages,
+/// and a side that stops reading stops the copy towards it (no queue grows behind it).
 const BUFFER: usize = 4 * 1024;
 
 /// Resolves when the connection must be closed (its credential was revoked).

@@ -17,8 +17,10 @@ pub enum Outgoing {
     Binary(Bytes),
 }
 
-/// Frames a slow client may have waiting before the oldest previews are dropped.
+/// Frames a slow client may have waiting; one whose queue is full is disconnected.
 const CLIENT_BUFFER: usize = 1024;
+/// Previews are dropped while this many frames wait: the rest of the queue is kept for events.
+const PREVIEWS_WHILE_FEWER_THAN: usize = 64;
 
 /// Connected clients by `(user id, clientId)`.
 #[derive(Default)]
@@ -36,26 +38,37 @@ impl Subscribers {
         rx
     }
 
-    /// Sends to one client, if connected; a full buffer drops the frame (previews first).
+    /// Sends to one client, if connected. A slow client misses previews first; one that
+    /// cannot take an event any more is disconnected (its socket closes), never left behind.
     pub fn send(&self, user_id: i64, client_id: &str, frame: Outgoing) {
         let Ok(mut clients) = self.clients.lock() else { return };
         let key = (user_id, client_id.to_owned());
         let Some(tx) = clients.get(&key) else { return };
-        match tx.try_send(frame) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => tracing::debug!(user_id, "client too slow: frame dropped"),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                clients.remove(&key);
-            }
+        let waiting = tx.max_capacity() - tx.capacity();
+        if matches!(frame, Outgoing::Binary(_)) && waiting >= PREVIEWS_WHILE_FEWER_THAN {
+            return tracing::debug!(user_id, "client too slow: preview dropped");
+        }
+        if !accepted(tx, frame) {
+            clients.remove(&key);
         }
     }
 
     /// Sends to every connected client.
     pub fn broadcast(&self, text: &str) {
         let Ok(mut clients) = self.clients.lock() else { return };
-        clients.retain(|_, tx| {
-            !matches!(tx.try_send(Outgoing::Text(text.to_owned())), Err(mpsc::error::TrySendError::Closed(_)))
-        });
+        clients.retain(|_, tx| accepted(tx, Outgoing::Text(text.to_owned())));
+    }
+}
+
+/// Queues `frame`; false if the client is gone or too slow to keep (then it is let go).
+fn accepted(tx: &mpsc::Sender<Outgoing>, frame: Outgoing) -> bool {
+    match tx.try_send(frame) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            tracing::info!("disconnecting a WebSocket client too slow to take its events");
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }
 
@@ -82,6 +95,31 @@ mod tests {
         assert!(bob.try_recv().is_err());
         subs.broadcast("all");
         assert!(matches!(bob.recv().await, Some(Outgoing::Text(t)) if t == "all"));
+    }
+
+    #[tokio::test]
+    async fn a_slow_client_misses_previews_first_and_is_disconnected_when_events_cannot_wait() {
+        let subs = Subscribers::default();
+        let mut slow = subs.subscribe(1, "slow");
+        for _ in 0..PREVIEWS_WHILE_FEWER_THAN {
+            subs.send(1, "slow", Outgoing::Binary(Bytes::from_static(b"preview")));
+        }
+        subs.send(1, "slow", Outgoing::Binary(Bytes::from_static(b"dropped")));
+        for _ in PREVIEWS_WHILE_FEWER_THAN..CLIENT_BUFFER {
+            subs.send(1, "slow", Outgoing::Text("event".into()));
+        }
+        let mut received = Vec::new();
+        while let Ok(frame) = slow.try_recv() {
+            received.push(frame);
+        }
+        assert_eq!(received.len(), CLIENT_BUFFER);
+        assert!(!received.iter().any(|f| matches!(f, Outgoing::Binary(b) if b == "dropped")));
+        // Full again: the next event cannot be queued, so the client is let go.
+        for _ in 0..=CLIENT_BUFFER {
+            subs.send(1, "slow", Outgoing::Text("event".into()));
+        }
+        while slow.try_recv().is_ok() {}
+        assert!(slow.recv().await.is_none(), "the slow client's channel is closed");
     }
 
     #[test]
