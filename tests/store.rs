@@ -253,15 +253,16 @@ async fn jobs_keep_their_state_and_files_their_backend(db: &TestDb) {
     s.update_job("p1", JobState::Dispatched, Some("gpu1"), None).await.unwrap();
     s.update_job("p1", JobState::Failed, None, Some("backend lost")).await.unwrap();
     // History: entries of ended jobs, in the order they ended; deleting hides them.
-    s.end_job("p2", JobState::Done, Some("gpu1"), None, Some(r#"{"outputs":{}}"#)).await.unwrap();
+    s.insert_job(&job("p3", u.id, 3)).await.unwrap();
+    s.end_job("p3", JobState::Done, Some("gpu1"), None, Some(r#"{"outputs":{}}"#)).await.unwrap();
     assert_eq!(s.history_count(Some(u.id)).await.unwrap(), 1);
     let page = s.history_page(Some(u.id), 0, 10).await.unwrap();
-    assert_eq!((page[0].prompt_id.as_str(), page[0].outcome.as_deref()), ("p2", Some(r#"{"outputs":{}}"#)));
+    assert_eq!((page[0].prompt_id.as_str(), page[0].outcome.as_deref()), ("p3", Some(r#"{"outputs":{}}"#)));
     assert_eq!(s.history_count(None).await.unwrap(), 1);
     assert_eq!(s.hide_history(Some(u.id + 1), None).await.unwrap(), 0, "another user's clear hides nothing");
-    assert_eq!(s.hide_history(Some(u.id), Some(&["p2".to_owned()])).await.unwrap(), 1);
+    assert_eq!(s.hide_history(Some(u.id), Some(&["p3".to_owned()])).await.unwrap(), 1);
     assert_eq!(s.history_count(Some(u.id)).await.unwrap(), 0);
-    assert!(!s.job("p2").await.unwrap().unwrap().in_history);
+    assert!(!s.job("p3").await.unwrap().unwrap().in_history);
     // A late write (another task's stale view) never revives a job that has ended.
     s.update_job("p1", JobState::Queued, None, None).await.unwrap();
     s.update_job("p1", JobState::Done, Some("gpu2"), None).await.unwrap();
@@ -281,9 +282,9 @@ async fn jobs_keep_their_state_and_files_their_backend(db: &TestDb) {
         .map(|j| j.prompt_id)
         .collect();
     assert_eq!(all, ["p1", "p2"]);
-    assert_eq!(s.job_ids_of(u.id, 10).await.unwrap(), ["p2", "p1"]);
+    assert_eq!(s.job_ids_of(u.id, 10).await.unwrap(), ["p3", "p2", "p1"]);
     let refs = s.job_refs_of(u.id, 10).await.unwrap();
-    assert_eq!(refs.iter().map(|r| r.prompt_id.as_str()).collect::<Vec<_>>(), ["p2", "p1"]);
+    assert_eq!(refs.iter().map(|r| r.prompt_id.as_str()).collect::<Vec<_>>(), ["p3", "p2", "p1"]);
 
     // Public ids are per owner: another user's same id neither collides nor is found.
     let other = s.create_user(new_user("gus", Role::User)).await.unwrap();
