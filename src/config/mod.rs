@@ -196,7 +196,7 @@ impl Default for ServerConfig {
             http2_keepalive_interval: Duration::from_secs(20),
             min_body_rate: ByteSize::kib(1),
             body_rate_period: Duration::from_secs(20),
-            max_connections: 10_000,
+            max_connections: 8192,
             max_connections_per_address: 256,
             max_websocket_message: ByteSize::mib(1),
             workers: 0,
