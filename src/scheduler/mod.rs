@@ -255,7 +255,7 @@ impl Scheduler {
         let limits = Limits::of(self.store.as_ref(), &self.limits, self.max_request_body, by.user_id).await?;
         // One submission of this user at a time: the counts below hold until it is queued.
         let turn = self.submitting_lock(by.user_id);
-        let _turn = turn.lock().await;
+        let turn = turn.lock().await;
         if let Some(refusal) = self.over_limits(by.user_id, &limits).await? {
             return Ok(Answer::refused(&refusal));
         }
@@ -328,6 +328,8 @@ impl Scheduler {
             inner.insert(prompt_id.clone(), active);
             inner.queue.push_back(by.user_id, prompt_id.clone());
         }
+        // Queued: the user's next submission may be counted (dispatch does not hold it up).
+        drop(turn);
         self.pump().await;
         self.announce_status();
         match rx.try_recv() {
