@@ -4,9 +4,9 @@
 //! queue and history. Every job the gateway accepted ends exactly once: finished, or failed
 //! with a reason; none vanishes or runs twice.
 //!
-//! They fail on the scheduler of issue 16 and are ignored until its rewrite lands:
-//! `cargo test --test failover -- --ignored --nocapture` runs them and prints, for each job in
-//! trouble, its timeline across the simulators and the gateway's log lines about it.
+//! They failed on the scheduler before issue 16's rewrite. `cargo test --test failover --
+//! --nocapture` prints, for each job in trouble, its timeline across the simulators and the
+//! gateway's log lines about it.
 
 mod common;
 
@@ -15,11 +15,9 @@ use std::time::{Duration, Instant};
 
 use comfygate::store::JobState;
 use comfyui_sim::{SimConfig, Simulator};
-use common::{Auth, Gateway, Options, client, poll, workflow};
-use serde_json::{Value, json};
-
-/// Fast health checks so failover happens within a test's patience.
-const SCHEDULER: &str = "[scheduler]\nhealth_interval = \"100ms\"\nhealth_timeout = \"1s\"\nunhealthy_after = 2";
+use common::pool::{gateway, job};
+use common::{Auth, Gateway, client, poll};
+use serde_json::Value;
 
 /// A ComfyUI under load: the worker has the prompt before `POST /prompt` answers, and a
 /// restart takes a while to open the port again.
@@ -33,25 +31,6 @@ fn loaded(job_ms: u64, answer_ms: u64, startup_ms: u64) -> SimConfig {
     }
 }
 
-/// A gateway in front of `sims` (named sim, b2, b3, ...), each taking `max_inflight` jobs.
-async fn gateway(sims: &[&Simulator], max_inflight: usize) -> Gateway {
-    let inflight = format!("max_inflight = {max_inflight}");
-    let mut opts = Options::default().backend(&inflight).extra(SCHEDULER);
-    for (i, s) in sims.iter().enumerate().skip(1) {
-        opts = opts.another_backend(&format!("b{}", i + 1), &s.url(), &[&inflight]);
-    }
-    let gw = Gateway::start_with(&sims[0].url(), opts).await;
-    let token = gw.token("admin", "readiness").await;
-    poll(Duration::from_secs(10), "every backend healthy with known capabilities", || async {
-        let (status, state) = gw.get_json("/comfygate/api/backends", &Auth::Bearer(&token)).await;
-        let backends = state["backends"].as_array()?;
-        let ready = backends.iter().all(|b| b["healthy"] == true && b["node_classes"].as_u64().is_some_and(|n| n > 0));
-        (status == 200 && backends.len() == sims.len() && ready).then_some(())
-    })
-    .await;
-    gw
-}
-
 /// `POST /prompt`; the prompt id when accepted.
 async fn submit(gw: &Gateway, token: &str, body: Value) -> Result<String, String> {
     let r = client().post(gw.at("/prompt")).bearer_auth(token).json(&body).send().await.map_err(|e| e.to_string())?;
@@ -61,10 +40,6 @@ async fn submit(gw: &Gateway, token: &str, body: Value) -> Result<String, String
         (200, Some(id)) => Ok(id.to_owned()),
         _ => Err(format!("{status} {answer}")),
     }
-}
-
-fn job(prefix: &str, n: u32, ms: u64) -> Value {
-    json!({"prompt": workflow(prefix, n), "extra_data": {"sim_duration_ms": ms}})
 }
 
 /// Every prompt id in the gateway's queue (as the admin sees it).

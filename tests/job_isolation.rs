@@ -9,62 +9,12 @@ mod common;
 
 use std::time::Duration;
 
-use comfyui_sim::{SimConfig, Simulator};
-use common::{Auth, Gateway, Options, client, poll, workflow};
+use comfyui_sim::Simulator;
+use common::pool::{finished, gateway, job, sim, submit, submit_ok};
+use common::{Auth, Gateway, client, poll};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-
-const SCHEDULER: &str = "[scheduler]\nhealth_interval = \"100ms\"\nhealth_timeout = \"1s\"\nunhealthy_after = 2";
-
-async fn sim(job_ms: u64) -> Simulator {
-    Simulator::start(SimConfig { job_duration: Duration::from_millis(job_ms), ..SimConfig::default() }).await.unwrap()
-}
-
-/// A gateway in front of `sims` (named sim, b2, ...), each taking `max_inflight` jobs, once
-/// every backend is healthy with known nodes.
-async fn gateway(sims: &[&Simulator], max_inflight: usize) -> Gateway {
-    let inflight = format!("max_inflight = {max_inflight}");
-    let mut opts = Options::default().backend(&inflight).extra(SCHEDULER);
-    for (i, s) in sims.iter().enumerate().skip(1) {
-        opts = opts.another_backend(&format!("b{}", i + 1), &s.url(), &[&inflight]);
-    }
-    let gw = Gateway::start_with(&sims[0].url(), opts).await;
-    let token = gw.token("admin", "readiness").await;
-    poll(Duration::from_secs(10), "every backend healthy with known capabilities", || async {
-        let (status, state) = gw.get_json("/comfygate/api/backends", &Auth::Bearer(&token)).await;
-        let backends = state["backends"].as_array()?;
-        let ready = backends.iter().all(|b| b["healthy"] == true && b["node_classes"].as_u64().is_some_and(|n| n > 0));
-        (status == 200 && backends.len() == sims.len() && ready).then_some(())
-    })
-    .await;
-    gw
-}
-
-async fn submit(gw: &Gateway, token: &str, body: Value) -> (u16, Value) {
-    let r = client().post(gw.at("/prompt")).bearer_auth(token).json(&body).send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn submit_ok(gw: &Gateway, token: &str, body: Value) -> String {
-    let (status, answer) = submit(gw, token, body).await;
-    assert_eq!(status, 200, "{answer}");
-    answer["prompt_id"].as_str().unwrap().to_owned()
-}
-
-fn job(prefix: &str, color: u32, ms: u64) -> Value {
-    json!({"prompt": workflow(prefix, color), "extra_data": {"sim_duration_ms": ms}})
-}
-
-/// The gateway's history entry of `id` as `token`'s owner sees it, once there is one.
-async fn finished(gw: &Gateway, token: &str, id: &str) -> Value {
-    poll(Duration::from_secs(30), &format!("history of {id}"), || async {
-        let (status, h) = gw.get_json(&format!("/history/{id}"), &Auth::Bearer(token)).await;
-        (status == 200 && h.get(id).is_some()).then(|| h[id].clone())
-    })
-    .await
-}
 
 async fn sim_json(sim: &Simulator, path: &str) -> Value {
     client().get(format!("{}{path}", sim.url())).send().await.unwrap().json().await.unwrap()

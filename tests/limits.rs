@@ -7,36 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use comfyui_sim::{SimConfig, Simulator};
-use common::{Auth, Gateway, Options, client, poll, workflow};
+use common::pool::{gateway_with, job, sim};
+use common::{Auth, Gateway, client};
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
-
-async fn sim(job_ms: u64) -> Simulator {
-    Simulator::start(SimConfig { job_duration: Duration::from_millis(job_ms), ..SimConfig::default() }).await.unwrap()
-}
-
-async fn gateway(sims: &[&Simulator], max_inflight: usize) -> Gateway {
-    let inflight = format!("max_inflight = {max_inflight}");
-    let mut opts = Options::default().backend(&inflight);
-    for (i, s) in sims.iter().enumerate().skip(1) {
-        opts = opts.another_backend(&format!("b{}", i + 1), &s.url(), &[&inflight]);
-    }
-    let gw = Gateway::start_with(&sims[0].url(), opts).await;
-    let token = gw.token("admin", "readiness").await;
-    poll(Duration::from_secs(10), "backends ready", || async {
-        let (_, state) = gw.get_json("/comfygate/api/backends", &Auth::Bearer(&token)).await;
-        let backends = state["backends"].as_array()?;
-        let ready = backends.iter().all(|b| b["healthy"] == true && b["node_classes"].as_u64().is_some_and(|n| n > 0));
-        (backends.len() == sims.len() && ready).then_some(())
-    })
-    .await;
-    gw
-}
-
-fn job(prefix: &str, color: u32, ms: u64) -> Value {
-    json!({"prompt": workflow(prefix, color), "extra_data": {"sim_duration_ms": ms}})
-}
 
 /// Status, `Retry-After`, and body of a submission.
 async fn submit(gw: &Gateway, token: &str, body: &Value) -> (u16, Option<u64>, Value) {
@@ -61,7 +35,7 @@ async fn occupy(gw: &Gateway, admin: &str, ms: u64) {
 #[tokio::test]
 async fn waiting_jobs_are_limited_per_user_even_when_submitted_at_once() {
     let backend = sim(3_000).await;
-    let gw = gateway(&[&backend], 1).await;
+    let gw = gateway_with(&[&backend], 1, "").await;
     let admin = gw.token("admin", "t").await;
     gw.add_user("bob", "user").await;
     gw.add_user("alice", "user").await;
@@ -91,7 +65,7 @@ async fn waiting_jobs_are_limited_per_user_even_when_submitted_at_once() {
 #[tokio::test]
 async fn running_jobs_are_limited_per_user_while_others_use_the_free_slots() {
     let (b1, b2) = (sim(800).await, sim(800).await);
-    let gw = gateway(&[&b1, &b2], 2).await;
+    let gw = gateway_with(&[&b1, &b2], 2, "").await;
     gw.add_user("bob", "user").await;
     gw.add_user("alice", "user").await;
     let (bob, alice) = (gw.token("bob", "t").await, gw.token("alice", "t").await);
@@ -121,7 +95,7 @@ async fn running_jobs_are_limited_per_user_while_others_use_the_free_slots() {
 #[tokio::test]
 async fn jobs_per_hour_are_limited_with_the_wait_until_the_window_frees() {
     let backend = sim(20).await;
-    let gw = gateway(&[&backend], 2).await;
+    let gw = gateway_with(&[&backend], 2, "").await;
     gw.add_user("bob", "user").await;
     let bob = gw.token("bob", "t").await;
     limits(&gw, &["bob", "--jobs-per-hour", "3"]).await;
@@ -141,7 +115,7 @@ async fn jobs_per_hour_are_limited_with_the_wait_until_the_window_frees() {
 #[tokio::test]
 async fn workflow_and_upload_sizes_are_limited_per_user() {
     let backend = sim(20).await;
-    let gw = gateway(&[&backend], 2).await;
+    let gw = gateway_with(&[&backend], 2, "").await;
     gw.add_user("bob", "user").await;
     gw.add_user("alice", "user").await;
     let (bob, alice) = (gw.token("bob", "t").await, gw.token("alice", "t").await);

@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use comfyui_sim::{SimConfig, Simulator};
+use common::pool::{FAST_HEALTH as SCHEDULER, finished, gateway, job, submit, submit_ok};
 use common::{Auth, Gateway, Options, client, poll, workflow};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -15,51 +16,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Fast health checks so failover happens within a test's patience.
-const SCHEDULER: &str = "[scheduler]\nhealth_interval = \"100ms\"\nhealth_timeout = \"1s\"\nunhealthy_after = 2";
-
 async fn sim(job_ms: u64, models: &[&str]) -> Simulator {
     let mut config = SimConfig { job_duration: Duration::from_millis(job_ms), ..SimConfig::default() };
     for m in models {
         config.models.push(("checkpoints".to_owned(), (*m).to_owned()));
     }
     Simulator::start(config).await.unwrap()
-}
-
-/// A gateway in front of `sims` (named b1, b2, ...), each taking `max_inflight` jobs.
-async fn gateway(sims: &[&Simulator], max_inflight: usize) -> Gateway {
-    let inflight = format!("max_inflight = {max_inflight}");
-    let mut opts = Options::default().backend(&inflight).extra(SCHEDULER);
-    for (i, s) in sims.iter().enumerate().skip(1) {
-        opts = opts.another_backend(&format!("b{}", i + 1), &s.url(), &[&inflight]);
-    }
-    let gw = Gateway::start_with(&sims[0].url(), opts).await;
-    // The first backend is named "sim" by the harness; wait until every backend's nodes are known.
-    let token = gw.token("admin", "readiness").await;
-    poll(Duration::from_secs(10), "every backend healthy with known capabilities", || async {
-        let (status, state) = gw.get_json("/comfygate/api/backends", &Auth::Bearer(&token)).await;
-        let backends = state["backends"].as_array()?;
-        let ready = backends.iter().all(|b| b["healthy"] == true && b["node_classes"].as_u64().is_some_and(|n| n > 0));
-        (status == 200 && backends.len() == sims.len() && ready).then_some(())
-    })
-    .await;
-    gw
-}
-
-async fn submit(gw: &Gateway, token: &str, body: Value) -> (u16, Value) {
-    let r = client().post(gw.at("/prompt")).bearer_auth(token).json(&body).send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn submit_ok(gw: &Gateway, token: &str, body: Value) -> String {
-    let (status, answer) = submit(gw, token, body).await;
-    assert_eq!(status, 200, "{answer}");
-    answer["prompt_id"].as_str().unwrap().to_owned()
-}
-
-fn job(prefix: &str, color: u32, ms: u64) -> Value {
-    json!({"prompt": workflow(prefix, color), "extra_data": {"sim_duration_ms": ms}})
 }
 
 /// A checkpoint workflow (loader → sampler → decode → save) using `ckpt`.
@@ -74,15 +36,6 @@ fn model_job(ckpt: &str, prefix: &str) -> Value {
         "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
         "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": prefix}}
     }})
-}
-
-/// Polls the gateway's history until the job has an entry; returns it.
-async fn finished(gw: &Gateway, token: &str, id: &str) -> Value {
-    poll(Duration::from_secs(30), &format!("history of {id}"), || async {
-        let (status, h) = gw.get_json(&format!("/history/{id}"), &Auth::Bearer(token)).await;
-        (status == 200 && h.get(id).is_some()).then(|| h[id].clone())
-    })
-    .await
 }
 
 /// Whether `sim` itself has the job in its history (it ran it).

@@ -2,6 +2,8 @@
 //! The end-to-end harness: spawns the real `comfygate` binary against a `comfyui-sim`, with a
 //! fresh temporary data directory, and offers small helpers for HTTP, cookies, logins and the CLI.
 
+pub mod pool;
+
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
