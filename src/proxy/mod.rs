@@ -35,6 +35,9 @@ pub enum ProxyError {
         backend: String,
         /// What failed.
         detail: String,
+        /// Whether the backend may have received the request (the connection was lost after
+        /// it was sent, rather than never opened).
+        maybe_received: bool,
     },
     /// No response headers in time.
     #[error("ComfyUI backend `{backend}` did not answer within {} s", timeout.as_secs())]
@@ -257,7 +260,11 @@ impl Proxy {
         let body = tokio::time::timeout(timeout, Limited::new(response.into_body(), MAX_CALL_BODY).collect())
             .await
             .map_err(|_| timed_out())?
-            .map_err(|e| ProxyError::Unreachable { backend: self.upstream.name.clone(), detail: e.to_string() })?
+            .map_err(|e| ProxyError::Unreachable {
+                backend: self.upstream.name.clone(),
+                detail: e.to_string(),
+                maybe_received: true,
+            })?
             .to_bytes();
         Ok((status, body))
     }
@@ -272,6 +279,7 @@ impl Proxy {
     }
 
     fn failure(&self, error: SendError) -> ProxyError {
+        let maybe_received = matches!(error, SendError::Lost(_));
         let detail = match &error {
             SendError::Connect(e) => {
                 tracing::warn!(backend = %self.upstream.name, error = %e, "backend connection failed");
@@ -294,6 +302,18 @@ impl Proxy {
                 "connection lost"
             }
         };
-        ProxyError::Unreachable { backend: self.upstream.name.clone(), detail: detail.to_owned() }
+        ProxyError::Unreachable { backend: self.upstream.name.clone(), detail: detail.to_owned(), maybe_received }
+    }
+}
+
+impl ProxyError {
+    /// Whether the backend may have received the request although no answer came: the
+    /// connection was lost after sending, or the answer timed out.
+    pub fn maybe_received(&self) -> bool {
+        match self {
+            ProxyError::Unreachable { maybe_received, .. } => *maybe_received,
+            ProxyError::Timeout { .. } => true,
+            _ => false,
+        }
     }
 }

@@ -554,16 +554,28 @@ impl Scheduler {
                 let told = waiter.is_some_and(|w| w.send(Answer::raw(status, answer)).is_ok());
                 self.fail(&id, &error, !told).await;
             }
+            Err(e) if e.maybe_received() => {
+                // The backend may have queued (even started) it before the answer was lost: the
+                // job stays with it, in doubt, until its fate is known. If the backend is gone,
+                // it is taken out and the job moves (or fails, if its events said it started);
+                // if it is not, its queue and history tell (reconciliation).
+                tracing::warn!(prompt_id = %id, backend = backend.name(), error = %e,
+                    "dispatch answer lost; the backend's queue and history will tell");
+                self.pool.request_failed(&backend, &e.to_string(), self.config.unhealthy_after);
+                if let Some(w) = waiter {
+                    let _ = w.send(accepted(&public_id, number, &json!({})));
+                }
+                let mut inner = self.inner();
+                if let Some(job) = inner.jobs.get_mut(&id).filter(|j| j.attempt == attempt) {
+                    job.accepted = true;
+                }
+            }
             Err(e) => {
+                // Never sent: the job goes back to the queue.
                 tracing::warn!(prompt_id = %id, backend = backend.name(), error = %e,
                     "dispatch failed; the job goes back to the queue");
                 self.pool.request_failed(&backend, &e.to_string(), self.config.unhealthy_after);
                 let outcome = self.requeue(&id, &backend, attempt, false, &e.to_string());
-                if matches!(outcome, Requeued::Waiting) {
-                    // The backend may have queued it before the answer was lost: deleted there
-                    // when it is back in service (a copy that starts first is interrupted).
-                    self.inner().abandoned.entry(backend.name().to_owned()).or_default().push(id.clone());
-                }
                 self.settle(&id, outcome, waiter, StatusCode::BAD_GATEWAY, &public_id).await;
             }
         }
