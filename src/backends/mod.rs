@@ -45,6 +45,9 @@ pub struct Load {
     pub last_error: Option<String>,
     /// When its monitor socket last said anything.
     pub last_event: Option<std::time::Instant>,
+    /// Whether the gateway's monitor socket to it is open (job events reach the gateway only
+    /// then).
+    pub monitored: bool,
 }
 
 /// One ComfyUI server.
@@ -75,10 +78,11 @@ impl Backend {
         self.load().healthy
     }
 
-    /// Whether it can take another job now.
+    /// Whether it can take another job now: in service, its events reach the gateway, and
+    /// a slot is free.
     pub fn has_room(&self) -> bool {
         let load = self.load();
-        load.healthy && load.inflight.len() < self.config.max_inflight
+        load.healthy && load.monitored && load.inflight.len() < self.config.max_inflight
     }
 
     /// What it can run, once known.

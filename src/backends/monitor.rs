@@ -21,6 +21,9 @@ pub enum Frame {
     Binary(Bytes),
     /// The socket (re)connected: events may have been missed.
     Connected,
+    /// The socket closed: events sent now are lost (ComfyUI sends a job's events only to the
+    /// socket of its `client_id`), so no job is dispatched until it is back.
+    Disconnected,
 }
 
 /// Time allowed to open the socket.
@@ -67,6 +70,9 @@ async fn follow(backend: Arc<Backend>, frames: mpsc::Sender<(String, Frame)>, mu
                     }
                 }
                 tracing::debug!(backend = %name, "monitor socket closed");
+                if frames.send((name.clone(), Frame::Disconnected)).await.is_err() {
+                    return;
+                }
             }
             Ok(Err(e)) => tracing::debug!(backend = %name, error = %e, "monitor socket failed"),
             Err(_) => tracing::debug!(backend = %name, "monitor socket timed out"),

@@ -384,7 +384,7 @@ mod tests {
     #[test]
     fn connection_limits_are_validated() {
         let c = Config::from_toml("").unwrap();
-        assert_eq!((c.server.max_connections, c.server.max_connections_per_address), (10_000, 256));
+        assert_eq!((c.server.max_connections, c.server.max_connections_per_address), (8192, 256));
         assert_eq!(c.server.idle_timeout.as_secs(), 75);
         let err = Config::from_toml("[server]\nfirst_byte_timeout = \"0s\"\n").unwrap_err().to_string();
         assert!(err.contains("server.first_byte_timeout"), "{err}");

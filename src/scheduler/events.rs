@@ -39,7 +39,12 @@ impl Scheduler {
         let Some(backend) = self.pool.get(backend_name).cloned() else { return };
         backend.load().last_event = Some(std::time::Instant::now());
         match frame {
-            Frame::Connected => self.spawn_reconcile(&backend),
+            Frame::Connected => {
+                backend.load().monitored = true;
+                self.spawn_reconcile(&backend);
+                self.kick();
+            }
+            Frame::Disconnected => backend.load().monitored = false,
             Frame::Binary(data) => {
                 let running = backend.load().running.clone();
                 let Some(id) = running else { return };

@@ -33,7 +33,9 @@ pub async fn gateway_with(sims: &[&Simulator], max_inflight: usize, extra: &str)
     poll(Duration::from_secs(10), "every backend healthy with known capabilities", || async {
         let (status, state) = gw.get_json("/comfygate/api/backends", &Auth::Bearer(&token)).await;
         let backends = state["backends"].as_array()?;
-        let ready = backends.iter().all(|b| b["healthy"] == true && b["node_classes"].as_u64().is_some_and(|n| n > 0));
+        let ready = backends.iter().all(|b| {
+            b["healthy"] == true && b["monitored"] == true && b["node_classes"].as_u64().is_some_and(|n| n > 0)
+        });
         (status == 200 && backends.len() == sims.len() && ready).then_some(())
     })
     .await;
