@@ -102,7 +102,7 @@ pub async fn handle(
         Route::Submit => prompt::submit(app, &caller, req).await,
         Route::PromptStatus => Ok(prompt::status(app)),
         Route::Queue => match app.scheduler.queue_view(scope, caller.identity.user_id).await {
-            Ok(view) => Ok(json_response(StatusCode::OK, &view)),
+            Ok(view) => Ok(bytes_response(StatusCode::OK, Bytes::from(view))),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the queue's workflows");
                 Err(ApiError::Unavailable("the job store is temporarily unavailable".to_owned()))

@@ -4,10 +4,27 @@
 use http::Method;
 use serde_json::{Value, json};
 
+use std::collections::HashMap;
+
 use super::Scheduler;
+use super::SchedulerError;
 use super::events::Entry;
 use super::jobs::QueueEntry;
-use crate::store::{JobState, StoreError};
+use crate::store::JobState;
+
+/// A queue view of more jobs than this is built off the request workers, one at a time.
+const LARGE_VIEW: usize = 200;
+
+/// Writes queue items, comma-separated, from the jobs' stored requests.
+fn write_items(out: &mut String, items: &[QueueEntry], requests: &HashMap<String, String>, viewer: i64) {
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let request = requests.get(&item.id).map_or("{}", String::as_str);
+        item.write(out, viewer, request);
+    }
+}
 
 /// Whose jobs a caller may see or touch.
 #[derive(Debug, Clone, Copy)]
@@ -32,13 +49,13 @@ impl Scheduler {
     /// ComfyUI's `GET /queue`: running jobs, then waiting ones (on backends, then in the
     /// gateway). Built from a snapshot taken under the lock and workflows read from the store
     /// outside it; a user's view costs in proportion to their own jobs.
-    pub async fn queue_view(&self, scope: Scope, viewer: i64) -> Result<Value, StoreError> {
+    pub async fn queue_view(&self, scope: Scope, viewer: i64) -> Result<String, SchedulerError> {
         let (mut running, mut dispatched, waiting) = {
             let inner = self.inner();
             let (mut running, mut dispatched) = (Vec::new(), Vec::new());
             for backend in self.pool.all() {
                 for id in backend.load().inflight.iter() {
-                    let Some(job) = inner.jobs.get(id).filter(|j| scope.covers(j.owner)) else { continue };
+                    let Some(job) = inner.job(id).filter(|j| scope.covers(j.owner)) else { continue };
                     match job.state {
                         JobState::Running => running.push(job.view(id)),
                         _ => dispatched.push(job.view(id)),
@@ -49,26 +66,37 @@ impl Scheduler {
                 Scope::Owner(owner) => inner.queue.line(owner),
                 Scope::All => inner.queue.in_order().into_iter().map(|(_, id)| id).collect(),
             };
-            let waiting: Vec<QueueEntry> =
-                order.iter().filter_map(|id| inner.jobs.get(id).map(|j| j.view(id))).collect();
+            let waiting: Vec<QueueEntry> = order.iter().filter_map(|id| inner.job(id).map(|j| j.view(id))).collect();
             (running, dispatched, waiting)
         };
         running.sort_by_key(|i| i.number);
         dispatched.sort_by_key(|i| i.number);
         let ids: Vec<String> = running.iter().chain(&dispatched).chain(&waiting).map(|i| i.id.clone()).collect();
-        let requests = self.store.job_requests(&ids).await?;
-        let build = |items: Vec<QueueEntry>| -> Vec<Value> {
-            items
-                .into_iter()
-                .map(|i| {
-                    let request = requests.get(&i.id).and_then(|r| serde_json::from_str(r).ok()).unwrap_or(Value::Null);
-                    i.item(viewer, &request)
-                })
-                .collect()
+        // Large views (an admin's, a heavy user's) take turns, and are built off the request
+        // workers: a small user's view never waits behind them.
+        let _turn = match ids.len() > LARGE_VIEW {
+            true => Some(self.large_views.acquire().await.map_err(|_| SchedulerError::Internal("view turns closed"))?),
+            false => None,
         };
-        let running = build(running);
-        let pending: Vec<Value> = build(dispatched).into_iter().chain(build(waiting)).collect();
-        Ok(json!({"queue_running": running, "queue_pending": pending}))
+        let requests = self.store.job_requests(&ids).await?;
+        let build = move || {
+            let mut out = String::with_capacity(64 + requests.values().map(|r| r.len() + 64).sum::<usize>());
+            out.push_str(r#"{"queue_running":["#);
+            write_items(&mut out, &running, &requests, viewer);
+            out.push_str(r#"],"queue_pending":["#);
+            write_items(&mut out, &dispatched, &requests, viewer);
+            if !dispatched.is_empty() && !waiting.is_empty() {
+                out.push(',');
+            }
+            write_items(&mut out, &waiting, &requests, viewer);
+            out.push_str("]}");
+            out
+        };
+        if ids.len() > LARGE_VIEW {
+            tokio::task::spawn_blocking(build).await.map_err(|_| SchedulerError::Internal("view building failed"))
+        } else {
+            Ok(build())
+        }
     }
 
     /// Why each job in the gateway's queue is still waiting (for operators).
@@ -80,7 +108,7 @@ impl Scheduler {
             .in_order()
             .into_iter()
             .filter_map(|(owner, id)| {
-                let job = inner.jobs.get(&id)?;
+                let job = inner.job(&id)?;
                 let healthy: Vec<_> = backends.iter().filter(|b| b.is_healthy()).collect();
                 let capable: Vec<_> = healthy
                     .iter()
@@ -113,7 +141,7 @@ impl Scheduler {
     pub async fn locate(&self, scope: Scope, viewer: i64, id: &str) -> Option<(String, i64, Option<String>)> {
         if let Some(found) = self.held(scope, viewer, id) {
             let inner = self.inner();
-            let job = inner.jobs.get(&found)?;
+            let job = inner.job(&found)?;
             return Some((found.clone(), job.owner, job.backend.clone()));
         }
         let job = match self.store.job_of(viewer, id).await {
@@ -128,7 +156,7 @@ impl Scheduler {
     /// it by, else (admins) anyone's by the gateway's id. Another user's id is never found.
     fn held(&self, scope: Scope, viewer: i64, id: &str) -> Option<String> {
         let inner = self.inner();
-        let own = inner.by_public.get(&(viewer, id.to_owned())).cloned();
+        let own = inner.own(viewer, id).map(|found| found.to_string());
         own.or_else(|| match scope {
             Scope::All => inner.jobs.contains_key(id).then(|| id.to_owned()),
             Scope::Owner(_) => None,
@@ -147,14 +175,14 @@ impl Scheduler {
         for id in ids {
             let target = {
                 let mut inner = self.inner();
-                let Some(job) = inner.jobs.get(id) else { continue };
+                let Some(job) = inner.job(id) else { continue };
                 if !scope.covers(job.owner) || job.state == JobState::Running {
                     continue;
                 }
                 let backend = job.backend.clone();
                 if backend.is_none() {
                     inner.remove(id);
-                } else if let Some(job) = inner.jobs.get_mut(id) {
+                } else if let Some(job) = inner.job_mut(id) {
                     job.outcome = Some((JobState::Cancelled, reason.to_owned()));
                 }
                 backend
@@ -179,7 +207,7 @@ impl Scheduler {
             .jobs
             .iter()
             .filter(|(_, j)| scope.covers(j.owner) && j.state != JobState::Running)
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| id.to_string())
             .collect();
         self.delete_held(scope, &ids, "deleted from the queue").await;
     }
@@ -199,9 +227,9 @@ impl Scheduler {
             inner
                 .jobs
                 .iter()
-                .filter(|(id, j)| scope.covers(j.owner) && prompt_id.is_none_or(|p| p == id.as_str()))
+                .filter(|(id, j)| scope.covers(j.owner) && prompt_id.is_none_or(|p| p == &***id))
                 .filter(|(_, j)| j.state == JobState::Running)
-                .filter_map(|(id, j)| j.backend.clone().map(|b| (id.clone(), b)))
+                .filter_map(|(id, j)| j.backend.clone().map(|b| (id.to_string(), b)))
                 .collect()
         };
         for (id, backend) in targets {

@@ -10,7 +10,8 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::delivery::Outgoing;
-use super::{Scheduler, jobs::Active, renamed};
+use super::jobs::{Active, Record};
+use super::{Scheduler, renamed};
 use crate::backends::monitor::Frame;
 use crate::backends::{Backend, BackendEvent};
 use crate::store::{JobState, StoredFile};
@@ -48,7 +49,7 @@ impl Scheduler {
             Frame::Binary(data) => {
                 let running = backend.load().running.clone();
                 let Some(id) = running else { return };
-                let owner = self.inner().jobs.get(&id).map(|j| (j.owner, j.client_id.clone()));
+                let owner = self.inner().job(&id).map(|j| (j.owner, j.client_id.clone()));
                 if let Some((user, client)) = owner {
                     self.subscribers.send(user, &client, Outgoing::Binary(data));
                 }
@@ -67,11 +68,11 @@ impl Scheduler {
         };
         let held = {
             let mut inner = self.inner();
-            match inner.jobs.get_mut(id) {
+            match inner.job_mut(id) {
                 // Events count only from the backend holding the job.
                 Some(job) if job.backend.as_deref() == Some(backend.name()) => {
                     job.accepted = true;
-                    job.record.note(kind, data);
+                    job.record().note(kind, data);
                     Some((job.owner, job.client_id.clone(), job.public_id.clone()))
                 }
                 _ => None,
@@ -121,14 +122,14 @@ impl Scheduler {
     }
 
     fn set_outcome(&self, id: &str, state: JobState, detail: String) {
-        if let Some(job) = self.inner().jobs.get_mut(id) {
+        if let Some(job) = self.inner().job_mut(id) {
             job.outcome = Some((state, detail));
         }
     }
 
     /// An interruption the gateway asked for keeps its reason (e.g. the owner was disabled).
     fn set_outcome_unless_set(&self, id: &str, state: JobState, detail: &str) {
-        if let Some(job) = self.inner().jobs.get_mut(id) {
+        if let Some(job) = self.inner().job_mut(id) {
             job.outcome.get_or_insert_with(|| (state, detail.to_owned()));
         }
     }
@@ -157,7 +158,7 @@ impl Scheduler {
     /// Takes job `id` out of the scheduler if `backend` holds it (`None`: wherever it is).
     pub(super) fn take_job(&self, id: &str, backend: Option<&Backend>) -> Option<Active> {
         let mut inner = self.inner();
-        let holder = inner.jobs.get(id)?.backend.clone();
+        let holder = inner.job(id)?.backend.clone();
         if backend.is_some_and(|b| holder.as_deref() != Some(b.name())) {
             return None;
         }
@@ -182,7 +183,14 @@ impl Scheduler {
         };
         let outputs = job.requirements.as_ref().map(|r| r.outputs.clone()).unwrap_or_default();
         let outcome = match entry {
-            Entry::Seen => Some(job.record.outcome(state == JobState::Done, &outputs)),
+            Entry::Seen => {
+                let done = state == JobState::Done;
+                Some(
+                    job.record
+                        .as_deref()
+                        .map_or_else(|| Record::default().outcome(done, &outputs), |r| r.outcome(done, &outputs)),
+                )
+            }
             Entry::Omitted => None,
             Entry::Given(text) => Some(text),
         };
@@ -202,7 +210,7 @@ impl Scheduler {
     pub(super) async fn end(&self, id: &str, state: JobState, reason: &str, notify: bool) {
         let mut job = self.take_job(id, None);
         let outcome = job.as_mut().map(|job| {
-            let mut record = std::mem::take(&mut job.record);
+            let mut record = job.record.take().unwrap_or_default();
             record.messages.push(json!(["execution_error", execution_error(id, reason)]));
             let outputs = job.requirements.as_ref().map(|r| r.outputs.clone()).unwrap_or_default();
             record.outcome(false, &outputs)
@@ -259,15 +267,15 @@ impl Scheduler {
                 load.inflight.clear();
                 load.running.take()
             };
-            let held: Vec<String> = inner
+            let held: Vec<Arc<str>> = inner
                 .jobs
                 .iter()
                 .filter(|(_, j)| j.backend.as_deref() == Some(name))
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in held {
-                let Some(job) = inner.jobs.get_mut(&id) else { continue };
-                if running.as_deref() == Some(id.as_str()) || job.state == JobState::Running {
+                let Some(job) = inner.job_mut(&id) else { continue };
+                if running.as_deref() == Some(&*id) || job.state == JobState::Running {
                     lost.push(id);
                     continue;
                 }
@@ -280,7 +288,7 @@ impl Scheduler {
                 job.accepted = false;
                 let owner = job.owner;
                 inner.queue.push_front(owner, id.clone());
-                inner.abandoned.entry(name.to_owned()).or_default().push(id);
+                inner.abandoned.entry(name.to_owned()).or_default().push(id.to_string());
             }
         }
         for id in lost {
@@ -337,7 +345,7 @@ impl Scheduler {
                 .jobs
                 .iter()
                 .filter(|(_, j)| j.backend.as_deref() == Some(backend.name()) && j.accepted)
-                .map(|(id, j)| (id.clone(), j.attempt))
+                .map(|(id, j)| (id.to_string(), j.attempt))
                 .collect()
         };
         if held.is_empty() {
@@ -354,7 +362,7 @@ impl Scheduler {
         for (id, attempt) in held {
             if listed("queue_running", &id) {
                 let mut inner = self.inner();
-                if let Some(job) = inner.jobs.get_mut(&id).filter(|j| j.attempt == attempt) {
+                if let Some(job) = inner.job_mut(&id).filter(|j| j.attempt == attempt) {
                     job.state = JobState::Running;
                     backend.load().running = Some(id.clone());
                 }
@@ -374,7 +382,7 @@ impl Scheduler {
             }
             let entry = &history[id.as_str()];
             if entry.is_object() {
-                let owner = self.inner().jobs.get(&id).map(|j| j.owner);
+                let owner = self.inner().job(&id).map(|j| j.owner);
                 if let Some(owner) = owner {
                     let outputs: Vec<Value> = match entry["outputs"].as_object() {
                         Some(map) => map.values().cloned().collect(),
@@ -391,7 +399,7 @@ impl Scheduler {
                     self.notify_end(&ended);
                 }
             } else {
-                let was_running = self.inner().jobs.get(&id).is_some_and(|j| j.state == JobState::Running);
+                let was_running = self.inner().job(&id).is_some_and(|j| j.state == JobState::Running);
                 if was_running {
                     let reason =
                         format!("ComfyUI backend `{}` lost this job while running it (restarted?)", backend.name());

@@ -2,17 +2,18 @@
 //! (FIFO), and a job is only taken by a backend that can run it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 /// Queued prompt ids by owner.
 #[derive(Debug, Default)]
 pub struct FairQueue {
     turns: VecDeque<i64>,
-    jobs: HashMap<i64, VecDeque<String>>,
+    jobs: HashMap<i64, VecDeque<Arc<str>>>,
 }
 
 impl FairQueue {
     /// Adds a job at the end of its owner's line (a new owner joins the end of the turns).
-    pub fn push_back(&mut self, owner: i64, prompt_id: String) {
+    pub fn push_back(&mut self, owner: i64, prompt_id: Arc<str>) {
         let line = self.jobs.entry(owner).or_default();
         if line.is_empty() && !self.turns.contains(&owner) {
             self.turns.push_back(owner);
@@ -21,7 +22,7 @@ impl FairQueue {
     }
 
     /// Puts a job back at the front of its owner's line (it was dispatched and came back).
-    pub fn push_front(&mut self, owner: i64, prompt_id: String) {
+    pub fn push_front(&mut self, owner: i64, prompt_id: Arc<str>) {
         let line = self.jobs.entry(owner).or_default();
         if !self.turns.contains(&owner) {
             self.turns.push_front(owner);
@@ -31,7 +32,7 @@ impl FairQueue {
 
     /// Takes the next job any of `runnable` accepts: owners in turn, each owner's jobs in
     /// order; the owner served goes to the end of the turns.
-    pub fn take(&mut self, mut runnable: impl FnMut(&str) -> bool) -> Option<(i64, String)> {
+    pub fn take(&mut self, mut runnable: impl FnMut(&str) -> bool) -> Option<(i64, Arc<str>)> {
         for turn in 0..self.turns.len() {
             let owner = self.turns[turn];
             let line = self.jobs.get_mut(&owner)?;
@@ -53,7 +54,7 @@ impl FairQueue {
     pub fn remove(&mut self, owner: i64, prompt_id: &str) -> bool {
         let Some(line) = self.jobs.get_mut(&owner) else { return false };
         let before = line.len();
-        line.retain(|id| id != prompt_id);
+        line.retain(|id| &**id != prompt_id);
         let removed = line.len() != before;
         if line.is_empty() {
             self.jobs.remove(&owner);
@@ -63,7 +64,7 @@ impl FairQueue {
     }
 
     /// One owner's waiting jobs, in their order.
-    pub fn line(&self, owner: i64) -> Vec<String> {
+    pub fn line(&self, owner: i64) -> Vec<Arc<str>> {
         self.jobs.get(&owner).map(|l| l.iter().cloned().collect()).unwrap_or_default()
     }
 
@@ -73,8 +74,8 @@ impl FairQueue {
     }
 
     /// Every queued job in the order they would run if every backend could run all of them.
-    pub fn in_order(&self) -> Vec<(i64, String)> {
-        let mut lines: Vec<(i64, VecDeque<String>)> =
+    pub fn in_order(&self) -> Vec<(i64, Arc<str>)> {
+        let mut lines: Vec<(i64, VecDeque<Arc<str>>)> =
             self.turns.iter().filter_map(|o| self.jobs.get(o).map(|l| (*o, l.clone()))).collect();
         let mut out = Vec::new();
         while lines.iter().any(|(_, l)| !l.is_empty()) {
@@ -103,14 +104,14 @@ mod tests {
     use super::*;
 
     fn ids(q: &mut FairQueue, n: usize) -> Vec<String> {
-        (0..n).filter_map(|_| q.take(|_| true).map(|(_, id)| id)).collect()
+        (0..n).filter_map(|_| q.take(|_| true).map(|(_, id)| id.to_string())).collect()
     }
 
     #[test]
     fn owners_take_turns_and_keep_their_order() {
         let mut q = FairQueue::default();
         for i in 0..5 {
-            q.push_back(1, format!("a{i}"));
+            q.push_back(1, format!("a{i}").into());
         }
         q.push_back(2, "b0".into());
         q.push_back(2, "b1".into());
@@ -123,7 +124,7 @@ mod tests {
         let mut q = FairQueue::default();
         q.push_back(1, "big".into());
         q.push_back(1, "small".into());
-        assert_eq!(q.take(|id| id != "big"), Some((1, "small".into())));
+        assert_eq!(q.take(|id| id != "big"), Some((1, Arc::from("small"))));
         assert_eq!(q.len(), 1);
     }
 
@@ -133,11 +134,12 @@ mod tests {
         q.push_back(1, "a".into());
         q.push_back(2, "b".into());
         q.push_front(1, "back".into());
-        assert_eq!(q.in_order(), [(1, "back".to_owned()), (2, "b".to_owned()), (1, "a".to_owned())]);
+        let order: Vec<(i64, String)> = q.in_order().into_iter().map(|(o, id)| (o, id.to_string())).collect();
+        assert_eq!(order, [(1, "back".to_owned()), (2, "b".to_owned()), (1, "a".to_owned())]);
         assert!(q.remove(2, "b"));
         assert!(!q.remove(2, "b"));
         assert!(!q.remove(2, "a"), "only the owner's own line is searched");
-        assert_eq!(q.line(1), ["back", "a"]);
+        assert_eq!(q.line(1).iter().map(|id| &**id).collect::<Vec<_>>(), ["back", "a"]);
         assert_eq!(q.waiting_of(1), 2);
         assert_eq!(ids(&mut q, 3), ["back", "a"]);
     }

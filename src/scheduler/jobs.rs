@@ -77,10 +77,12 @@ pub fn take_secrets(extra: &mut Value) -> Option<Map<String, Value>> {
 /// A job the gateway holds (waiting, dispatched or running).
 pub(super) struct Active {
     pub owner: i64,
-    pub username: String,
-    pub client_id: String,
-    /// The prompt id the owner knows it by (the backends see the gateway's own).
-    pub public_id: String,
+    /// Shared by the owner's jobs (see [`Names`]).
+    pub username: Arc<str>,
+    pub client_id: Arc<str>,
+    /// The prompt id the owner knows it by (the backends see the gateway's own, which it is
+    /// unless the owner chose one: then both share one allocation).
+    pub public_id: Arc<str>,
     /// The API token that submitted it, if one did.
     pub token_id: Option<i64>,
     pub number: i64,
@@ -89,9 +91,10 @@ pub(super) struct Active {
     pub request: Option<Arc<Value>>,
     /// Credentials from `extra_data` (Comfy.org API keys and the like): never written to the
     /// store, so held here until the job is dispatched.
-    pub secrets: Option<Map<String, Value>>,
-    /// What it needs; `None` until some backend's capabilities are known.
-    pub requirements: Option<Requirements>,
+    pub secrets: Option<Box<Map<String, Value>>>,
+    /// What it needs; `None` until some backend's capabilities are known. Jobs of one
+    /// workflow share one.
+    pub requirements: Option<Arc<Requirements>>,
     /// The backend holding its uploaded input files.
     pub pinned: Option<String>,
     pub state: JobState,
@@ -107,8 +110,8 @@ pub(super) struct Active {
     pub accepted: bool,
     /// Backends that answered a dispatch of this job with a server error: not tried again.
     pub refused_by: Vec<String>,
-    /// What its run has shown so far, for its history entry.
-    pub record: Record,
+    /// What its run has shown so far, for its history entry (once it has shown anything).
+    pub record: Option<Box<Record>>,
 }
 
 /// What a job's run showed: the parts of ComfyUI's history entry the gateway keeps.
@@ -159,13 +162,51 @@ impl Record {
     }
 }
 
+/// Names many jobs share, held once: user names, client ids, requirements.
+#[derive(Default)]
+pub(super) struct Names {
+    strings: std::collections::HashSet<Arc<str>>,
+    requirements: std::collections::HashSet<Arc<Requirements>>,
+}
+
+impl Names {
+    /// The one copy of `text`.
+    pub fn text(&mut self, text: &str) -> Arc<str> {
+        if let Some(known) = self.strings.get(text) {
+            return known.clone();
+        }
+        // Bounded: past this many distinct names, sharing stops paying for the table.
+        if self.strings.len() >= 100_000 {
+            self.strings.clear();
+        }
+        let new: Arc<str> = Arc::from(text);
+        self.strings.insert(new.clone());
+        new
+    }
+
+    /// The one copy of `req`.
+    pub fn requirements(&mut self, req: Requirements) -> Arc<Requirements> {
+        if let Some(known) = self.requirements.get(&req) {
+            return known.clone();
+        }
+        if self.requirements.len() >= 10_000 {
+            self.requirements.clear();
+        }
+        let new = Arc::new(req);
+        self.requirements.insert(new.clone());
+        new
+    }
+}
+
 impl Active {
-    pub fn from_job(job: &Job) -> Self {
+    /// A held job from its record; `id` is its gateway id (shared with `public_id` when equal).
+    pub fn from_job(job: &Job, id: &Arc<str>, names: &mut Names) -> Self {
+        let public_id = if job.public_id == job.prompt_id { id.clone() } else { Arc::from(job.public_id.as_str()) };
         Self {
             owner: job.user_id,
-            username: job.username.clone(),
-            client_id: job.client_id.clone(),
-            public_id: job.public_id.clone(),
+            username: names.text(&job.username),
+            client_id: names.text(&job.client_id),
+            public_id,
             token_id: job.token_id,
             number: job.number,
             request: None,
@@ -180,8 +221,13 @@ impl Active {
             // Resumed as handed to a backend: that backend's queue and history tell.
             accepted: matches!(job.state, JobState::Dispatched | JobState::Running),
             refused_by: Vec::new(),
-            record: Record::default(),
+            record: None,
         }
+    }
+
+    /// What its run has shown, to add to.
+    pub fn record(&mut self) -> &mut Record {
+        self.record.get_or_insert_with(Box::default)
     }
 
     /// What a view of the queue needs of this job (gateway id `id`), taken under the lock.
@@ -192,7 +238,7 @@ impl Active {
             owner: self.owner,
             client_id: self.client_id.clone(),
             public_id: self.public_id.clone(),
-            outputs: self.requirements.as_ref().map(|r| r.outputs.clone()).unwrap_or_default(),
+            requirements: self.requirements.clone(),
         }
     }
 }
@@ -202,23 +248,46 @@ pub struct QueueEntry {
     pub id: String,
     pub number: i64,
     owner: i64,
-    client_id: String,
-    public_id: String,
-    outputs: Vec<String>,
+    client_id: Arc<str>,
+    public_id: Arc<str>,
+    requirements: Option<Arc<Requirements>>,
 }
 
 impl QueueEntry {
-    /// ComfyUI's queue item `[number, prompt_id, prompt, extra_data, outputs_to_execute]`, as
-    /// `viewer` may see it, from the job's stored `request` (which holds no credentials).
-    pub fn item(&self, viewer: i64, request: &Value) -> Value {
-        let mut extra = request.get("extra_data").cloned().unwrap_or_else(|| json!({}));
+    /// Writes ComfyUI's queue item `[number, prompt_id, prompt, extra_data,
+    /// outputs_to_execute]`, as `viewer` may see it, from the job's stored `request` (which holds
+    /// no credentials): the workflow is copied as it was stored, not parsed.
+    pub fn write(&self, out: &mut String, viewer: i64, request: &str) {
+        #[derive(serde::Deserialize)]
+        struct Stored<'a> {
+            #[serde(borrow)]
+            prompt: Option<&'a serde_json::value::RawValue>,
+            #[serde(default)]
+            extra_data: Map<String, Value>,
+        }
+        let stored: Option<Stored<'_>> = serde_json::from_str(request).ok();
+        let (prompt, mut extra) = match stored {
+            Some(s) => (s.prompt.map_or("null", |p| p.get()), Value::Object(s.extra_data)),
+            None => ("null", json!({})),
+        };
         strip_secrets(&mut extra);
         let own = viewer == self.owner;
         if !self.client_id.is_empty() && own {
-            extra["client_id"] = Value::String(self.client_id.clone());
+            extra["client_id"] = Value::String(self.client_id.to_string());
         }
-        let shown = if own { &self.public_id } else { &self.id };
-        json!([self.number, shown, request.get("prompt").cloned().unwrap_or(Value::Null), extra, self.outputs])
+        let shown: &str = if own { &self.public_id } else { &self.id };
+        let outputs: &[String] = self.requirements.as_ref().map_or(&[], |r| r.outputs.as_slice());
+        out.push('[');
+        out.push_str(&self.number.to_string());
+        out.push(',');
+        out.push_str(&Value::String(shown.to_owned()).to_string());
+        out.push(',');
+        out.push_str(prompt);
+        out.push(',');
+        out.push_str(&extra.to_string());
+        out.push(',');
+        out.push_str(&serde_json::to_string(outputs).unwrap_or_else(|_| "[]".to_owned()));
+        out.push(']');
     }
 }
 
@@ -226,4 +295,33 @@ impl QueueEntry {
 /// replaced by the owner's own (a UUID never occurs by chance in other text).
 pub fn renamed(text: &str, id: &str, public_id: &str) -> String {
     if id == public_id { text.to_owned() } else { text.replace(id, public_id) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_item_copies_the_stored_workflow_and_shows_each_viewer_their_id() {
+        let entry = QueueEntry {
+            id: "gw-id".to_owned(),
+            number: 7,
+            owner: 1,
+            client_id: Arc::from("tab-1"),
+            public_id: Arc::from("job-0001"),
+            requirements: Some(Arc::new(Requirements { outputs: vec!["2".to_owned()], ..Requirements::default() })),
+        };
+        let request = r#"{"prompt":{"1":{"class_type":"EmptyImage","inputs":{"w":"a\"b"}}},"extra_data":{"api_key_x":"k","note":1}}"#;
+        let item = |viewer| {
+            let mut out = String::new();
+            entry.write(&mut out, viewer, request);
+            serde_json::from_str::<Value>(&out).unwrap_or(Value::Null)
+        };
+        let prompt = json!({"1": {"class_type": "EmptyImage", "inputs": {"w": "a\"b"}}});
+        assert_eq!(item(1), json!([7, "job-0001", prompt, {"note": 1, "client_id": "tab-1"}, ["2"]]));
+        assert_eq!(item(2), json!([7, "gw-id", prompt, {"note": 1}, ["2"]]), "others: the gateway id, no client id");
+        let mut out = String::new();
+        entry.write(&mut out, 1, "not json");
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap_or(Value::Null)[2], Value::Null);
+    }
 }

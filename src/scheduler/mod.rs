@@ -46,7 +46,6 @@ use fair::FairQueue;
 use files::FileLocations;
 use jobs::Active;
 pub use jobs::{Answer, is_secret_key, renamed, strip_secrets};
-use workflow::Requirements;
 
 /// Why a submission is refused before it is queued.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +53,9 @@ pub enum SchedulerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The gateway itself failed (a task it waited for died).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 /// Who submits a job.
@@ -79,37 +81,61 @@ struct Dispatch {
     owner: i64,
     token_id: Option<i64>,
     backend: Arc<Backend>,
-    username: String,
+    username: Arc<str>,
     secrets: Option<Map<String, Value>>,
     waiter: Option<oneshot::Sender<Answer>>,
 }
 
 struct Inner {
     queue: FairQueue,
-    jobs: HashMap<String, Active>,
+    jobs: HashMap<Arc<str>, Active>,
     /// Jobs moved away from a backend that went down, to delete there when it comes back.
     abandoned: HashMap<String, Vec<String>>,
     /// Backends being reconciled now (one reconciliation at a time each).
     reconciling: HashSet<String>,
     /// Jobs whose requirements are not known yet (their workflow is held until they are).
-    unanalysed: Vec<String>,
-    /// Gateway ids by (owner, the id the owner knows the job by).
-    by_public: HashMap<(i64, String), String>,
+    unanalysed: Vec<Arc<str>>,
+    /// Gateway ids by (owner, the id the owner chose), for jobs whose owner chose one.
+    by_public: HashMap<(i64, Arc<str>), Arc<str>>,
     /// Each owner's limits as last read (at their latest submission).
     limits: HashMap<i64, Limits>,
+    /// Names the held jobs share.
+    names: jobs::Names,
 }
 
 impl Inner {
-    fn insert(&mut self, id: String, job: Active) {
-        self.by_public.insert((job.owner, job.public_id.clone()), id.clone());
+    fn insert(&mut self, id: Arc<str>, job: Active) {
+        if job.public_id != id {
+            self.by_public.insert((job.owner, job.public_id.clone()), id.clone());
+        }
         self.jobs.insert(id, job);
     }
 
     fn remove(&mut self, id: &str) -> Option<Active> {
         let job = self.jobs.remove(id)?;
-        self.by_public.remove(&(job.owner, job.public_id.clone()));
+        if &*job.public_id != id {
+            self.by_public.remove(&(job.owner, job.public_id.clone()));
+        }
         self.queue.remove(job.owner, id);
         Some(job)
+    }
+
+    fn job(&self, id: &str) -> Option<&Active> {
+        self.jobs.get(id)
+    }
+
+    fn job_mut(&mut self, id: &str) -> Option<&mut Active> {
+        self.jobs.get_mut(id)
+    }
+
+    /// The gateway id of the held job `owner` knows as `public_id`.
+    fn own(&self, owner: i64, public_id: &str) -> Option<Arc<str>> {
+        if let Some((id, _)) =
+            self.jobs.get_key_value(public_id).filter(|(_, j)| j.owner == owner && &*j.public_id == public_id)
+        {
+            return Some(id.clone());
+        }
+        self.by_public.get(&(owner, Arc::from(public_id))).cloned()
     }
 }
 
@@ -134,6 +160,8 @@ pub struct Scheduler {
     inner: Mutex<Inner>,
     /// One submission at a time per user, so their limits hold under concurrency.
     submitting: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Large queue views take turns (see `control::LARGE_VIEW`).
+    large_views: tokio::sync::Semaphore,
     numbers: AtomicI64,
     announced: AtomicUsize,
     subscribers: Subscribers,
@@ -157,11 +185,13 @@ impl Scheduler {
             unanalysed: Vec::new(),
             by_public: HashMap::new(),
             limits: HashMap::new(),
+            names: jobs::Names::default(),
         };
         for job in store.jobs_in_states(&[JobState::Queued, JobState::Dispatched, JobState::Running]).await? {
-            let mut active = Active::from_job(&job);
+            let id: Arc<str> = Arc::from(job.prompt_id.as_str());
+            let mut active = Active::from_job(&job, &id, &mut inner.names);
             active.request = serde_json::from_str(&job.request).ok().map(Arc::new);
-            inner.unanalysed.push(job.prompt_id.clone());
+            inner.unanalysed.push(id.clone());
             // A job handed to a backend that is still configured stays with it (reconciled once
             // its socket connects); anything else waits in the queue again.
             let holder = match job.state {
@@ -177,10 +207,10 @@ impl Scheduler {
                     active.state = JobState::Queued;
                     active.backend = None;
                     active.accepted = false;
-                    inner.queue.push_back(job.user_id, job.prompt_id.clone());
+                    inner.queue.push_back(job.user_id, id.clone());
                 }
             }
-            inner.insert(job.prompt_id.clone(), active);
+            inner.insert(id, active);
         }
         if !inner.jobs.is_empty() {
             tracing::info!(jobs = inner.jobs.len(), "resumed jobs from the store");
@@ -199,6 +229,7 @@ impl Scheduler {
             max_request_body,
             inner: Mutex::new(inner),
             submitting: Mutex::new(HashMap::new()),
+            large_views: tokio::sync::Semaphore::new(1),
             numbers,
             announced: AtomicUsize::new(usize::MAX),
             subscribers: Subscribers::default(),
@@ -315,18 +346,22 @@ impl Scheduler {
         let (tx, mut rx) = oneshot::channel();
         {
             let mut inner = self.inner();
-            let mut active = Active::from_job(&job);
-            if requirements.is_none() {
-                active.request = Some(Arc::new(request));
-                inner.unanalysed.push(prompt_id.clone());
+            let inner = &mut *inner;
+            let id: Arc<str> = Arc::from(prompt_id.as_str());
+            let mut active = Active::from_job(&job, &id, &mut inner.names);
+            match requirements {
+                Some(req) => active.requirements = Some(inner.names.requirements(req)),
+                None => {
+                    active.request = Some(Arc::new(request));
+                    inner.unanalysed.push(id.clone());
+                }
             }
-            active.secrets = secrets;
-            active.requirements = requirements;
+            active.secrets = secrets.map(Box::new);
             inner.limits.insert(by.user_id, limits);
             active.pinned = pinned;
             active.waiter = Some(tx);
-            inner.insert(prompt_id.clone(), active);
-            inner.queue.push_back(by.user_id, prompt_id.clone());
+            inner.insert(id.clone(), active);
+            inner.queue.push_back(by.user_id, id);
         }
         // Queued: the user's next submission may be counted (dispatch does not hold it up).
         drop(turn);
@@ -335,7 +370,7 @@ impl Scheduler {
         match rx.try_recv() {
             Ok(answer) => Ok(answer),
             Err(_) => {
-                if let Some(job) = self.inner().jobs.get_mut(&prompt_id) {
+                if let Some(job) = self.inner().job_mut(&prompt_id) {
                     job.waiter = None;
                 }
                 Ok(accepted(&public_id, number, &Value::Object(Map::new())))
@@ -409,10 +444,11 @@ impl Scheduler {
         let inner = &mut *inner;
         if let (Some(known), false) = (&known, inner.unanalysed.is_empty()) {
             for id in std::mem::take(&mut inner.unanalysed) {
-                let Some(job) = inner.jobs.get_mut(&id) else { continue };
+                let Some(job) = inner.jobs.get_mut(&*id) else { continue };
                 let empty = Map::new();
                 let prompt = job.request.as_deref().and_then(|r| r["prompt"].as_object()).unwrap_or(&empty);
-                job.requirements = Some(workflow::analyse(prompt, known).unwrap_or_default());
+                let req = workflow::analyse(prompt, known).unwrap_or_default();
+                job.requirements = Some(inner.names.requirements(req));
                 job.request = None;
             }
         }
@@ -421,7 +457,7 @@ impl Scheduler {
         let mut running: HashMap<i64, u64> = HashMap::new();
         for backend in &backends {
             for id in backend.load().inflight.iter() {
-                if let Some(job) = inner.jobs.get(id) {
+                if let Some(job) = inner.job(id) {
                     *running.entry(job.owner).or_default() += 1;
                 }
             }
@@ -444,23 +480,23 @@ impl Scheduler {
             let Some((_, id)) = inner.queue.take(runnable) else { break };
             let Some(job) = jobs.get_mut(&id) else { continue };
             let Some(backend) = best_backend(job, &rooms).cloned() else { continue };
-            backend.load().inflight.push(id.clone());
+            backend.load().inflight.push(id.to_string());
             job.state = JobState::Dispatched;
             job.backend = Some(backend.name().to_owned());
             job.attempt += 1;
             job.accepted = false;
             *running.entry(job.owner).or_default() += 1;
             out.push(Dispatch {
-                public_id: job.public_id.clone(),
+                public_id: job.public_id.to_string(),
                 number: job.number,
                 attempt: job.attempt,
                 owner: job.owner,
                 token_id: job.token_id,
                 username: job.username.clone(),
-                secrets: job.secrets.clone(),
+                secrets: job.secrets.as_deref().cloned(),
                 waiter: job.waiter.take(),
                 backend,
-                id,
+                id: id.to_string(),
             });
         }
         out
@@ -566,7 +602,7 @@ impl Scheduler {
                     let _ = w.send(accepted(&public_id, number, &json!({})));
                 }
                 let mut inner = self.inner();
-                if let Some(job) = inner.jobs.get_mut(&id).filter(|j| j.attempt == attempt) {
+                if let Some(job) = inner.job_mut(&id).filter(|j| j.attempt == attempt) {
                     job.accepted = true;
                 }
             }
@@ -596,7 +632,7 @@ impl Scheduler {
                 // queues it again.
                 if let Some(w) = waiter {
                     // Queued after all: the submitter gets the usual answer (the job runs later).
-                    let number = self.inner().jobs.get(id).map_or(0, |j| j.number);
+                    let number = self.inner().job(id).map_or(0, |j| j.number);
                     let _ = w.send(accepted(public_id, number, &json!({})));
                 }
             }
@@ -615,13 +651,13 @@ impl Scheduler {
 
     /// Whether `attempt` is still job `id`'s latest dispatch, to `backend`.
     fn is_current(&self, id: &str, backend: &Backend, attempt: u32) -> bool {
-        self.inner().jobs.get(id).is_some_and(|j| j.attempt == attempt && j.backend.as_deref() == Some(backend.name()))
+        self.inner().job(id).is_some_and(|j| j.attempt == attempt && j.backend.as_deref() == Some(backend.name()))
     }
 
     /// The backend took the job; true when the record should say so (not yet running).
     fn mark_accepted(&self, id: &str, backend: &Backend, attempt: u32) -> bool {
         let mut inner = self.inner();
-        let Some(job) = inner.jobs.get_mut(id) else { return false };
+        let Some(job) = inner.job_mut(id) else { return false };
         if job.attempt != attempt || job.backend.as_deref() != Some(backend.name()) {
             return false;
         }
@@ -632,7 +668,7 @@ impl Scheduler {
     /// Puts a dispatched job back where it was, untried (it was never sent).
     fn release(&self, id: &str, backend: &Backend, attempt: u32) {
         let mut inner = self.inner();
-        let Some(job) = inner.jobs.get_mut(id) else { return };
+        let Some(job) = inner.job_mut(id) else { return };
         if job.attempt != attempt || job.backend.as_deref() != Some(backend.name()) {
             return;
         }
@@ -641,7 +677,7 @@ impl Scheduler {
         job.backend = None;
         job.attempt = job.attempt.saturating_sub(1);
         let owner = job.owner;
-        inner.queue.push_front(owner, id.to_owned());
+        inner.queue.push_front(owner, Arc::from(id));
     }
 
     /// A dispatch of `attempt` did not land on `backend`: the job goes back to the front of its
@@ -649,7 +685,7 @@ impl Scheduler {
     /// (it is not offered the job again).
     fn requeue(&self, id: &str, backend: &Backend, attempt: u32, refused: bool, reason: &str) -> Requeued {
         let mut inner = self.inner();
-        let Some(job) = inner.jobs.get_mut(id) else { return Requeued::Stale };
+        let Some(job) = inner.job_mut(id) else { return Requeued::Stale };
         if job.attempt != attempt || job.backend.as_deref() != Some(backend.name()) || job.state != JobState::Dispatched
         {
             return Requeued::Stale;
@@ -675,7 +711,7 @@ impl Scheduler {
         job.backend = None;
         job.accepted = false;
         let owner = job.owner;
-        inner.queue.push_front(owner, id.to_owned());
+        inner.queue.push_front(owner, Arc::from(id));
         Requeued::Waiting
     }
 
@@ -722,7 +758,7 @@ fn accepted(public_id: &str, number: i64, node_errors: &Value) -> Answer {
 /// has not refused it, preferring the one whose last job used the same models, then the least
 /// loaded.
 fn best_backend<'a>(job: &Active, rooms: &[&'a Arc<Backend>]) -> Option<&'a Arc<Backend>> {
-    let models = job.requirements.as_ref().map(Requirements::model_files).unwrap_or_default();
+    let models = job.requirements.as_ref().map(|r| r.model_files()).unwrap_or_default();
     rooms
         .iter()
         .filter(|b| job.pinned.as_deref().is_none_or(|p| p == b.name()))

@@ -56,7 +56,7 @@ impl Scheduler {
                         if j.state == JobState::Running {
                             j.outcome = Some((JobState::Cancelled, reason.clone()));
                         }
-                        (id.clone(), j.state, j.backend.clone())
+                        (id.to_string(), j.state, j.backend.clone())
                     })
                     .collect()
             };

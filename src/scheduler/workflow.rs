@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use crate::backends::capabilities::{Capabilities, NodeClass, is_model_input};
 
 /// What a workflow needs from a backend.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Requirements {
     /// Node classes used by nodes that feed an output.
     pub classes: BTreeSet<String>,
