@@ -45,7 +45,6 @@ import math
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,7 @@ import time
 
 from bench import cpu_ticks, pct, pinning, proc_tree, rss_bytes, CLK_TCK
 from makespan import GW, SIM, Client, Procs, build, free_port, git_rev, loadavg, run_cmd
+from procs import interrupt_on_termination, wait_ready
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
@@ -60,7 +60,7 @@ ADMIN_PASSWORD = "queue-scale-admin-password-0123"
 USER_PASSWORD = "queue-scale-user-password-0123"
 USERS = 100
 SMALL_USER_JOBS = 10
-WORKFLOW_BYTES = 2048
+WORKFLOW_BYTES = 2048  # default size of a POST /prompt body (--workflow-bytes)
 SLOW_JOB_MS = 86_400_000
 TARGETS = {"rss_mib": 150.0, "submits_per_s": 2000.0, "small_p99_ms": 10.0}
 
@@ -83,15 +83,15 @@ def gateway_env() -> dict:
     return env
 
 
-def prompt_body(user: int, k: int) -> bytes:
-    """A valid two-node workflow, padded with a `_meta` title so the POST body is ~2 KiB."""
+def prompt_body(user: int, k: int, size: int = WORKFLOW_BYTES) -> bytes:
+    """A valid two-node workflow, padded with a `_meta` title so the POST body is `size` bytes."""
     wf = {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": k},
               "_meta": {"title": ""}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": f"qs{user}"}},
     }
     body = {"prompt": wf, "client_id": f"qs-{user_name(user)}"}
-    pad = WORKFLOW_BYTES - len(json.dumps(body, separators=(",", ":")))
+    pad = size - len(json.dumps(body, separators=(",", ":")))
     wf["1"]["_meta"]["title"] = "p" * max(0, pad)
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -123,7 +123,7 @@ def request_bytes(method: str, path: str, token: str, body: bytes = b"") -> byte
     return head.encode() + b"\r\n" + body
 
 
-async def submit_all(port: int, tokens: list[str], quotas: list[int]) -> dict:
+async def submit_all(port: int, tokens: list[str], quotas: list[int], size: int) -> dict:
     """One connection per user, each POSTing its quota of jobs back to back."""
     failures: list[str] = []
     ok = 0
@@ -133,7 +133,7 @@ async def submit_all(port: int, tokens: list[str], quotas: list[int]) -> dict:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
         try:
             for k in range(quotas[u]):
-                writer.write(request_bytes("POST", "/prompt", tokens[u], prompt_body(u, k)))
+                writer.write(request_bytes("POST", "/prompt", tokens[u], prompt_body(u, k, size)))
                 status, body = await asyncio.wait_for(read_response(reader), 60)
                 if status == 200:
                     ok += 1
@@ -247,21 +247,15 @@ class Bench:
         logp = os.path.join(d, "gateway.log")
         p = self.start([GW, "--config", conf, "serve"], logp, env=gateway_env())
         c = Client(port, {"Authorization": f"Bearer {self.admin_token}"}, timeout=2.0)
-        deadline = time.monotonic() + 30
+
+        def ready() -> bool:  # the slow backend healthy and its capabilities known
+            s1, stats = c.json("GET", "/system_stats")
+            s2, _ = c.request("GET", "/object_info/SaveImage")
+            return s1 == 200 and s2 == 200 and len(stats.get("devices", [])) >= 1
         try:
-            while time.monotonic() < deadline:
-                if p.poll() is not None:
-                    raise HarnessError(f"comfygate exited with {p.returncode} during start (log: {logp})")
-                try:
-                    s1, stats = c.json("GET", "/system_stats")
-                    s2, _ = c.request("GET", "/object_info/SaveImage")
-                    if s1 == 200 and s2 == 200 and len(stats.get("devices", [])) >= 1:
-                        break
-                except (OSError, http.client.HTTPException, AttributeError):
-                    c.close()
-                time.sleep(0.05)
-            else:
-                raise HarnessError(f"comfygate not ready with the slow backend after 30 s (log: {logp})")
+            wait_ready(p, f"comfygate (log: {logp})", ready, 30, (OSError, http.client.HTTPException, AttributeError))
+        except RuntimeError as e:
+            raise HarnessError(str(e)) from None
         finally:
             c.close()
         return port, p, logp
@@ -272,20 +266,14 @@ class Bench:
         logp = os.path.join(d, "sim.log")
         p = self.start([SIM, "--port", str(port), "--job-ms", str(job_ms), "--data-dir", d], logp)
         c = Client(port, timeout=1.0)
-        deadline = time.monotonic() + 20
         try:
-            while time.monotonic() < deadline:
-                if p.poll() is not None:
-                    raise HarnessError(f"comfyui-sim exited with {p.returncode} (log: {logp})")
-                try:
-                    if c.request("GET", "/system_stats")[0] == 200:
-                        return p
-                except (OSError, http.client.HTTPException):
-                    c.close()
-                time.sleep(0.05)
+            wait_ready(p, f"comfyui-sim (log: {logp})", lambda: c.request("GET", "/system_stats")[0] == 200, 20,
+                       (OSError, http.client.HTTPException))
+        except RuntimeError as e:
+            raise HarnessError(str(e)) from None
         finally:
             c.close()
-        raise HarnessError(f"comfyui-sim on {port} not answering after 20 s")
+        return p
 
     def remaining(self, c: Client) -> int:
         status, info = c.json("GET", "/prompt")
@@ -308,7 +296,7 @@ class Bench:
                                           for i in range(USERS - 1)]
             rss0 = rss_bytes(gp.pid)
             g0, c0, t0 = cpu_ticks(pids), os.times(), time.monotonic()
-            sub = asyncio.run(submit_all(port, self.tokens, quotas))
+            sub = asyncio.run(submit_all(port, self.tokens, quotas, self.args.workflow_bytes))
             wall = time.monotonic() - t0
             g1, c1 = cpu_ticks(pids), os.times()
             client_cpu = (c1.user - c0.user) + (c1.system - c0.system)
@@ -324,10 +312,12 @@ class Bench:
             time.sleep(2.0)
             held = self.remaining(admin)
             rss1 = rss_bytes(gp.pid)
-            res.update(rss_empty_mib=rss0 / 2**20, rss_mib=rss1 / 2**20, rss_peak_mib=vm_hwm(gp.pid) / 2**20,
+            status = proc_status(gp.pid)
+            res.update(rss_empty_mib=rss0 / 2**20, rss_mib=rss1 / 2**20, rss_peak_mib=status.get("VmHWM", 0) / 2**20,
+                       rss_anon_mib=status.get("RssAnon", 0) / 2**20, rss_file_mib=status.get("RssFile", 0) / 2**20,
                        held=held)
             log(f"{tag}: {held:,} jobs held; gateway RSS {rss0 / 2**20:.1f} MiB empty -> {rss1 / 2**20:.1f} MiB "
-                f"(peak {res['rss_peak_mib']:.1f})")
+                f"(peak {res['rss_peak_mib']:.1f}; anonymous {res['rss_anon_mib']:.1f}, file {res['rss_file_mib']:.1f})")
 
             # -- GET /queue: the small user while the 99 others poll
             small = Client(port, {"Authorization": f"Bearer {self.tokens[0]}"}, timeout=30)
@@ -413,12 +403,15 @@ def probe(small: Client, seconds: float) -> list[float]:
     return lat
 
 
-def vm_hwm(pid: int) -> int:
+def proc_status(pid: int) -> dict[str, int]:
+    """The kB fields of /proc/PID/status (VmHWM, RssAnon, RssFile...), in bytes."""
+    out = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+            key, _, value = line.partition(":")
+            if value.strip().endswith(" kB"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
 
 
 def warn_lines(path: str) -> list[str]:
@@ -450,7 +443,9 @@ def targets(rows: list[dict]) -> list[tuple[str, str, str, bool | None]]:
     ]
     if len(rows) > 1:
         growth = top["jobs"] / low["jobs"]
-        for key, what in (("small_p50_ms", "small user's GET /queue p50"), ("dispatch_us_per_job", "dispatch cost per job")):
+        for key, what in (("alone_p50_ms", "small user's GET /queue p50, alone"),
+                          ("small_p50_ms", "small user's GET /queue p50, while the others poll"),
+                          ("dispatch_us_per_job", "dispatch cost per job")):
             r = top[key] / low[key] if low[key] else float("inf")
             # logarithmic: ln(top) / ln(low) (1.67x from 1k to 100k), with 50 % for noise; linear would be 100x
             bound = 1.5 * math.log(top["jobs"]) / math.log(low["jobs"])
@@ -463,7 +458,7 @@ def report(args, rows: list[dict], errors: list[str], elapsed: float) -> str:
     now = dt.datetime.now(dt.timezone.utc)
     L = [f"# comfygate queue-scale benchmark ({'quick' if args.quick else 'full'}), {now:%Y-%m-%d %H:%M:%S} UTC", ""]
     L.append(f"- `python3 bench/queue_scale.py{' --quick' if args.quick else ''}` (scales "
-             f"{', '.join(f'{r:,}' for r in args.scales)}; /queue {args.poll_seconds:g} s, others every "
+             f"{', '.join(f'{r:,}' for r in args.scales)}; workflows {args.workflow_bytes:,} B; /queue {args.poll_seconds:g} s, others every "
              f"{args.poll_interval:g} s; drain {args.drain:,}); {elapsed:.0f} s in all")
     L.append(f"- machine: {platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, Python "
              f"{platform.python_version()}; git {git_rev()}; load average at start {args.load_start}, at end "
@@ -471,7 +466,7 @@ def report(args, rows: list[dict], errors: list[str], elapsed: float) -> str:
     L.append(f"- gateway on SQLite, `[limits] max_waiting = 0`; backends: one comfyui-sim holding one job for a "
              f"day (max_inflight 1) and one absent until the dispatch phase; {USERS} users, u000 with "
              f"{SMALL_USER_JOBS} jobs, the rest shared by the other {USERS - 1}; workflows "
-             f"{len(prompt_body(1, 1)):,} bytes as POSTed")
+             f"{len(prompt_body(1, 1, args.workflow_bytes)):,} bytes as POSTed")
     L.append("- submits/s: N POSTs over 100 keep-alive connections (one per user) / wall time; client CPU = this "
              "Python client's share of one core (below ~90 %: the gateway, not the client, set the pace)")
     L.append("- RSS: gateway VmRSS 2 s after the last submission (peak VmHWM in brackets); /queue: the small "
@@ -521,6 +516,8 @@ def main() -> int:
     ap.add_argument("--poll-seconds", type=float, help="length of the /queue phase (default 10, quick 5)")
     ap.add_argument("--poll-interval", type=float, default=0.5, help="seconds between one other user's polls (0.5)")
     ap.add_argument("--drain", type=int, help="jobs the fast backend takes in the dispatch phase (default 3000, quick 500)")
+    ap.add_argument("--workflow-bytes", type=int, default=WORKFLOW_BYTES,
+                    help=f"size of each POST /prompt body (default {WORKFLOW_BYTES})")
     ap.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
     args = ap.parse_args()
@@ -528,8 +525,10 @@ def main() -> int:
     args.poll_seconds = args.poll_seconds or (5.0 if args.quick else 10.0)
     args.drain = args.drain or (500 if args.quick else 3000)
     if not all(USERS * 2 <= n <= 1_000_000 for n in args.scales) or not 3 <= args.poll_seconds <= 600 \
-            or not 0.01 <= args.poll_interval <= 10 or not 1 <= args.drain <= 100_000:
-        ap.error("scales 200..1,000,000; --poll-seconds 3..600; --poll-interval 0.01..10; --drain 1..100,000")
+            or not 0.01 <= args.poll_interval <= 10 or not 1 <= args.drain <= 100_000 \
+            or not 300 <= args.workflow_bytes <= 1 << 20:
+        ap.error("scales 200..1,000,000; --poll-seconds 3..600; --poll-interval 0.01..10; --drain 1..100,000; "
+                 "--workflow-bytes 300..1MiB")
     args.load_start = loadavg()
     load_cpus, server_cpus, args.pinning = pinning(not args.no_pin)
     if load_cpus is not None:
@@ -537,11 +536,7 @@ def main() -> int:
 
     procs = Procs()
 
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    interrupt_on_termination()
     work = tempfile.mkdtemp(prefix="comfygate-queue-scale-")
     t_start = time.monotonic()
     rows: list[dict] = []
@@ -581,7 +576,8 @@ def main() -> int:
         f.write(text)
     with open(base + ".json", "w") as f:
         json.dump({"when": stamp, "quick": args.quick, "git": git_rev(), "pinning": args.pinning,
-                   "targets": TARGETS, "rows": rows, "errors": errors}, f, indent=1)
+                   "targets": TARGETS, "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, list))},
+                   "rows": rows, "errors": errors}, f, indent=1)
     log(f"report written to {os.path.relpath(base, ROOT)}.md / .json ({time.monotonic() - t_start:.0f} s)")
     return 1 if broke else 0
 
