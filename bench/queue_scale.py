@@ -434,7 +434,8 @@ def targets(rows: list[dict]) -> list[tuple[str, str, str, bool | None]]:
     top, low = rows[-1], rows[0]
     scale = f"{top['jobs']:,} jobs"
     out = [
-        (f"gateway RSS with {scale} waiting", f"≤ {TARGETS['rss_mib']:.0f} MiB", f"{top['rss_mib']:.1f} MiB",
+        (f"gateway RSS with {scale} waiting" + ("" if top["jobs"] >= 100_000 else " (judged at 100,000 only)"),
+         f"≤ {TARGETS['rss_mib']:.0f} MiB", f"{top['rss_mib']:.1f} MiB",
          top["rss_mib"] <= TARGETS["rss_mib"] if top["jobs"] >= 100_000 else None),
         (f"submit throughput ({scale})", f"≥ {TARGETS['submits_per_s']:,.0f}/s", f"{top['submits_per_s']:,.0f}/s",
          top["submits_per_s"] >= TARGETS["submits_per_s"]),
