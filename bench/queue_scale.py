@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Queue-scale benchmark (issue 10): many waiting jobs held by the gateway. Python 3.11 stdlib only.
 
-    python3 bench/queue_scale.py            full run: 1k, 10k and 100k waiting jobs (~6 minutes on 2 cores)
-    python3 bench/queue_scale.py --quick    CI smoke: 1k and 10k (~1 minute)
+    python3 bench/queue_scale.py            full run: 1k, 10k and 100k waiting jobs (~2 minutes on 2 cores)
+    python3 bench/queue_scale.py --quick    CI smoke: 1k and 10k (~30 s)
 
 For each scale N, a fresh gateway on SQLite (same template data dir: admin + 100 users u000..u099,
 each with an API token made by `comfygate token create USER --name bench`) in front of two backends:
