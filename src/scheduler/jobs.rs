@@ -162,7 +162,7 @@ impl Record {
     }
 }
 
-/// Names many jobs share, held once: user names, client ids, requirements.
+/// Names many jobs share, held once: user names and requirements.
 #[derive(Default)]
 pub(super) struct Names {
     strings: std::collections::HashSet<Arc<str>>,
@@ -176,7 +176,7 @@ impl Names {
             return known.clone();
         }
         // Bounded: past this many distinct names, sharing stops paying for the table.
-        if self.strings.len() >= 100_000 {
+        if self.strings.len() >= 10_000 {
             self.strings.clear();
         }
         let new: Arc<str> = Arc::from(text);
@@ -205,7 +205,8 @@ impl Active {
         Self {
             owner: job.user_id,
             username: names.text(&job.username),
-            client_id: names.text(&job.client_id),
+            // Client ids are mostly one per browser tab: not worth a table entry each.
+            client_id: Arc::from(job.client_id.as_str()),
             public_id,
             token_id: job.token_id,
             number: job.number,
