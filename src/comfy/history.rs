@@ -39,6 +39,11 @@ pub async fn one(app: &AppState, scope: Scope, viewer: i64, id: &str) -> Result<
     if job.outcome.is_some() {
         return Ok(json_response(StatusCode::OK, &json!({ shown: entry(&job, viewer) })));
     }
+    // Not ended yet: no entry (as ComfyUI answers for a job still queued or running), even if
+    // the backend's history already has it before the gateway heard of its end.
+    if !matches!(job.state, JobState::Done | JobState::Failed | JobState::Cancelled) {
+        return Ok(json_response(StatusCode::OK, &json!({})));
+    }
     // Ended before the gateway kept entries: the backend that ran it may still have it.
     if let Some(entry) = from_backend(app, &job, viewer).await {
         return Ok(json_response(StatusCode::OK, &json!({ shown: entry })));
