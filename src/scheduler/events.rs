@@ -114,9 +114,14 @@ impl Scheduler {
             "execution_interrupted" => self.set_outcome_unless_set(id, JobState::Cancelled, "interrupted"),
             _ => {}
         }
-        self.subscribers.send(owner, &client_id, Outgoing::Text(renamed(&text, id, &public_id)));
-        if kind == "executing" && data["node"].is_null() {
+        let ended = kind == "executing" && data["node"].is_null();
+        if ended {
+            // Recorded before the owner hears of it, as ComfyUI writes its history before the
+            // final `executing`: a client that asks for the history at once finds the entry.
             self.finish(backend, id, Entry::Seen).await;
+        }
+        self.subscribers.send(owner, &client_id, Outgoing::Text(renamed(&text, id, &public_id)));
+        if ended {
             self.kick();
         }
     }
