@@ -282,9 +282,6 @@ async fn jobs_keep_their_state_and_files_their_backend(db: &TestDb) {
         .map(|j| j.prompt_id)
         .collect();
     assert_eq!(all, ["p1", "p2"]);
-    assert_eq!(s.job_ids_of(u.id, 10).await.unwrap(), ["p3", "p2", "p1"]);
-    let refs = s.job_refs_of(u.id, 10).await.unwrap();
-    assert_eq!(refs.iter().map(|r| r.prompt_id.as_str()).collect::<Vec<_>>(), ["p3", "p2", "p1"]);
 
     // Public ids are per owner: another user's same id neither collides nor is found.
     let other = s.create_user(new_user("gus", Role::User)).await.unwrap();
@@ -297,7 +294,6 @@ async fn jobs_keep_their_state_and_files_their_backend(db: &TestDb) {
     assert_eq!(s.job_of(u.id, "job-0001").await.unwrap().unwrap().prompt_id, "internal-a");
     assert_eq!(s.job_of(other.id, "job-0001").await.unwrap().unwrap().prompt_id, "internal-b");
     assert!(s.job_of(other.id, "internal-a").await.unwrap().is_none());
-    assert_eq!(s.job_refs_of(other.id, 10).await.unwrap()[0].public_id, "job-0001");
 
     // Owners: enabled users run; disabled, removed users and revoked or expired tokens do not.
     assert!(s.owner_active(u.id, None, 2_000).await.unwrap());

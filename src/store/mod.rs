@@ -14,8 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use model::{
-    ApiToken, Job, JobRef, JobState, NewSession, NewToken, NewUser, Role, Session, StoredFile, TokenKind, User,
-    UserLimits,
+    ApiToken, Job, JobState, NewSession, NewToken, NewUser, Role, Session, StoredFile, TokenKind, User, UserLimits,
 };
 
 /// What can go wrong in the store.
@@ -153,8 +152,6 @@ pub trait Store: Send + Sync + 'static {
     async fn job_of(&self, user_id: i64, public_id: &str) -> StoreResult<Option<Job>>;
     /// Jobs in the given states, by number.
     async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>>;
-    /// The prompt ids of a user's most recent jobs.
-    async fn job_ids_of(&self, user_id: i64, limit: i64) -> StoreResult<Vec<String>>;
     /// The stored requests of the given jobs (those that exist), by prompt id.
     async fn job_requests(&self, prompt_ids: &[String]) -> StoreResult<std::collections::HashMap<String, String>>;
     /// Ends a job (done, failed, cancelled) with its history entry; a job that has ended
@@ -183,8 +180,6 @@ pub trait Store: Send + Sync + 'static {
     async fn user_limits(&self, user_id: i64) -> StoreResult<UserLimits>;
     /// Sets a user's limits (all of them: `None` returns one to the default).
     async fn set_user_limits(&self, user_id: i64, limits: &UserLimits) -> StoreResult<()>;
-    /// The names of a user's most recent jobs, newest first.
-    async fn job_refs_of(&self, user_id: i64, limit: i64) -> StoreResult<Vec<JobRef>>;
     /// Whether jobs of `user_id` (submitted with `token_id`, if any) may still run: the user
     /// exists and is enabled, and the token is neither revoked nor expired at `now`.
     async fn owner_active(&self, user_id: i64, token_id: Option<i64>, now: i64) -> StoreResult<bool>;

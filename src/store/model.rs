@@ -310,17 +310,6 @@ pub struct StoredFile {
     pub user_id: Option<i64>,
 }
 
-/// How an owner's job is named: the gateway-wide id, the owner's own, and their client id.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct JobRef {
-    /// The prompt id the backends see.
-    pub prompt_id: String,
-    /// The prompt id the owner knows it by.
-    pub public_id: String,
-    /// The owner's client id (empty when none).
-    pub client_id: String,
-}
-
 /// Limits set for one user by an admin; `None`: the configured default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct UserLimits {

@@ -727,14 +727,6 @@ macro_rules! impl_store {
                 query.fetch_all(&self.pool).await?.into_iter().map(Job::try_from).collect()
             }
 
-            async fn job_ids_of(&self, user_id: i64, limit: i64) -> StoreResult<Vec<String>> {
-                Ok(sqlx::query_scalar("SELECT prompt_id FROM jobs WHERE user_id = $1 ORDER BY number DESC LIMIT $2")
-                    .bind(user_id)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?)
-            }
-
             async fn job_requests(
                 &self,
                 prompt_ids: &[String],
@@ -894,17 +886,6 @@ macro_rules! impl_store {
                 .fetch_optional(&self.pool)
                 .await?;
                 Ok(live.is_some())
-            }
-
-            async fn job_refs_of(&self, user_id: i64, limit: i64) -> StoreResult<Vec<$crate::store::JobRef>> {
-                Ok(sqlx::query_as(
-                    "SELECT prompt_id, COALESCE(public_id, prompt_id) AS public_id, client_id FROM jobs \
-                     WHERE user_id = $1 ORDER BY number DESC LIMIT $2",
-                )
-                .bind(user_id)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?)
             }
 
             async fn max_job_number(&self) -> StoreResult<i64> {
