@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::{json_response, ok_empty, read_json};
 use crate::http::ApiError;
 use crate::scheduler::control::Scope;
-use crate::scheduler::{execution_error, renamed, strip_secrets};
+use crate::scheduler::{execution_error, renamed, shown_extra};
 use crate::state::AppState;
 use crate::store::{Job, JobState, Store};
 
@@ -62,11 +62,8 @@ fn shown_id(job: &Job, viewer: i64) -> &str {
 /// ComfyUI's `prompt` element of an entry: `[number, id, prompt, extra_data, outputs]`.
 fn prompt_item(job: &Job, viewer: i64, outputs: Value) -> Value {
     let request: Value = serde_json::from_str(&job.request).unwrap_or(Value::Null);
-    let mut extra = request.get("extra_data").cloned().unwrap_or_else(|| json!({}));
-    strip_secrets(&mut extra);
-    if job.user_id == viewer && !job.client_id.is_empty() {
-        extra["client_id"] = Value::String(job.client_id.clone());
-    }
+    let extra = request.get("extra_data").cloned().unwrap_or_else(|| json!({}));
+    let extra = shown_extra(extra, &job.client_id, job.user_id == viewer);
     json!([job.number, shown_id(job, viewer), request.get("prompt").cloned().unwrap_or(Value::Null), extra, outputs])
 }
 

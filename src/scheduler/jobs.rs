@@ -64,6 +64,16 @@ pub fn strip_secrets(extra: &mut Value) {
     }
 }
 
+/// A job's `extra_data` as a viewer sees it in queue and history items: no credentials, and the
+/// submitter's own `client_id` for the owner only (the backend saw the gateway's).
+pub fn shown_extra(mut extra: Value, client_id: &str, own: bool) -> Value {
+    strip_secrets(&mut extra);
+    if own && !client_id.is_empty() {
+        extra["client_id"] = Value::String(client_id.to_owned());
+    }
+    extra
+}
+
 /// Takes the credentials out of an `extra_data` object; `None` when it held none.
 pub fn take_secrets(extra: &mut Value) -> Option<Map<String, Value>> {
     let map = extra.as_object_mut()?;
@@ -267,15 +277,12 @@ impl QueueEntry {
             extra_data: Map<String, Value>,
         }
         let stored: Option<Stored<'_>> = serde_json::from_str(request).ok();
-        let (prompt, mut extra) = match stored {
+        let (prompt, extra) = match stored {
             Some(s) => (s.prompt.map_or("null", |p| p.get()), Value::Object(s.extra_data)),
             None => ("null", json!({})),
         };
-        strip_secrets(&mut extra);
         let own = viewer == self.owner;
-        if !self.client_id.is_empty() && own {
-            extra["client_id"] = Value::String(self.client_id.to_string());
-        }
+        let extra = shown_extra(extra, &self.client_id, own);
         let shown: &str = if own { &self.public_id } else { &self.id };
         let outputs: &[String] = self.requirements.as_ref().map_or(&[], |r| r.outputs.as_slice());
         out.push('[');

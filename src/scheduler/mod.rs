@@ -45,7 +45,7 @@ pub use events::execution_error;
 use fair::FairQueue;
 use files::FileLocations;
 use jobs::Active;
-pub use jobs::{Answer, is_secret_key, renamed, strip_secrets};
+pub use jobs::{Answer, is_secret_key, renamed, shown_extra, strip_secrets};
 
 /// Why a submission is refused before it is queued.
 #[derive(Debug, thiserror::Error)]
