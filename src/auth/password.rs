@@ -4,7 +4,7 @@
 //! of logins waits its turn instead of starving the proxy's async workers. Each thread keeps the
 //! ~19 MiB of memory an argon2id computation works in for the next one, so the gateway's memory
 //! does not swing (and fragment) by 19 MiB a login: the memory is taken once per thread, on the
-//! first hash, and kept while the gateway runs.
+//! first hash, and kept until the thread has had nothing to do for a minute.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -173,12 +173,22 @@ impl Threads {
     }
 }
 
+/// How long a hashing thread keeps its memory without work (a gateway nobody logs in to holds none).
+const KEEP_IDLE_MEMORY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A hashing thread's loop: one job at a time until the queue's sender is gone.
 fn serve(work: &Mutex<mpsc::Receiver<Work>>) {
     let mut memory = Memory::new();
     loop {
-        let job = work.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
-        let Ok(job) = job else { return };
+        let job = work.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv_timeout(KEEP_IDLE_MEMORY);
+        let job = match job {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                memory = Memory::new();
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         // A panic in one job (its caller sees `HashError::Task`) must not take the thread with it.
         let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut memory)));
     }
