@@ -13,6 +13,7 @@ pub mod backends;
 pub mod comfy;
 pub mod config;
 pub mod edge;
+pub mod health;
 pub mod http;
 pub mod limits;
 pub mod policy;
