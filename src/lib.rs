@@ -12,6 +12,7 @@ pub mod auth;
 pub mod backends;
 pub mod comfy;
 pub mod config;
+pub mod doctor;
 pub mod edge;
 pub mod health;
 pub mod http;
