@@ -202,3 +202,38 @@ async fn a_store_without_an_enabled_admin_fails_and_a_bad_configuration_is_told_
     let detail = line(&out, "✗", "configuration").trim_start_matches("✗ configuration: ");
     assert!(serve.stderr.contains(detail), "serve said {:?}, doctor {detail:?}", serve.stderr);
 }
+
+#[tokio::test]
+async fn a_workflow_names_the_model_file_missing_and_the_backend_missing_it() {
+    let mut with = comfyui_sim::SimConfig::default();
+    with.models.push(("checkpoints".to_owned(), "sd15.safetensors".to_owned()));
+    let a = comfyui_sim::Simulator::start(with).await.unwrap();
+    let b = sim(10).await;
+    let gw = gateway_with(&[&a, &b], 2, FAST_HEALTH).await;
+    let config = doctor_config(&gw);
+    let workflow = |ckpt: &str| {
+        serde_json::json!({
+            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+            "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
+            "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "4": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0],
+                "latent_image": ["3", 0], "seed": 1, "steps": 1, "cfg": 1.0, "sampler_name": "euler",
+                "scheduler": "normal", "denoise": 1.0}},
+            "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
+            "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "x"}}
+        })
+        .to_string()
+    };
+    let file = gw.dir.path().join("wf.json");
+
+    std::fs::write(&file, workflow("sd15.safetensors")).unwrap();
+    let out = doctor(&config, &["--workflow", file.to_str().unwrap()]).await;
+    assert!(line(&out, "!", "workflow model sd15.safetensors").contains("missing on b2"), "{out:?}");
+    assert!(line(&out, "✓", "workflow:").contains("runnable on sim"), "{out:?}");
+
+    std::fs::write(&file, workflow("flux.safetensors")).unwrap();
+    let out = doctor(&config, &["--workflow", file.to_str().unwrap()]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(line(&out, "✗", "workflow model flux.safetensors").contains("on no backend"), "{out:?}");
+    assert!(line(&out, "✗", "workflow:").contains("no backend has all of them"), "{out:?}");
+}

@@ -22,6 +22,9 @@ pub struct DoctorArgs {
     /// The variable of `--env-file` that holds the token.
     #[arg(long, default_value = "COMFYUI_TOKEN", requires = "env_file")]
     env_key: String,
+    /// A workflow file (API or UI format): which backends have its node classes and model files.
+    #[arg(long)]
+    workflow: Option<PathBuf>,
     /// Print one JSON document instead of lines.
     #[arg(long)]
     json: bool,
@@ -34,7 +37,7 @@ pub async fn run(config: Result<Config, ConfigError>, args: DoctorArgs) -> anyho
         Some(path) => Some(token_from_env_file(path, &args.env_key)?),
         None => args.token,
     };
-    let report = doctor::run(config, &Options { token }).await;
+    let report = doctor::run(config, &Options { token, workflow: args.workflow }).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

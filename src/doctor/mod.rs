@@ -2,12 +2,14 @@
 //! remedy for each failure. The checks read: they create, migrate and change nothing.
 //!
 //! In order: the configuration ([`local`]), the store, its data folder and an admin, the
-//! token given ([`local::token`]), each backend ([`remote::backend`]), then the running gateway
+//! token given ([`local::token`]), each backend ([`remote::backend`]), a workflow's needs
+//! ([`workflow`]), then the running gateway
 //! ([`remote::gateway`]). A check that needs something that failed before it is skipped with a
 //! warning saying so. Every network call has a deadline ([`remote::TIMEOUT`]).
 
 pub mod local;
 pub mod remote;
+pub mod workflow;
 
 use serde::Serialize;
 
@@ -104,11 +106,16 @@ impl Report {
 pub struct Options {
     /// A secret to diagnose (never shown).
     pub token: Option<String>,
+    /// A workflow file (API or UI format) to check against the backends.
+    pub workflow: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Options").field("token", &self.token.as_ref().map(|_| "[redacted]")).finish()
+        f.debug_struct("Options")
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("workflow", &self.workflow)
+            .finish()
     }
 }
 
@@ -139,8 +146,17 @@ pub async fn run(config: Result<Config, ConfigError>, options: &Options) -> Repo
         _ => None,
     };
     let client = remote::client(&config);
+    let mut capabilities = Vec::new();
     for backend in &config.backends {
-        remote::backend(&client, backend, &mut checks).await;
+        if let Some(caps) = remote::backend(&client, backend, &mut checks).await {
+            capabilities.push((backend.name.clone(), caps));
+        }
+    }
+    if let Some(path) = &options.workflow {
+        match std::fs::read_to_string(path) {
+            Ok(text) => workflow::check(&text, &capabilities, &mut checks),
+            Err(e) => checks.push(Check::fail("workflow", format!("{}: {e}", path.display()), "give a readable file")),
+        }
     }
     remote::gateway(&client, &config, options.token.as_deref(), identity.as_ref(), &mut checks).await;
     if let Some(store) = store {
@@ -186,7 +202,7 @@ mod tests {
 
     #[test]
     fn options_never_show_the_token() {
-        let o = Options { token: Some("cg_secret".into()) };
+        let o = Options { token: Some("cg_secret".into()), workflow: None };
         assert!(!format!("{o:?}").contains("cg_secret"));
     }
 }

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::Check;
 use crate::auth::diagnosis::TokenFacts;
+use crate::backends::capabilities::Capabilities;
 use crate::config::{BackendConfig, Config};
 use crate::store::Role;
 
@@ -48,8 +49,13 @@ async fn get_json(client: &reqwest::Client, url: &str, bearer: Option<&str>) -> 
     Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
 }
 
-/// A backend: reachable, its ComfyUI version, devices and free VRAM, and its node count.
-pub async fn backend(client: &reqwest::Client, backend: &BackendConfig, checks: &mut Vec<Check>) {
+/// A backend: reachable, its ComfyUI version, devices and free VRAM, and its node count; its
+/// capabilities when it listed them.
+pub async fn backend(
+    client: &reqwest::Client,
+    backend: &BackendConfig,
+    checks: &mut Vec<Check>,
+) -> Option<Capabilities> {
     let name = format!("backend {}", backend.name);
     let base = backend.url.trim_end_matches('/');
     let stats = match get_json(client, &format!("{base}/system_stats"), None).await {
@@ -57,12 +63,12 @@ pub async fn backend(client: &reqwest::Client, backend: &BackendConfig, checks: 
         Ok((status, _)) => {
             let remedy = "is this URL a ComfyUI server? check the backend's `url`";
             checks.push(Check::fail(&name, format!("/system_stats answered HTTP {status}"), remedy));
-            return;
+            return None;
         }
         Err(e) => {
             let remedy = "start ComfyUI there, or fix the backend's `url` (and any firewall between)";
             checks.push(Check::fail(&name, format!("unreachable: {e}"), remedy));
-            return;
+            return None;
         }
     };
     let version = stats["system"]["comfyui_version"].as_str().unwrap_or("unknown version");
@@ -83,13 +89,20 @@ pub async fn backend(client: &reqwest::Client, backend: &BackendConfig, checks: 
     match get_json(client, &format!("{base}/object_info"), None).await {
         Ok((200, Value::Object(classes))) if !classes.is_empty() => {
             checks.push(Check::pass(format!("{name} nodes"), format!("{} node classes", classes.len())));
+            Some(Capabilities::from_object_info(Value::Object(classes)))
         }
-        Ok((status, _)) => checks.push(Check::fail(
-            format!("{name} nodes"),
-            format!("/object_info answered HTTP {status} without node classes"),
-            "look at ComfyUI's log: a custom node may fail to load",
-        )),
-        Err(e) => checks.push(Check::fail(format!("{name} nodes"), e, "look at ComfyUI's log")),
+        Ok((status, _)) => {
+            checks.push(Check::fail(
+                format!("{name} nodes"),
+                format!("/object_info answered HTTP {status} without node classes"),
+                "look at ComfyUI's log: a custom node may fail to load",
+            ));
+            None
+        }
+        Err(e) => {
+            checks.push(Check::fail(format!("{name} nodes"), e, "look at ComfyUI's log"));
+            None
+        }
     }
 }
 
