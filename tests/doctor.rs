@@ -78,6 +78,14 @@ async fn a_healthy_setup_passes_every_check_with_an_admin_token() {
     let out = doctor(&config, &["--env-file", env_file.to_str().unwrap(), "--env-key", "MY_TOKEN"]).await;
     assert_eq!(out.code, 0, "{out:?}");
     line(&out, "✓", "token at the gateway");
+
+    // A job without models runs end to end through the gateway, with an ordinary user's token.
+    gw.add_user("carol", "user").await;
+    let user_token = gw.token("carol", "notebook").await;
+    let out = doctor(&config, &["--run-test-job", "--token", &user_token]).await;
+    assert!(line(&out, "✓", "test job").contains("ran end to end in"), "{out:?}");
+    assert!(line(&out, "!", "gateway backend sockets").contains("not a valid admin's"), "{out:?}");
+    assert_eq!(out.code, 2, "the skipped socket check is a warning: {out:?}");
 }
 
 #[tokio::test]

@@ -25,6 +25,9 @@ pub struct DoctorArgs {
     /// A workflow file (API or UI format): which backends have its node classes and model files.
     #[arg(long)]
     workflow: Option<PathBuf>,
+    /// Run a job without models (EmptyImage → PreviewImage) through the running gateway with the token.
+    #[arg(long)]
+    run_test_job: bool,
     /// Print one JSON document instead of lines.
     #[arg(long)]
     json: bool,
@@ -37,7 +40,8 @@ pub async fn run(config: Result<Config, ConfigError>, args: DoctorArgs) -> anyho
         Some(path) => Some(token_from_env_file(path, &args.env_key)?),
         None => args.token,
     };
-    let report = doctor::run(config, &Options { token, workflow: args.workflow }).await;
+    let report =
+        doctor::run(config, &Options { token, workflow: args.workflow, run_test_job: args.run_test_job }).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -3,7 +3,7 @@
 //!
 //! In order: the configuration ([`local`]), the store, its data folder and an admin, the
 //! token given ([`local::token`]), each backend ([`remote::backend`]), a workflow's needs
-//! ([`workflow`]), then the running gateway
+//! ([`workflow`]), then the running gateway and, when asked, a test job through it
 //! ([`remote::gateway`]). A check that needs something that failed before it is skipped with a
 //! warning saying so. Every network call has a deadline ([`remote::TIMEOUT`]).
 
@@ -108,6 +108,8 @@ pub struct Options {
     pub token: Option<String>,
     /// A workflow file (API or UI format) to check against the backends.
     pub workflow: Option<std::path::PathBuf>,
+    /// Run a job without models through the running gateway.
+    pub run_test_job: bool,
 }
 
 impl std::fmt::Debug for Options {
@@ -115,6 +117,7 @@ impl std::fmt::Debug for Options {
         f.debug_struct("Options")
             .field("token", &self.token.as_ref().map(|_| "[redacted]"))
             .field("workflow", &self.workflow)
+            .field("run_test_job", &self.run_test_job)
             .finish()
     }
 }
@@ -158,7 +161,18 @@ pub async fn run(config: Result<Config, ConfigError>, options: &Options) -> Repo
             Err(e) => checks.push(Check::fail("workflow", format!("{}: {e}", path.display()), "give a readable file")),
         }
     }
-    remote::gateway(&client, &config, options.token.as_deref(), identity.as_ref(), &mut checks).await;
+    let running = remote::gateway(&client, &config, options.token.as_deref(), identity.as_ref(), &mut checks).await;
+    if options.run_test_job {
+        if running {
+            remote::test_job(&client, &config, options.token.as_deref(), &mut checks).await;
+        } else {
+            checks.push(Check::warn(
+                "test job",
+                "skipped: the gateway is not running",
+                "start it with `comfygate serve`",
+            ));
+        }
+    }
     if let Some(store) = store {
         store.close().await;
     }
@@ -202,7 +216,7 @@ mod tests {
 
     #[test]
     fn options_never_show_the_token() {
-        let o = Options { token: Some("cg_secret".into()), workflow: None };
+        let o = Options { token: Some("cg_secret".into()), workflow: None, run_test_job: false };
         assert!(!format!("{o:?}").contains("cg_secret"));
     }
 }

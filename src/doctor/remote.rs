@@ -123,21 +123,21 @@ pub fn gateway_url(config: &Config) -> String {
 }
 
 /// The running gateway: alive, refusing anonymous API use, ready; accepting the token; holding
-/// its WebSocket to each backend (with an admin's token).
+/// its WebSocket to each backend (with an admin's token). Whether it runs.
 pub async fn gateway(
     client: &reqwest::Client,
     config: &Config,
     token: Option<&str>,
     identity: Option<&TokenFacts>,
     checks: &mut Vec<Check>,
-) {
+) -> bool {
     let base = gateway_url(config);
     match get_json(client, &format!("{base}/healthz"), None).await {
         Ok((200, _)) => checks.push(Check::pass("gateway", format!("running at {base}"))),
         Ok((status, _)) => {
             let remedy = "is another program listening on [server] listen?";
             checks.push(Check::fail("gateway", format!("{base}/healthz answered HTTP {status}"), remedy));
-            return;
+            return false;
         }
         Err(e) => {
             checks.push(Check::warn(
@@ -145,7 +145,7 @@ pub async fn gateway(
                 format!("not running at {base} ({e}); checks of the running gateway skipped"),
                 "start it with `comfygate serve` and run doctor again",
             ));
-            return;
+            return false;
         }
     }
     match get_json(client, &format!("{base}/api/queue"), None).await {
@@ -179,7 +179,7 @@ pub async fn gateway(
         let remedy =
             "give an admin's token (--token, COMFYUI_TOKEN or --env-file) to see the gateway's backend sockets";
         checks.push(Check::warn("gateway backend sockets", "skipped: no token given", remedy));
-        return;
+        return true;
     };
     match get_json(client, &format!("{base}/comfygate/api/whoami"), Some(token)).await {
         Ok((200, who)) => checks.push(Check::pass(
@@ -199,7 +199,7 @@ pub async fn gateway(
             "skipped: the token is not a valid admin's",
             "give an admin's token to see the gateway's WebSocket to each backend",
         ));
-        return;
+        return true;
     }
     match get_json(client, &format!("{base}/comfygate/api/backends"), Some(token)).await {
         Ok((200, state)) => {
@@ -225,5 +225,69 @@ pub async fn gateway(
             "give an admin's token",
         )),
         Err(e) => checks.push(Check::fail("gateway backend sockets", e, "look at the gateway's log")),
+    }
+    true
+}
+
+/// How long the test job may take end to end (it waits behind the queue like any job).
+pub const TEST_JOB_DEADLINE: Duration = Duration::from_secs(60);
+
+/// `--run-test-job`: a job that needs no model (`EmptyImage` → `PreviewImage`, core nodes)
+/// submitted through the running gateway with `token`, followed in `/history` until it ends.
+pub async fn test_job(client: &reqwest::Client, config: &Config, token: Option<&str>, checks: &mut Vec<Check>) {
+    let name = "test job";
+    let Some(token) = token else {
+        checks.push(Check::warn(name, "skipped: no token given", "give a token (--token) to run the test job"));
+        return;
+    };
+    let base = gateway_url(config);
+    let body = serde_json::json!({"prompt": {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}
+    }});
+    let started = std::time::Instant::now();
+    let submitted = client.post(format!("{base}/prompt")).bearer_auth(token).json(&body).send().await;
+    let response = match submitted {
+        Ok(r) => r,
+        Err(e) => {
+            checks.push(Check::fail(name, format!("cannot submit: {}", shown(e)), "is the gateway running?"));
+            return;
+        }
+    };
+    let status = response.status().as_u16();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    let Some(id) = answer["prompt_id"].as_str().filter(|_| status == 200).map(str::to_owned) else {
+        let why = answer["error"]["message"].as_str().or(answer["error"].as_str()).unwrap_or("no prompt_id");
+        let remedy =
+            "see the lines above (token, backends); the backend must have the core nodes EmptyImage and PreviewImage";
+        checks.push(Check::fail(name, format!("POST /prompt answered HTTP {status}: {why}"), remedy));
+        return;
+    };
+    loop {
+        if started.elapsed() > TEST_JOB_DEADLINE {
+            checks.push(Check::fail(
+                name,
+                format!("job {id} did not finish within {}s", TEST_JOB_DEADLINE.as_secs()),
+                "look at the queue (`/queue`) and the backends: a long queue or a stuck backend",
+            ));
+            return;
+        }
+        if let Ok((200, history)) = get_json(client, &format!("{base}/history/{id}"), Some(token)).await {
+            let outcome = &history[&id]["status"];
+            match outcome["status_str"].as_str() {
+                Some("success") => {
+                    let took = started.elapsed().as_secs_f64();
+                    checks.push(Check::pass(name, format!("EmptyImage → PreviewImage ran end to end in {took:.1}s")));
+                    return;
+                }
+                Some(other) if outcome["completed"] == false || other == "error" => {
+                    let remedy = "look at the job's history and the backend's log";
+                    checks.push(Check::fail(name, format!("job {id} ended with `{other}`"), remedy));
+                    return;
+                }
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
