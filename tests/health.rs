@@ -189,3 +189,19 @@ async fn only_the_exact_paths_are_public_other_spellings_need_authentication() {
     }
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn two_hundred_concurrent_readiness_requests_all_answer() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let gw = InProcess::start(&[sim.url()]).await;
+    let url = format!("{}/readyz", gw.url);
+    let requests = (0..200).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) })
+    });
+    let statuses = futures_util::future::join_all(requests).await;
+    for status in statuses {
+        assert_eq!(status.unwrap().unwrap(), 200);
+    }
+    gw.stop().await;
+}
