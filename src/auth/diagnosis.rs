@@ -228,9 +228,19 @@ fn facts(token: ApiToken, user: &User) -> TokenFacts {
     }
 }
 
-/// "in 3h" / "5m ago", to the second.
+/// "in 90d 1h" / "5m 3s ago": two units at most.
 fn when(at: i64, now: i64) -> String {
-    let span = humantime::format_duration(std::time::Duration::from_secs((at - now).unsigned_abs() / 1000));
+    let secs = (at - now).unsigned_abs() / 1000;
+    let (d, h, m, s) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    let span = match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) if s == 0 => format!("{m}m"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, 0) => format!("{h}h"),
+        (0, _, _) => format!("{h}h {m}m"),
+        (_, 0, _) => format!("{d}d"),
+        _ => format!("{d}d {h}h"),
+    };
     if at >= now { format!("in {span}") } else { format!("{span} ago") }
 }
 
@@ -338,5 +348,7 @@ mod tests {
     fn times_are_relative() {
         assert_eq!(when(61_000, 0), "in 1m 1s");
         assert_eq!(when(0, 3_600_000), "1h ago");
+        assert_eq!(when(90 * 86_400_000 + 3_725_000, 0), "in 90d 1h");
+        assert_eq!(when(0, 5_000), "5s ago");
     }
 }
