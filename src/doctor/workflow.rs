@@ -95,7 +95,7 @@ fn missing_on(backends: &[(String, Capabilities)], has: impl Fn(&Capabilities) -
 /// `✓` everywhere, `!` missing on some (named), `✗` nowhere.
 fn where_line(checks: &mut Vec<Check>, name: String, what: &str, missing: &[&str], total: usize) {
     if missing.is_empty() {
-        checks.push(Check::pass(name, format!("{what}: on every backend")));
+        checks.push(Check::pass(name, format!("{what}: on every backend that answered")));
     } else if missing.len() < total {
         let remedy = "jobs needing it only run where it is; add it to the others for more capacity";
         checks.push(Check::warn(name, format!("{what}: missing on {}", missing.join(", ")), remedy));
