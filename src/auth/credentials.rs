@@ -107,7 +107,8 @@ pub fn cookie_value(headers: &HeaderMap, cookie_name: &str) -> Option<String> {
         .map(|c| c.value().to_owned())
 }
 
-fn check_secret_shape(secret: &str) -> Result<(), AuthFailure> {
+/// Whether a secret has a shape a credential can have (authentication and [`super::diagnosis`] share it).
+pub fn check_secret_shape(secret: &str) -> Result<(), AuthFailure> {
     if secret.is_empty() {
         return Err(AuthFailure::MalformedAuthorization("the token is empty"));
     }

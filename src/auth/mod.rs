@@ -2,12 +2,13 @@
 //!
 //! A request's credential ([`credentials`]) is digested ([`secret`]) and looked up in the
 //! in-memory [`cache`], falling back to the store. Logins ([`login`]) create sessions; account
-//! and token management lives in [`accounts`]; [`maintenance`] keeps caches in step with
-//! revocations made anywhere.
+//! and token management lives in [`accounts`]; [`diagnosis`] says exactly why a secret is
+//! refused; [`maintenance`] keeps caches in step with revocations made anywhere.
 
 pub mod accounts;
 pub mod cache;
 pub mod credentials;
+pub mod diagnosis;
 pub mod identity;
 pub mod legacy;
 pub mod lockout;

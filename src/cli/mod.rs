@@ -1,6 +1,7 @@
 //! The command line: parsing, dispatch, and the one mapping from errors to exit codes.
 
 mod accounts;
+mod doctor;
 mod logging;
 mod serve;
 
@@ -40,6 +41,9 @@ enum Command {
     /// Import accounts from another tool.
     #[command(subcommand)]
     Import(ImportCommand),
+    /// Check the configuration, store, backends, the running gateway and a token; exit 0 when
+    /// every check passes, 1 on a failure, 2 on warnings only.
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(Args)]
@@ -224,9 +228,17 @@ pub fn main() -> ExitCode {
         eprintln!("error: {error:#}");
         ExitCode::from(exit_code(&error))
     };
-    let config = match load_config(cli.config) {
+    let config = load_config(cli.config);
+    if let Command::Doctor(args) = cli.command {
+        // The doctor reports a bad configuration as one of its checks.
+        return match runtime(0).map_err(anyhow::Error::from) {
+            Ok(rt) => rt.block_on(doctor::run(config, args)).unwrap_or_else(failed),
+            Err(error) => failed(error),
+        };
+    }
+    let config = match config {
         Ok(config) => config,
-        Err(error) => return failed(error),
+        Err(error) => return failed(error.into()),
     };
     let runtime = match runtime(config.server.workers) {
         Ok(rt) => rt,
@@ -270,11 +282,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Import(ImportCommand::ComfyuiLogin { path, username, keep_legacy_token }) => {
             accounts::import_comfyui_login(&config, &path, username.as_deref(), keep_legacy_token).await
         }
+        Command::Doctor(_) => unreachable!("run by main before the configuration is required"),
     }
 }
 
-fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+fn load_config(path: Option<PathBuf>) -> Result<Config, ConfigError> {
     let default = PathBuf::from("comfygate.toml");
     let path = path.or_else(|| default.exists().then_some(default));
-    Ok(Config::load(path.as_deref(), std::env::vars())?)
+    Config::load(path.as_deref(), std::env::vars())
 }

@@ -33,13 +33,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let backends: Vec<String> = config.backends.iter().map(|b| format!("{} → {}", b.name, b.url)).collect();
     let scheme = if config.server.tls.is_some() { "https" } else { "http" };
-    let running = app::start(App::new(config, store).await?).await?;
+    let running = app::start(App::new(config, store.clone()).await?).await?;
     println!("comfygate listening on {scheme}://{} (backends: {})", running.addr, backends.join(", "));
     tracing::info!(addr = %running.addr, "comfygate started");
 
     wait_for_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;
+    // Closing the pool lets SQLite checkpoint its journal into the database file.
+    store.close().await;
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! The edge: the listener ([`server`]), request ids, and the routing of every request: the
-//! gateway's own routes ([`crate::web`]) or the [`gate`] to ComfyUI ([`crate::comfy`] and the
+//! gateway's own routes ([`crate::web`], [`crate::health`]) or the [`gate`] to ComfyUI ([`crate::comfy`] and the
 //! generic proxy). It sits above the handlers; what they share is in [`crate::http`].
 
 pub mod activity;
@@ -55,6 +55,7 @@ impl Edge {
         let id = request_id::ensure(req.headers_mut());
         let mut response = if self.direct
             && !crate::web::is_own_path(req.uri().path())
+            && !crate::health::is_own_path(req.uri().path())
             && !browser::is_navigation(req.method(), req.headers())
         {
             gate::pass(&self.app, &conn.peer, Some(&conn.memo), req).await
@@ -88,8 +89,10 @@ impl Connection {
 
 /// The whole application: gateway routes, then everything else through the gate.
 fn router(app: AppState) -> Router {
-    let routes =
-        crate::web::routes().fallback(gate::gate).layer(middleware::from_fn(browser::render_errors_for_browsers));
+    let routes = crate::web::routes()
+        .merge(crate::health::routes())
+        .fallback(gate::gate)
+        .layer(middleware::from_fn(browser::render_errors_for_browsers));
     // Per-request spans cost ~3 % of a proxied request: only when debug logs are wanted.
     let routes = if tracing::enabled!(tracing::Level::DEBUG) {
         routes.layer(TraceLayer::new_for_http().make_span_with(|req: &http::Request<_>| {

@@ -49,6 +49,12 @@ fn reject(kind: &str, message: &str, details: &str) -> Rejection {
 /// Checks a workflow against the union of what the backends can do (`known`) and returns what
 /// it needs; `Err` is ComfyUI's own 400 answer for the same workflow.
 pub fn analyse(prompt: &Map<String, Value>, known: &Capabilities) -> Result<Requirements, Rejection> {
+    let (req, errors) = collect(prompt, known)?;
+    if errors.is_empty() { Ok(req) } else { Err(validation_failure(prompt, errors)) }
+}
+
+/// What `prompt` needs, and the errors of the nodes whose inputs `known` refuses.
+fn collect(prompt: &Map<String, Value>, known: &Capabilities) -> Result<(Requirements, NodeErrors), Rejection> {
     for (id, node) in prompt {
         let Some(class) = node.get("class_type").and_then(Value::as_str) else {
             return Err(reject(
@@ -73,7 +79,7 @@ pub fn analyse(prompt: &Map<String, Value>, known: &Capabilities) -> Result<Requ
     }
 
     let mut req = Requirements { outputs: outputs.clone(), ..Requirements::default() };
-    let mut errors: BTreeMap<String, (Vec<Value>, BTreeSet<String>)> = BTreeMap::new();
+    let mut errors = NodeErrors::new();
     for output in &outputs {
         let mut seen = HashSet::new();
         let mut stack = vec![output.clone()];
@@ -101,9 +107,19 @@ pub fn analyse(prompt: &Map<String, Value>, known: &Capabilities) -> Result<Requ
             }
         }
     }
-    if errors.is_empty() {
-        return Ok(req);
-    }
+    Ok((req, errors))
+}
+
+/// What a workflow needs, whether or not the chosen files exist anywhere (`comfygate doctor`
+/// names what is missing where); `Err` only for an unknown class or no output.
+pub fn requirements(prompt: &Map<String, Value>, known: &Capabilities) -> Result<Requirements, Rejection> {
+    collect(prompt, known).map(|(req, _)| req)
+}
+
+type NodeErrors = BTreeMap<String, (Vec<Value>, BTreeSet<String>)>;
+
+fn validation_failure(prompt: &Map<String, Value>, errors: NodeErrors) -> Rejection {
+    let class_of = |id: &str| prompt.get(id).and_then(|n| n["class_type"].as_str()).unwrap_or_default().to_owned();
     let node_errors: Map<String, Value> = errors
         .into_iter()
         .map(|(id, (errs, deps))| {
@@ -111,10 +127,10 @@ pub fn analyse(prompt: &Map<String, Value>, known: &Capabilities) -> Result<Requ
             (id, json!({"errors": errs, "dependent_outputs": deps.into_iter().collect::<Vec<_>>(), "class_type": class_type}))
         })
         .collect();
-    Err(json!({
+    json!({
         "error": node_error("prompt_outputs_failed_validation", "Prompt outputs failed validation", ""),
         "node_errors": node_errors,
-    }))
+    })
 }
 
 /// `["4", 0]` links to node "4".

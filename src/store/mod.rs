@@ -6,6 +6,7 @@
 mod model;
 mod postgres;
 pub mod private;
+pub mod schema;
 mod sql;
 mod sqlite;
 
@@ -59,6 +60,10 @@ pub type UseTimes = [(i64, i64)];
 pub trait Store: Send + Sync + 'static {
     /// Whether other gateway processes (replicas) may write to this store at the same time.
     fn shared(&self) -> bool;
+    /// Answers a trivial query: whether the database is reachable now.
+    async fn ping(&self) -> StoreResult<()>;
+    /// Closes every connection (at shutdown); every later call fails.
+    async fn close(&self);
     /// Creates a user; [`StoreError::Conflict`] if the name is taken.
     async fn create_user(&self, new: NewUser) -> StoreResult<User>;
     /// A user by (lower-case) name.

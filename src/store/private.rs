@@ -56,14 +56,16 @@ pub fn open_for_writing(path: &Path) -> io::Result<fs::File> {
     Ok(file)
 }
 
+/// The mode of the folder at `path` when it lets other local users in (`None`: private).
+pub fn shared_mode(path: &Path) -> io::Result<Option<u32>> {
+    let mode = fs::metadata(path)?.permissions().mode() & 0o777;
+    Ok((mode & 0o077 != 0).then_some(mode))
+}
+
 /// Warns (once per folder) when the folder at `path` lets other local users in, naming the fix.
 pub fn warn_if_shared(path: &Path) {
     static WARNED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
-    let Ok(meta) = fs::metadata(path) else { return };
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 == 0 {
-        return;
-    }
+    let Ok(Some(mode)) = shared_mode(path) else { return };
     let key = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let mut warned = WARNED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if warned.get_or_insert_with(HashSet::new).insert(key) {

@@ -262,6 +262,15 @@ macro_rules! impl_store {
                 $shared
             }
 
+            async fn ping(&self) -> StoreResult<()> {
+                sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn close(&self) {
+                self.pool.close().await;
+            }
+
             async fn create_user(&self, new: NewUser) -> StoreResult<User> {
                 let now = $crate::time::now_ms();
                 let sql = format!(
