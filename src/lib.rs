@@ -15,6 +15,7 @@ pub mod config;
 pub mod edge;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod scheduler;
