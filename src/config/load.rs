@@ -193,6 +193,18 @@ impl Config {
 
     fn validate_server(&self) -> Result<(), (String, String)> {
         let server = &self.server;
+        if let Some(metrics) = self.metrics.listen {
+            let same_port = metrics.port() != 0 && metrics.port() == server.listen.port();
+            let overlapping = metrics.ip() == server.listen.ip()
+                || metrics.ip().is_unspecified()
+                || server.listen.ip().is_unspecified();
+            if same_port && overlapping {
+                return Err((
+                    "metrics.listen".to_owned(),
+                    format!("{metrics} is the main listener's address (server.listen): use another port"),
+                ));
+            }
+        }
         let timeouts = [
             ("first_byte_timeout", server.first_byte_timeout),
             ("header_read_timeout", server.header_read_timeout),

@@ -182,6 +182,7 @@ impl Scheduler {
                 let backend = job.backend.clone();
                 if backend.is_none() {
                     inner.remove(id);
+                    self.count_end(JobState::Cancelled, false, None);
                 } else if let Some(job) = inner.job_mut(id) {
                     job.outcome = Some((JobState::Cancelled, reason.to_owned()));
                 }
