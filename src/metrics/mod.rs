@@ -333,7 +333,7 @@ impl Metrics {
         let build: Family<VersionLabel, Gauge> = Family::default();
         build.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION") }).set(1);
         r.register("build_info", "The running comfygate version (always 1)", build);
-        r.register_collector(Box::new(process::ProcessCollector::default()));
+        r.register_collector(Box::new(process::ProcessCollector));
         for outcome in JobOutcome::ALL {
             m.jobs_finished.get_or_create_owned(&OutcomeLabel { outcome });
         }
