@@ -332,6 +332,19 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listener_is_off_by_default_set_by_env_and_not_the_main_address() {
+        assert!(Config::load(None, env(&[])).unwrap().metrics.listen.is_none());
+        let c = Config::load(None, env(&[("COMFYGATE_METRICS__LISTEN", "127.0.0.1:9464")])).unwrap();
+        assert_eq!(c.metrics.listen.map(|a| a.port()), Some(9464));
+        let clash = "[server]\nlisten = \"127.0.0.1:8188\"\n[metrics]\nlisten = \"0.0.0.0:8188\"\n";
+        let err = Config::from_toml(clash).unwrap_err().to_string();
+        assert!(err.contains("metrics.listen"), "{err}");
+        let err = Config::from_toml("[metrics]\nlisten = \"nowhere\"\n").unwrap_err().to_string();
+        assert!(err.contains("metrics"), "{err}");
+        assert!(Config::from_toml("[metrics]\nlisten = \"127.0.0.1:9464\"\n").is_ok());
+    }
+
+    #[test]
     fn env_overrides_nested_keys_with_typed_values() {
         let c = Config::load(
             None,
