@@ -55,39 +55,31 @@ fn resident_bytes(status: &str) -> Option<i64> {
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let f = Figures::read();
+        let e = &mut encoder;
         if let Some(v) = f.resident_bytes {
-            let m = ConstGauge::new(v);
-            m.encode(encoder.encode_descriptor(
-                "process_resident_memory_bytes",
-                "Resident memory",
-                None,
-                m.metric_type(),
-            )?)?;
+            put(e, "process_resident_memory_bytes", "Resident memory", &ConstGauge::new(v))?;
         }
         if let Some(v) = f.open_fds {
-            let m = ConstGauge::new(v);
-            m.encode(encoder.encode_descriptor("process_open_fds", "Open file descriptors", None, m.metric_type())?)?;
+            put(e, "process_open_fds", "Open file descriptors", &ConstGauge::new(v))?;
         }
         if let Some(v) = f.cpu_seconds {
-            let m = ConstCounter::new(v);
-            m.encode(encoder.encode_descriptor(
-                "process_cpu_seconds",
-                "User and system CPU time",
-                None,
-                m.metric_type(),
-            )?)?;
+            put(e, "process_cpu_seconds", "User and system CPU time", &ConstCounter::new(v))?;
         }
         if let Some(v) = f.start_time_seconds {
-            let m = ConstGauge::new(v);
-            m.encode(encoder.encode_descriptor(
+            put(
+                e,
                 "process_start_time_seconds",
                 "Start time of the process since the Unix epoch",
-                None,
-                m.metric_type(),
-            )?)?;
+                &ConstGauge::new(v),
+            )?;
         }
         Ok(())
     }
+}
+
+/// Writes one family of one value.
+fn put(encoder: &mut DescriptorEncoder, name: &str, help: &str, metric: &impl EncodeMetric) -> std::fmt::Result {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
 #[cfg(test)]
