@@ -173,6 +173,9 @@ async fn metrics_are_for_admins_only_on_the_main_listener() {
     let r = client().head(gw.at("/metrics")).bearer_auth(&admin).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().is_empty());
+    // 200 scrapes at once: each is answered (they take turns), none is refused or hangs.
+    let scrapes = join_all((0..200).map(|_| client().get(gw.at("/metrics")).bearer_auth(&admin).send())).await;
+    assert!(scrapes.iter().all(|r| r.as_ref().is_ok_and(|r| r.status() == 200)));
     let admin_session = gw.login("admin", common::ADMIN_PW).await;
     let r = client().get(gw.at("/metrics")).header("cookie", format!("comfygate_session={admin_session}")).send();
     let text = r.await.unwrap().text().await.unwrap();
@@ -204,6 +207,8 @@ async fn the_metrics_listener_serves_only_metrics_without_authentication() {
         let r = client().get(format!("{base}{path}")).send().await.unwrap();
         assert_eq!(r.status(), 404, "{path}");
     }
+    let text = client().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("comfygate_http_requests_total{class=\"other\",code=\"404\"} 8"), "{text}");
     // The main listener still wants an admin.
     let r = client().get(gw.at("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 401);

@@ -63,7 +63,11 @@ impl Edge {
         let id = request_id::ensure(req.headers_mut());
         let started = std::time::Instant::now();
         // Counted once here, whatever answers: a handler, or a refusal before any.
-        let class = metrics::class_of(&self.app, req.method(), req.uri());
+        let class = match self.metrics_only {
+            true if req.uri().path() == metrics::PATH => crate::metrics::RequestClass::Metrics,
+            true => crate::metrics::RequestClass::Other,
+            false => metrics::class_of(&self.app, req.method(), req.uri()),
+        };
         let mut response = if self.metrics_only {
             metrics::serve_only_metrics(&self.app, req.method(), req.uri()).await
         } else if self.direct
