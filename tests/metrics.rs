@@ -268,3 +268,25 @@ async fn every_metric_of_the_dashboard_and_the_alert_rules_is_in_a_real_scrape()
     let missing: Vec<&String> = used.iter().filter(|n| !scraped.contains(*n)).collect();
     assert!(missing.is_empty(), "used by the dashboard or the rules but not scraped: {missing:?}\n{text}");
 }
+
+#[tokio::test]
+async fn connections_refused_over_the_caps_are_counted_too() {
+    let backend = comfyui_sim::Simulator::start(SimConfig::default()).await.unwrap();
+    let opts = Options::default().server("max_connections_per_address = 2");
+    let gw = Gateway::start_with(&backend.url(), opts).await;
+    let admin = gw.token("admin", "t").await;
+    let held = [
+        tokio::net::TcpStream::connect(gw.addr).await.unwrap(),
+        tokio::net::TcpStream::connect(gw.addr).await.unwrap(),
+    ];
+    let (status, _, _) = common::raw_request(gw.addr, b"GET /queue HTTP/1.1\r\nHost: x", b"").await;
+    assert_eq!(status, 429);
+    drop(held);
+    let text = poll(DEADLINE, "a scrape once the held connections closed", || async {
+        let r = client().get(gw.at("/metrics")).bearer_auth(&admin).send().await.ok()?;
+        (r.status() == 200).then_some(())?;
+        r.text().await.ok()
+    })
+    .await;
+    assert_eq!(value(&text, "comfygate_http_requests_total{class=\"user\",code=\"429\"}"), Some(1.0), "{text}");
+}

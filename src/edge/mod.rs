@@ -55,6 +55,21 @@ impl Edge {
         Self { metrics_only: true, ..Self::new(app) }
     }
 
+    /// The class `req` is counted under.
+    fn class_of<B>(&self, req: &http::Request<B>) -> crate::metrics::RequestClass {
+        match self.metrics_only {
+            true if req.uri().path() == metrics::PATH => crate::metrics::RequestClass::Metrics,
+            true => crate::metrics::RequestClass::Other,
+            false => metrics::class_of(&self.app, req.method(), req.uri()),
+        }
+    }
+
+    /// Counts a request refused with `response` before it reached [`Edge::handle`] (a
+    /// connection over the caps).
+    pub fn count_refused<B>(&self, req: &http::Request<B>, response: &Response) {
+        self.app.metrics.request(self.class_of(req), response.status(), std::time::Duration::ZERO);
+    }
+
     /// Answers one request that came on `conn`.
     pub async fn handle(&self, conn: &Connection, req: http::Request<Incoming>) -> Response {
         // Most requests have no body: nothing to box.
@@ -63,11 +78,7 @@ impl Edge {
         let id = request_id::ensure(req.headers_mut());
         let started = std::time::Instant::now();
         // Counted once here, whatever answers: a handler, or a refusal before any.
-        let class = match self.metrics_only {
-            true if req.uri().path() == metrics::PATH => crate::metrics::RequestClass::Metrics,
-            true => crate::metrics::RequestClass::Other,
-            false => metrics::class_of(&self.app, req.method(), req.uri()),
-        };
+        let class = self.class_of(&req);
         let mut response = if self.metrics_only {
             metrics::serve_only_metrics(&self.app, req.method(), req.uri()).await
         } else if self.direct
