@@ -290,3 +290,23 @@ async fn connections_refused_over_the_caps_are_counted_too() {
     .await;
     assert_eq!(value(&text, "comfygate_http_requests_total{class=\"user\",code=\"429\"}"), Some(1.0), "{text}");
 }
+
+#[tokio::test]
+async fn jobs_that_only_a_stopped_backend_can_run_are_counted_as_unrunnable() {
+    let plain = comfyui_sim::Simulator::start(SimConfig::default()).await.unwrap();
+    let mut models = checkpoint_sim().await;
+    let gw = gateway_with(&[&plain, &models], 1, FAST_HEALTH).await;
+    let admin = gw.token("admin", "t").await;
+    models.stop().await;
+    poll_value(&gw, &admin, "comfygate_backend_up{backend=\"b2\"}", |v| v == 0.0).await;
+    let id = submit_ok(&gw, &admin, model_job("m1.safetensors", "wait")).await;
+    let text = scrape(&gw, &admin).await;
+    assert_eq!(value(&text, "comfygate_queue_waiting_jobs"), Some(1.0), "{text}");
+    assert_eq!(value(&text, "comfygate_queue_unrunnable_jobs"), Some(1.0), "{text}");
+    assert_eq!(value(&text, "comfygate_ready"), Some(1.0), "a backend is up");
+    models.restart().await.unwrap();
+    finished(&gw, &admin, &id).await;
+    let text = scrape(&gw, &admin).await;
+    assert_eq!(value(&text, "comfygate_queue_unrunnable_jobs"), Some(0.0), "{text}");
+    assert_eq!(value(&text, "comfygate_queue_waiting_jobs"), Some(0.0), "{text}");
+}

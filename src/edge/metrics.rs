@@ -85,7 +85,13 @@ pub async fn snapshot(app: &App) -> Snapshot {
     // The facts readiness rests on; add a check here and `comfygate_ready` follows it.
     let checks = [("store", sessions.is_some()), ("backend", backends.iter().any(|b| b.up))];
     let ready = checks.iter().all(|(_, ok)| *ok);
-    Snapshot { sessions_active: sessions, queue_waiting: app.scheduler.waiting_jobs(), ready, backends }
+    Snapshot {
+        sessions_active: sessions,
+        queue_waiting: app.scheduler.waiting_jobs(),
+        queue_unrunnable: app.scheduler.unrunnable_jobs(),
+        ready,
+        backends,
+    }
 }
 
 /// The class a request is counted under: the gateway's own route groups by path, ComfyUI

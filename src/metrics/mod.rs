@@ -190,6 +190,8 @@ pub struct Snapshot {
     pub sessions_active: Option<i64>,
     /// Jobs waiting in the gateway's queue.
     pub queue_waiting: usize,
+    /// Waiting jobs that no backend in service can run.
+    pub queue_unrunnable: usize,
     /// Whether the gateway is ready to serve (the facts `/readyz` uses).
     pub ready: bool,
     /// Every configured backend.
@@ -237,6 +239,7 @@ pub struct Metrics {
     vram_free: Family<DeviceLabels, Gauge>,
     model_loads: Family<BackendLabel, Counter>,
     queue_waiting: Gauge,
+    queue_unrunnable: Gauge,
     jobs_submitted: Counter,
     jobs_finished: Family<OutcomeLabel, Counter>,
     job_wait: Histogram,
@@ -292,6 +295,7 @@ impl Metrics {
             vram_free: Family::default(),
             model_loads: Family::default(),
             queue_waiting: Gauge::default(),
+            queue_unrunnable: Gauge::default(),
             jobs_submitted: Counter::default(),
             jobs_finished: Family::default(),
             job_wait: Histogram::new(JOB_BUCKETS),
@@ -325,6 +329,11 @@ impl Metrics {
             m.model_loads.clone(),
         );
         r.register("queue_waiting_jobs", "Jobs waiting in the gateway's queue", m.queue_waiting.clone());
+        r.register(
+            "queue_unrunnable_jobs",
+            "Waiting jobs that no backend in service can run (none up, or none with their nodes, models or input files)",
+            m.queue_unrunnable.clone(),
+        );
         r.register("jobs_submitted", "Jobs accepted into the queue", m.jobs_submitted.clone());
         r.register("jobs_finished", "Jobs ended, by outcome", m.jobs_finished.clone());
         r.register("job_wait_seconds", "Time from submission to the start of the run", m.job_wait.clone());
@@ -402,6 +411,7 @@ impl Metrics {
         self.top_source.set(i64::from(self.sources.top(Instant::now())));
         self.sessions_active.set(s.sessions_active.unwrap_or(0));
         self.queue_waiting.set(i64::try_from(s.queue_waiting).unwrap_or(i64::MAX));
+        self.queue_unrunnable.set(i64::try_from(s.queue_unrunnable).unwrap_or(i64::MAX));
         self.ready.set(i64::from(s.ready));
         // Backends removed from the configuration cannot appear (one gateway, one
         // configuration); devices come and go with the backend's answers: rebuilt each time.
