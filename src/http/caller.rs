@@ -26,7 +26,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let peer = super::client::Peer::new(super::client::peer(&parts.extensions));
+        let peer = Peer::new(super::client::peer(&parts.extensions));
         Caller::verify(parts, app, &peer, None).await
     }
 }
