@@ -32,7 +32,7 @@ fn fixture() -> Fixture {
     let url = format!("sqlite://{}/bench.db", dir.path().display());
     let (auth, token, cookie) = rt.block_on(async {
         let store = comfygate::store::open(&url).await.unwrap();
-        let auth = Arc::new(Auth::new(store, AuthConfig::default()));
+        let auth = Arc::new(Auth::new(store, AuthConfig::default(), Default::default()));
         let password = "bench-password-0123456789";
         auth.accounts().create_user("bench", password, Role::User).await.unwrap();
         let issued = auth.accounts().create_token("bench", "bench", None).await.unwrap();

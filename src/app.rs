@@ -34,6 +34,8 @@ pub enum StartError {
 pub struct Running {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The address of the metrics listener (`[metrics] listen`), when configured.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -70,17 +72,34 @@ pub async fn start(app: App) -> Result<Running, StartError> {
         max_connections_per_address = limits.max_per_address(),
         "connection limits"
     );
+    let metrics_listener = match app.config.metrics.listen {
+        Some(at) => {
+            let bound = TcpListener::bind(at).await.map_err(|source| StartError::Bind { addr: at, source })?;
+            let addr = bound.local_addr().map_err(|source| StartError::Bind { addr: at, source })?;
+            Some((bound, addr))
+        }
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
     let app: AppState = Arc::new(app);
     let (shutdown, watch_shutdown) = watch::channel(false);
     let maintenance = tokio::spawn(app.auth.clone().maintain(app.instance.clone(), watch_shutdown.clone()));
     let scheduling = spawn_scheduling(&app, &watch_shutdown);
+    let mut tasks = Vec::new();
+    if let Some((bound, _)) = metrics_listener {
+        // Bounded like the main listener (same deadlines), with caps of its own.
+        let (total, per_address) = edge::metrics::MAX_CONNECTIONS;
+        let limits = Arc::new(edge::limits::ConnectionLimits::new(total, per_address, open_files));
+        let (edge, server, stop) = (edge::Edge::metrics_only(app.clone()), server.clone(), watch_shutdown.clone());
+        tasks.push(tokio::spawn(async move { edge::server::serve(bound, edge, None, &server, limits, stop).await }));
+    }
     let edge = edge::Edge::new(app);
     let server = tokio::spawn(async move {
         edge::server::serve(listener, edge, tls, &server, limits, watch_shutdown).await;
     });
-    let mut tasks = vec![server, maintenance];
+    tasks.extend([server, maintenance]);
     tasks.extend(scheduling);
-    Ok(Running { addr, shutdown, tasks })
+    Ok(Running { addr, metrics_addr, shutdown, tasks })
 }
 
 /// Health checks, the monitor sockets, and the loop that feeds their news to the scheduler.

@@ -17,6 +17,7 @@ pub mod edge;
 pub mod health;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod scheduler;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::auth::Auth;
 use crate::backends::Pool;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::policy::{RouteError, RoutePolicy};
 use crate::proxy::ProxyError;
 use crate::scheduler::Scheduler;
@@ -47,12 +48,17 @@ pub struct App {
     pub routes: RoutePolicy,
     /// Every user's saved workflows and settings.
     pub userdata: UserData,
+    /// This gateway's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Whether the store answers, asked at most once a second (readiness and metrics share it).
+    pub store_probe: store::Probe,
 }
 
 impl App {
     /// Builds the services on an opened store (resuming the jobs it holds).
     pub async fn new(config: Config, store: Arc<dyn store::Store>) -> Result<Self, BuildError> {
-        let auth = Arc::new(Auth::new(store.clone(), config.auth.clone()));
+        let metrics = Arc::new(Metrics::new());
+        let auth = Arc::new(Auth::new(store.clone(), config.auth.clone(), metrics.clone()));
         let instance = format!("{}-{}", hostname(), &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let pool = Arc::new(Pool::new(&config, &instance)?);
         let scheduler = Arc::new(
@@ -62,6 +68,7 @@ impl App {
                 config.scheduler.clone(),
                 config.limits.clone(),
                 config.server.max_request_body.as_u64(),
+                metrics.clone(),
             )
             .await?,
         );
@@ -75,7 +82,8 @@ impl App {
         let tls = config.server.tls.is_some();
         let routes = RoutePolicy::with_user_routes(&config.policy.user_routes)?;
         let userdata = UserData::new(&config.store.data_dir, &config.userdata);
-        Ok(Self { config, auth, scheduler, instance, allowed_hosts, tls, routes, userdata })
+        let store_probe = store::Probe::default();
+        Ok(Self { config, auth, scheduler, instance, allowed_hosts, tls, routes, userdata, metrics, store_probe })
     }
 }
 

@@ -76,3 +76,11 @@ fn no_top_level_modules_import_each_other_in_a_circle() {
         assert!(cycle.is_none(), "import circle between top-level modules: {}", cycle.unwrap().join(" → "));
     }
 }
+
+#[test]
+fn metrics_is_a_leaf_that_imports_no_other_top_level_module() {
+    let mut deps = BTreeSet::new();
+    uses(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src/metrics"), &mut deps);
+    deps.remove("metrics");
+    assert!(deps.is_empty(), "src/metrics imports {deps:?}: the others import it, not the reverse");
+}

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use comfyui_sim::{SimConfig, Simulator};
-use common::pool::{FAST_HEALTH as SCHEDULER, finished, gateway, job, submit, submit_ok};
+use common::pool::{FAST_HEALTH as SCHEDULER, finished, gateway, job, model_job, submit, submit_ok};
 use common::{Auth, Gateway, Options, client, poll, workflow};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -22,20 +22,6 @@ async fn sim(job_ms: u64, models: &[&str]) -> Simulator {
         config.models.push(("checkpoints".to_owned(), (*m).to_owned()));
     }
     Simulator::start(config).await.unwrap()
-}
-
-/// A checkpoint workflow (loader → sampler → decode → save) using `ckpt`.
-fn model_job(ckpt: &str, prefix: &str) -> Value {
-    json!({"prompt": {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
-        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "4": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0],
-            "latent_image": ["3", 0], "seed": 1, "steps": 1, "cfg": 1.0, "sampler_name": "euler",
-            "scheduler": "normal", "denoise": 1.0}},
-        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
-        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": prefix}}
-    }})
 }
 
 /// Whether `sim` itself has the job in its history (it ran it).

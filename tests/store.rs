@@ -192,7 +192,11 @@ async fn sessions_record_use_and_are_purged(db: &TestDb) {
     s.record_session_use(&[(a.id, 50_000)]).await.unwrap();
     let (found, owner) = s.session_by_hash("sa").await.unwrap().unwrap();
     assert_eq!((found.last_seen_at, owner.username.as_str()), (50_000, "erin"));
+    assert_eq!(s.count_sessions(60_000, 40_000).await.unwrap(), 1, "b was last seen before the idle cut-off");
+    assert_eq!(s.count_sessions(60_000, 0).await.unwrap(), 2);
     s.revoke_session(b.id, 2_000).await.unwrap();
+    assert_eq!(s.count_sessions(60_000, 0).await.unwrap(), 1, "a revoked session is not active");
+    assert_eq!(s.count_sessions(200_000, 0).await.unwrap(), 0, "nor one past its end");
     // b is revoked; a was seen at 50 000, so an idle cut-off of 40 000 keeps it.
     assert_eq!(s.purge_sessions(60_000, 40_000).await.unwrap(), 1);
     assert!(s.session_by_hash("sa").await.unwrap().is_some());

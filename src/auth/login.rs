@@ -58,6 +58,7 @@ impl Auth {
             .map_err(unavailable)?;
         let mut attempt = self.lockout.attempt(&name, address, !known_address).await.map_err(|refusal| {
             tracing::info!(target: "comfygate::audit", event = "login_throttled", username = %name, address);
+            self.count_failure(crate::metrics::reason::LOGIN_THROTTLED, address);
             refused(refusal)
         })?;
         let verdict = self.check_password(password, user.as_ref().map(|u| u.password_hash.as_str())).await;
@@ -67,6 +68,7 @@ impl Auth {
                 attempt.failed().await;
                 let reason = if user.is_some() { "bad_password" } else { "unknown_user" };
                 tracing::info!(target: "comfygate::audit", event = "login_failed", username = %name, address, reason);
+                self.count_failure(super::AuthFailure::BadLogin.code(), address);
                 return Err(LoginFailure::InvalidCredentials);
             }
             (_, Err(failure)) => {
@@ -77,6 +79,7 @@ impl Auth {
         attempt.succeeded().await;
         if user.disabled {
             tracing::info!(target: "comfygate::audit", event = "login_failed", username = %name, address, reason = "disabled");
+            self.count_failure(super::AuthFailure::UserDisabled.code(), address);
             return Err(LoginFailure::Disabled);
         }
         if let Err(e) = self.store.record_login_address(user.id, address, now_ms()).await {
@@ -175,4 +178,12 @@ fn refused(refusal: lockout::Refusal) -> LoginFailure {
 fn unavailable(e: impl std::fmt::Display) -> LoginFailure {
     tracing::error!(error = %e, "login failed for an internal reason");
     LoginFailure::Unavailable
+}
+
+impl Auth {
+    /// Counts a refused login from `address` (the client's, as logged).
+    fn count_failure(&self, reason: &'static str, address: &str) {
+        let ip = address.parse().unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        self.metrics.auth_failure(reason, ip);
+    }
 }

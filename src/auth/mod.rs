@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::config::AuthConfig;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::time::{ms, now_ms};
 
@@ -101,11 +102,12 @@ pub struct Auth {
     lockout: lockout::Lockout,
     config: AuthConfig,
     applied_epoch: AtomicI64,
+    metrics: Arc<Metrics>,
 }
 
 impl Auth {
     /// Builds the service on a store.
-    pub fn new(store: Arc<dyn Store>, config: AuthConfig) -> Self {
+    pub fn new(store: Arc<dyn Store>, config: AuthConfig, metrics: Arc<Metrics>) -> Self {
         Self {
             accounts: Accounts::new(store.clone(), &config),
             cache: GrantCache::new(CACHE_CAPACITY),
@@ -117,6 +119,7 @@ impl Auth {
             ),
             config,
             applied_epoch: AtomicI64::new(-1),
+            metrics,
             store,
         }
     }
@@ -124,6 +127,11 @@ impl Auth {
     /// Account and token management.
     pub fn accounts(&self) -> &Accounts {
         &self.accounts
+    }
+
+    /// The gateway's metrics (refusals are counted where they are answered).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The settings in force.

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use super::capabilities::Capabilities;
 use super::{Backend, BackendEvent, Pool};
 use crate::config::SchedulerConfig;
+use crate::metrics::{Device, MAX_DEVICES};
 
 /// Checks every backend until `shutdown`.
 pub async fn run(pool: Arc<Pool>, config: SchedulerConfig, shutdown: watch::Receiver<bool>) {
@@ -40,9 +41,11 @@ async fn watch_backend(
         }
         let result = backend.proxy.call(Method::GET, "/system_stats", None, config.health_timeout).await;
         match result {
-            Ok((StatusCode::OK, _)) => {
+            Ok((StatusCode::OK, body)) => {
+                let devices = devices(&body);
                 let came_back = {
                     let mut load = backend.load();
+                    load.devices = devices;
                     load.failures = 0;
                     let back = !load.healthy;
                     load.healthy = true;
@@ -70,6 +73,23 @@ async fn watch_backend(
     }
 }
 
+/// The devices of a `/system_stats` answer with their memory (ComfyUI's `devices` list:
+/// `name`, `vram_total`, `vram_free`); at most [`MAX_DEVICES`], unreadable entries skipped.
+fn devices(system_stats: &[u8]) -> Vec<Device> {
+    let Ok(stats) = serde_json::from_slice::<serde_json::Value>(system_stats) else { return Vec::new() };
+    let Some(list) = stats["devices"].as_array() else { return Vec::new() };
+    list.iter()
+        .filter_map(|d| {
+            Some(Device {
+                name: d["name"].as_str()?.to_owned(),
+                vram_total: d["vram_total"].as_u64()?,
+                vram_free: d["vram_free"].as_u64()?,
+            })
+        })
+        .take(MAX_DEVICES)
+        .collect()
+}
+
 /// Reads `/object_info`; false when it could not.
 async fn refresh_capabilities(backend: &Backend, config: &SchedulerConfig) -> bool {
     let timeout = config.health_timeout.max(std::time::Duration::from_secs(30));
@@ -92,5 +112,23 @@ async fn refresh_capabilities(backend: &Backend, config: &SchedulerConfig) -> bo
             tracing::warn!(backend = backend.name(), error = %e, "/object_info failed");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_are_read_from_system_stats_and_bad_entries_skipped() {
+        let body = br#"{"system": {}, "devices": [
+            {"name": "cuda:0 NVIDIA A100", "type": "cuda", "index": 0, "vram_total": 100, "vram_free": 60},
+            {"name": "cuda:1", "vram_total": "lots", "vram_free": 1},
+            {"name": "cpu", "type": "cpu", "vram_total": 0, "vram_free": 0}]}"#;
+        let found = devices(body);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[0], Device { name: "cuda:0 NVIDIA A100".into(), vram_total: 100, vram_free: 60 });
+        assert!(devices(b"not json").is_empty());
+        assert!(devices(br#"{"devices": {}}"#).is_empty());
     }
 }

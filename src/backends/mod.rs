@@ -48,6 +48,8 @@ pub struct Load {
     /// Whether the gateway's monitor socket to it is open (job events reach the gateway only
     /// then).
     pub monitored: bool,
+    /// Its devices and their memory, from its last health check (`/system_stats`).
+    pub devices: Vec<crate::metrics::Device>,
 }
 
 /// One ComfyUI server.

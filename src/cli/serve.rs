@@ -34,6 +34,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let backends: Vec<String> = config.backends.iter().map(|b| format!("{} → {}", b.name, b.url)).collect();
     let scheme = if config.server.tls.is_some() { "https" } else { "http" };
     let running = app::start(App::new(config, store.clone()).await?).await?;
+    if let Some(at) = running.metrics_addr {
+        println!("comfygate metrics on http://{at}{}", comfygate::edge::metrics::PATH);
+    }
     println!("comfygate listening on {scheme}://{} (backends: {})", running.addr, backends.join(", "));
     tracing::info!(addr = %running.addr, "comfygate started");
 

@@ -49,6 +49,7 @@ pub async fn upgrade(app: &AppState, caller: Caller, req: Request<Body>) -> Resu
 }
 
 async fn serve(app: AppState, caller: Caller, client_id: String, socket: WebSocket) {
+    let _counted = app.metrics.websocket_opened();
     let user = caller.identity.user_id;
     let mut frames = app.scheduler.subscribe(user, &client_id);
     let (mut sink, mut stream) = socket.split();

@@ -193,6 +193,18 @@ impl Config {
 
     fn validate_server(&self) -> Result<(), (String, String)> {
         let server = &self.server;
+        if let Some(metrics) = self.metrics.listen {
+            let same_port = metrics.port() != 0 && metrics.port() == server.listen.port();
+            let overlapping = metrics.ip() == server.listen.ip()
+                || metrics.ip().is_unspecified()
+                || server.listen.ip().is_unspecified();
+            if same_port && overlapping {
+                return Err((
+                    "metrics.listen".to_owned(),
+                    format!("{metrics} is the main listener's address (server.listen): use another port"),
+                ));
+            }
+        }
         let timeouts = [
             ("first_byte_timeout", server.first_byte_timeout),
             ("header_read_timeout", server.header_read_timeout),
@@ -317,6 +329,19 @@ mod tests {
         assert_eq!(c.backends.len(), 1);
         assert_eq!(c.backends[0].url, "http://127.0.0.1:8188");
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn metrics_listener_is_off_by_default_set_by_env_and_not_the_main_address() {
+        assert!(Config::load(None, env(&[])).unwrap().metrics.listen.is_none());
+        let c = Config::load(None, env(&[("COMFYGATE_METRICS__LISTEN", "127.0.0.1:9464")])).unwrap();
+        assert_eq!(c.metrics.listen.map(|a| a.port()), Some(9464));
+        let clash = "[server]\nlisten = \"127.0.0.1:8188\"\n[metrics]\nlisten = \"0.0.0.0:8188\"\n";
+        let err = Config::from_toml(clash).unwrap_err().to_string();
+        assert!(err.contains("metrics.listen"), "{err}");
+        let err = Config::from_toml("[metrics]\nlisten = \"nowhere\"\n").unwrap_err().to_string();
+        assert!(err.contains("metrics"), "{err}");
+        assert!(Config::from_toml("[metrics]\nlisten = \"127.0.0.1:9464\"\n").is_ok());
     }
 
     #[test]

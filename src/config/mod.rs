@@ -38,6 +38,18 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The Prometheus endpoint's own listener.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: `/metrics` is always served to admins on the main listener; `listen` adds a
+/// listener that serves only `/metrics`, without authentication (bind it to loopback or a
+/// monitoring network). Off by default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where the unauthenticated metrics listener binds, e.g. `127.0.0.1:9464`.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Per-user limits: the defaults for every user (`comfygate user limits` overrides them for

@@ -26,7 +26,7 @@ pub async fn gate(State(app): State<AppState>, req: Request<Body>) -> Response {
 /// A request from `peer` bound for ComfyUI, answered; `memo` is its connection's.
 pub async fn pass(app: &AppState, peer: &Peer, memo: Option<&DigestMemo>, req: Request<Body>) -> Response {
     let (parts, body) = req.into_parts();
-    let caller = match Caller::verify(&parts, app, memo).await {
+    let caller = match Caller::verify(&parts, app, peer, memo).await {
         Ok(caller) => caller,
         Err(e) => return e.into_response(),
     };

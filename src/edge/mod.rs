@@ -7,6 +7,7 @@ pub mod body_rate;
 pub mod browser;
 pub mod gate;
 pub mod limits;
+pub mod metrics;
 pub mod request_id;
 pub mod server;
 
@@ -35,6 +36,8 @@ pub struct Edge {
     router: Router,
     direct: bool,
     body_rate: body_rate::BodyRate,
+    /// The listener of `[metrics] listen`: `/metrics` only, without authentication.
+    metrics_only: bool,
 }
 
 impl Edge {
@@ -44,7 +47,27 @@ impl Edge {
         let server = &app.config.server;
         let body_rate =
             body_rate::BodyRate { min_bytes_per_sec: server.min_body_rate.as_u64(), period: server.body_rate_period };
-        Self { router: router(app.clone()), app, direct, body_rate }
+        Self { router: router(app.clone()), app, direct, body_rate, metrics_only: false }
+    }
+
+    /// The edge of the metrics listener: `/metrics` without authentication, nothing else.
+    pub fn metrics_only(app: AppState) -> Self {
+        Self { metrics_only: true, ..Self::new(app) }
+    }
+
+    /// The class `req` is counted under.
+    fn class_of<B>(&self, req: &http::Request<B>) -> crate::metrics::RequestClass {
+        match self.metrics_only {
+            true if req.uri().path() == metrics::PATH => crate::metrics::RequestClass::Metrics,
+            true => crate::metrics::RequestClass::Other,
+            false => metrics::class_of(&self.app, req.method(), req.uri()),
+        }
+    }
+
+    /// Counts a request refused with `response` before it reached [`Edge::handle`] (a
+    /// connection over the caps).
+    pub fn count_refused<B>(&self, req: &http::Request<B>, response: &Response) {
+        self.app.metrics.request(self.class_of(req), response.status(), std::time::Duration::ZERO);
     }
 
     /// Answers one request that came on `conn`.
@@ -53,9 +76,15 @@ impl Edge {
         let mut req = req
             .map(|body| if http_body::Body::is_end_stream(&body) { Body::empty() } else { self.body_rate.apply(body) });
         let id = request_id::ensure(req.headers_mut());
-        let mut response = if self.direct
+        let started = std::time::Instant::now();
+        // Counted once here, whatever answers: a handler, or a refusal before any.
+        let class = self.class_of(&req);
+        let mut response = if self.metrics_only {
+            metrics::serve_only_metrics(&self.app, req.method(), req.uri()).await
+        } else if self.direct
             && !crate::web::is_own_path(req.uri().path())
             && !crate::health::is_own_path(req.uri().path())
+            && req.uri().path() != metrics::PATH
             && !browser::is_navigation(req.method(), req.headers())
         {
             gate::pass(&self.app, &conn.peer, Some(&conn.memo), req).await
@@ -67,6 +96,7 @@ impl Edge {
                 Err(never) => match never {},
             }
         };
+        self.app.metrics.request(class, response.status(), started.elapsed());
         request_id::propagate(response.headers_mut(), id);
         response
     }
@@ -91,6 +121,7 @@ impl Connection {
 fn router(app: AppState) -> Router {
     let routes = crate::web::routes()
         .merge(crate::health::routes())
+        .route(metrics::PATH, axum::routing::get(metrics::admin_scrape))
         .fallback(gate::gate)
         .layer(middleware::from_fn(browser::render_errors_for_browsers));
     // Per-request spans cost ~3 % of a proxied request: only when debug logs are wanted.

@@ -140,7 +140,12 @@ pub async fn serve(
                 tokio::spawn(client.serve(builder, rules, answer, slot));
             }
             Err((refusal, Some(slot))) => {
-                let answer = move |_| async move { refusal_response(refusal) };
+                let edge = edge.clone();
+                let answer = move |req: http::Request<Incoming>| {
+                    let response = refusal_response(refusal);
+                    edge.count_refused(&req, &response);
+                    async move { response }
+                };
                 tokio::spawn(client.serve(refusing.clone(), refusal_rules, answer, slot));
             }
             Err((_, None)) => {} // dropped: closed unanswered

@@ -6,9 +6,6 @@
 //! (`/healthz/`, `/%68ealthz`, `/api/healthz`) is a ComfyUI path like any other, behind
 //! authentication. ComfyUI has no route by these names.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -17,19 +14,12 @@ use http::StatusCode;
 use http::header::{CACHE_CONTROL, HeaderValue};
 use serde::Serialize;
 
-use crate::state::AppState;
-use crate::store::Store;
+use crate::state::{App, AppState};
 
 /// The liveness path.
 pub const HEALTHZ: &str = "/healthz";
 /// The readiness path.
 pub const READYZ: &str = "/readyz";
-
-/// How long the store may take to answer the readiness query.
-const STORE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one store probe's answer serves later readiness requests: a flood of `/readyz`
-/// costs one query per interval, not one per request.
-const STORE_PROBE_TTL: Duration = Duration::from_secs(1);
 
 /// Whether `path` (as sent) is one of these routes.
 pub fn is_own_path(path: &str) -> bool {
@@ -38,14 +28,7 @@ pub fn is_own_path(path: &str) -> bool {
 
 /// `/healthz` and `/readyz` (GET and HEAD; other methods 405).
 pub fn routes() -> Router<AppState> {
-    let probe = Arc::new(StoreProbe::default());
-    Router::new().route(HEALTHZ, get(healthz)).route(
-        READYZ,
-        get(move |State(app): State<AppState>| {
-            let probe = probe.clone();
-            async move { readyz(&app, &probe).await }
-        }),
-    )
+    Router::new().route(HEALTHZ, get(healthz)).route(READYZ, get(readyz))
 }
 
 /// One readiness check's outcome.
@@ -102,10 +85,15 @@ impl Readiness {
     }
 }
 
-/// The readiness checks of a running gateway. Another check is one more line in the list.
-pub async fn readiness(app: &AppState, probe: &StoreProbe) -> Readiness {
+/// The readiness checks of a running gateway (`/readyz`, and `comfygate_ready` in the metrics).
+/// Another check is one more line in the list.
+pub async fn readiness(app: &App) -> Readiness {
+    let store = match app.store_probe.check(app.scheduler.store().as_ref()).await {
+        Ok(()) => Check::pass("store", "the store answers"),
+        Err(reason) => Check::fail("store", reason),
+    };
     Readiness::of(vec![
-        probe.check(app.scheduler.store().as_ref()).await,
+        store,
         backends(app),
         // The audit sink, once it exists: `Check::from_failure("audit", app.audit.failure()),`
     ])
@@ -115,8 +103,8 @@ async fn healthz() -> Response {
     no_store(StatusCode::OK, serde_json::json!({ "status": "ok" }))
 }
 
-async fn readyz(app: &AppState, probe: &StoreProbe) -> Response {
-    let readiness = readiness(app, probe).await;
+async fn readyz(State(app): State<AppState>) -> Response {
+    let readiness = readiness(&app).await;
     let status = if readiness.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     no_store(status, readiness)
 }
@@ -128,45 +116,11 @@ fn no_store(status: StatusCode, body: impl Serialize) -> Response {
 }
 
 /// At least one configured backend passes its health checks.
-fn backends(app: &AppState) -> Check {
+fn backends(app: &App) -> Check {
     let pool = app.scheduler.pool();
     let (healthy, total) = (pool.healthy().len(), pool.all().len());
     let reason = format!("{healthy} of {total} backends healthy");
     if healthy > 0 { Check::pass("backends", reason) } else { Check::fail("backends", reason) }
-}
-
-/// The store's last answer to a trivial query, shared by concurrent readiness requests.
-#[derive(Default)]
-pub struct StoreProbe {
-    last: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
-}
-
-impl StoreProbe {
-    /// Whether the store answers: from a probe younger than [`STORE_PROBE_TTL`], else a new one
-    /// (one at a time: concurrent requests wait for it and share its answer).
-    pub async fn check(&self, store: &dyn Store) -> Check {
-        let mut last = self.last.lock().await;
-        let fresh = last.as_ref().filter(|(at, _)| at.elapsed() < STORE_PROBE_TTL).map(|(_, r)| r.clone());
-        let result = match fresh {
-            Some(result) => result,
-            None => {
-                let result = match tokio::time::timeout(STORE_TIMEOUT, store.ping()).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "readiness: the store does not answer");
-                        Err("the store does not answer".to_owned())
-                    }
-                    Err(_) => Err(format!("the store did not answer within {}s", STORE_TIMEOUT.as_secs())),
-                };
-                *last = Some((Instant::now(), result.clone()));
-                result
-            }
-        };
-        match result {
-            Ok(()) => Check::pass("store", "the store answers"),
-            Err(reason) => Check::fail("store", reason),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 use axum::extract::FromRequestParts;
 use http::request::Parts;
 
+use super::client::{ClientInfo, Peer};
 use super::error::ApiError;
 use crate::auth::secret::DigestMemo;
 use crate::auth::{AuthFailure, Identity, Presented, credentials};
@@ -25,17 +26,25 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        Caller::verify(parts, app, None).await
+        let peer = Peer::new(super::client::peer(&parts.extensions));
+        Caller::verify(parts, app, &peer, None).await
     }
 }
 
 impl Caller {
-    /// Reads and verifies the request's credential, hashing through `memo` when given (the
-    /// connection's: see [`DigestMemo`]).
-    pub async fn verify(parts: &Parts, app: &AppState, memo: Option<&DigestMemo>) -> Result<Self, ApiError> {
-        let presented =
-            credentials::presented(parts, &app.config.auth.cookie_name)?.ok_or(AuthFailure::MissingCredentials)?;
-        let identity = app.auth.authenticate_on(&presented, memo).await?;
+    /// Reads and verifies the request's credential from `peer`, hashing through `memo` when
+    /// given (the connection's: see [`DigestMemo`]). A refusal is counted in the metrics.
+    pub async fn verify(
+        parts: &Parts,
+        app: &AppState,
+        peer: &Peer,
+        memo: Option<&DigestMemo>,
+    ) -> Result<Self, ApiError> {
+        let presented = credentials::presented(parts, &app.config.auth.cookie_name)
+            .and_then(|p| p.ok_or(AuthFailure::MissingCredentials))
+            .map_err(|failure| refused(parts, app, peer, failure))?;
+        let identity =
+            app.auth.authenticate_on(&presented, memo).await.map_err(|failure| refused(parts, app, peer, failure))?;
         if presented.is_ambient() && (origin::is_unsafe(&parts.method) || is_upgrade(&parts.headers)) {
             if let Some(reason) = origin::cross_site_at(&parts.headers, parts.uri.authority(), &app.allowed_hosts) {
                 tracing::info!(target: "comfygate::audit", event = "cross_site_refused", username = %identity.username, path = %parts.uri.path());
@@ -44,6 +53,16 @@ impl Caller {
         }
         Ok(Caller { identity, presented })
     }
+}
+
+/// Counts a refused authentication (a store outage is not the client's failure) against the
+/// client's address, and makes it the request's answer.
+fn refused(parts: &Parts, app: &AppState, peer: &Peer, failure: AuthFailure) -> ApiError {
+    if failure != AuthFailure::Unavailable {
+        let client = ClientInfo::new(peer, parts, &app.config.server.trusted_proxies, app.tls);
+        app.metrics.auth_failure(failure.code(), client.address);
+    }
+    ApiError::Unauthenticated(failure)
 }
 
 /// A caller who must be an admin.

@@ -99,6 +99,35 @@ impl Scheduler {
         }
     }
 
+    /// How many jobs wait that no backend in service can run: none is up, the one holding
+    /// their input files is not, or none up has their nodes and models (a backend that has not
+    /// reported its capabilities yet is taken as able). One verdict per workflow shape: jobs of
+    /// one workflow share their requirements.
+    pub fn unrunnable_jobs(&self) -> usize {
+        let up: Vec<_> =
+            self.pool.all().iter().filter(|b| b.is_healthy()).map(|b| (b.name(), b.capabilities())).collect();
+        let inner = self.inner();
+        let mut verdicts: HashMap<(usize, Option<&str>), bool> = HashMap::new();
+        inner
+            .jobs
+            .values()
+            .filter(|job| job.state == JobState::Queued)
+            .filter(|job| {
+                let shape = job.requirements.as_ref().map_or(0, |r| std::sync::Arc::as_ptr(r) as usize);
+                let pinned = job.pinned.as_deref();
+                !*verdicts.entry((shape, pinned)).or_insert_with(|| {
+                    up.iter().any(|(name, caps)| {
+                        pinned.is_none_or(|p| p == *name)
+                            && match (&job.requirements, caps) {
+                                (Some(req), Some(caps)) => req.satisfied_by(caps),
+                                _ => true,
+                            }
+                    })
+                })
+            })
+            .count()
+    }
+
     /// Why each job in the gateway's queue is still waiting (for operators).
     pub fn waiting(&self) -> Vec<Value> {
         let backends = self.pool.all();
@@ -182,6 +211,7 @@ impl Scheduler {
                 let backend = job.backend.clone();
                 if backend.is_none() {
                     inner.remove(id);
+                    self.count_end(JobState::Cancelled, false, None);
                 } else if let Some(job) = inner.job_mut(id) {
                     job.outcome = Some((JobState::Cancelled, reason.to_owned()));
                 }

@@ -95,16 +95,27 @@ impl Scheduler {
             "execution_start" => {
                 {
                     let mut inner = self.inner();
-                    let models = inner
+                    let now = now_ms();
+                    let (models, waited) = inner
                         .jobs
                         .get_mut(id)
                         .map(|job| {
                             job.state = JobState::Running;
-                            job.requirements.as_ref().map(|r| r.model_files()).unwrap_or_default()
+                            // A repeated `execution_start` (reconnect) is not a second start.
+                            let first = job.started_at.is_none();
+                            job.started_at.get_or_insert(now);
+                            let models = job.requirements.as_ref().map(|r| r.model_files()).unwrap_or_default();
+                            (models, first.then(|| now - job.created_at))
                         })
                         .unwrap_or_default();
+                    if let Some(waited) = waited {
+                        self.metrics.job_started(std::time::Duration::from_millis(u64::try_from(waited).unwrap_or(0)));
+                    }
                     let mut load = backend.load();
                     load.running = Some(id.to_owned());
+                    if waited.is_some() && !models.is_empty() && load.last_models != models {
+                        self.metrics.model_load(backend.name());
+                    }
                     load.last_models = models;
                 }
                 self.save_state(id, JobState::Running, Some(backend.name()), None).await;
@@ -186,6 +197,7 @@ impl Scheduler {
             Some((state, detail)) => (*state, Some(detail.clone())),
             None => (JobState::Done, None),
         };
+        self.count_end(state, false, job.started_at);
         let outputs = job.requirements.as_ref().map(|r| r.outputs.clone()).unwrap_or_default();
         let outcome = match entry {
             Entry::Seen => {
@@ -214,6 +226,10 @@ impl Scheduler {
     /// Ends a job (wherever it is) in `state` with `reason`, which its history entry shows.
     pub(super) async fn end(&self, id: &str, state: JobState, reason: &str, notify: bool) {
         let mut job = self.take_job(id, None);
+        if let Some(job) = &job {
+            // A job ended here without its backend's word that had started: lost with it.
+            self.count_end(state, job.started_at.is_some(), job.started_at);
+        }
         let outcome = job.as_mut().map(|job| {
             let mut record = job.record.take().unwrap_or_default();
             record.messages.push(json!(["execution_error", execution_error(id, reason)]));

@@ -122,6 +122,10 @@ pub(super) struct Active {
     pub refused_by: Vec<String>,
     /// What its run has shown so far, for its history entry (once it has shown anything).
     pub record: Option<Box<Record>>,
+    /// When it was submitted (ms), for its wait time.
+    pub created_at: i64,
+    /// When its run started (ms), for its run time.
+    pub started_at: Option<i64>,
 }
 
 /// What a job's run showed: the parts of ComfyUI's history entry the gateway keeps.
@@ -233,6 +237,8 @@ impl Active {
             accepted: matches!(job.state, JobState::Dispatched | JobState::Running),
             refused_by: Vec::new(),
             record: None,
+            created_at: job.created_at,
+            started_at: None,
         }
     }
 

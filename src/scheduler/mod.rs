@@ -38,6 +38,7 @@ use tokio::sync::oneshot;
 use crate::backends::{Backend, Pool, Reach};
 use crate::config::{LimitsConfig, SchedulerConfig};
 use crate::limits::{HOUR, Limits, Refusal};
+use crate::metrics::{JobOutcome, Metrics};
 use crate::store::{Job, JobState, Store, StoreError};
 use crate::time::now_ms;
 use delivery::Subscribers;
@@ -165,6 +166,7 @@ pub struct Scheduler {
     numbers: AtomicI64,
     announced: AtomicUsize,
     subscribers: Subscribers,
+    metrics: Arc<Metrics>,
 }
 
 impl Scheduler {
@@ -175,6 +177,7 @@ impl Scheduler {
         config: SchedulerConfig,
         limits: LimitsConfig,
         max_request_body: u64,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         let numbers = AtomicI64::new(store.max_job_number().await?);
         let mut inner = Inner {
@@ -233,6 +236,7 @@ impl Scheduler {
             numbers,
             announced: AtomicUsize::new(usize::MAX),
             subscribers: Subscribers::default(),
+            metrics,
         })
     }
 
@@ -259,6 +263,11 @@ impl Scheduler {
     /// Jobs waiting or running, gateway-wide (ComfyUI's `queue_remaining`).
     pub fn queue_remaining(&self) -> usize {
         self.inner().jobs.len()
+    }
+
+    /// Jobs waiting in the gateway's queue (not yet on a backend).
+    pub fn waiting_jobs(&self) -> usize {
+        self.inner().queue.len()
     }
 
     /// Registers a client's WebSocket for the events of its jobs.
@@ -333,7 +342,7 @@ impl Scheduler {
             in_history: true,
         };
         match self.store.insert_job(&job).await {
-            Ok(()) => {}
+            Ok(()) => self.metrics.job_submitted(),
             Err(StoreError::Conflict(_)) => {
                 return Ok(Answer::json(
                     StatusCode::CONFLICT,
@@ -720,6 +729,19 @@ impl Scheduler {
         let body = json!({"delete": [id]}).to_string();
         let timeout = backend.config.response_timeout;
         let _ = backend.proxy.call(Method::POST, "/queue", Some(body.into()), timeout).await;
+    }
+
+    /// Counts a job that ended in `state` (`lost`: its backend went away or forgot it while it
+    /// ran), with its run time when it started.
+    fn count_end(&self, state: JobState, lost: bool, started_at: Option<i64>) {
+        let outcome = match state {
+            JobState::Done => JobOutcome::Success,
+            JobState::Cancelled => JobOutcome::Interrupted,
+            _ if lost => JobOutcome::Lost,
+            _ => JobOutcome::Error,
+        };
+        let ran = started_at.map(|t| std::time::Duration::from_millis(u64::try_from(now_ms() - t).unwrap_or(0)));
+        self.metrics.job_finished(outcome, ran);
     }
 
     async fn end_job(

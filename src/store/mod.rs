@@ -6,6 +6,7 @@
 mod model;
 mod postgres;
 pub mod private;
+mod probe;
 pub mod schema;
 mod sql;
 mod sqlite;
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 pub use model::{
     ApiToken, Job, JobState, NewSession, NewToken, NewUser, Role, Session, StoredFile, TokenKind, User, UserLimits,
 };
+pub use probe::Probe;
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +107,9 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_session(&self, session_id: i64, now: i64) -> StoreResult<Vec<i64>>;
     /// Records when sessions were last seen.
     async fn record_session_use(&self, uses: &UseTimes) -> StoreResult<()>;
+    /// Counts sessions neither revoked, past their end at `now`, nor idle since before
+    /// `idle_since`.
+    async fn count_sessions(&self, now: i64, idle_since: i64) -> StoreResult<i64>;
     /// Deletes revoked sessions and those past their end or idle since before `idle_since`.
     async fn purge_sessions(&self, now: i64, idle_since: i64) -> StoreResult<u64>;
 

@@ -516,6 +516,16 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn count_sessions(&self, now: i64, idle_since: i64) -> StoreResult<i64> {
+                Ok(sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND expires_at >= $1 AND last_seen_at >= $2",
+                )
+                .bind(now)
+                .bind(idle_since)
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
             async fn purge_sessions(&self, now: i64, idle_since: i64) -> StoreResult<u64> {
                 Ok(sqlx::query(
                     "DELETE FROM sessions WHERE revoked_at IS NOT NULL OR expires_at < $1 OR last_seen_at < $2",

@@ -47,6 +47,20 @@ pub fn job(prefix: &str, color: u32, ms: u64) -> Value {
     json!({"prompt": workflow(prefix, color), "extra_data": {"sim_duration_ms": ms}})
 }
 
+/// A checkpoint workflow (loader → sampler → decode → save) using `ckpt`.
+pub fn model_job(ckpt: &str, prefix: &str) -> Value {
+    json!({"prompt": {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0],
+            "latent_image": ["3", 0], "seed": 1, "steps": 1, "cfg": 1.0, "sampler_name": "euler",
+            "scheduler": "normal", "denoise": 1.0}},
+        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": prefix}}
+    }})
+}
+
 /// `POST /prompt`: status and answer.
 pub async fn submit(gw: &Gateway, token: &str, body: Value) -> (u16, Value) {
     let r = client().post(gw.at("/prompt")).bearer_auth(token).json(&body).send().await.unwrap();
