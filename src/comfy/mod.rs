@@ -99,7 +99,10 @@ pub async fn handle(
 ) -> Result<Response, ApiError> {
     let scope = scope_of(&caller);
     match route {
-        Route::Submit => prompt::submit(app, &caller, req).await,
+        Route::Submit => {
+            let context = crate::http::audit_context::of_headers(req.headers(), client);
+            prompt::submit(app, &caller, &context, req).await
+        }
         Route::PromptStatus => Ok(prompt::status(app)),
         Route::Queue => match app.scheduler.queue_view(scope, caller.identity.user_id).await {
             Ok(view) => Ok(bytes_response(StatusCode::OK, Bytes::from(view))),

@@ -5,9 +5,12 @@
 use axum::extract::FromRequestParts;
 use http::request::Parts;
 
+use super::ClientInfo;
+use super::audit_context::context;
 use super::error::ApiError;
+use crate::audit::Event;
 use crate::auth::secret::DigestMemo;
-use crate::auth::{AuthFailure, Identity, Presented, credentials};
+use crate::auth::{AuthFailure, AuthMethod, Identity, Presented, credentials};
 use crate::policy::origin;
 use crate::proxy::is_upgrade;
 use crate::state::AppState;
@@ -25,22 +28,34 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        Caller::verify(parts, app, None).await
+        let client = ClientInfo::from_parts(parts, &app.config.server.trusted_proxies, app.tls);
+        Caller::verify(parts, app, None, &client).await
     }
 }
 
 impl Caller {
     /// Reads and verifies the request's credential, hashing through `memo` when given (the
     /// connection's: see [`DigestMemo`]).
-    pub async fn verify(parts: &Parts, app: &AppState, memo: Option<&DigestMemo>) -> Result<Self, ApiError> {
+    /// A token's first use from an address is audited here (refused when the line cannot be
+    /// written), and so is a cross-site refusal.
+    pub async fn verify(
+        parts: &Parts,
+        app: &AppState,
+        memo: Option<&DigestMemo>,
+        client: &ClientInfo,
+    ) -> Result<Self, ApiError> {
         let presented =
             credentials::presented(parts, &app.config.auth.cookie_name)?.ok_or(AuthFailure::MissingCredentials)?;
         let identity = app.auth.authenticate_on(&presented, memo).await?;
         if presented.is_ambient() && (origin::is_unsafe(&parts.method) || is_upgrade(&parts.headers)) {
             if let Some(reason) = origin::cross_site_at(&parts.headers, parts.uri.authority(), &app.allowed_hosts) {
-                tracing::info!(target: "comfygate::audit", event = "cross_site_refused", username = %identity.username, path = %parts.uri.path());
+                let event = Event::refused("cross_site_refused").user(&identity.username).reason(reason);
+                app.audit.note(&context(parts, client), event.field("path_class", "gateway")).await;
                 return Err(ApiError::Forbidden(reason.to_owned()));
             }
+        }
+        if matches!(identity.method, AuthMethod::Token { .. }) {
+            app.auth.note_token_address(&identity, &context(parts, client)).await?;
         }
         Ok(Caller { identity, presented })
     }

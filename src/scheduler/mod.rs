@@ -152,6 +152,7 @@ enum Requeued {
 /// The scheduler of a running gateway.
 pub struct Scheduler {
     store: Arc<dyn Store>,
+    audit: Arc<crate::audit::Audit>,
     files: FileLocations,
     pool: Arc<Pool>,
     config: SchedulerConfig,
@@ -175,6 +176,7 @@ impl Scheduler {
         config: SchedulerConfig,
         limits: LimitsConfig,
         max_request_body: u64,
+        audit: Arc<crate::audit::Audit>,
     ) -> Result<Self, StoreError> {
         let numbers = AtomicI64::new(store.max_job_number().await?);
         let mut inner = Inner {
@@ -223,6 +225,7 @@ impl Scheduler {
         Ok(Self {
             files: FileLocations::new(store.clone()),
             store,
+            audit,
             pool,
             config,
             limits,

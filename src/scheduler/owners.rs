@@ -9,10 +9,18 @@ use http::Method;
 use serde_json::json;
 
 use super::Scheduler;
+use crate::audit::{Context, Event};
 use crate::store::JobState;
 use crate::time::now_ms;
 
 impl Scheduler {
+    /// The audit line of a job cancelled because its owner is no longer active (the
+    /// cancellation goes ahead whatever the audit log says: it only takes access away).
+    async fn audit_cancel(&self, id: &str, owner: i64, reason: &str) {
+        let event = Event::success("job_cancelled").field("prompt_id", id).field("user_id", owner).reason(reason);
+        self.audit.note(&Context::gateway("scheduler"), event).await;
+    }
+
     /// Why jobs of `owner` (submitted with `token_id`) may no longer run; `None` while they
     /// may, or when the store cannot tell (then nothing is cancelled).
     async fn inactive_reason(&self, owner: i64, token_id: Option<i64>) -> Option<&'static str> {
@@ -34,7 +42,7 @@ impl Scheduler {
     /// Cancels job `id`, found at dispatch to belong to an owner who is no longer active.
     pub(super) async fn cancel_for_owner(&self, id: &str, owner: i64, token_id: Option<i64>) {
         let reason = self.inactive_reason(owner, token_id).await.unwrap_or("its owner is no longer active");
-        tracing::info!(target: "comfygate::audit", event = "job_cancelled", prompt_id = id, user_id = owner, reason);
+        self.audit_cancel(id, owner, reason).await;
         self.end(id, JobState::Cancelled, &format!("cancelled: {reason}"), true).await;
     }
 
@@ -61,8 +69,7 @@ impl Scheduler {
                     .collect()
             };
             for (id, state, backend) in jobs {
-                tracing::info!(target: "comfygate::audit", event = "job_cancelled", prompt_id = %id,
-                    user_id = owner, reason = %reason);
+                self.audit_cancel(&id, owner, &reason).await;
                 match (state, backend.as_deref().and_then(|b| self.pool.get(b)).cloned()) {
                     (JobState::Running, Some(backend)) => {
                         // Ends when the backend reports the interruption, with this reason.
