@@ -69,7 +69,7 @@ impl Audit {
         let at = now_ms();
         let line = event.line(context, at);
         tracing::info!(target: "comfygate::audit", event = event.name(), username = %event.username().unwrap_or("-"),
-            address = %context.address.as_deref().unwrap_or("-"), outcome = event.outcome().as_str(), "{line}");
+            address = context.address.as_deref().unwrap_or("-"), outcome = event.outcome().as_str(), "{line}");
         let result = self.write(&event, context, at, line).await;
         self.set_failure(result.as_ref().err());
         if let Err(e) = &result {

@@ -8,8 +8,11 @@ use http::request::Parts;
 
 use super::ClientInfo;
 use crate::audit::Context;
-use crate::edge::request_id::REQUEST_ID;
 use crate::state::AppState;
+
+/// The header [`crate::edge::request_id`] gives every request (named here too, as the edge sits
+/// above this module; a test there checks the two agree).
+pub const REQUEST_ID: &str = "x-request-id";
 
 /// The audit context of `parts`, from `client`.
 pub fn context(parts: &Parts, client: &ClientInfo) -> Context {
@@ -18,8 +21,8 @@ pub fn context(parts: &Parts, client: &ClientInfo) -> Context {
 
 /// The audit context of a request with these headers, from `client`.
 pub fn of_headers(headers: &HeaderMap, client: &ClientInfo) -> Context {
-    let header = |name| headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
-    Context::request(client.address.to_string(), header(USER_AGENT), header(REQUEST_ID))
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    Context::request(client.address.to_string(), header(USER_AGENT.as_str()), header(REQUEST_ID))
 }
 
 /// A handler's audit context, as an extractor.
