@@ -447,3 +447,26 @@ async fn the_cli_lists_newest_first_and_filters_by_user_event_and_time() {
     assert_ne!(bad.code, 0);
     assert!(bad.stderr.contains("--since"), "{bad:?}");
 }
+
+#[tokio::test]
+async fn an_admins_queue_actions_are_audited_and_a_users_own_are_not() {
+    let (_sim, gw) = setup(Options::default()).await;
+    let admin = gw.token("admin", "ops").await;
+    let bob = gw.token("bob", "own").await;
+    let post = |token: String, path: &'static str, body: Value| {
+        let url = gw.at(path);
+        async move { client().post(url).bearer_auth(token).json(&body).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post(bob.clone(), "/api/queue", json!({"clear": true})).await, 200);
+    assert_eq!(post(bob.clone(), "/api/interrupt", json!({})).await, 200);
+    assert_eq!(post(admin.clone(), "/api/queue", json!({"clear": true, "delete": ["a", "b"]})).await, 200);
+    assert_eq!(post(admin.clone(), "/api/interrupt", json!({"prompt_id": "x"})).await, 200);
+    let lines = file_lines(&data_dir(&gw).join("audit.jsonl"));
+    let admin_lines: Vec<&Value> =
+        lines.iter().filter(|l| l["event"].as_str().unwrap().starts_with("admin_")).collect();
+    let events: Vec<&str> = admin_lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["admin_queue_cleared", "admin_jobs_deleted", "admin_interrupt"], "{}", dump(&lines));
+    assert!(admin_lines.iter().all(|l| l["by"] == "admin" && l["address"] == "127.0.0.1"), "{}", dump(&lines));
+    assert_eq!(admin_lines[1]["prompt_ids"], json!(["a", "b"]));
+    assert_eq!(admin_lines[2]["prompt_id"], "x");
+}

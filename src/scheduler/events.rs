@@ -212,8 +212,9 @@ impl Scheduler {
     }
 
     /// Ends a job (wherever it is) in `state` with `reason`, which its history entry shows.
-    pub(super) async fn end(&self, id: &str, state: JobState, reason: &str, notify: bool) {
+    pub(super) async fn end(&self, id: &str, state: JobState, reason: &str, notify: bool) -> bool {
         let mut job = self.take_job(id, None);
+        let held = job.is_some();
         let outcome = job.as_mut().map(|job| {
             let mut record = job.record.take().unwrap_or_default();
             record.messages.push(json!(["execution_error", execution_error(id, reason)]));
@@ -225,6 +226,7 @@ impl Scheduler {
             self.notify_failure(&job, reason);
         }
         self.announce_status();
+        held
     }
 
     fn notify_failure(&self, job: &Active, error: &str) {
