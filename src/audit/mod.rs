@@ -68,13 +68,15 @@ impl Audit {
     pub async fn record(&self, context: &Context, event: Event) -> Result<(), AuditError> {
         let at = now_ms();
         let line = event.line(context, at);
-        // For operators who collect logs: the event in brief (the file and the store are the record).
-        tracing::info!(target: "comfygate::audit", event = event.name(), username = %event.username().unwrap_or("-"),
-            address = context.address.as_deref().unwrap_or("-"), outcome = event.outcome().as_str());
         let result = self.write(&event, context, at, line).await;
         self.set_failure(result.as_ref().err());
-        if let Err(e) = &result {
-            tracing::error!(event = event.name(), error = %e, "audit log write failed: the action is refused");
+        match &result {
+            // For operators who collect logs: the event in brief (the file and the store are the record).
+            Ok(()) => tracing::info!(target: "comfygate::audit", event = event.name(),
+                username = %event.username().unwrap_or("-"), address = context.address.as_deref().unwrap_or("-"),
+                outcome = event.outcome().as_str()),
+            Err(e) => tracing::error!(target: "comfygate::audit", event = event.name(), error = %e,
+                "audit log write failed: the action is refused"),
         }
         result
     }

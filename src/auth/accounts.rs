@@ -68,7 +68,7 @@ pub enum AccountError {
     #[error(transparent)]
     Store(StoreError),
     /// The audit line could not be written, so the change was not made.
-    #[error("refused: the audit log cannot be written ({0})")]
+    #[error("refused: the audit log cannot be written")]
     Audit(#[from] AuditError),
 }
 
