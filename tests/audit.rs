@@ -402,7 +402,7 @@ async fn an_unwritable_audit_log_refuses_logins_and_token_creation() {
 }
 
 #[tokio::test]
-async fn failure_names_the_broken_sink_and_healthy_writes_report_none() {
+async fn failure_names_the_broken_sink_until_a_write_succeeds_again() {
     use comfygate::audit::{Audit, Context, Event};
     let dir = tempfile::tempdir().unwrap();
     let store = comfygate::store::open(&format!("sqlite://{}/s.db", dir.path().display())).await.unwrap();
@@ -413,10 +413,25 @@ async fn failure_names_the_broken_sink_and_healthy_writes_report_none() {
     assert_eq!(healthy.failure(), None);
 
     config.audit.file = Some(PathBuf::from("/dev/full"));
-    let full = Audit::open(&config, store).unwrap();
+    let full = Audit::open(&config, store.clone()).unwrap();
     assert!(full.record(&Context::cli(), Event::success("user_created").user("y")).await.is_err());
     let failure = full.failure().expect("unhealthy");
     assert!(failure.contains("/dev/full"), "{failure}");
+
+    // The store refusing the row: the file's line is followed by one saying so.
+    let raw = sqlx::SqlitePool::connect(&format!("sqlite://{}/s.db", dir.path().display())).await.unwrap();
+    sqlx::query("ALTER TABLE audit_events RENAME TO audit_events_gone").execute(&raw).await.unwrap();
+    assert!(healthy.record(&Context::cli(), Event::success("user_removed").user("z")).await.is_err());
+    assert!(healthy.failure().unwrap().contains("store"), "{:?}", healthy.failure());
+    let lines = file_lines(healthy.path());
+    let events: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["user_created", "user_removed", "audit_write_failed"]);
+    assert_eq!(lines[2]["failed_event"], "user_removed");
+
+    // Healthy again after the next write that succeeds.
+    sqlx::query("ALTER TABLE audit_events_gone RENAME TO audit_events").execute(&raw).await.unwrap();
+    healthy.record(&Context::cli(), Event::success("user_created").user("w")).await.unwrap();
+    assert_eq!(healthy.failure(), None);
 }
 
 #[tokio::test]

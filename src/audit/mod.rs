@@ -97,19 +97,32 @@ impl Audit {
             address: context.address.clone(),
             line,
         };
+        self.append(record.line.clone()).await?;
+        if let Err(e) = self.store.insert_audit_event(&record).await {
+            // The file now holds a line for an action that will be refused: say so after it.
+            let note = Event::failure("audit_write_failed")
+                .reason(format!("store: {e}"))
+                .field("failed_event", event.name())
+                .line(&Context::gateway("audit"), now_ms());
+            let _ = self.append(note).await;
+            return Err(AuditError::Store(e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Appends one line to the file, off the async workers.
+    async fn append(&self, line: String) -> Result<(), AuditError> {
         let file = self.file.clone();
-        let text = record.line.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || -> Result<(), AuditError> {
             let mut file = file.lock().map_err(|_| AuditError::File {
                 path: path.display().to_string(),
                 reason: "the audit file's lock is poisoned".to_owned(),
             })?;
-            file.append(&text).map_err(|e| file_error(file.path(), &e))
+            file.append(&line).map_err(|e| file_error(file.path(), &e))
         })
         .await
-        .map_err(|e| AuditError::File { path: self.path.display().to_string(), reason: e.to_string() })??;
-        self.store.insert_audit_event(&record).await.map_err(|e| AuditError::Store(e.to_string()))
+        .map_err(|e| AuditError::File { path: self.path.display().to_string(), reason: e.to_string() })?
     }
 
     fn set_failure(&self, error: Option<&AuditError>) {
