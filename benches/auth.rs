@@ -32,11 +32,16 @@ fn fixture() -> Fixture {
     let url = format!("sqlite://{}/bench.db", dir.path().display());
     let (auth, token, cookie) = rt.block_on(async {
         let store = comfygate::store::open(&url).await.unwrap();
-        let auth = Arc::new(Auth::new(store, AuthConfig::default(), Default::default()));
+        let mut config = comfygate::Config::default();
+        config.store.data_dir = dir.path().to_owned();
+        let audit = Arc::new(comfygate::audit::Audit::open(&config, store.clone()).unwrap());
+        let auth = Arc::new(Auth::new(store, AuthConfig::default(), Default::default(), audit));
         let password = "bench-password-0123456789";
-        auth.accounts().create_user("bench", password, Role::User).await.unwrap();
-        let issued = auth.accounts().create_token("bench", "bench", None).await.unwrap();
-        let login = auth.login("bench", password, "127.0.0.1", "criterion").await.unwrap();
+        let cli = comfygate::audit::Context::cli();
+        auth.accounts().create_user("bench", password, Role::User, &cli).await.unwrap();
+        let issued = auth.accounts().create_token("bench", "bench", None, &cli).await.unwrap();
+        let from = comfygate::audit::Context::request("127.0.0.1".to_owned(), Some("criterion"), None);
+        let login = auth.login("bench", password, &from).await.unwrap();
         (auth, issued.secret, login.cookie_value)
     });
     Fixture { _dir: dir, rt, auth, token, cookie }

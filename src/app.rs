@@ -143,7 +143,12 @@ fn spawn_scheduling(app: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<tok
         app.config.scheduler.job_retention,
         shutdown.clone(),
     ));
-    vec![health, monitor, feed, purge]
+    let purge_audit = tokio::spawn(crate::audit::Audit::purge(
+        app.scheduler.store().clone(),
+        app.config.audit.retention,
+        shutdown.clone(),
+    ));
+    vec![health, monitor, feed, purge, purge_audit]
 }
 
 /// Deletes ended jobs older than `retention`, at start and then hourly.

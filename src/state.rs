@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::audit::{Audit, AuditError};
 use crate::auth::Auth;
 use crate::backends::Pool;
 use crate::config::Config;
@@ -28,6 +29,9 @@ pub enum BuildError {
     /// A `[policy] user_routes` entry is unusable.
     #[error("policy configuration: {0}")]
     Policy(#[from] RouteError),
+    /// The audit file cannot be opened.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
 }
 
 /// Everything a request handler needs.
@@ -36,6 +40,8 @@ pub struct App {
     pub config: Config,
     /// Authentication and accounts.
     pub auth: Arc<Auth>,
+    /// The audit log ([`Audit::failure`] says whether it is healthy).
+    pub audit: Arc<Audit>,
     /// The job queue and the backends behind it.
     pub scheduler: Arc<Scheduler>,
     /// This process's name in the store (heartbeats, WebSocket ids).
@@ -58,7 +64,8 @@ impl App {
     /// Builds the services on an opened store (resuming the jobs it holds).
     pub async fn new(config: Config, store: Arc<dyn store::Store>) -> Result<Self, BuildError> {
         let metrics = Arc::new(Metrics::new());
-        let auth = Arc::new(Auth::new(store.clone(), config.auth.clone(), metrics.clone()));
+        let audit = Arc::new(Audit::open(&config, store.clone())?);
+        let auth = Arc::new(Auth::new(store.clone(), config.auth.clone(), metrics.clone(), audit.clone()));
         let instance = format!("{}-{}", hostname(), &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let pool = Arc::new(Pool::new(&config, &instance)?);
         let scheduler = Arc::new(
@@ -69,6 +76,7 @@ impl App {
                 config.limits.clone(),
                 config.server.max_request_body.as_u64(),
                 metrics.clone(),
+                audit.clone(),
             )
             .await?,
         );
@@ -83,7 +91,19 @@ impl App {
         let routes = RoutePolicy::with_user_routes(&config.policy.user_routes)?;
         let userdata = UserData::new(&config.store.data_dir, &config.userdata);
         let store_probe = store::Probe::default();
-        Ok(Self { config, auth, scheduler, instance, allowed_hosts, tls, routes, userdata, metrics, store_probe })
+        Ok(Self {
+            config,
+            auth,
+            audit,
+            scheduler,
+            instance,
+            allowed_hosts,
+            tls,
+            routes,
+            userdata,
+            metrics,
+            store_probe,
+        })
     }
 }
 

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use comfygate::scheduler::files::FileLocations;
 use comfygate::store::{
-    self, Job, JobState, NewSession, NewToken, NewUser, Role, Store, StoreError, StoredFile, TokenKind,
+    self, AuditQuery, AuditRecord, Job, JobState, NewSession, NewToken, NewUser, Role, Store, StoreError, StoredFile,
+    TokenKind,
 };
 
 struct TestDb {
@@ -85,6 +86,7 @@ on_every_store!(
     login_attempts_are_taken_before_the_check_and_a_full_round_blocks,
     concurrent_login_attempts_cannot_all_be_taken,
     login_addresses_and_bcrypt_costs_are_known,
+    audit_events_are_listed_newest_first_filtered_and_purged,
 );
 
 fn new_user(name: &str, role: Role) -> NewUser {
@@ -503,4 +505,43 @@ async fn login_addresses_and_bcrypt_costs_are_known(db: &TestDb) {
     assert!(!s.known_login_address(legacy.id, "203.0.113.5", 0).await.unwrap(), "per account");
     s.delete_user(alice.id).await.unwrap();
     assert!(!s.known_login_address(alice.id, "203.0.113.5", 0).await.unwrap());
+}
+
+fn audit_record(at: i64, event: &str, user: Option<&str>, token: Option<(i64, &str)>) -> AuditRecord {
+    AuditRecord {
+        at,
+        event: event.to_owned(),
+        username: user.map(str::to_owned),
+        token_id: token.map(|(id, _)| id),
+        address: token.map(|(_, address)| address.to_owned()),
+        line: format!("{{\"at\":{at},\"event\":\"{event}\"}}"),
+    }
+}
+
+async fn audit_events_are_listed_newest_first_filtered_and_purged(db: &TestDb) {
+    let s = &db.store;
+    for record in [
+        audit_record(1_000, "login", Some("alice"), None),
+        audit_record(2_000, "login_failed", Some("bob"), None),
+        audit_record(3_000, "token_new_address", Some("alice"), Some((7, "10.0.0.1"))),
+        audit_record(4_000, "token_new_address", Some("alice"), Some((7, "10.0.0.2"))),
+        audit_record(5_000, "token_new_address", Some("bob"), Some((8, "10.0.0.9"))),
+    ] {
+        s.insert_audit_event(&record).await.unwrap();
+    }
+    let all = s.audit_events(&AuditQuery { limit: 100, ..AuditQuery::default() }).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert!(all[0].contains("5000") && all[4].contains("1000"), "newest first: {all:?}");
+    let alice = AuditQuery { username: Some("alice".to_owned()), limit: 100, ..AuditQuery::default() };
+    assert_eq!(s.audit_events(&alice).await.unwrap().len(), 3);
+    let recent_logins =
+        AuditQuery { event: Some("login_failed".to_owned()), since: Some(1_500), limit: 100, ..AuditQuery::default() };
+    assert_eq!(s.audit_events(&recent_logins).await.unwrap(), [r#"{"at":2000,"event":"login_failed"}"#]);
+    assert_eq!(s.audit_events(&AuditQuery { limit: 2, ..AuditQuery::default() }).await.unwrap().len(), 2);
+    let mut seen = s.audit_token_addresses(7, "token_new_address", 32).await.unwrap();
+    seen.sort();
+    assert_eq!(seen, ["10.0.0.1", "10.0.0.2"]);
+    assert_eq!(s.audit_token_addresses(7, "token_new_address", 1).await.unwrap().len(), 1);
+    assert_eq!(s.purge_audit_events(3_000).await.unwrap(), 2);
+    assert_eq!(s.audit_events(&AuditQuery { limit: 100, ..AuditQuery::default() }).await.unwrap().len(), 3);
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::audit::{Audit, AuditError, Context, Event};
 use crate::config::AuthConfig;
 use crate::store::{ApiToken, NewToken, NewUser, Role, Store, StoreError, TokenKind, User};
 use crate::time::{ms, now_ms};
@@ -66,6 +67,9 @@ pub enum AccountError {
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
+    /// The audit line could not be written, so the change was not made.
+    #[error("refused: the audit log cannot be written")]
+    Audit(#[from] AuditError),
 }
 
 impl From<StoreError> for AccountError {
@@ -111,15 +115,17 @@ pub fn generate_password() -> Result<String, RandomUnavailable> {
 #[derive(Clone)]
 pub struct Accounts {
     store: Arc<dyn Store>,
+    audit: Arc<Audit>,
     hasher: PasswordHasher,
     min_password_length: usize,
 }
 
 impl Accounts {
     /// Management on `store` with the configured password rules.
-    pub fn new(store: Arc<dyn Store>, config: &AuthConfig) -> Self {
+    pub fn new(store: Arc<dyn Store>, config: &AuthConfig, audit: Arc<Audit>) -> Self {
         Self {
             store,
+            audit,
             hasher: PasswordHasher::new(config.hash_concurrency),
             min_password_length: config.min_password_length,
         }
@@ -135,12 +141,36 @@ impl Accounts {
         &self.store
     }
 
+    /// The audit log.
+    pub fn audit(&self) -> &Arc<Audit> {
+        &self.audit
+    }
+
+    /// Writes `event` before the change it records, then makes the change: no change without
+    /// its line. A change that then fails gets a second line saying so.
+    async fn audited<T>(
+        &self,
+        context: &Context,
+        event: Event,
+        change: impl std::future::Future<Output = Result<T, AccountError>>,
+    ) -> Result<T, AccountError> {
+        let name = event.name();
+        let user = event.username().unwrap_or_default().to_owned();
+        self.audit.record(context, event).await?;
+        let result = change.await;
+        if let Err(e) = &result {
+            self.audit.note(context, Event::failure(name).user(&user).reason(e.to_string())).await;
+        }
+        result
+    }
+
     /// Creates the first admin when no user exists yet; `None` when there are users already
     /// (or another gateway replica created the admin at the same moment).
     pub async fn ensure_first_admin(
         &self,
         username: &str,
         password: Option<&str>,
+        context: &Context,
     ) -> Result<Option<FirstAdmin>, AccountError> {
         if self.store.count_users().await? > 0 {
             return Ok(None);
@@ -152,7 +182,7 @@ impl Accounts {
                 (p.clone(), Some(p))
             }
         };
-        match self.create_user(username, &password, Role::Admin).await {
+        match self.create_user(username, &password, Role::Admin, context).await {
             Ok(user) => Ok(Some(FirstAdmin { user, generated_password })),
             Err(AccountError::UserExists(_)) => Ok(None),
             Err(e) => Err(e),
@@ -160,11 +190,23 @@ impl Accounts {
     }
 
     /// Creates a user.
-    pub async fn create_user(&self, username: &str, password: &str, role: Role) -> Result<User, AccountError> {
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password: &str,
+        role: Role,
+        context: &Context,
+    ) -> Result<User, AccountError> {
         let username = normalize_username(username)?;
         self.check_password(password)?;
+        if self.store.user_by_name(&username).await?.is_some() {
+            return Err(AccountError::UserExists(username));
+        }
         let password_hash = self.hasher.hash(password).await?;
-        Ok(self.store.create_user(NewUser { username, password_hash, role }).await?)
+        let event = Event::success("user_created").user(&username).field("role", role.as_str());
+        let create =
+            async { Ok(self.store.create_user(NewUser { username: username.clone(), password_hash, role }).await?) };
+        self.audited(context, event, create).await
     }
 
     /// A user by name.
@@ -180,45 +222,75 @@ impl Accounts {
 
     /// Sets a new password; every session of the user ends, and so does every token a session
     /// minted without `keep` (a thief of the old password or a session loses what it made).
-    pub async fn set_password(&self, username: &str, password: &str) -> Result<User, AccountError> {
+    pub async fn set_password(&self, username: &str, password: &str, context: &Context) -> Result<User, AccountError> {
         let user = self.user(username).await?;
         self.check_password(password)?;
         let hash = self.hasher.hash(password).await?;
-        for token in self.store.set_password(user.id, &hash).await? {
-            tracing::info!(target: "comfygate::audit", event = "token_revoked", owner = %user.username, token,
-                reason = "password_changed");
+        let event = Event::success("password_changed").user(&user.username);
+        let revoked =
+            self.audited(context, event, async { Ok(self.store.set_password(user.id, &hash).await?) }).await?;
+        for token in revoked {
+            let event = Event::success("token_revoked").user(&user.username).token(token).reason("password_changed");
+            self.audit.note(context, event).await;
         }
         Ok(user)
     }
 
     /// Disables (ending every session and token use) or enables a user.
-    pub async fn set_disabled(&self, username: &str, disabled: bool) -> Result<User, AccountError> {
+    pub async fn set_disabled(&self, username: &str, disabled: bool, context: &Context) -> Result<User, AccountError> {
         let user = self.user(username).await?;
         if disabled && user.role == Role::Admin && !user.disabled {
             self.ensure_another_admin().await?;
         }
-        self.store.set_disabled(user.id, disabled).await?;
+        let event = Event::success(if disabled { "user_disabled" } else { "user_enabled" }).user(&user.username);
+        self.audited(context, event, async { Ok(self.store.set_disabled(user.id, disabled).await?) }).await?;
         Ok(user)
     }
 
     /// Changes a user's role.
-    pub async fn set_role(&self, username: &str, role: Role) -> Result<User, AccountError> {
+    pub async fn set_role(&self, username: &str, role: Role, context: &Context) -> Result<User, AccountError> {
         let user = self.user(username).await?;
         if user.role == Role::Admin && role != Role::Admin && !user.disabled {
             self.ensure_another_admin().await?;
         }
-        self.store.set_role(user.id, role).await?;
+        let event = Event::success("role_changed")
+            .user(&user.username)
+            .field("role", role.as_str())
+            .field("from", user.role.as_str());
+        self.audited(context, event, async { Ok(self.store.set_role(user.id, role).await?) }).await?;
         Ok(user)
     }
 
     /// Deletes a user with all their tokens and sessions.
-    pub async fn remove_user(&self, username: &str) -> Result<User, AccountError> {
+    pub async fn remove_user(&self, username: &str, context: &Context) -> Result<User, AccountError> {
         let user = self.user(username).await?;
         if user.role == Role::Admin && !user.disabled {
             self.ensure_another_admin().await?;
         }
-        self.store.delete_user(user.id).await?;
+        let event = Event::success("user_removed").user(&user.username);
+        self.audited(context, event, async { Ok(self.store.delete_user(user.id).await?) }).await?;
         Ok(user)
+    }
+
+    /// Sets a user's limits (`comfygate user limits`), audited as `user_changed`.
+    pub async fn set_limits(
+        &self,
+        user: &User,
+        limits: &crate::store::UserLimits,
+        context: &Context,
+    ) -> Result<(), AccountError> {
+        let set = |n: Option<i64>| n.map_or(serde_json::Value::Null, serde_json::Value::from);
+        let event = Event::success("user_changed").user(&user.username).field(
+            "limits",
+            serde_json::json!({
+                "max_waiting": set(limits.max_waiting),
+                "max_running": set(limits.max_running),
+                "jobs_per_hour": set(limits.jobs_per_hour),
+                "max_upload_bytes": set(limits.max_upload_bytes),
+                "max_workflow_bytes": set(limits.max_workflow_bytes),
+            }),
+        );
+        self.audited(context, event, async { Ok(self.store.set_user_limits(user.id, limits).await?) }).await
     }
 
     /// Creates an API token for a user (outside any session: the CLI); the secret is returned
@@ -228,8 +300,9 @@ impl Accounts {
         username: &str,
         name: &str,
         expires_in: Option<Duration>,
+        context: &Context,
     ) -> Result<IssuedToken, AccountError> {
-        self.create_token_from(username, name, expires_in, TokenOrigin::default()).await
+        self.create_token_from(username, name, expires_in, TokenOrigin::default(), context).await
     }
 
     /// [`Accounts::create_token`], recording which session (if any) mints it.
@@ -239,6 +312,7 @@ impl Accounts {
         name: &str,
         expires_in: Option<Duration>,
         origin: TokenOrigin,
+        context: &Context,
     ) -> Result<IssuedToken, AccountError> {
         let user = self.user(username).await?;
         let name = check_token_name(name)?;
@@ -260,6 +334,21 @@ impl Accounts {
             })
             .await
             .map_err(|e| token_conflict(e, &name))?;
+        // The id exists only once the row does: the line comes after it, and without the line
+        // the token is revoked before its secret is ever shown.
+        let event = Event::success("token_created")
+            .user(&user.username)
+            .token(token.id)
+            .field("name", token.name.as_str())
+            .field("expires_at", token.expires_at.map(crate::time::format_ms))
+            .field("keep", origin.keep)
+            .field("in_session", origin.session.is_some());
+        if let Err(e) = self.audit.record(context, event).await {
+            if let Err(revoke) = self.store.revoke_token(token.id, now_ms()).await {
+                tracing::error!(error = %revoke, token = token.id, "cannot revoke an unaudited token");
+            }
+            return Err(e.into());
+        }
         Ok(IssuedToken { token, secret })
     }
 
@@ -273,7 +362,12 @@ impl Accounts {
     }
 
     /// Revokes a user's active token chosen by name or by id.
-    pub async fn revoke_token(&self, username: &str, name_or_id: &str) -> Result<ApiToken, AccountError> {
+    pub async fn revoke_token(
+        &self,
+        username: &str,
+        name_or_id: &str,
+        context: &Context,
+    ) -> Result<ApiToken, AccountError> {
         let user = self.user(username).await?;
         let tokens = self.store.list_tokens(Some(user.id)).await?;
         let token = tokens
@@ -281,17 +375,22 @@ impl Accounts {
             .filter(|t| t.revoked_at.is_none())
             .find(|t| t.name == name_or_id || t.id.to_string() == name_or_id)
             .ok_or_else(|| AccountError::NoSuchToken(format!("`{name_or_id}` for user `{}`", user.username)))?;
-        self.revoke_token_record(&token).await?;
+        self.revoke_token_record(&token, context).await?;
         Ok(token)
     }
 
     /// Revokes a token by id (the caller has checked who may).
-    pub async fn revoke_token_record(&self, token: &ApiToken) -> Result<(), AccountError> {
-        if self.store.revoke_token(token.id, now_ms()).await? {
-            Ok(())
-        } else {
-            Err(AccountError::NoSuchToken(format!("#{}", token.id)))
-        }
+    pub async fn revoke_token_record(&self, token: &ApiToken, context: &Context) -> Result<(), AccountError> {
+        let event =
+            Event::success("token_revoked").user(&token.username).token(token.id).field("name", token.name.as_str());
+        self.audited(context, event, async {
+            if self.store.revoke_token(token.id, now_ms()).await? {
+                Ok(())
+            } else {
+                Err(AccountError::NoSuchToken(format!("#{}", token.id)))
+            }
+        })
+        .await
     }
 
     /// Creates the admin of a ComfyUI-Login install; with `keep_legacy_token`, its old token
@@ -301,14 +400,17 @@ impl Accounts {
         legacy: &LegacyLogin,
         username: Option<&str>,
         keep_legacy_token: bool,
+        context: &Context,
     ) -> Result<Imported, AccountError> {
         let name =
             username.map(str::to_owned).or_else(|| legacy.username.clone()).unwrap_or_else(|| "admin".to_owned());
         let username = normalize_username(&name)?;
-        let user = self
-            .store
-            .create_user(NewUser { username, password_hash: legacy.bcrypt_hash.clone(), role: Role::Admin })
-            .await?;
+        let event = Event::success("user_created")
+            .user(&username)
+            .field("role", Role::Admin.as_str())
+            .reason("comfyui_login_import");
+        let new = NewUser { username: username.clone(), password_hash: legacy.bcrypt_hash.clone(), role: Role::Admin };
+        let user = self.audited(context, event, async { Ok(self.store.create_user(new).await?) }).await?;
         let legacy_token = if keep_legacy_token {
             let name = "comfyui-login";
             let token = self
@@ -326,6 +428,17 @@ impl Accounts {
                 })
                 .await
                 .map_err(|e| token_conflict(e, name))?;
+            let event = Event::success("token_created")
+                .user(&user.username)
+                .token(token.id)
+                .field("name", name)
+                .field("kind", "legacy");
+            if let Err(e) = self.audit.record(context, event).await {
+                if let Err(revoke) = self.store.revoke_token(token.id, now_ms()).await {
+                    tracing::error!(error = %revoke, token = token.id, "cannot revoke an unaudited token");
+                }
+                return Err(e.into());
+            }
             Some(token)
         } else {
             None

@@ -16,10 +16,12 @@ pub mod login;
 pub mod maintenance;
 pub mod password;
 pub mod secret;
+pub mod token_addresses;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use crate::audit::Audit;
 use crate::config::AuthConfig;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -103,13 +105,15 @@ pub struct Auth {
     config: AuthConfig,
     applied_epoch: AtomicI64,
     metrics: Arc<Metrics>,
+    audit: Arc<Audit>,
+    token_addresses: token_addresses::TokenAddresses,
 }
 
 impl Auth {
     /// Builds the service on a store.
-    pub fn new(store: Arc<dyn Store>, config: AuthConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(store: Arc<dyn Store>, config: AuthConfig, metrics: Arc<Metrics>, audit: Arc<Audit>) -> Self {
         Self {
-            accounts: Accounts::new(store.clone(), &config),
+            accounts: Accounts::new(store.clone(), &config, audit.clone()),
             cache: GrantCache::new(CACHE_CAPACITY),
             lockout: lockout::Lockout::new(
                 store.clone(),
@@ -120,8 +124,15 @@ impl Auth {
             config,
             applied_epoch: AtomicI64::new(-1),
             metrics,
+            audit,
+            token_addresses: token_addresses::TokenAddresses::default(),
             store,
         }
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &Arc<Audit> {
+        &self.audit
     }
 
     /// Account and token management.

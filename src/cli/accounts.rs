@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use comfygate::Config;
+use comfygate::audit::{Audit, Context as Audited};
 use comfygate::auth::accounts::{Accounts, generate_password, parse_expiry};
 use comfygate::auth::legacy::parse_password_file;
 use comfygate::auth::maintenance::wait_until_applied;
@@ -38,7 +39,8 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(3);
 
 async fn open(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Accounts)> {
     let store = store::open(&config.store.database_url()).await.context("cannot open the store")?;
-    let accounts = Accounts::new(store.clone(), &config.auth);
+    let audit = Arc::new(Audit::open(config, store.clone())?);
+    let accounts = Accounts::new(store.clone(), &config.auth, audit);
     Ok((store, accounts))
 }
 
@@ -90,7 +92,7 @@ pub async fn init(config: &Config, args: InitArgs) -> anyhow::Result<()> {
         None => admin_password_from_env()?,
     };
     let (_, accounts) = open(config).await?;
-    match accounts.ensure_first_admin(&args.admin_user, password.as_deref()).await? {
+    match accounts.ensure_first_admin(&args.admin_user, password.as_deref(), &Audited::cli()).await? {
         Some(first) => {
             println!("created admin `{}`", first.user.username);
             if let Some(p) = first.generated_password {
@@ -108,7 +110,7 @@ pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
     match command {
         UserCommand::Add { username, role: r, password } => {
             let (password, generated) = new_password(&password)?;
-            let user = accounts.create_user(&username, &password, role(&r)).await?;
+            let user = accounts.create_user(&username, &password, role(&r), &Audited::cli()).await?;
             println!("created {} `{}`", user.role, user.username);
             if generated {
                 println!("password: {password}");
@@ -123,7 +125,7 @@ pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Passwd { username, password } => {
             let (password, generated) = new_password(&password)?;
-            let user = accounts.set_password(&username, &password).await?;
+            let user = accounts.set_password(&username, &password, &Audited::cli()).await?;
             confirm_applied(store.as_ref()).await?;
             println!(
                 "password of `{}` changed; their sessions and the tokens those minted (unless kept) have ended",
@@ -134,22 +136,22 @@ pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
             }
         }
         UserCommand::Disable { username } => {
-            let user = accounts.set_disabled(&username, true).await?;
+            let user = accounts.set_disabled(&username, true, &Audited::cli()).await?;
             confirm_applied(store.as_ref()).await?;
             println!("disabled `{}`", user.username);
         }
         UserCommand::Enable { username } => {
-            let user = accounts.set_disabled(&username, false).await?;
+            let user = accounts.set_disabled(&username, false, &Audited::cli()).await?;
             confirm_applied(store.as_ref()).await?;
             println!("enabled `{}`", user.username);
         }
         UserCommand::Role { username, role: r } => {
-            let user = accounts.set_role(&username, role(&r)).await?;
+            let user = accounts.set_role(&username, role(&r), &Audited::cli()).await?;
             confirm_applied(store.as_ref()).await?;
             println!("`{}` is now {}", user.username, r);
         }
         UserCommand::Remove { username } => {
-            let user = accounts.remove_user(&username).await?;
+            let user = accounts.remove_user(&username, &Audited::cli()).await?;
             confirm_applied(store.as_ref()).await?;
             println!("removed `{}` with their tokens and sessions", user.username);
         }
@@ -169,7 +171,7 @@ pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
             apply(&mut set.max_upload_bytes, max_upload);
             apply(&mut set.max_workflow_bytes, max_workflow);
             if changed {
-                store.set_user_limits(user.id, &set).await?;
+                accounts.set_limits(&user, &set, &Audited::cli()).await?;
             }
             let limits = Limits::resolve(&config.limits, &set, config.server.max_request_body.as_u64());
             print_limits(&user.username, &limits, &set);
@@ -188,6 +190,7 @@ pub async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()>
                     &username,
                     &name,
                     parse_expiry(expires.as_deref().unwrap_or_default(), config.auth.default_token_lifetime())?,
+                    &Audited::cli(),
                 )
                 .await?;
             let until = issued.token.expires_at.map(format_ms).unwrap_or_else(|| "never".to_owned());
@@ -219,7 +222,7 @@ pub async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()>
             }
         }
         TokenCommand::Revoke { username, token } => {
-            let revoked = accounts.revoke_token(&username, &token).await?;
+            let revoked = accounts.revoke_token(&username, &token, &Audited::cli()).await?;
             confirm_applied(store.as_ref()).await?;
             println!("revoked token `{}` (#{}) of `{}`", revoked.name, revoked.id, revoked.username);
         }
@@ -237,7 +240,7 @@ pub async fn import_comfyui_login(
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let legacy = parse_password_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let (_, accounts) = open(config).await?;
-    let imported = accounts.import_comfyui_login(&legacy, username, keep_legacy_token).await?;
+    let imported = accounts.import_comfyui_login(&legacy, username, keep_legacy_token, &Audited::cli()).await?;
     println!(
         "imported ComfyUI-Login admin `{}`: log in with the old password (it is upgraded to argon2id on first login)",
         imported.user.username

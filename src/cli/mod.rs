@@ -1,6 +1,7 @@
 //! The command line: parsing, dispatch, and the one mapping from errors to exit codes.
 
 mod accounts;
+mod audit;
 mod doctor;
 mod logging;
 mod serve;
@@ -44,6 +45,27 @@ enum Command {
     /// Check the configuration, store, backends, the running gateway and a token; exit 0 when
     /// every check passes, 1 on a failure, 2 on warnings only.
     Doctor(doctor::DoctorArgs),
+    /// List audit events from the store, newest first.
+    Audit(AuditArgs),
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    /// Only events concerning this account.
+    #[arg(long)]
+    user: Option<String>,
+    /// Only events of this name (`login_failed`, `token_created`...).
+    #[arg(long)]
+    event: Option<String>,
+    /// Only events this recent (`1h`, `30m`, `7d`).
+    #[arg(long)]
+    since: Option<String>,
+    /// At most this many events.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    limit: u32,
+    /// The JSON lines exactly as written, one per event.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -211,7 +233,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     }
     if let Some(e) = error.downcast_ref::<AccountError>() {
         return match e {
-            AccountError::Store(_) | AccountError::Hash(_) | AccountError::Random(_) => 69,
+            AccountError::Store(_) | AccountError::Hash(_) | AccountError::Random(_) | AccountError::Audit(_) => 69,
             _ => 65,
         };
     }
@@ -279,6 +301,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Init(args) => accounts::init(&config, args).await,
         Command::User(cmd) => accounts::user(&config, cmd).await,
         Command::Token(cmd) => accounts::token(&config, cmd).await,
+        Command::Audit(args) => audit::list(&config, args).await,
         Command::Import(ImportCommand::ComfyuiLogin { path, username, keep_legacy_token }) => {
             accounts::import_comfyui_login(&config, &path, username.as_deref(), keep_legacy_token).await
         }

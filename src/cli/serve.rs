@@ -4,7 +4,7 @@ use anyhow::Context;
 
 use comfygate::Config;
 use comfygate::app;
-use comfygate::auth::Accounts;
+use comfygate::audit::Context as Audited;
 use comfygate::state::App;
 use comfygate::store;
 
@@ -22,8 +22,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let admin_user = std::env::var("COMFYGATE_ADMIN_USER").unwrap_or_else(|_| "admin".to_owned());
     let admin_password = admin_password_from_env()?;
-    let accounts = Accounts::new(store.clone(), &config.auth);
-    if let Some(first) = accounts.ensure_first_admin(&admin_user, admin_password.as_deref()).await? {
+    let backends: Vec<String> = config.backends.iter().map(|b| format!("{} → {}", b.name, b.url)).collect();
+    let scheme = if config.server.tls.is_some() { "https" } else { "http" };
+    let app = App::new(config, store.clone()).await?;
+    let first_start = Audited::gateway("first_start");
+    if let Some(first) =
+        app.auth.accounts().ensure_first_admin(&admin_user, admin_password.as_deref(), &first_start).await?
+    {
         println!("comfygate: created the first admin account `{}`", first.user.username);
         if let Some(password) = first.generated_password {
             println!("comfygate: its password is: {password}");
@@ -31,9 +36,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    let backends: Vec<String> = config.backends.iter().map(|b| format!("{} → {}", b.name, b.url)).collect();
-    let scheme = if config.server.tls.is_some() { "https" } else { "http" };
-    let running = app::start(App::new(config, store.clone()).await?).await?;
+    let running = app::start(app).await?;
     if let Some(at) = running.metrics_addr {
         println!("comfygate metrics on http://{at}{}", comfygate::edge::metrics::PATH);
     }

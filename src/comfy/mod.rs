@@ -99,7 +99,10 @@ pub async fn handle(
 ) -> Result<Response, ApiError> {
     let scope = scope_of(&caller);
     match route {
-        Route::Submit => prompt::submit(app, &caller, req).await,
+        Route::Submit => {
+            let context = crate::http::audit_context::of_headers(req.headers(), client);
+            prompt::submit(app, &caller, &context, req).await
+        }
         Route::PromptStatus => Ok(prompt::status(app)),
         Route::Queue => match app.scheduler.queue_view(scope, caller.identity.user_id).await {
             Ok(view) => Ok(bytes_response(StatusCode::OK, Bytes::from(view))),
@@ -108,8 +111,14 @@ pub async fn handle(
                 Err(ApiError::Unavailable("the job store is temporarily unavailable".to_owned()))
             }
         },
-        Route::QueueAction => queue::action(app, scope, caller.identity.user_id, req).await,
-        Route::Interrupt => queue::interrupt(app, scope, caller.identity.user_id, req).await,
+        Route::QueueAction => {
+            let context = crate::http::audit_context::of_headers(req.headers(), client);
+            queue::action(app, &caller, &context, req).await
+        }
+        Route::Interrupt => {
+            let context = crate::http::audit_context::of_headers(req.headers(), client);
+            queue::interrupt(app, &caller, &context, req).await
+        }
         Route::History => history::list(app, scope, caller.identity.user_id, req.uri().query()).await,
         Route::HistoryOne(id) => history::one(app, scope, caller.identity.user_id, &id).await,
         Route::HistoryAction => history::action(app, scope, caller.identity.user_id, req).await,

@@ -6,13 +6,19 @@ use http::{Request, StatusCode};
 use serde_json::{Value, json};
 
 use super::{bytes_response, json_response, read_json};
+use crate::audit::{Context, Event};
 use crate::auth::AuthMethod;
 use crate::http::{ApiError, Caller};
 use crate::scheduler::Submitter;
 use crate::state::AppState;
 
 /// `POST /prompt`.
-pub async fn submit(app: &AppState, caller: &Caller, req: Request<Body>) -> Result<Response, ApiError> {
+pub async fn submit(
+    app: &AppState,
+    caller: &Caller,
+    context: &Context,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
     let Value::Object(mut body) = read_json(app, req).await? else {
         return Err(ApiError::BadRequest("the request body must be a JSON object".to_owned()));
     };
@@ -33,6 +39,10 @@ pub async fn submit(app: &AppState, caller: &Caller, req: Request<Body>) -> Resu
     })?;
     if answer.status == StatusCode::OK {
         tracing::debug!(username = %caller.identity.username, "prompt accepted");
+    }
+    if let Some(limit) = answer.limit {
+        let event = Event::refused("quota_refused").user(&caller.identity.username).field("limit", limit);
+        app.audit.note(context, event.field("status", answer.status.as_u16())).await;
     }
     let mut response = bytes_response(answer.status, answer.body);
     if let Some(seconds) = answer.retry_after {

@@ -181,6 +181,12 @@ impl Config {
             crate::policy::RoutePolicy::with_user_routes(std::slice::from_ref(route))
                 .map_err(|e| (format!("policy.user_routes[{i}]"), e.to_string()))?;
         }
+        if self.audit.max_file_size.as_u64() < 4096 {
+            return Err(("audit.max_file_size".to_owned(), "must be at least 4 KiB".to_owned()));
+        }
+        if self.audit.retention.is_zero() {
+            return Err(("audit.retention".to_owned(), "must be greater than zero".to_owned()));
+        }
         let userdata = &self.userdata;
         if userdata.max_bytes_per_user.as_u64() == 0 {
             return Err(("userdata.max_bytes_per_user".to_owned(), "must be greater than zero".to_owned()));

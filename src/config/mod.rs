@@ -40,6 +40,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The Prometheus endpoint's own listener.
     pub metrics: MetricsConfig,
+    /// The audit log (a JSON line per security event, to a file and the store).
+    pub audit: AuditConfig,
 }
 
 /// `[metrics]`: `/metrics` is always served to admins on the main listener; `listen` adds a
@@ -50,6 +52,34 @@ pub struct Config {
 pub struct MetricsConfig {
     /// Where the unauthenticated metrics listener binds, e.g. `127.0.0.1:9464`.
     pub listen: Option<SocketAddr>,
+}
+
+/// The audit log: `<data_dir>/audit.jsonl` (or `file`), rotated by size, and the store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The file audit lines are appended to; default `<store.data_dir>/audit.jsonl`.
+    pub file: Option<PathBuf>,
+    /// Size past which the file is rotated (`audit.jsonl` → `audit.jsonl.1` …).
+    pub max_file_size: ByteSize,
+    /// Rotated files kept (`audit.jsonl.1` … `audit.jsonl.<keep>`).
+    pub keep: usize,
+    /// How long audit events are kept in the store.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { file: None, max_file_size: ByteSize::mib(64), keep: 10, retention: Duration::from_secs(90 * 24 * 3600) }
+    }
+}
+
+impl AuditConfig {
+    /// The audit file, for a data folder.
+    pub fn file_in(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.file.clone().unwrap_or_else(|| data_dir.join("audit.jsonl"))
+    }
 }
 
 /// Per-user limits: the defaults for every user (`comfygate user limits` overrides them for

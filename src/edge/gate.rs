@@ -8,10 +8,12 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 
+use crate::audit::Event;
 use crate::auth::secret::DigestMemo;
 use crate::http::ApiError;
 use crate::http::Caller;
 use crate::http::ClientInfo;
+use crate::http::audit_context::of_headers;
 use crate::http::client::Peer;
 use crate::policy::{self, RouteClass, origin};
 use crate::proxy::{ProxyError, is_upgrade};
@@ -26,11 +28,11 @@ pub async fn gate(State(app): State<AppState>, req: Request<Body>) -> Response {
 /// A request from `peer` bound for ComfyUI, answered; `memo` is its connection's.
 pub async fn pass(app: &AppState, peer: &Peer, memo: Option<&DigestMemo>, req: Request<Body>) -> Response {
     let (parts, body) = req.into_parts();
-    let caller = match Caller::verify(&parts, app, peer, memo).await {
+    let client = ClientInfo::new(peer, &parts, &app.config.server.trusted_proxies, app.tls);
+    let caller = match Caller::verify(&parts, app, memo, &client).await {
         Ok(caller) => caller,
         Err(e) => return e.into_response(),
     };
-    let client = ClientInfo::new(peer, &parts, &app.config.server.trusted_proxies, app.tls);
     forward(app, caller, client, Request::from_parts(parts, body)).await.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -46,12 +48,14 @@ async fn forward(app: &AppState, caller: Caller, client: ClientInfo, req: Reques
     if caller.presented.is_ambient() {
         let (method, headers, authority) = (req.method(), req.headers(), req.uri().authority());
         if let Some(reason) = origin::refuse_for_comfyui(method, headers, authority, class, &app.allowed_hosts) {
-            tracing::info!(target: "comfygate::audit", event = "cross_site_refused", username = %identity.username, path = %path.canonical);
+            let event = Event::refused("cross_site_refused").user(&identity.username).reason(reason);
+            app.audit.note(&of_headers(req.headers(), &client), event.field("path_class", class_name(class))).await;
             return Err(ApiError::Forbidden(reason.to_owned()));
         }
     }
     if class == RouteClass::Admin && !identity.is_admin() {
-        tracing::info!(target: "comfygate::audit", event = "admin_route_refused", username = %identity.username, path = %path.canonical);
+        let event = Event::refused("admin_route_refused").user(&identity.username).reason("admin_only");
+        app.audit.note(&of_headers(req.headers(), &client), event.field("path_class", class_name(class))).await;
         return Err(ApiError::Forbidden("this ComfyUI route is for admins only".to_owned()));
     }
     if let Some(route) = user_data {
@@ -74,4 +78,14 @@ async fn forward(app: &AppState, caller: Caller, client: ClientInfo, req: Reques
         pool.request_failed(&backend, &e.to_string(), app.config.scheduler.unhealthy_after);
     }
     Ok(result?)
+}
+
+/// A route class as the audit log names it (never the raw path).
+fn class_name(class: RouteClass) -> &'static str {
+    match class {
+        RouteClass::Page => "page",
+        RouteClass::User => "user",
+        RouteClass::Admin => "admin",
+        RouteClass::BadName(_) => "bad_name",
+    }
 }

@@ -31,6 +31,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_audit_log_reads_the_same_header() {
+        assert_eq!(REQUEST_ID.as_str(), crate::http::audit_context::REQUEST_ID);
+    }
+
+    #[test]
     fn a_clients_id_is_kept_and_a_missing_one_made() {
         let mut h = HeaderMap::new();
         h.insert(REQUEST_ID, HeaderValue::from_static("abc"));

@@ -95,7 +95,9 @@ pub async fn readiness(app: &App) -> Readiness {
     Readiness::of(vec![
         store,
         backends(app),
-        // The audit sink, once it exists: `Check::from_failure("audit", app.audit.failure()),`
+        // Actions the audit log cannot record are refused: not ready while it fails.
+        // Its reason names files and errors: in the gateway's log, not on this public route.
+        Check::from_failure("audit", app.audit.failure().map(|_| "the audit log cannot be written".to_owned())),
     ])
 }
 

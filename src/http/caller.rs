@@ -5,10 +5,12 @@
 use axum::extract::FromRequestParts;
 use http::request::Parts;
 
-use super::client::{ClientInfo, Peer};
+use super::ClientInfo;
+use super::audit_context::context;
 use super::error::ApiError;
+use crate::audit::Event;
 use crate::auth::secret::DigestMemo;
-use crate::auth::{AuthFailure, Identity, Presented, credentials};
+use crate::auth::{AuthFailure, AuthMethod, Identity, Presented, credentials};
 use crate::policy::origin;
 use crate::proxy::is_upgrade;
 use crate::state::AppState;
@@ -26,30 +28,36 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let peer = Peer::new(super::client::peer(&parts.extensions));
-        Caller::verify(parts, app, &peer, None).await
+        let client = ClientInfo::from_parts(parts, &app.config.server.trusted_proxies, app.tls);
+        Caller::verify(parts, app, None, &client).await
     }
 }
 
 impl Caller {
-    /// Reads and verifies the request's credential from `peer`, hashing through `memo` when
-    /// given (the connection's: see [`DigestMemo`]). A refusal is counted in the metrics.
+    /// Reads and verifies the request's credential, hashing through `memo` when given (the
+    /// connection's: see [`DigestMemo`]). A refusal is counted in the metrics against the
+    /// client's address. A token's first use from an address is audited here (refused when the
+    /// line cannot be written), and so is a cross-site refusal.
     pub async fn verify(
         parts: &Parts,
         app: &AppState,
-        peer: &Peer,
         memo: Option<&DigestMemo>,
+        client: &ClientInfo,
     ) -> Result<Self, ApiError> {
         let presented = credentials::presented(parts, &app.config.auth.cookie_name)
             .and_then(|p| p.ok_or(AuthFailure::MissingCredentials))
-            .map_err(|failure| refused(parts, app, peer, failure))?;
+            .map_err(|failure| refused(app, client, failure))?;
         let identity =
-            app.auth.authenticate_on(&presented, memo).await.map_err(|failure| refused(parts, app, peer, failure))?;
+            app.auth.authenticate_on(&presented, memo).await.map_err(|failure| refused(app, client, failure))?;
         if presented.is_ambient() && (origin::is_unsafe(&parts.method) || is_upgrade(&parts.headers)) {
             if let Some(reason) = origin::cross_site_at(&parts.headers, parts.uri.authority(), &app.allowed_hosts) {
-                tracing::info!(target: "comfygate::audit", event = "cross_site_refused", username = %identity.username, path = %parts.uri.path());
+                let event = Event::refused("cross_site_refused").user(&identity.username).reason(reason);
+                app.audit.note(&context(parts, client), event.field("path_class", "gateway")).await;
                 return Err(ApiError::Forbidden(reason.to_owned()));
             }
+        }
+        if matches!(identity.method, AuthMethod::Token { .. }) {
+            app.auth.note_token_address(&identity, &context(parts, client)).await?;
         }
         Ok(Caller { identity, presented })
     }
@@ -57,9 +65,8 @@ impl Caller {
 
 /// Counts a refused authentication (a store outage is not the client's failure) against the
 /// client's address, and makes it the request's answer.
-fn refused(parts: &Parts, app: &AppState, peer: &Peer, failure: AuthFailure) -> ApiError {
+fn refused(app: &AppState, client: &ClientInfo, failure: AuthFailure) -> ApiError {
     if failure != AuthFailure::Unavailable {
-        let client = ClientInfo::new(peer, parts, &app.config.server.trusted_proxies, app.tls);
         app.metrics.auth_failure(failure.code(), client.address);
     }
     ApiError::Unauthenticated(failure)

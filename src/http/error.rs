@@ -223,6 +223,7 @@ impl From<AccountError> for ApiError {
                 ApiError::Conflict(e.to_string())
             }
             AccountError::NoSuchUser(_) | AccountError::NoSuchToken(_) => ApiError::NotFound(e.to_string()),
+            AccountError::Audit(_) => ApiError::Unavailable(e.to_string()),
             AccountError::Hash(_) | AccountError::Random(_) | AccountError::Store(_) => {
                 tracing::error!(error = %e, "account operation failed");
                 ApiError::Unavailable("the account store is temporarily unavailable".to_owned())

@@ -224,8 +224,9 @@ impl Scheduler {
     }
 
     /// Ends a job (wherever it is) in `state` with `reason`, which its history entry shows.
-    pub(super) async fn end(&self, id: &str, state: JobState, reason: &str, notify: bool) {
+    pub(super) async fn end(&self, id: &str, state: JobState, reason: &str, notify: bool) -> bool {
         let mut job = self.take_job(id, None);
+        let held = job.is_some();
         if let Some(job) = &job {
             // A job ended here without its backend's word that had started: lost with it.
             self.count_end(state, job.started_at.is_some(), job.started_at);
@@ -241,6 +242,7 @@ impl Scheduler {
             self.notify_failure(&job, reason);
         }
         self.announce_status();
+        held
     }
 
     fn notify_failure(&self, job: &Active, error: &str) {

@@ -19,22 +19,28 @@ pub struct Answer {
     pub body: Bytes,
     /// Seconds after which trying again makes sense (`Retry-After`).
     pub retry_after: Option<u64>,
+    /// The limit that refused the submission, if one did (`too_many_waiting_jobs`...).
+    pub limit: Option<&'static str>,
 }
 
 impl Answer {
     /// A backend's answer, passed on unchanged.
     pub fn raw(status: StatusCode, body: Bytes) -> Self {
-        Self { status, body, retry_after: None }
+        Self { status, body, retry_after: None, limit: None }
     }
 
     /// A JSON answer.
     pub fn json(status: StatusCode, body: &Value) -> Self {
-        Self { status, body: Bytes::from(body.to_string()), retry_after: None }
+        Self { status, body: Bytes::from(body.to_string()), retry_after: None, limit: None }
     }
 
     /// A limit's refusal.
     pub fn refused(refusal: &crate::limits::Refusal) -> Self {
-        Self { retry_after: refusal.retry_after, ..Self::json(refusal.status, &refusal.body()) }
+        Self {
+            retry_after: refusal.retry_after,
+            limit: Some(refusal.kind),
+            ..Self::json(refusal.status, &refusal.body())
+        }
     }
 
     /// ComfyUI's error shape (`400 {"error": {...}, "node_errors": {}}`).

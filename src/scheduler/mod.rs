@@ -153,6 +153,7 @@ enum Requeued {
 /// The scheduler of a running gateway.
 pub struct Scheduler {
     store: Arc<dyn Store>,
+    audit: Arc<crate::audit::Audit>,
     files: FileLocations,
     pool: Arc<Pool>,
     config: SchedulerConfig,
@@ -178,6 +179,7 @@ impl Scheduler {
         limits: LimitsConfig,
         max_request_body: u64,
         metrics: Arc<Metrics>,
+        audit: Arc<crate::audit::Audit>,
     ) -> Result<Self, StoreError> {
         let numbers = AtomicI64::new(store.max_job_number().await?);
         let mut inner = Inner {
@@ -226,6 +228,7 @@ impl Scheduler {
         Ok(Self {
             files: FileLocations::new(store.clone()),
             store,
+            audit,
             pool,
             config,
             limits,

@@ -9,10 +9,18 @@ use http::Method;
 use serde_json::json;
 
 use super::Scheduler;
+use crate::audit::{Context, Event};
 use crate::store::JobState;
 use crate::time::now_ms;
 
 impl Scheduler {
+    /// The audit line of a job cancelled because its owner is no longer active (the
+    /// cancellation goes ahead whatever the audit log says: it only takes access away).
+    async fn audit_cancel(&self, id: &str, owner: i64, reason: &str) {
+        let event = Event::success("job_cancelled").field("prompt_id", id).field("user_id", owner).reason(reason);
+        self.audit.note(&Context::gateway("scheduler"), event).await;
+    }
+
     /// Why jobs of `owner` (submitted with `token_id`) may no longer run; `None` while they
     /// may, or when the store cannot tell (then nothing is cancelled).
     async fn inactive_reason(&self, owner: i64, token_id: Option<i64>) -> Option<&'static str> {
@@ -34,8 +42,9 @@ impl Scheduler {
     /// Cancels job `id`, found at dispatch to belong to an owner who is no longer active.
     pub(super) async fn cancel_for_owner(&self, id: &str, owner: i64, token_id: Option<i64>) {
         let reason = self.inactive_reason(owner, token_id).await.unwrap_or("its owner is no longer active");
-        tracing::info!(target: "comfygate::audit", event = "job_cancelled", prompt_id = id, user_id = owner, reason);
-        self.end(id, JobState::Cancelled, &format!("cancelled: {reason}"), true).await;
+        if self.end(id, JobState::Cancelled, &format!("cancelled: {reason}"), true).await {
+            self.audit_cancel(id, owner, reason).await;
+        }
     }
 
     /// Checks the owner of every held job after accounts or tokens changed: the jobs of owners
@@ -51,7 +60,8 @@ impl Scheduler {
                 inner
                     .jobs
                     .iter_mut()
-                    .filter(|(_, j)| j.owner == owner && j.token_id == token_id)
+                    // A job already ending (an earlier pass's interruption) is not cancelled twice.
+                    .filter(|(_, j)| j.owner == owner && j.token_id == token_id && j.outcome.is_none())
                     .map(|(id, j)| {
                         if j.state == JobState::Running {
                             j.outcome = Some((JobState::Cancelled, reason.clone()));
@@ -60,22 +70,27 @@ impl Scheduler {
                     })
                     .collect()
             };
+            // Each is audited once, by whichever pass (this one, or a dispatch finding the owner
+            // inactive) actually ended it.
             for (id, state, backend) in jobs {
-                tracing::info!(target: "comfygate::audit", event = "job_cancelled", prompt_id = %id,
-                    user_id = owner, reason = %reason);
-                match (state, backend.as_deref().and_then(|b| self.pool.get(b)).cloned()) {
+                let ended = match (state, backend.as_deref().and_then(|b| self.pool.get(b)).cloned()) {
                     (JobState::Running, Some(backend)) => {
                         // Ends when the backend reports the interruption, with this reason.
                         let body = json!({"prompt_id": id}).to_string();
                         let timeout = backend.config.response_timeout;
                         let _ = backend.proxy.call(Method::POST, "/interrupt", Some(body.into()), timeout).await;
+                        true
                     }
                     (JobState::Dispatched, Some(backend)) => {
                         // Taken out first: a copy that starts meanwhile is a stray, interrupted.
-                        self.end(&id, JobState::Cancelled, &reason, true).await;
+                        let ended = self.end(&id, JobState::Cancelled, &reason, true).await;
                         self.withdraw(&backend, &id).await;
+                        ended
                     }
                     _ => self.end(&id, JobState::Cancelled, &reason, true).await,
+                };
+                if ended {
+                    self.audit_cancel(&id, owner, &reason).await;
                 }
             }
         }

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use model::{
-    ApiToken, Job, JobState, NewSession, NewToken, NewUser, Role, Session, StoredFile, TokenKind, User, UserLimits,
+    ApiToken, AuditQuery, AuditRecord, Job, JobState, NewSession, NewToken, NewUser, Role, Session, StoredFile,
+    TokenKind, User, UserLimits,
 };
 pub use probe::Probe;
 
@@ -207,6 +208,15 @@ pub trait Store: Send + Sync + 'static {
         filename: &str,
         prefer_user: i64,
     ) -> StoreResult<Option<StoredFile>>;
+
+    /// Appends one audit event.
+    async fn insert_audit_event(&self, record: &AuditRecord) -> StoreResult<()>;
+    /// The JSON lines of the audit events `query` selects, newest first.
+    async fn audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<String>>;
+    /// Deletes audit events older than `before` (unix ms); returns how many.
+    async fn purge_audit_events(&self, before: i64) -> StoreResult<u64>;
+    /// The addresses recorded as `event` for token `token_id` (at most `limit`).
+    async fn audit_token_addresses(&self, token_id: i64, event: &str, limit: i64) -> StoreResult<Vec<String>>;
 }
 
 /// Opens (and migrates) the database named by `url`.

@@ -324,3 +324,33 @@ pub struct UserLimits {
     /// Bytes of one workflow (the forwarded `POST /prompt` body).
     pub max_workflow_bytes: Option<i64>,
 }
+
+/// One audit event as the store keeps it: the JSON line, and the columns it is looked up by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// When (unix ms).
+    pub at: i64,
+    /// The event's name.
+    pub event: String,
+    /// The account concerned, when known.
+    pub username: Option<String>,
+    /// The token concerned, when there is one.
+    pub token_id: Option<i64>,
+    /// The client's address, when the event came over the network.
+    pub address: Option<String>,
+    /// The event's JSON line, exactly as written to the audit file.
+    pub line: String,
+}
+
+/// Which audit events to list (newest first).
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only events concerning this account.
+    pub username: Option<String>,
+    /// Only events of this name.
+    pub event: Option<String>,
+    /// Only events at or after this time (unix ms).
+    pub since: Option<i64>,
+    /// At most this many.
+    pub limit: i64,
+}

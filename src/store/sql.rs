@@ -963,6 +963,56 @@ macro_rules! impl_store {
                 .await?;
                 Ok(row.map(StoredFile::from))
             }
+
+            async fn insert_audit_event(&self, record: &$crate::store::AuditRecord) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO audit_events (at, event, username, token_id, address, line) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(record.at)
+                .bind(&record.event)
+                .bind(&record.username)
+                .bind(record.token_id)
+                .bind(&record.address)
+                .bind(&record.line)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn audit_events(&self, query: &$crate::store::AuditQuery) -> StoreResult<Vec<String>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT line FROM audit_events WHERE ($1 IS NULL OR username = $1) \
+                     AND ($2 IS NULL OR event = $2) AND ($3 IS NULL OR at >= $3) \
+                     ORDER BY at DESC, id DESC LIMIT $4",
+                )
+                .bind(&query.username)
+                .bind(&query.event)
+                .bind(query.since)
+                .bind(query.limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn purge_audit_events(&self, before: i64) -> StoreResult<u64> {
+                Ok(sqlx::query("DELETE FROM audit_events WHERE at < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected())
+            }
+
+            async fn audit_token_addresses(&self, token_id: i64, event: &str, limit: i64) -> StoreResult<Vec<String>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT DISTINCT address FROM audit_events \
+                     WHERE token_id = $1 AND event = $2 AND address IS NOT NULL LIMIT $3",
+                )
+                .bind(token_id)
+                .bind(event)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
         }
     };
 }

@@ -16,7 +16,7 @@ use super::views::TokenView;
 use super::{actions, csrf};
 use crate::auth::accounts::IssuedToken;
 use crate::config::DEFAULT_TOKEN_LIFETIME;
-use crate::http::{ApiError, Caller, ClientInfo};
+use crate::http::{ApiError, Caller, ClientInfo, RequestContext};
 use crate::state::AppState;
 
 /// Token creation form.
@@ -66,19 +66,18 @@ pub async fn show(State(app): State<AppState>, caller: Caller) -> Result<Respons
 pub async fn create_token(
     State(app): State<AppState>,
     caller: Caller,
-    client: ClientInfo,
+    RequestContext(context): RequestContext,
     form: FormResult<NewTokenForm>,
 ) -> Result<Response, ApiError> {
     let Form(form) = form?;
     csrf::check_form(&caller, &form.csrf)?;
-    let address = client.address.to_string();
     let request = actions::TokenRequest {
         owner: None,
         name: &form.name,
         expires: &form.expires,
         password: Some(&form.password),
         keep: form.keep.is_some(),
-        address: &address,
+        context: &context,
     };
     match actions::create_token(&app, &caller, request).await {
         Ok(issued) => render(&app, &caller, StatusCode::CREATED, Some(&issued), None).await,
@@ -97,11 +96,12 @@ pub async fn revoke_token(
     State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<i64>,
+    RequestContext(context): RequestContext,
     form: FormResult<CsrfForm>,
 ) -> Result<Response, ApiError> {
     let Form(form) = form?;
     csrf::check_form(&caller, &form.csrf)?;
-    actions::revoke_token(&app, &caller, id).await?;
+    actions::revoke_token(&app, &caller, id, &context).await?;
     Ok(Redirect::to("/comfygate/account").into_response())
 }
 
@@ -110,6 +110,7 @@ pub async fn change_password(
     State(app): State<AppState>,
     caller: Caller,
     client: ClientInfo,
+    RequestContext(context): RequestContext,
     form: FormResult<PasswordForm>,
 ) -> Result<Response, ApiError> {
     let Form(form) = form?;
@@ -117,7 +118,7 @@ pub async fn change_password(
     if form.new != form.confirm {
         return render(&app, &caller, StatusCode::BAD_REQUEST, None, Some("The new passwords do not match.")).await;
     }
-    match actions::change_password(&app, &caller, &form.current, &form.new, &client.address.to_string()).await {
+    match actions::change_password(&app, &caller, &form.current, &form.new, &context).await {
         Ok(()) => {
             let mut response = Redirect::to("/login?changed=1").into_response();
             response.headers_mut().append(

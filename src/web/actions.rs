@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::audit::Context;
 use crate::auth::accounts::{AccountError, IssuedToken, TokenOrigin, parse_expiry};
 use crate::auth::{AuthMethod, LoginFailure};
 use crate::http::{ApiError, Caller};
@@ -22,8 +23,8 @@ pub struct TokenRequest<'a> {
     pub password: Option<&'a str>,
     /// Keep the token after this session logs out and across password changes.
     pub keep: bool,
-    /// The client address (for the login lockout).
-    pub address: &'a str,
+    /// Where the request comes from (for the login lockout and the audit log).
+    pub context: &'a Context,
 }
 
 /// Creates a token for the caller (or, for an admin, anyone).
@@ -48,7 +49,7 @@ pub async fn create_token(app: &AppState, caller: &Caller, request: TokenRequest
         AuthMethod::Session { session_id, created_at } => {
             let young = now_ms().saturating_sub(created_at) < ms(config.token_reauth_window);
             match request.password.filter(|p| !p.is_empty()) {
-                Some(password) => confirm(app, caller, password, request.address).await?,
+                Some(password) => confirm(app, caller, password, request.context).await?,
                 None if young => {}
                 None => {
                     return Err(ApiError::Forbidden(format!(
@@ -61,10 +62,8 @@ pub async fn create_token(app: &AppState, caller: &Caller, request: TokenRequest
         }
         AuthMethod::Token { .. } => TokenOrigin::default(),
     };
-    let issued = app.auth.accounts().create_token_from(owner, request.name, expires_in, origin).await?;
-    tracing::info!(target: "comfygate::audit", event = "token_created", by = me, owner, token = issued.token.id,
-        name = %issued.token.name, session = ?origin.session, keep = origin.keep);
-    Ok(issued)
+    let context = request.context.by(me);
+    Ok(app.auth.accounts().create_token_from(owner, request.name, expires_in, origin, &context).await?)
 }
 
 /// Refuses `never` or a lifetime beyond `max` (when there is a maximum).
@@ -86,15 +85,15 @@ pub fn describe(d: Duration) -> String {
 }
 
 /// Re-checks the caller's password (counted by the login lockout).
-async fn confirm(app: &AppState, caller: &Caller, password: &str, address: &str) -> Result<(), ApiError> {
-    app.auth.confirm_password(&caller.identity, password, address).await.map_err(|e| match e {
+async fn confirm(app: &AppState, caller: &Caller, password: &str, context: &Context) -> Result<(), ApiError> {
+    app.auth.confirm_password(&caller.identity, password, context).await.map_err(|e| match e {
         LoginFailure::InvalidCredentials => ApiError::Forbidden("the password is wrong".to_owned()),
         other => ApiError::from(other),
     })
 }
 
 /// Revokes token `id` if the caller owns it or is an admin.
-pub async fn revoke_token(app: &AppState, caller: &Caller, id: i64) -> Result<ApiToken, ApiError> {
+pub async fn revoke_token(app: &AppState, caller: &Caller, id: i64, context: &Context) -> Result<ApiToken, ApiError> {
     let scope = (!caller.identity.is_admin()).then_some(caller.identity.username.as_ref());
     let token = app
         .auth
@@ -104,9 +103,8 @@ pub async fn revoke_token(app: &AppState, caller: &Caller, id: i64) -> Result<Ap
         .into_iter()
         .find(|t| t.id == id && t.revoked_at.is_none())
         .ok_or_else(|| ApiError::NotFound(format!("no active token with id {id}")))?;
-    app.auth.accounts().revoke_token_record(&token).await?;
+    app.auth.accounts().revoke_token_record(&token, &context.by(&caller.identity.username)).await?;
     app.auth.revoked();
-    tracing::info!(target: "comfygate::audit", event = "token_revoked", by = %caller.identity.username, owner = %token.username, token = id);
     Ok(token)
 }
 
@@ -117,16 +115,16 @@ pub async fn change_password(
     caller: &Caller,
     current: &str,
     new: &str,
-    address: &str,
+    context: &Context,
 ) -> Result<(), ApiError> {
-    app.auth.confirm_password(&caller.identity, current, address).await.map_err(|e| match e {
+    app.auth.confirm_password(&caller.identity, current, context).await.map_err(|e| match e {
         LoginFailure::InvalidCredentials => ApiError::Forbidden("the current password is wrong".to_owned()),
         other => ApiError::from(other),
     })?;
     app.auth.accounts().check_password(new)?;
-    app.auth.accounts().set_password(&caller.identity.username, new).await?;
+    let me = caller.identity.username.as_ref();
+    app.auth.accounts().set_password(me, new, &context.by(me)).await?;
     app.auth.revoked();
-    tracing::info!(target: "comfygate::audit", event = "password_changed", username = %caller.identity.username, by = "self");
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::actions;
 use super::views::{TokenView, UserView};
 use crate::auth::AuthMethod;
-use crate::http::{AdminCaller, ApiError, Caller, ClientInfo};
+use crate::http::{AdminCaller, ApiError, Caller, RequestContext};
 use crate::state::AppState;
 use crate::store::Role;
 
@@ -80,18 +80,17 @@ pub struct NewToken {
 pub async fn create_token(
     State(app): State<AppState>,
     caller: Caller,
-    client: ClientInfo,
+    RequestContext(context): RequestContext,
     body: JsonBody<NewToken>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
-    let address = client.address.to_string();
     let request = actions::TokenRequest {
         owner: body.user.as_deref(),
         name: &body.name,
         expires: body.expires.as_deref().unwrap_or_default(),
         password: body.password.as_deref(),
         keep: body.keep,
-        address: &address,
+        context: &context,
     };
     let issued = actions::create_token(&app, &caller, request).await?;
     let mut view = serde_json::to_value(TokenView::from(&issued.token)).map_err(|_| ApiError::Internal)?;
@@ -103,10 +102,11 @@ pub async fn create_token(
 pub async fn revoke_token(
     State(app): State<AppState>,
     caller: Caller,
+    RequestContext(context): RequestContext,
     id: Result<Path<i64>, axum::extract::rejection::PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Path(id) = id?;
-    actions::revoke_token(&app, &caller, id).await?;
+    actions::revoke_token(&app, &caller, id, &context).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -122,12 +122,11 @@ pub struct PasswordChange {
 pub async fn change_password(
     State(app): State<AppState>,
     caller: Caller,
-    client: ClientInfo,
+    RequestContext(context): RequestContext,
     body: JsonBody<PasswordChange>,
 ) -> Result<StatusCode, ApiError> {
     let Json(body) = body?;
-    actions::change_password(&app, &caller, &body.current_password, &body.new_password, &client.address.to_string())
-        .await?;
+    actions::change_password(&app, &caller, &body.current_password, &body.new_password, &context).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -151,11 +150,13 @@ pub struct NewUser {
 pub async fn create_user(
     State(app): State<AppState>,
     AdminCaller(admin): AdminCaller,
+    RequestContext(context): RequestContext,
     body: JsonBody<NewUser>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
-    let user = app.auth.accounts().create_user(&body.username, &body.password, body.role.unwrap_or(Role::User)).await?;
-    tracing::info!(target: "comfygate::audit", event = "user_created", by = %admin.identity.username, username = %user.username, role = %user.role);
+    let context = context.by(&admin.identity.username);
+    let role = body.role.unwrap_or(Role::User);
+    let user = app.auth.accounts().create_user(&body.username, &body.password, role, &context).await?;
     Ok((StatusCode::CREATED, Json(UserView::from(&user))).into_response())
 }
 
@@ -172,25 +173,32 @@ pub struct UserChange {
 pub async fn update_user(
     State(app): State<AppState>,
     AdminCaller(admin): AdminCaller,
+    RequestContext(context): RequestContext,
     name: Result<Path<String>, axum::extract::rejection::PathRejection>,
     body: JsonBody<UserChange>,
 ) -> Result<Json<UserView>, ApiError> {
     let Path(name) = name?;
     let Json(change) = body?;
     let accounts = app.auth.accounts();
-    if let Some(password) = &change.password {
-        accounts.set_password(&name, password).await?;
+    let context = context.by(&admin.identity.username);
+    // Each change is audited (and refused without its line) on its own; one that fails
+    // leaves those before it made, as the response's error says.
+    let result = async {
+        if let Some(password) = &change.password {
+            accounts.set_password(&name, password, &context).await?;
+        }
+        if let Some(role) = change.role {
+            accounts.set_role(&name, role, &context).await?;
+        }
+        if let Some(disabled) = change.disabled {
+            accounts.set_disabled(&name, disabled, &context).await?;
+        }
+        Ok::<_, crate::auth::AccountError>(())
     }
-    if let Some(role) = change.role {
-        accounts.set_role(&name, role).await?;
-    }
-    if let Some(disabled) = change.disabled {
-        accounts.set_disabled(&name, disabled).await?;
-    }
+    .await;
     app.auth.revoked();
+    result?;
     let user = accounts.user(&name).await?;
-    tracing::info!(target: "comfygate::audit", event = "user_changed", by = %admin.identity.username, username = %user.username,
-        disabled = ?change.disabled, role = ?change.role, password_reset = change.password.is_some());
     Ok(Json(UserView::from(&user)))
 }
 
@@ -198,12 +206,12 @@ pub async fn update_user(
 pub async fn delete_user(
     State(app): State<AppState>,
     AdminCaller(admin): AdminCaller,
+    RequestContext(context): RequestContext,
     name: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Path(name) = name?;
-    let user = app.auth.accounts().remove_user(&name).await?;
+    app.auth.accounts().remove_user(&name, &context.by(&admin.identity.username)).await?;
     app.auth.revoked();
-    tracing::info!(target: "comfygate::audit", event = "user_deleted", by = %admin.identity.username, username = %user.username);
     Ok(StatusCode::NO_CONTENT)
 }
 

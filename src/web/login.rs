@@ -4,7 +4,7 @@ use axum::Form;
 use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use cookie::SameSite;
-use http::header::{RETRY_AFTER, SET_COOKIE, USER_AGENT};
+use http::header::{RETRY_AFTER, SET_COOKIE};
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
@@ -13,7 +13,7 @@ use super::csrf;
 use super::page::{escape, layout, safe_next, with_page_headers};
 use crate::auth::credentials::cookie_value;
 use crate::auth::{Presented, secret};
-use crate::http::{ApiError, Caller, ClientInfo};
+use crate::http::{ApiError, Caller, ClientInfo, RequestContext};
 use crate::policy::origin;
 use crate::state::AppState;
 use crate::time::ms;
@@ -61,6 +61,7 @@ pub async fn show(
 pub async fn submit(
     State(app): State<AppState>,
     client: ClientInfo,
+    RequestContext(context): RequestContext,
     uri: http::Uri,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
@@ -78,9 +79,7 @@ pub async fn submit(
         let msg = "The login form expired or came from another site. Please try again.";
         return render(&client, StatusCode::FORBIDDEN, &form.next, None, Some(msg), &form.username);
     }
-    let user_agent = headers.get(USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let address = client.address.to_string();
-    match app.auth.login(&form.username, &form.password, &address, user_agent).await {
+    match app.auth.login(&form.username, &form.password, &context).await {
         Ok(login) => {
             let cfg = &app.config.auth;
             let max_age = ms(cfg.session_absolute_timeout) / 1000;
@@ -127,12 +126,13 @@ pub async fn confirm(caller: Caller) -> Response {
 pub async fn logout(
     State(app): State<AppState>,
     client: ClientInfo,
+    RequestContext(context): RequestContext,
     caller: Caller,
     form: Result<Form<LogoutForm>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, ApiError> {
     let submitted = form.map(|Form(f)| f.csrf).unwrap_or_default();
     csrf::check_form(&caller, &submitted)?;
-    app.auth.logout(&caller.identity).await?;
+    app.auth.logout(&caller.identity, &context.by(&caller.identity.username)).await?;
     let mut response = Redirect::to("/login").into_response();
     response
         .headers_mut()
