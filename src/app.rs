@@ -148,7 +148,8 @@ fn spawn_scheduling(app: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<tok
         app.config.audit.retention,
         shutdown.clone(),
     ));
-    vec![health, monitor, feed, purge, purge_audit]
+    let audit_repeats = tokio::spawn(app.audit.clone().flush_repeats(shutdown.clone()));
+    vec![health, monitor, feed, purge, purge_audit, audit_repeats]
 }
 
 /// Deletes ended jobs older than `retention`, at start and then hourly.

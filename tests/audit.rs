@@ -8,6 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use comfyui_sim::{SimConfig, Simulator};
 use common::{ADMIN_PW, Auth, Gateway, Options, SESSION_COOKIE, USER_PW, client, form, hidden_input};
@@ -322,6 +323,10 @@ async fn every_event_is_one_line_in_the_file_and_the_store_and_no_credential_is_
 #[tokio::test]
 async fn two_hundred_concurrent_events_give_two_hundred_intact_lines() {
     let (_sim, gw) = setup(Options::default()).await;
+    // One line each (no coalescing of repeats), to see that none is torn or lost.
+    let config = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(&gw.config, format!("{config}\n[audit]\nrepeat_window = \"0s\"\n")).unwrap();
+    let gw = gw.restart().await;
     let token = gw.token("bob", "many").await;
     let requests: Vec<_> = (0..200)
         .map(|i| {
@@ -352,9 +357,55 @@ async fn two_hundred_concurrent_events_give_two_hundred_intact_lines() {
     assert_eq!(store_lines(&gw, &["--event", "admin_route_refused"]).await.len(), 200);
 }
 
+/// A flood of the same refusal is one line, then one line with the count when the window
+/// closes: every refusal is accounted for, and the disk does not fill.
+#[tokio::test]
+async fn a_flood_of_the_same_refusal_is_one_line_and_a_count() {
+    let (_sim, gw) = setup(Options::default()).await;
+    let config = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(&gw.config, format!("{config}\n[audit]\nrepeat_window = \"1s\"\n")).unwrap();
+    let gw = gw.restart().await;
+    let token = gw.token("bob", "flood").await;
+    let requests: Vec<_> = (0..120)
+        .map(|i| {
+            let (url, token) = (gw.at("/internal/logs"), token.clone());
+            tokio::spawn(async move {
+                let r = client().get(url).bearer_auth(token).header("x-request-id", format!("flood-{i}")).send();
+                r.await.unwrap().status().as_u16()
+            })
+        })
+        .collect();
+    for r in requests {
+        assert_eq!(r.await.unwrap(), 403, "coalescing changes the record, never the answer");
+    }
+    let path = data_dir(&gw).join("audit.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let lines = loop {
+        let lines = file_lines(&path);
+        if of(&lines, "admin_route_refused", "bob").iter().any(|l| l.get("repeated").is_some()) {
+            break lines;
+        }
+        assert!(std::time::Instant::now() < deadline, "no summary line: {}", dump(&lines));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let refused = of(&lines, "admin_route_refused", "bob");
+    let counted: u64 = refused.iter().map(|l| 1 + l.get("repeated").and_then(Value::as_u64).unwrap_or(0)).sum();
+    // The summary line is the last of the window's events; it stands for itself and `repeated` more.
+    let summaries = refused.iter().filter(|l| l.get("repeated").is_some()).count() as u64;
+    assert_eq!(counted - summaries, 120, "every refusal is in a line or a count: {}", dump(&lines));
+    assert!(refused.len() <= 4, "a few lines, not 120: {}", dump(&lines));
+    assert_eq!(store_lines(&gw, &["--event", "admin_route_refused"]).await.len(), refused.len());
+    // A different kind (another user) is its own line at once.
+    gw.add_user("carol", "user").await;
+    let other = gw.token("carol", "other").await;
+    let r = client().get(gw.at("/internal/logs")).bearer_auth(other).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(of(&file_lines(&path), "admin_route_refused", "carol").len(), 1);
+}
+
 #[tokio::test]
 async fn the_file_is_rotated_by_size_keeping_the_configured_count() {
-    let opts = Options::default().extra("[audit]\nmax_file_size = \"4KiB\"\nkeep = 2\n");
+    let opts = Options::default().extra("[audit]\nmax_file_size = \"4KiB\"\nkeep = 2\nrepeat_window = \"0s\"\n");
     let (_sim, gw) = setup(opts).await;
     let token = gw.token("bob", "rotate").await;
     for _ in 0..80 {

@@ -20,7 +20,9 @@ const OWNER: &str = "203.0.113.10";
 
 async fn setup(auth: &[&str]) -> (Simulator, Gateway) {
     let sim = Simulator::start(SimConfig::default()).await.unwrap();
-    let mut opts = Options::default().server(r#"trusted_proxies = ["127.0.0.1/32"]"#);
+    // One audit line per refused attempt (no coalescing of repeats): the tests count them.
+    let mut opts =
+        Options::default().server(r#"trusted_proxies = ["127.0.0.1/32"]"#).extra("[audit]\nrepeat_window = \"0s\"\n");
     for line in auth {
         opts = opts.auth(line);
     }

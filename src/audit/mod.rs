@@ -7,6 +7,7 @@
 
 pub mod event;
 pub mod file;
+mod repeats;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use crate::time::now_ms;
 
 pub use event::{Context, Event, Outcome};
 use file::AuditFile;
+use repeats::Repeats;
 
 /// Why an audit line could not be written.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -40,6 +42,7 @@ pub struct Audit {
     path: PathBuf,
     store: Arc<dyn Store>,
     failure: Mutex<Option<String>>,
+    repeats: Repeats,
 }
 
 impl Audit {
@@ -49,7 +52,8 @@ impl Audit {
         let path = config.audit.file_in(&config.store.data_dir);
         let file = AuditFile::open(&path, config.audit.max_file_size.as_u64(), config.audit.keep)
             .map_err(|e| file_error(&path, &e))?;
-        Ok(Self { file: Arc::new(Mutex::new(file)), path, store, failure: Mutex::new(None) })
+        let repeats = Repeats::new(config.audit.repeat_window);
+        Ok(Self { file: Arc::new(Mutex::new(file)), path, store, failure: Mutex::new(None), repeats })
     }
 
     /// The audit file.
@@ -84,8 +88,47 @@ impl Audit {
     /// Records a refusal or a failure whose answer is already decided (401, 403, 429): the
     /// answer stays what it is whether or not the line is written (a failing write still
     /// marks the log unhealthy).
+    ///
+    /// Refusals repeated within `[audit] repeat_window` (same event, user, address, reason and
+    /// fields) are coalesced: the first is written, the rest counted, and one line
+    /// with `"repeated": n` closes the window (see `repeats.rs`), so a flood of refused
+    /// requests cannot fill the disk.
     pub async fn note(&self, context: &Context, event: Event) {
-        let _ = self.record(context, event).await;
+        // Failures (wrong passwords) are bounded by the lockout and each worth its line.
+        if event.outcome() != Outcome::Refused {
+            let _ = self.record(context, event).await;
+            return;
+        }
+        let admission = self.repeats.admit(context, &event, std::time::Instant::now());
+        if let Some((context, summary)) = admission.summary {
+            let _ = self.record(&context, summary).await;
+        }
+        if admission.write {
+            let _ = self.record(context, event).await;
+        }
+    }
+
+    /// Writes the summaries of coalescing windows as they close, and all of them at shutdown.
+    pub async fn flush_repeats(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let period = self.repeats.window();
+        if period.is_zero() {
+            return;
+        }
+        let mut tick = tokio::time::interval(period);
+        loop {
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                _ = shutdown.changed() => true,
+            };
+            let now = std::time::Instant::now();
+            let closed_by = if stopping { now + period } else { now };
+            for (context, summary) in self.repeats.due(closed_by) {
+                let _ = self.record(&context, summary).await;
+            }
+            if stopping {
+                return;
+            }
+        }
     }
 
     async fn write(&self, event: &Event, context: &Context, at: i64, line: String) -> Result<(), AuditError> {

@@ -67,11 +67,20 @@ pub struct AuditConfig {
     /// How long audit events are kept in the store.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// Identical refusals within this window are one line plus a count (`0s`: one line each).
+    #[serde(with = "humantime_serde")]
+    pub repeat_window: Duration,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self { file: None, max_file_size: ByteSize::mib(64), keep: 10, retention: Duration::from_secs(90 * 24 * 3600) }
+        Self {
+            file: None,
+            max_file_size: ByteSize::mib(64),
+            keep: 10,
+            retention: Duration::from_secs(90 * 24 * 3600),
+            repeat_window: Duration::from_secs(10),
+        }
     }
 }
 
