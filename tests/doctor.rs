@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::pool::{FAST_HEALTH, gateway_with, sim};
+use common::pool::{FAST_HEALTH, gateway_with, model_job, sim};
 use common::{CliOutput, Gateway, cli_at, poll};
 
 /// The gateway's configuration with the port it really listens on (doctor finds the running
@@ -219,19 +219,8 @@ async fn a_workflow_names_the_model_file_missing_and_the_backend_missing_it() {
     let b = sim(10).await;
     let gw = gateway_with(&[&a, &b], 2, FAST_HEALTH).await;
     let config = doctor_config(&gw);
-    let workflow = |ckpt: &str| {
-        serde_json::json!({
-            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-            "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
-            "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-            "4": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0],
-                "latent_image": ["3", 0], "seed": 1, "steps": 1, "cfg": 1.0, "sampler_name": "euler",
-                "scheduler": "normal", "denoise": 1.0}},
-            "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
-            "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "x"}}
-        })
-        .to_string()
-    };
+    // The API-format workflow itself (what a client saves), not the request body around it.
+    let workflow = |ckpt: &str| model_job(ckpt, "x")["prompt"].to_string();
     let file = gw.dir.path().join("wf.json");
 
     std::fs::write(&file, workflow("sd15.safetensors")).unwrap();
