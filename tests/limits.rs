@@ -146,4 +146,18 @@ async fn workflow_and_upload_sizes_are_limited_per_user() {
     );
     let r = client().post(gw.at("/upload/image")).bearer_auth(&bob).multipart(form).send().await.unwrap();
     assert_eq!(r.status(), 413);
+    // Both size refusals are in the audit log, as quota refusals of bob's.
+    let audit = std::fs::read_to_string(gw.dir.path().join("data/audit.jsonl")).unwrap();
+    let refused: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["event"] == "quota_refused" && l["user"] == "bob")
+        .collect();
+    for limit in ["workflow_too_large", "upload_too_large"] {
+        assert!(refused.iter().any(|l| l["limit"] == limit && l["status"] == 413), "{limit}: {audit}");
+    }
+    assert!(
+        !audit.lines().any(|l| l.contains("\"quota_refused\"") && l.contains("\"user\":\"alice\"")),
+        "alice was refused nothing: {audit}"
+    );
 }

@@ -30,8 +30,25 @@ const MAX_TEXT_FIELD: usize = 64 * 1024;
 /// Chunks in flight between the client's body and ComfyUI's.
 const CHUNKS_IN_FLIGHT: usize = 4;
 
-/// Answers an upload.
+/// Answers an upload; one over the uploader's `max_upload` is refused with 413 and audited
+/// (`quota_refused`, like the other limits).
 pub async fn upload(
+    app: &AppState,
+    caller: &Caller,
+    client: &ClientInfo,
+    path: &NormalizedPath,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    let context = crate::http::audit_context::of_headers(req.headers(), client);
+    let answer = forward_upload(app, caller, client, path, req).await;
+    if let Err(ApiError::TooLarge(_)) = &answer {
+        let event = crate::audit::Event::refused("quota_refused").user(&caller.identity.username);
+        app.audit.note(&context, event.field("limit", "upload_too_large").field("status", 413)).await;
+    }
+    answer
+}
+
+async fn forward_upload(
     app: &AppState,
     caller: &Caller,
     client: &ClientInfo,
