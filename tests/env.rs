@@ -206,4 +206,11 @@ async fn env_check_tells_every_verdict_and_drift_without_printing_a_secret() {
 
     let missing = gw.cli(&["env", "check", project.join("nowhere").to_str().unwrap()], None).await;
     assert_eq!(missing.code, 2, "{missing:?}");
+
+    // A configuration naming a store that does not exist: not created, not "every token unknown".
+    let elsewhere = tempfile::tempdir().unwrap();
+    let config = common::write_config(elsewhere.path(), &sim.url(), &common::Options::default());
+    let no_store = common::cli_at(&config, &["env", "check", project.to_str().unwrap()], None).await;
+    assert_eq!(no_store.code, 69, "{no_store:?}");
+    assert!(!elsewhere.path().join("data/comfygate.db").exists(), "the check created a store");
 }

@@ -14,6 +14,7 @@ use comfygate::auth::accounts::{Accounts, IssuedToken, parse_expiry};
 use comfygate::auth::diagnosis::{Diagnosis, Verdict, diagnose};
 use comfygate::doctor::remote::gateway_url;
 use comfygate::envfile::{self, EnvFile, Placement, Report, is_token_like};
+use comfygate::store::schema;
 use comfygate::time::{format_ms, now_ms};
 
 use super::accounts::{confirm_applied, open};
@@ -213,7 +214,15 @@ async fn check(config: &Config, args: CheckArgs) -> anyhow::Result<ExitCode> {
         let text = envfile::read_text(&path)?;
         files.push((path, text));
     }
-    let store = comfygate::store::open(&config.store.database_url()).await.context("cannot open the store")?;
+    // Looked at before opening: opening would create a missing SQLite file (every token would
+    // then read as unknown) and migrate.
+    let url = config.store.database_url();
+    let schema = schema::inspect(&url).await.context("cannot read the store (`comfygate doctor` says why)")?;
+    if !schema.is_current() {
+        eprintln!("error: the store is not at this binary's schema: `comfygate doctor` says why");
+        return Ok(ExitCode::from(69));
+    }
+    let store = comfygate::store::open(&url).await.context("cannot open the store")?;
     let now = now_ms();
     let report = envfile::check(store.as_ref(), &files, now).await?;
     if args.json {

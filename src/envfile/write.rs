@@ -4,7 +4,7 @@
 
 use std::fs::{self, OpenOptions, Permissions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, fchown};
 use std::path::Path;
 
 use super::EnvFileError;
@@ -39,10 +39,18 @@ pub fn write_private(path: &Path, text: &str) -> Result<(), EnvFileError> {
     if !folder.is_dir() {
         return Err(EnvFileError::NoFolder(path.to_path_buf()));
     }
+    // The replaced file's owner and group stay (`sudo comfygate env write` on a user's file
+    // must leave it readable by that user); when that is not allowed, the writer's own.
+    let owner = fs::symlink_metadata(path).ok().map(|m| (m.uid(), m.gid()));
     let temp = folder.join(format!(".{}.{}.tmp", name.to_string_lossy(), uuid::Uuid::new_v4().simple()));
     let written = (|| {
         let mut file = OpenOptions::new().write(true).create_new(true).mode(FILE_MODE).open(&temp)?;
         file.set_permissions(Permissions::from_mode(FILE_MODE))?;
+        if let Some((uid, gid)) = owner {
+            if fchown(&file, Some(uid), Some(gid)).is_err() {
+                let _ = fchown(&file, None, Some(gid));
+            }
+        }
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         fs::rename(&temp, path)?;
