@@ -111,6 +111,14 @@ async fn env_write_leaves_another_users_token_alone_and_refuses_a_symlink() {
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "KEEP=1\n");
     let listed = gw.cli(&["token", "list", "alice"], None).await.ok();
     assert_eq!(listed.stdout.lines().count(), 2, "one token (notebook), none minted for the refused write: {listed:?}");
+
+    let created = gw.dir.path().join("new.env");
+    let out = env_write(&gw, &created, &[]).await.ok();
+    assert!(out.stdout.contains("COMFYUI_TOKEN (line 1, added)"), "{out:?}");
+    let token = value_of(&created, "COMFYUI_TOKEN");
+    assert_eq!(std::fs::read_to_string(&created).unwrap(), format!("COMFYUI_TOKEN={token}\nCOMFYUI_URL={}\n", gw.url));
+    assert_eq!(mode(&created), 0o600, "a new file is private under umask 022");
+    assert!(out.stdout.contains("`env:new.env`"), "the default name: {out:?}");
 }
 
 /// The JSON finding for `key` in `file` (a path ending).
