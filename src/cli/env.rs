@@ -73,6 +73,10 @@ pub struct CheckArgs {
 /// Runs an `env` command.
 pub async fn run(config: &Config, command: EnvCommand) -> anyhow::Result<ExitCode> {
     match command {
+        EnvCommand::Write(args) if args.key == args.url_key && !args.no_url => {
+            eprintln!("error: --key and --url-key must differ");
+            Ok(ExitCode::from(2))
+        }
         EnvCommand::Write(args) => write(config, args).await.map(|()| ExitCode::SUCCESS),
         EnvCommand::Check(args) => check(config, args).await,
     }
@@ -151,7 +155,6 @@ fn placed(key: &str, placement: &Placement) -> String {
 /// `comfygate env write`.
 async fn write(config: &Config, args: WriteArgs) -> anyhow::Result<()> {
     let path = args.file.as_path();
-    anyhow::ensure!(args.key != args.url_key || args.no_url, "--key and --url-key must differ");
     let text = envfile::read(path)?;
     let mut file = EnvFile::parse(text.as_deref().unwrap_or_default());
     let (store, accounts) = open(config).await?;

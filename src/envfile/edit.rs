@@ -91,7 +91,7 @@ impl EnvFile {
     /// quoting, `export`, comment and line ending), else a line is appended.
     pub fn set(&mut self, key: &str, value: &str) -> Placement {
         let lines: Vec<usize> = self.entries.iter().filter(|e| e.key == key).map(|e| e.line).collect();
-        let placement = match self.get(key).cloned() {
+        let updated = match self.get(key).cloned() {
             Some(entry) => {
                 let written = match entry.quote {
                     Quote::Single if !value.contains('\'') => format!("'{value}'"),
@@ -100,8 +100,7 @@ impl EnvFile {
                 };
                 let (start, end) = entry.span;
                 self.text.replace_range(start..end, &written);
-                let line = entry.line;
-                Placement::Updated { line, earlier: lines.into_iter().filter(|l| *l != line).collect() }
+                Some(entry.line)
             }
             None => {
                 let ends_open = !self.text.is_empty() && !self.text.ends_with('\n');
@@ -112,14 +111,14 @@ impl EnvFile {
                 if !ends_open {
                     self.text.push_str(self.newline);
                 }
-                Placement::Appended { line: 0 }
+                None
             }
         };
-        let reparsed = EnvFile::parse(&self.text);
-        self.entries = reparsed.entries;
-        match placement {
-            Placement::Appended { .. } => Placement::Appended { line: self.get(key).map_or(0, |e| e.line) },
-            updated => updated,
+        self.entries = EnvFile::parse(&self.text).entries;
+        match updated {
+            Some(line) => Placement::Updated { line, earlier: lines.into_iter().filter(|l| *l != line).collect() },
+            // The appended line is the last assignment of the key.
+            None => Placement::Appended { line: self.get(key).map_or(0, |e| e.line) },
         }
     }
 
