@@ -31,8 +31,8 @@ pub enum EnvFileError {
     /// The folder that would hold the file does not exist.
     #[error("the folder of {0} does not exist")]
     NoFolder(PathBuf),
-    /// Reading or writing failed.
-    #[error("{path}: {source}")]
+    /// Reading or writing failed (the cause is its source).
+    #[error("{path}")]
     Io {
         /// The file or folder.
         path: PathBuf,
