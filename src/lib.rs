@@ -15,6 +15,7 @@ pub mod comfy;
 pub mod config;
 pub mod doctor;
 pub mod edge;
+pub mod envfile;
 pub mod health;
 pub mod http;
 pub mod limits;

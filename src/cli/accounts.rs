@@ -37,7 +37,7 @@ fn print_limits(username: &str, limits: &Limits, set: &UserLimits) {
 /// How long to wait for running gateways to confirm a revocation.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(3);
 
-async fn open(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Accounts)> {
+pub(super) async fn open(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Accounts)> {
     let store = store::open(&config.store.database_url()).await.context("cannot open the store")?;
     let audit = Arc::new(Audit::open(config, store.clone())?);
     let accounts = Accounts::new(store.clone(), &config.auth, audit);
@@ -70,7 +70,7 @@ fn new_password(source: &PasswordSource) -> anyhow::Result<(String, bool)> {
     Ok((generate_password()?, true))
 }
 
-async fn confirm_applied(store: &dyn Store) -> anyhow::Result<()> {
+pub(super) async fn confirm_applied(store: &dyn Store) -> anyhow::Result<()> {
     let lagging = wait_until_applied(store, APPLY_TIMEOUT).await?;
     if lagging > 0 {
         eprintln!(

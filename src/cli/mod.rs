@@ -3,6 +3,7 @@
 mod accounts;
 mod audit;
 mod doctor;
+mod env;
 mod logging;
 mod serve;
 
@@ -14,7 +15,9 @@ use clap::{Args, Parser, Subcommand};
 use comfygate::Config;
 use comfygate::auth::AccountError;
 use comfygate::config::ConfigError;
+use comfygate::envfile::EnvFileError;
 use comfygate::store::StoreError;
+use comfygate::store::schema::SchemaError;
 
 /// A secure, multi-user front door for ComfyUI.
 #[derive(Parser)]
@@ -47,6 +50,9 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// List audit events from the store, newest first.
     Audit(AuditArgs),
+    /// Tokens in dotenv files: write one (`env write`), check them all (`env check`).
+    #[command(subcommand)]
+    Env(env::EnvCommand),
 }
 
 #[derive(Args)]
@@ -226,10 +232,14 @@ enum ImportCommand {
     },
 }
 
-/// Exit codes (sysexits): data errors 65, store unavailable 69, configuration 78, other 1.
+/// Exit codes (sysexits): data errors 65, store unavailable 69, configuration 78, a dotenv
+/// file that cannot be read or written 2 (as usage errors), other 1.
 fn exit_code(error: &anyhow::Error) -> u8 {
     if error.downcast_ref::<ConfigError>().is_some() {
         return 78;
+    }
+    if error.downcast_ref::<EnvFileError>().is_some() {
+        return 2;
     }
     if let Some(e) = error.downcast_ref::<AccountError>() {
         return match e {
@@ -237,7 +247,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
             _ => 65,
         };
     }
-    if error.downcast_ref::<StoreError>().is_some() {
+    if error.downcast_ref::<StoreError>().is_some() || error.downcast_ref::<SchemaError>().is_some() {
         return 69;
     }
     1
@@ -270,7 +280,7 @@ pub fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli.command, config)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => failed(error),
     }
 }
@@ -295,8 +305,9 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
-async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Env(cmd) => return env::run(&config, cmd).await,
         Command::Serve => serve::run(config).await,
         Command::Init(args) => accounts::init(&config, args).await,
         Command::User(cmd) => accounts::user(&config, cmd).await,
@@ -306,7 +317,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             accounts::import_comfyui_login(&config, &path, username.as_deref(), keep_legacy_token).await
         }
         Command::Doctor(_) => unreachable!("run by main before the configuration is required"),
-    }
+    }?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_config(path: Option<PathBuf>) -> Result<Config, ConfigError> {
