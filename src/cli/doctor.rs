@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Args;
 
 use comfygate::config::{Config, ConfigError};
@@ -51,12 +50,10 @@ pub async fn run(config: Result<Config, ConfigError>, args: DoctorArgs) -> anyho
 }
 
 fn token_from_env_file(path: &std::path::Path, key: &str) -> anyhow::Result<String> {
-    for item in dotenvy::from_path_iter(path).with_context(|| format!("cannot read {}", path.display()))? {
-        // The error names the line, never its value.
-        let (name, value) = item.with_context(|| format!("cannot parse {}", path.display()))?;
-        if name == key {
-            return Ok(value);
-        }
-    }
-    anyhow::bail!("{} has no {key}= line", path.display())
+    // Read as python-dotenv reads it (no `$VAR` expansion: a legacy `$2b$...` value stays whole),
+    // by the same reader as `comfygate env check`.
+    let text = comfygate::envfile::read_text(path)?;
+    let file = comfygate::envfile::EnvFile::parse(&text);
+    let entry = file.get(key).ok_or_else(|| anyhow::anyhow!("{} has no {key}= line", path.display()))?;
+    Ok(entry.value.clone())
 }

@@ -280,4 +280,18 @@ mod tests {
         assert_eq!(file.render(), "K=\"a b\\\"c\"\n");
         assert_eq!(dotenvy_value(file.render(), "K").as_deref(), Some("a b\"c"));
     }
+
+    /// A ComfyUI-Login value is a bcrypt hash full of `$`: read whole, as python-dotenv reads it
+    /// (no `$VAR` expansion), quoted or not — `doctor --env-file` reads with this too.
+    #[test]
+    fn dollar_signs_are_not_expanded() {
+        let hash = "$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW";
+        for text in [
+            format!("COMFYUI_TOKEN={hash}\n"),
+            format!("COMFYUI_TOKEN='{hash}'\n"),
+            format!("COMFYUI_TOKEN=\"{hash}\"\n"),
+        ] {
+            assert_eq!(EnvFile::parse(&text).get("COMFYUI_TOKEN").map(|e| e.value.as_str()), Some(hash), "{text}");
+        }
+    }
 }
