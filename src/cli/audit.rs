@@ -12,14 +12,7 @@ use super::AuditArgs;
 
 /// `comfygate audit`.
 pub async fn list(config: &Config, args: AuditArgs) -> anyhow::Result<()> {
-    let since = match args.since.as_deref() {
-        Some(text) => {
-            let back = humantime::parse_duration(text.trim())
-                .map_err(|_| anyhow::anyhow!("invalid --since `{text}`: use a duration such as 1h, 30m or 7d"))?;
-            Some(now_ms().saturating_sub(comfygate::time::ms(back)))
-        }
-        None => None,
-    };
+    let since = args.since.map(|back| now_ms().saturating_sub(comfygate::time::ms(back)));
     let username = args.user.map(|u| u.trim().to_lowercase());
     let query = AuditQuery { username, event: args.event, since, limit: i64::from(args.limit) };
     let store = store::open(&config.store.database_url()).await.context("cannot open the store")?;

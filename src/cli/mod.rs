@@ -64,8 +64,8 @@ struct AuditArgs {
     #[arg(long)]
     event: Option<String>,
     /// Only events this recent (`1h`, `30m`, `7d`).
-    #[arg(long)]
-    since: Option<String>,
+    #[arg(long, value_parser = parse_since)]
+    since: Option<std::time::Duration>,
     /// At most this many events.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     limit: u32,
@@ -169,6 +169,11 @@ pub enum Setting {
     Value(i64),
     /// The configured default.
     Default,
+}
+
+/// A duration back from now (`--since`); a bad one is a usage error (exit 2).
+fn parse_since(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|_| "use a duration such as 1h, 30m or 7d".to_owned())
 }
 
 fn parse_count(text: &str) -> Result<Setting, String> {
@@ -316,7 +321,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Import(ImportCommand::ComfyuiLogin { path, username, keep_legacy_token }) => {
             accounts::import_comfyui_login(&config, &path, username.as_deref(), keep_legacy_token).await
         }
-        Command::Doctor(_) => unreachable!("run by main before the configuration is required"),
+        // Normally run by `main` (a bad configuration is one of its checks); here it is valid.
+        Command::Doctor(args) => return doctor::run(Ok(config), args).await,
     }?;
     Ok(ExitCode::SUCCESS)
 }
