@@ -17,6 +17,7 @@ use comfygate::auth::AccountError;
 use comfygate::config::ConfigError;
 use comfygate::envfile::EnvFileError;
 use comfygate::store::StoreError;
+use comfygate::store::running::RunLockError;
 use comfygate::store::schema::SchemaError;
 
 /// A secure, multi-user front door for ComfyUI.
@@ -252,7 +253,10 @@ fn exit_code(error: &anyhow::Error) -> u8 {
             _ => 65,
         };
     }
-    if error.downcast_ref::<StoreError>().is_some() || error.downcast_ref::<SchemaError>().is_some() {
+    if error.downcast_ref::<StoreError>().is_some()
+        || error.downcast_ref::<SchemaError>().is_some()
+        || error.downcast_ref::<RunLockError>().is_some()
+    {
         return 69;
     }
     1

@@ -18,6 +18,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     store::private::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data folder {}", data_dir.display()))?;
     store::private::warn_if_shared(data_dir);
+    // Held until this function returns: one gateway per data folder (`restore` and `reload` ask it).
+    let _serving = store::running::RunLock::acquire(data_dir)?;
     let store = store::open(&url).await.context("cannot open the store")?;
 
     let admin_user = std::env::var("COMFYGATE_ADMIN_USER").unwrap_or_else(|_| "admin".to_owned());

@@ -7,6 +7,7 @@ mod model;
 mod postgres;
 pub mod private;
 mod probe;
+pub mod running;
 pub mod schema;
 mod sql;
 mod sqlite;
