@@ -36,16 +36,32 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The address of the metrics listener (`[metrics] listen`), when configured.
     pub metrics_addr: Option<SocketAddr>,
-    shutdown: watch::Sender<bool>,
+    app: AppState,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
-    /// Stops accepting, drains open requests and deregisters from the store.
+    /// The state the gateway serves with.
+    pub fn app(&self) -> &AppState {
+        &self.app
+    }
+
+    /// Stops accepting and dispatching, closes WebSockets with 1001 and lets open requests
+    /// finish within `server.shutdown_timeout`; waiting jobs stay in the store.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        for task in self.tasks {
-            let _ = task.await;
+        let grace = self.app.config.server.shutdown_timeout;
+        self.app.scheduler.stop_dispatching();
+        self.app.lifecycle.stop();
+        let ended = async {
+            for task in self.tasks {
+                let _ = task.await;
+            }
+            self.app.lifecycle.released().await;
+        };
+        // The listeners bound their own drain by the same timeout; this bounds the rest (a
+        // WebSocket whose client does not take its close frame).
+        if tokio::time::timeout(grace + std::time::Duration::from_secs(1), ended).await.is_err() {
+            tracing::warn!("some tasks were still running at the end of server.shutdown_timeout");
         }
     }
 }
@@ -82,7 +98,7 @@ pub async fn start(app: App) -> Result<Running, StartError> {
     };
     let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
     let app: AppState = Arc::new(app);
-    let (shutdown, watch_shutdown) = watch::channel(false);
+    let watch_shutdown = app.lifecycle.subscribe();
     let maintenance = tokio::spawn(app.auth.clone().maintain(app.instance.clone(), watch_shutdown.clone()));
     let scheduling = spawn_scheduling(&app, &watch_shutdown);
     let mut tasks = Vec::new();
@@ -93,13 +109,13 @@ pub async fn start(app: App) -> Result<Running, StartError> {
         let (edge, server, stop) = (edge::Edge::metrics_only(app.clone()), server.clone(), watch_shutdown.clone());
         tasks.push(tokio::spawn(async move { edge::server::serve(bound, edge, None, &server, limits, stop).await }));
     }
-    let edge = edge::Edge::new(app);
+    let edge = edge::Edge::new(app.clone());
     let server = tokio::spawn(async move {
         edge::server::serve(listener, edge, tls, &server, limits, watch_shutdown).await;
     });
     tasks.extend([server, maintenance]);
     tasks.extend(scheduling);
-    Ok(Running { addr, metrics_addr, shutdown, tasks })
+    Ok(Running { addr, metrics_addr, app, tasks })
 }
 
 /// Health checks, the monitor sockets, and the loop that feeds their news to the scheduler.

@@ -18,6 +18,7 @@ pub mod edge;
 pub mod envfile;
 pub mod health;
 pub mod http;
+pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod policy;

@@ -7,6 +7,7 @@ use crate::audit::{Audit, AuditError};
 use crate::auth::Auth;
 use crate::backends::Pool;
 use crate::config::Config;
+use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::policy::{RouteError, RoutePolicy};
 use crate::proxy::ProxyError;
@@ -58,6 +59,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Whether the store answers, asked at most once a second (readiness and metrics share it).
     pub store_probe: store::Probe,
+    /// The stop signal, and the sockets the process waits for before it exits.
+    pub lifecycle: Lifecycle,
 }
 
 impl App {
@@ -103,6 +106,7 @@ impl App {
             userdata,
             metrics,
             store_probe,
+            lifecycle: Lifecycle::default(),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! `comfygate serve`: open the store, make sure an admin exists, start, wait for a signal.
 
 use anyhow::Context;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use comfygate::Config;
 use comfygate::app;
@@ -13,6 +14,8 @@ use super::accounts::admin_password_from_env;
 /// Runs the gateway until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     super::logging::init(&config.log)?;
+    // Before anything is served: a signal from then on is answered, never the default action.
+    let mut signals = Signals::new().context("cannot listen for signals")?;
     let url = config.store.database_url();
     let data_dir = &config.store.data_dir;
     store::private::create_dir_all(data_dir)
@@ -45,31 +48,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     println!("comfygate listening on {scheme}://{} (backends: {})", running.addr, backends.join(", "));
     tracing::info!(addr = %running.addr, "comfygate started");
 
-    wait_for_signal().await;
-    tracing::info!("shutting down");
+    let stop = signals.next_stop().await;
+    tracing::info!(
+        signal = stop,
+        grace = %humantime::format_duration(running.app().config.server.shutdown_timeout),
+        "shutting down: no new connections or jobs; open requests may finish (a second signal exits at once)"
+    );
+    // A second signal does not wait for anyone.
+    tokio::spawn(async move {
+        let again = signals.next_stop().await;
+        eprintln!("comfygate: {again} again: exiting without waiting for open requests");
+        std::process::exit(1);
+    });
     running.shutdown().await;
     // Closing the pool lets SQLite checkpoint its journal into the database file.
     store.close().await;
+    tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// The signals `serve` answers: SIGTERM and SIGINT stop it, SIGHUP reloads the configuration.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    /// The next SIGTERM or SIGINT, by name.
+    async fn next_stop(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
 }

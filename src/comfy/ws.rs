@@ -4,7 +4,7 @@
 
 use axum::body::Body;
 use axum::extract::FromRequestParts;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
@@ -50,6 +50,11 @@ pub async fn upgrade(app: &AppState, caller: Caller, req: Request<Body>) -> Resu
 
 async fn serve(app: AppState, caller: Caller, client_id: String, socket: WebSocket) {
     let _counted = app.metrics.websocket_opened();
+    // The process waits for this socket's close frame before it exits.
+    let _held = app.lifecycle.hold();
+    if app.lifecycle.is_stopping() {
+        return;
+    }
     let user = caller.identity.user_id;
     let mut frames = app.scheduler.subscribe(user, &client_id);
     let (mut sink, mut stream) = socket.split();
@@ -59,6 +64,8 @@ async fn serve(app: AppState, caller: Caller, client_id: String, socket: WebSock
     }
     let revoked = app.auth.clone().until_invalid(caller.presented.clone());
     tokio::pin!(revoked);
+    let stopping = app.lifecycle.stopped();
+    tokio::pin!(stopping);
     loop {
         tokio::select! {
             frame = frames.recv() => {
@@ -85,6 +92,11 @@ async fn serve(app: AppState, caller: Caller, client_id: String, socket: WebSock
             () = &mut revoked => {
                 tracing::info!(username = %caller.identity.username, "closing a WebSocket whose credential was revoked");
                 let _ = sink.send(Message::Close(None)).await;
+                break;
+            }
+            () = &mut stopping => {
+                let goodbye = CloseFrame { code: close_code::AWAY, reason: "the gateway is shutting down".into() };
+                let _ = send(&mut sink, Message::Close(Some(goodbye))).await;
                 break;
             }
         }

@@ -231,6 +231,10 @@ pub struct ServerConfig {
     /// Threads serving requests; 0: one per CPU available to the process (or
     /// `TOKIO_WORKER_THREADS`). With one, the single-threaded scheduler is used.
     pub workers: usize,
+    /// At SIGTERM/SIGINT, time open requests get to finish (an upload under way, a download)
+    /// before the gateway exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -251,6 +255,7 @@ impl Default for ServerConfig {
             max_connections_per_address: 256,
             max_websocket_message: ByteSize::mib(1),
             workers: 0,
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }

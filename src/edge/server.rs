@@ -29,9 +29,9 @@ use super::limits::{ConnectionLimits, LogThrottle, Refusal, Slot};
 use crate::config::ServerConfig;
 use crate::http::ApiError;
 
-/// Time allowed for open requests to finish at shutdown (and for a connection closing on its
-/// idle deadline to say goodbye).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a connection closing on its idle deadline gets to say goodbye (at shutdown, open
+/// requests get `server.shutdown_timeout`).
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a refused connection's first byte and request head.
 const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
 /// The first and the longest pause after `accept` fails (out of descriptors, mostly).
@@ -93,10 +93,12 @@ pub async fn serve(
     let rules = Rules {
         first_byte: server.first_byte_timeout,
         deadlines: Deadlines { first_head: server.header_read_timeout, idle: server.idle_timeout },
+        drain: server.shutdown_timeout,
     };
     let refusal_rules = Rules {
         first_byte: rules.first_byte.min(REFUSAL_DEADLINE),
         deadlines: Deadlines { first_head: rules.deadlines.first_head.min(REFUSAL_DEADLINE), idle: Duration::ZERO },
+        drain: rules.drain.min(REFUSAL_DEADLINE),
     };
     let edge = Arc::new(edge);
     // Each connection task holds a sender: the channel closes once every task has ended.
@@ -152,9 +154,13 @@ pub async fn serve(
         }
     }
     drop((listener, tasks_running));
-    // Upgraded connections (WebSockets) are on their own by then: only HTTP is drained.
-    if tokio::time::timeout(DRAIN_TIMEOUT, all_tasks_ended.recv()).await.is_err() {
-        tracing::warn!("some connections were still open after {} s", DRAIN_TIMEOUT.as_secs());
+    // Upgraded connections (WebSockets) are on their own by then: only HTTP is drained (the
+    // gateway's own `/ws` sockets close themselves, see `crate::lifecycle`).
+    if tokio::time::timeout(rules.drain, all_tasks_ended.recv()).await.is_err() {
+        tracing::warn!(
+            "some requests were still under way after server.shutdown_timeout ({}): closed",
+            humantime::format_duration(rules.drain)
+        );
     }
 }
 
@@ -194,6 +200,8 @@ fn refusal_response(refusal: Refusal) -> Response {
 struct Rules {
     first_byte: Duration,
     deadlines: Deadlines,
+    /// Time open requests get to finish at shutdown.
+    drain: Duration,
 }
 
 /// An accepted connection.
@@ -230,7 +238,7 @@ impl Client {
                 async move { Ok::<_, Infallible>(response.await.map(|body| ActiveBody::new(body, request))) }
             })
         };
-        let served = Served { builder: &builder, activity: &activity, deadlines: rules.deadlines, peer, shutdown };
+        let served = Served { builder: &builder, activity: &activity, rules, peer, shutdown };
         match tls {
             None => served.run(stream, service).await,
             Some(acceptor) => {
@@ -249,7 +257,7 @@ impl Client {
 struct Served<'a> {
     builder: &'a auto::Builder<TokioExecutor>,
     activity: &'a Activity,
-    deadlines: Deadlines,
+    rules: Rules,
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
 }
@@ -266,18 +274,19 @@ impl Served<'_> {
         let peer = self.peer;
         let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
-        tokio::select! {
+        let grace = tokio::select! {
             result = conn.as_mut() => return log_end(result, peer),
-            expired = self.activity.expired(self.deadlines) => {
+            expired = self.activity.expired(self.rules.deadlines) => {
                 tracing::debug!(%peer, ?expired, "closing a connection on its deadline");
                 if expired == Expired::NoRequest {
                     return;
                 }
+                GOODBYE_TIMEOUT
             }
-            _ = self.shutdown.wait_for(|stop| *stop) => {}
-        }
+            _ = self.shutdown.wait_for(|stop| *stop) => self.rules.drain,
+        };
         conn.as_mut().graceful_shutdown();
-        match tokio::time::timeout(DRAIN_TIMEOUT, conn).await {
+        match tokio::time::timeout(grace, conn).await {
             Ok(result) => log_end(result, peer),
             Err(_) => tracing::debug!(%peer, "connection still busy after its graceful shutdown: closed"),
         }

@@ -168,6 +168,8 @@ pub struct Scheduler {
     announced: AtomicUsize,
     subscribers: Subscribers,
     metrics: Arc<Metrics>,
+    /// Set at shutdown: jobs stay waiting in the store for the next start.
+    dispatch_stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Scheduler {
@@ -240,6 +242,7 @@ impl Scheduler {
             announced: AtomicUsize::new(usize::MAX),
             subscribers: Subscribers::default(),
             metrics,
+            dispatch_stopped: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -449,7 +452,15 @@ impl Scheduler {
         tokio::spawn(async move { this.pump().await });
     }
 
+    /// Hands out no more jobs (shutdown): those waiting stay in the store for the next start.
+    pub fn stop_dispatching(&self) {
+        self.dispatch_stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn assign(&self) -> Vec<Dispatch> {
+        if self.dispatch_stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Vec::new();
+        }
         let known = self.pool.capabilities_complete().then(|| self.pool.known_capabilities(Reach::Any)).flatten();
         let backends = self.pool.all().to_vec();
         let mut inner = self.inner();

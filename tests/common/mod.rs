@@ -231,6 +231,35 @@ impl Gateway {
         Gateway { child, addr, url: format!("http://{addr}"), config, stderr, dir }
     }
 
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(self.pid()).unwrap()).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// Waits (up to `deadline`) for the process to exit on its own, and says how.
+    pub async fn exited(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let child = std::sync::Mutex::new(&mut self.child);
+        poll(deadline, "the gateway to exit", || {
+            let status = child.lock().unwrap().try_wait().unwrap();
+            async move { status }
+        })
+        .await
+    }
+
+    /// Whether the process has not exited yet.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Starts the gateway again on the same data and configuration once it has exited.
+    pub async fn start_again(mut self) -> Gateway {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let config = self.config.clone();
+        drop(self);
+        Gateway::spawn(dir, config).await
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
