@@ -5,10 +5,12 @@
 //! Two gateways on one SQLite store would both schedule its queue; `restore` must not replace a
 //! store under a running gateway; `reload` needs the process to signal. All three ask here.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::FlockOperation;
 
 use super::private;
 
@@ -60,12 +62,12 @@ impl RunLock {
             .mode(private::FILE_MODE)
             .open(&path)
             .map_err(io_error)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
+        match try_lock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(true) => {}
+            Ok(false) => {
                 return Err(RunLockError::Held { path: data_dir.display().to_string(), pid: read_pid(&mut file) });
             }
-            Err(TryLockError::Error(e)) => return Err(io_error(e)),
+            Err(e) => return Err(io_error(e)),
         }
         private::make_private(&path).map_err(io_error)?;
         file.set_len(0).map_err(io_error)?;
@@ -90,11 +92,11 @@ impl RunLock {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error(e)),
         };
-        match file.try_lock_shared() {
+        match try_lock(&file, FlockOperation::NonBlockingLockShared) {
             // Free: the shared lock ends with `file`.
-            Ok(()) => Ok(None),
-            Err(TryLockError::WouldBlock) => Ok(Some(Holder { pid: read_pid(&mut file) })),
-            Err(TryLockError::Error(e)) => Err(io_error(e)),
+            Ok(true) => Ok(None),
+            Ok(false) => Ok(Some(Holder { pid: read_pid(&mut file) })),
+            Err(e) => Err(io_error(e)),
         }
     }
 }
@@ -104,6 +106,15 @@ impl RunLock {
 pub struct Holder {
     /// Its process id, when the lock file names one.
     pub pid: Option<u32>,
+}
+
+/// `flock` without waiting: false when another open file holds a conflicting lock.
+fn try_lock(file: &File, operation: FlockOperation) -> io::Result<bool> {
+    match rustix::fs::flock(file, operation) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn read_pid(file: &mut File) -> Option<u32> {
