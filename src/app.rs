@@ -8,7 +8,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::backends;
+use crate::backends::watchers::Watchers;
 use crate::edge;
+use crate::reload::Reloader;
 use crate::state::{App, AppState, BuildError};
 
 /// Why the gateway could not start.
@@ -37,6 +39,7 @@ pub struct Running {
     /// The address of the metrics listener (`[metrics] listen`), when configured.
     pub metrics_addr: Option<SocketAddr>,
     app: AppState,
+    reloader: Arc<Reloader>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -44,6 +47,11 @@ impl Running {
     /// The state the gateway serves with.
     pub fn app(&self) -> &AppState {
         &self.app
+    }
+
+    /// Puts a new configuration in force (SIGHUP), see [`crate::reload`].
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
     }
 
     /// Stops accepting and dispatching, closes WebSockets with 1001 and lets open requests
@@ -72,9 +80,10 @@ pub async fn start(app: App) -> Result<Running, StartError> {
     let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
     let tls = match &app.config.server.tls {
-        Some(t) => Some(edge::server::tls_acceptor(&t.cert_file, &t.key_file)?),
+        Some(t) => Some(Arc::new(std::sync::RwLock::new(edge::server::tls_acceptor(&t.cert_file, &t.key_file)?))),
         None => None,
     };
+    let tls_slot = tls.clone();
     let open_files = edge::limits::raise_open_file_limit();
     let server = app.config.server.clone();
     let limits = Arc::new(edge::limits::ConnectionLimits::new(
@@ -100,7 +109,7 @@ pub async fn start(app: App) -> Result<Running, StartError> {
     let app: AppState = Arc::new(app);
     let watch_shutdown = app.lifecycle.subscribe();
     let maintenance = tokio::spawn(app.auth.clone().maintain(app.instance.clone(), watch_shutdown.clone()));
-    let scheduling = spawn_scheduling(&app, &watch_shutdown);
+    let (watchers, scheduling) = spawn_scheduling(&app, &watch_shutdown);
     let mut tasks = Vec::new();
     if let Some((bound, _)) = metrics_listener {
         // Bounded like the main listener (same deadlines), with caps of its own.
@@ -115,17 +124,19 @@ pub async fn start(app: App) -> Result<Running, StartError> {
     });
     tasks.extend([server, maintenance]);
     tasks.extend(scheduling);
-    Ok(Running { addr, metrics_addr, app, tasks })
+    let reloader = Arc::new(Reloader::new(app.clone(), watchers, tls_slot));
+    Ok(Running { addr, metrics_addr, app, reloader, tasks })
 }
 
 /// Health checks, the monitor sockets, and the loop that feeds their news to the scheduler.
-fn spawn_scheduling(app: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+fn spawn_scheduling(app: &AppState, shutdown: &watch::Receiver<bool>) -> (Watchers, Vec<tokio::task::JoinHandle<()>>) {
     let scheduler = app.scheduler.clone();
     let pool = scheduler.pool().clone();
-    let (frames_tx, mut frames) = tokio::sync::mpsc::channel(4096);
-    let health = tokio::spawn(backends::health::run(pool.clone(), app.config.scheduler.clone(), shutdown.clone()));
-    let monitor = tokio::spawn(backends::monitor::run(pool.clone(), frames_tx, shutdown.clone()));
+    let (frames_tx, mut frames) = tokio::sync::mpsc::channel::<(String, backends::monitor::Frame)>(4096);
+    let watchers = Watchers::new(pool.clone(), frames_tx, app.config.scheduler.clone(), shutdown.clone());
+    watchers.start_all();
     let mut events = pool.subscribe();
+    let sweeper = watchers.clone();
     let mut accounts = app.auth.changes();
     let mut stop = shutdown.clone();
     let feed = tokio::spawn(async move {
@@ -148,6 +159,9 @@ fn spawn_scheduling(app: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<tok
                 }
                 _ = tick.tick() => {
                     scheduler.reconcile_quiet(std::time::Duration::from_secs(2));
+                    for replacement in scheduler.sweep_retired() {
+                        sweeper.start(&replacement);
+                    }
                     scheduler.kick();
                 }
                 _ = stop.changed() => break,
@@ -165,7 +179,7 @@ fn spawn_scheduling(app: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<tok
         shutdown.clone(),
     ));
     let audit_repeats = tokio::spawn(app.audit.clone().flush_repeats(shutdown.clone()));
-    vec![health, monitor, feed, purge, purge_audit, audit_repeats]
+    (watchers, vec![feed, purge, purge_audit, audit_repeats])
 }
 
 /// Deletes ended jobs older than `retention`, at start and then hourly.

@@ -23,6 +23,7 @@ pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod scheduler;
 pub mod state;
 pub mod store;

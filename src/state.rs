@@ -51,8 +51,8 @@ pub struct App {
     pub allowed_hosts: Vec<String>,
     /// Whether the gateway itself serves HTTPS.
     pub tls: bool,
-    /// Which ComfyUI routes normal users may reach.
-    pub routes: RoutePolicy,
+    /// Which ComfyUI routes normal users may reach (`[policy]`, replaced by a reload).
+    routes: std::sync::RwLock<Arc<RoutePolicy>>,
     /// Every user's saved workflows and settings.
     pub userdata: UserData,
     /// This gateway's metrics.
@@ -91,7 +91,7 @@ impl App {
             .filter_map(|u| u.authority().map(|a| a.as_str().to_ascii_lowercase()))
             .collect();
         let tls = config.server.tls.is_some();
-        let routes = RoutePolicy::with_user_routes(&config.policy.user_routes)?;
+        let routes = std::sync::RwLock::new(Arc::new(RoutePolicy::with_user_routes(&config.policy.user_routes)?));
         let userdata = UserData::new(&config.store.data_dir, &config.userdata);
         let store_probe = store::Probe::default();
         Ok(Self {
@@ -108,6 +108,18 @@ impl App {
             store_probe,
             lifecycle: Lifecycle::default(),
         })
+    }
+}
+
+impl App {
+    /// Which ComfyUI routes normal users may reach.
+    pub fn routes(&self) -> Arc<RoutePolicy> {
+        self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Puts a new route policy in force (a reload).
+    pub fn set_routes(&self, routes: RoutePolicy) {
+        *self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(routes);
     }
 }
 

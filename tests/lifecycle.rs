@@ -156,3 +156,193 @@ async fn a_second_signal_exits_at_once_without_waiting_for_the_drain() {
     })
     .await;
 }
+
+/// Whether `sim` itself ran the job (has it in its history).
+async fn ran_on(sim: &comfyui_sim::Simulator, id: &str) -> bool {
+    let h: serde_json::Value =
+        client().get(format!("{}/history/{id}", sim.url())).send().await.unwrap().json().await.unwrap();
+    h.get(id).is_some()
+}
+
+/// The id of the job `sim` runs now, once it runs one.
+async fn running_on(sim: &comfyui_sim::Simulator) -> String {
+    poll(Duration::from_secs(15), "a job running on the backend", || async {
+        let q: serde_json::Value = client().get(format!("{}/queue", sim.url())).send().await.ok()?.json().await.ok()?;
+        q["queue_running"][0][1].as_str().map(str::to_owned)
+    })
+    .await
+}
+
+/// The gateway's view of its backends: (name, retiring) in order.
+async fn backends(gw: &Gateway, token: &str) -> Vec<(String, bool)> {
+    let (status, state) = gw.get_json("/comfygate/api/backends", &Auth::Bearer(token)).await;
+    assert_eq!(status, 200, "{state}");
+    state["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["name"].as_str().unwrap().to_owned(), b["retiring"].as_bool().unwrap()))
+        .collect()
+}
+
+fn backend_block(name: &str, url: &str) -> String {
+    format!("\n[[backends]]\nname = \"{name}\"\nurl = \"{url}\"\nmax_inflight = 1\n")
+}
+
+/// The configuration without the `[[backends]]` table named `name`.
+fn without_backend(config: &str, name: &str) -> String {
+    let start = config.find(&format!("\n[[backends]]\nname = \"{name}\"")).unwrap();
+    let rest = &config[start + 1..];
+    let end = rest.find("\n[").map_or(config.len(), |i| start + 1 + i);
+    format!("{}{}", &config[..start], &config[end..])
+}
+
+/// Audit lines of `event` in the gateway's audit file.
+fn audited(gw: &Gateway, event: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(gw.dir.path().join("data").join("audit.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == event)
+        .collect()
+}
+
+#[tokio::test]
+async fn reload_adding_a_backend_runs_the_next_job_there_while_an_open_websocket_stays_open() {
+    let (first, second) = (sim(3_000).await, sim(200).await);
+    let gw = gateway(&[&first], 1).await;
+    let token = gw.token("admin", "t").await;
+    let mut socket = ws(&gw, &token).await;
+    let busy = submit_ok(&gw, &token, job("busy", 1, 3_000)).await;
+    assert_eq!(running_on(&first).await, busy);
+
+    let mut config = std::fs::read_to_string(&gw.config).unwrap();
+    config.push_str(&backend_block("b2", &second.url()));
+    std::fs::write(&gw.config, config).unwrap();
+    let out = gw.cli(&["reload"], None).await.ok();
+    assert!(out.stdout.contains("backends added: b2"), "{out:?}");
+    assert_eq!(backends(&gw, &token).await, [("sim".to_owned(), false), ("b2".to_owned(), false)]);
+
+    let mut next = job("next", 2, 200);
+    next["client_id"] = "lifecycle".into();
+    let next = submit_ok(&gw, &token, next).await;
+    let entry = finished(&gw, &token, &next).await;
+    assert_eq!(entry["status"]["status_str"], "success");
+    assert!(ran_on(&second, &next).await, "the first backend was busy: the new one ran it");
+    // The socket opened before the reload still carries the owner's events.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut saw_next = false;
+    while !saw_next {
+        match tokio::time::timeout_at(deadline, socket.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => saw_next = text.contains(&next),
+            Ok(Some(Ok(Message::Close(frame)))) => panic!("the socket was closed by the reload: {frame:?}"),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no event of the new job on the socket opened before the reload: {other:?}"),
+        }
+    }
+    let entry = finished(&gw, &token, &busy).await;
+    assert_eq!(entry["status"]["status_str"], "success");
+}
+
+#[tokio::test]
+async fn reload_removing_a_backend_lets_its_running_job_finish_then_the_backend_leaves() {
+    let (kept, removed) = (sim(200).await, sim(2_500).await);
+    let gw = gateway(&[&kept, &removed], 1).await;
+    let token = gw.token("admin", "t").await;
+    // The first job goes to the first backend, the second to the one to remove.
+    let on_kept = submit_ok(&gw, &token, job("kept", 1, 2_500)).await;
+    let on_removed = submit_ok(&gw, &token, job("removed", 2, 2_500)).await;
+    assert_eq!(running_on(&removed).await, on_removed, "{on_kept}");
+
+    let config = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(&gw.config, without_backend(&config, "b2")).unwrap();
+    let out = gw.cli(&["reload"], None).await.ok();
+    assert!(out.stdout.contains("backends removed"), "{out:?}");
+    assert_eq!(backends(&gw, &token).await, [("sim".to_owned(), false), ("b2".to_owned(), true)], "draining");
+    let later = submit_ok(&gw, &token, job("later", 3, 100)).await;
+
+    let entry = finished(&gw, &token, &on_removed).await;
+    assert_eq!(entry["status"]["status_str"], "success", "the running job finished where it ran");
+    assert!(ran_on(&removed, &on_removed).await);
+    poll(Duration::from_secs(10), "the drained backend gone", || async {
+        (backends(&gw, &token).await == [("sim".to_owned(), false)]).then_some(())
+    })
+    .await;
+    let entry = finished(&gw, &token, &later).await;
+    assert_eq!(entry["status"]["status_str"], "success");
+    assert!(ran_on(&kept, &later).await && !ran_on(&removed, &later).await, "no new job on the drained backend");
+}
+
+#[tokio::test]
+async fn an_invalid_configuration_on_sighup_is_refused_and_the_one_in_force_stays() {
+    let backend = sim(100).await;
+    let gw = Gateway::start_with(&backend.url(), Options::default().extra("[limits]\nmax_waiting = 50")).await;
+    let token = gw.token("admin", "t").await;
+    let mut socket = ws(&gw, &token).await;
+    let good = std::fs::read_to_string(&gw.config).unwrap();
+    // What is wrong, and the word the refusal names it by.
+    let broken = [
+        ("not TOML", format!("{good}\n[[backends]\nname = ")),
+        ("an unknown key", format!("{good}\n[scheduler]\nhealth_intervall = \"1s\"\n")),
+        ("an unusable backend URL", good.replace(&format!("url = \"{}\"", backend.url()), "url = \"http://\"")),
+        ("a bad log filter", format!("{good}\n[log]\nlevel = \"info,=[\"\n")),
+        ("a bad route", format!("{good}\n[policy]\nuser_routes = [\"GET /a/**/b\"]\n")),
+    ];
+    let expected = ["TOML", "health_intervall", "backend", "log filter", "policy"];
+    for (i, (what, text)) in broken.iter().enumerate() {
+        std::fs::write(&gw.config, text).unwrap();
+        gw.signal(Signal::HUP);
+        poll(Duration::from_secs(10), &format!("the reload of {what} refused"), || async {
+            (audited(&gw, "config_reload_refused").len() > i).then_some(())
+        })
+        .await;
+        let reason = audited(&gw, "config_reload_refused")[i]["reason"].as_str().unwrap().to_owned();
+        assert!(reason.contains(expected[i]), "{what}: {reason}");
+    }
+    assert!(audited(&gw, "config_reloaded").is_empty(), "nothing was applied");
+    // The one in force serves on: its backend, its socket.
+    let id = submit_ok(&gw, &token, job("still", 1, 100)).await;
+    assert_eq!(finished(&gw, &token, &id).await["status"]["status_str"], "success");
+    let alive = tokio::time::timeout(Duration::from_secs(10), socket.next()).await;
+    assert!(matches!(alive, Ok(Some(Ok(Message::Text(_))))), "the socket still carries events: {alive:?}");
+
+    // `comfygate reload` checks the file before it signals, and says what is wrong.
+    std::fs::write(&gw.config, &broken[1].1).unwrap();
+    let out = gw.cli(&["reload"], None).await;
+    assert_eq!(out.code, 78, "{out:?}");
+    assert!(out.stderr.contains("health_intervall"), "{out:?}");
+    // A valid one is applied, limits included: one waiting job at most.
+    std::fs::write(&gw.config, good.replace("max_waiting = 50", "max_waiting = 1")).unwrap();
+    let out = gw.cli(&["reload"], None).await.ok();
+    assert!(out.stdout.contains("[limits] updated"), "{out:?}");
+}
+
+#[tokio::test]
+async fn reloaded_limits_hold_the_next_submission() {
+    let backend = sim(3_000).await;
+    let gw = gateway(&[&backend], 1).await;
+    let token = gw.token("admin", "t").await;
+    gw.add_user("alice", "user").await;
+    let alice = gw.token("alice", "a").await;
+    let mut config = std::fs::read_to_string(&gw.config).unwrap();
+    config.push_str("\n[limits]\nmax_waiting = 1\n");
+    std::fs::write(&gw.config, config).unwrap();
+    let out = gw.cli(&["reload"], None).await.ok();
+    assert!(out.stdout.contains("[limits] updated"), "{out:?}");
+    let running = submit_ok(&gw, &alice, job("a", 1, 3_000)).await;
+    assert_eq!(running_on(&backend).await, running);
+    submit_ok(&gw, &alice, job("a", 2, 100)).await;
+    let (status, answer) = common::pool::submit(&gw, &alice, job("a", 3, 100)).await;
+    assert_eq!(status, 429, "a second waiting job is over the reloaded max_waiting: {answer}");
+    let _ = token;
+}
+
+#[tokio::test]
+async fn reload_without_a_running_gateway_says_so_with_exit_69() {
+    let backend = sim(100).await;
+    let mut gw = Gateway::start(&backend.url()).await;
+    gw.signal(Signal::TERM);
+    assert_eq!(gw.exited(Duration::from_secs(40)).await.code(), Some(0));
+    let out = gw.cli(&["reload"], None).await;
+    assert_eq!(out.code, 69, "{out:?}");
+    assert!(out.stderr.contains("no gateway is serving"), "{out:?}");
+}

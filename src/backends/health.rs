@@ -13,19 +13,8 @@ use super::{Backend, BackendEvent, Pool};
 use crate::config::SchedulerConfig;
 use crate::metrics::{Device, MAX_DEVICES};
 
-/// Checks every backend until `shutdown`.
-pub async fn run(pool: Arc<Pool>, config: SchedulerConfig, shutdown: watch::Receiver<bool>) {
-    let tasks: Vec<_> = pool
-        .all()
-        .iter()
-        .map(|b| tokio::spawn(watch_backend(pool.clone(), b.clone(), config.clone(), shutdown.clone())))
-        .collect();
-    for task in tasks {
-        let _ = task.await;
-    }
-}
-
-async fn watch_backend(
+/// Checks `backend` until `shutdown`.
+pub async fn watch_backend(
     pool: Arc<Pool>,
     backend: Arc<Backend>,
     config: SchedulerConfig,

@@ -7,13 +7,15 @@
 pub mod capabilities;
 pub mod health;
 pub mod monitor;
+pub mod watchers;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
-use crate::config::{BackendConfig, Config};
+use crate::config::{AuthConfig, BackendConfig, Config};
 use crate::proxy::{Proxy, ProxyError};
 use capabilities::Capabilities;
 
@@ -62,9 +64,56 @@ pub struct Backend {
     pub monitor_id: String,
     load: Mutex<Load>,
     capabilities: RwLock<Option<Arc<Capabilities>>>,
+    /// Set when a reload removed or changed it: no new jobs; it leaves once its jobs are done.
+    retiring: AtomicBool,
+    /// What takes its place once it has left (its configuration changed).
+    replacement: Mutex<Option<Arc<Backend>>>,
+    /// Ends its health checks and monitor socket once it has left the pool.
+    gone: watch::Sender<bool>,
 }
 
 impl Backend {
+    fn new(config: &BackendConfig, max_body: u64, auth: &AuthConfig, instance: &str) -> Result<Self, ProxyError> {
+        Ok(Self {
+            proxy: Proxy::new(config, max_body, auth)?,
+            monitor_id: format!("comfygate-{instance}-{}", config.name),
+            config: config.clone(),
+            // Optimistic until the first check: a gateway starting next to its ComfyUI serves
+            // at once.
+            load: Mutex::new(Load { healthy: true, ..Load::default() }),
+            capabilities: RwLock::new(None),
+            retiring: AtomicBool::new(false),
+            replacement: Mutex::new(None),
+            gone: watch::Sender::new(false),
+        })
+    }
+
+    /// Whether a reload took it out: it finishes its jobs and takes no new ones.
+    pub fn is_retiring(&self) -> bool {
+        self.retiring.load(Ordering::SeqCst)
+    }
+
+    /// Whether it takes new work: healthy and not retiring.
+    pub fn in_service(&self) -> bool {
+        !self.is_retiring() && self.is_healthy()
+    }
+
+    /// Resolves once it has left the pool.
+    pub async fn gone(&self) {
+        let mut gone = self.gone.subscribe();
+        let _ = gone.wait_for(|g| *g).await;
+    }
+
+    fn reinstate(&self) {
+        *self.replacement.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        self.retiring.store(false, Ordering::SeqCst);
+    }
+
+    fn retire(&self, replacement: Option<Arc<Backend>>) {
+        *self.replacement.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = replacement;
+        self.retiring.store(true, Ordering::SeqCst);
+    }
+
     /// Its name.
     pub fn name(&self) -> &str {
         &self.config.name
@@ -83,6 +132,9 @@ impl Backend {
     /// Whether it can take another job now: in service, its events reach the gateway, and
     /// a slot is free.
     pub fn has_room(&self) -> bool {
+        if self.is_retiring() {
+            return false;
+        }
         let load = self.load();
         load.healthy && load.monitored && load.inflight.len() < self.config.max_inflight
     }
@@ -101,10 +153,14 @@ impl Backend {
 
 /// Every backend of the gateway.
 pub struct Pool {
-    backends: Vec<Arc<Backend>>,
+    backends: RwLock<Arc<[Arc<Backend>]>>,
     events: broadcast::Sender<BackendEvent>,
     /// Merged capabilities of the healthy backends, and of every backend ever seen.
     merged: RwLock<[Option<Arc<Capabilities>>; 2]>,
+    /// What new backends are built with (a reload changes backends, not these).
+    max_body: u64,
+    auth: AuthConfig,
+    instance: String,
 }
 
 /// Whose capabilities to merge.
@@ -116,6 +172,26 @@ pub enum Reach {
     Any,
 }
 
+/// What [`Pool::apply`] changed.
+#[derive(Default)]
+pub struct Changes {
+    /// New backends, in service at once (their watchers must be started).
+    pub added: Vec<Arc<Backend>>,
+    /// Backends no longer configured: drained, then gone.
+    pub removed: Vec<String>,
+    /// Backends whose settings changed: drained, then replaced.
+    pub changed: Vec<String>,
+    /// Backends a reload had taken out, configured again as they were: back in service.
+    pub kept: Vec<String>,
+}
+
+impl Changes {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty() && self.kept.is_empty()
+    }
+}
+
 impl Pool {
     /// Builds the backends of `config`; `instance` makes the gateway's WebSocket ids unique.
     pub fn new(config: &Config, instance: &str) -> Result<Self, ProxyError> {
@@ -123,40 +199,117 @@ impl Pool {
         let backends = config
             .backends
             .iter()
-            .map(|b| {
-                Ok(Arc::new(Backend {
-                    proxy: Proxy::new(b, max_body, &config.auth)?,
-                    monitor_id: format!("comfygate-{instance}-{}", b.name),
-                    config: b.clone(),
-                    // Optimistic until the first check: a gateway starting next to its ComfyUI
-                    // serves at once.
-                    load: Mutex::new(Load { healthy: true, ..Load::default() }),
-                    capabilities: RwLock::new(None),
-                }))
-            })
+            .map(|b| Backend::new(b, max_body, &config.auth, instance).map(Arc::new))
             .collect::<Result<Vec<_>, ProxyError>>()?;
-        Ok(Self { backends, events: broadcast::Sender::new(1024), merged: RwLock::new([None, None]) })
+        Ok(Self {
+            backends: RwLock::new(backends.into()),
+            events: broadcast::Sender::new(1024),
+            merged: RwLock::new([None, None]),
+            max_body,
+            auth: config.auth.clone(),
+            instance: instance.to_owned(),
+        })
     }
 
-    /// Every backend, in configuration order.
-    pub fn all(&self) -> &[Arc<Backend>] {
-        &self.backends
+    /// Every backend (those retiring last), in configuration order.
+    pub fn all(&self) -> Arc<[Arc<Backend>]> {
+        self.backends.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// A backend by name.
-    pub fn get(&self, name: &str) -> Option<&Arc<Backend>> {
-        self.backends.iter().find(|b| b.name() == name)
+    pub fn get(&self, name: &str) -> Option<Arc<Backend>> {
+        self.all().iter().find(|b| b.name() == name).cloned()
     }
 
-    /// Backends in service.
+    /// Backends in service (healthy and not retiring).
     pub fn healthy(&self) -> Vec<Arc<Backend>> {
-        self.backends.iter().filter(|b| b.is_healthy()).cloned().collect()
+        self.all().iter().filter(|b| b.in_service()).cloned().collect()
     }
 
     /// The backend for requests that are not about a job (the web app, settings, user data):
-    /// the first healthy one, else the first configured.
+    /// the first in service, else the first configured.
     pub fn primary(&self) -> Option<Arc<Backend>> {
-        self.backends.iter().find(|b| b.is_healthy()).or(self.backends.first()).cloned()
+        let all = self.all();
+        all.iter().find(|b| b.in_service()).or_else(|| all.iter().find(|b| !b.is_retiring())).or(all.first()).cloned()
+    }
+
+    /// Makes the pool match `configs` (a reload): new backends join at once; removed and
+    /// changed ones take no new jobs and leave (changed ones replaced) once their jobs are
+    /// done, see [`sweep`](Self::sweep). Nothing changes when any new backend is unusable.
+    pub fn apply(&self, configs: &[BackendConfig]) -> Result<Changes, ProxyError> {
+        let current = self.all();
+        let built = |c: &BackendConfig| Backend::new(c, self.max_body, &self.auth, &self.instance).map(Arc::new);
+        // Everything new is built first: an unusable URL leaves the pool as it was.
+        let mut plan = Vec::new();
+        for config in configs {
+            let old = current.iter().find(|b| b.name() == config.name);
+            let fresh = match old {
+                Some(old) if old.config == *config => None,
+                _ => Some(built(config)?),
+            };
+            plan.push((old.cloned(), fresh));
+        }
+        let mut changes = Changes::default();
+        let mut list: Vec<Arc<Backend>> = Vec::new();
+        for (old, fresh) in plan {
+            match (old, fresh) {
+                (Some(old), None) => {
+                    if old.is_retiring() {
+                        old.reinstate();
+                        changes.kept.push(old.name().to_owned());
+                    }
+                    list.push(old);
+                }
+                (Some(old), Some(fresh)) => {
+                    changes.changed.push(old.name().to_owned());
+                    old.retire(Some(fresh));
+                    list.push(old);
+                }
+                (None, Some(fresh)) => {
+                    changes.added.push(fresh.clone());
+                    list.push(fresh);
+                }
+                (None, None) => {}
+            }
+        }
+        for old in current.iter().filter(|b| !configs.iter().any(|c| c.name == b.name())) {
+            if !old.is_retiring() || old.replacement.lock().is_ok_and(|r| r.is_some()) {
+                changes.removed.push(old.name().to_owned());
+            }
+            old.retire(None);
+            list.push(old.clone());
+        }
+        *self.backends.write().unwrap_or_else(std::sync::PoisonError::into_inner) = list.into();
+        self.forget_merged();
+        Ok(changes)
+    }
+
+    /// Takes out the retiring backends that have no job left, putting their replacements in
+    /// their place; returns the replacements (their watchers must be started). Call it where
+    /// no job can be handed to a backend meanwhile (the scheduler holds its lock).
+    pub fn sweep(&self) -> Vec<Arc<Backend>> {
+        let current = self.all();
+        let leaving = |b: &Arc<Backend>| b.is_retiring() && b.load().inflight.is_empty();
+        if !current.iter().any(leaving) {
+            return Vec::new();
+        }
+        let mut started = Vec::new();
+        let list: Vec<Arc<Backend>> = current
+            .iter()
+            .filter_map(|b| {
+                if !leaving(b) {
+                    return Some(b.clone());
+                }
+                b.gone.send_replace(true);
+                let replacement = b.replacement.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                tracing::info!(backend = b.name(), replaced = replacement.is_some(), "backend left the pool");
+                replacement.inspect(|r| started.push(r.clone()))
+            })
+            .collect();
+        *self.backends.write().unwrap_or_else(std::sync::PoisonError::into_inner) = list.into();
+        self.forget_merged();
+        self.announce(BackendEvent::Changed);
+        started
     }
 
     /// Subscribes to backend events.
@@ -186,9 +339,9 @@ impl Pool {
             return Some(merged);
         }
         let caps: Vec<Arc<Capabilities>> = self
-            .backends
+            .all()
             .iter()
-            .filter(|b| reach == Reach::Any || b.is_healthy())
+            .filter(|b| !b.is_retiring() && (reach == Reach::Any || b.is_healthy()))
             .filter_map(|b| b.capabilities())
             .collect();
         if caps.is_empty() {
@@ -202,7 +355,8 @@ impl Pool {
         Some(merged)
     }
 
-    fn forget_merged(&self) {
+    /// Drops the merged capabilities (a backend came, went or learned new ones).
+    pub fn forget_merged(&self) {
         if let Ok(mut slot) = self.merged.write() {
             *slot = [None, None];
         }

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Backend, Pool};
+use super::Backend;
 
 /// A frame from a backend.
 #[derive(Debug, Clone)]
@@ -31,16 +31,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between reconnection attempts.
 const RETRY: Duration = Duration::from_millis(250);
 
-/// Keeps one socket per backend open until `shutdown`, sending frames to `frames`.
-pub async fn run(pool: Arc<Pool>, frames: mpsc::Sender<(String, Frame)>, shutdown: watch::Receiver<bool>) {
-    let tasks: Vec<_> =
-        pool.all().iter().map(|b| tokio::spawn(follow(b.clone(), frames.clone(), shutdown.clone()))).collect();
-    for task in tasks {
-        let _ = task.await;
-    }
-}
-
-async fn follow(backend: Arc<Backend>, frames: mpsc::Sender<(String, Frame)>, mut shutdown: watch::Receiver<bool>) {
+/// Keeps the gateway's socket to `backend` open until `shutdown`, sending its frames to
+/// `frames`.
+pub async fn follow(backend: Arc<Backend>, frames: mpsc::Sender<(String, Frame)>, mut shutdown: watch::Receiver<bool>) {
     let url = format!("ws://{}/ws?clientId={}", backend.proxy.authority(), backend.monitor_id);
     let name = backend.name().to_owned();
     loop {

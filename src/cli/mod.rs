@@ -5,6 +5,7 @@ mod audit;
 mod doctor;
 mod env;
 mod logging;
+mod reload;
 mod serve;
 
 use std::path::PathBuf;
@@ -54,6 +55,9 @@ enum Command {
     /// Tokens in dotenv files: write one (`env write`), check them all (`env check`).
     #[command(subcommand)]
     Env(env::EnvCommand),
+    /// Make the running gateway re-read its configuration (as SIGHUP does) and say what it
+    /// applied; exit 0 when it did, 1 when it refused the new one, 69 when none is running.
+    Reload(reload::ReloadArgs),
 }
 
 #[derive(Args)]
@@ -269,7 +273,8 @@ pub fn main() -> ExitCode {
         eprintln!("error: {error:#}");
         ExitCode::from(exit_code(&error))
     };
-    let config = load_config(cli.config);
+    let config_path = config_path(cli.config);
+    let config = Config::load(config_path.as_deref(), std::env::vars());
     if let Command::Doctor(args) = cli.command {
         // The doctor reports a bad configuration as one of its checks.
         return match runtime(0).map_err(anyhow::Error::from) {
@@ -288,7 +293,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli.command, config)) {
+    match runtime.block_on(run(cli.command, config, config_path)) {
         Ok(code) => code,
         Err(error) => failed(error),
     }
@@ -314,10 +319,11 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
-async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+async fn run(command: Command, config: Config, config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     match command {
         Command::Env(cmd) => return env::run(&config, cmd).await,
-        Command::Serve => serve::run(config).await,
+        Command::Serve => serve::run(config, config_path).await,
+        Command::Reload(args) => return reload::run(&config, args).await,
         Command::Init(args) => accounts::init(&config, args).await,
         Command::User(cmd) => accounts::user(&config, cmd).await,
         Command::Token(cmd) => accounts::token(&config, cmd).await,
@@ -331,8 +337,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn load_config(path: Option<PathBuf>) -> Result<Config, ConfigError> {
+/// The configuration file: the one named, else `./comfygate.toml` when it exists.
+fn config_path(path: Option<PathBuf>) -> Option<PathBuf> {
     let default = PathBuf::from("comfygate.toml");
-    let path = path.or_else(|| default.exists().then_some(default));
-    Config::load(path.as_deref(), std::env::vars())
+    path.or_else(|| default.exists().then_some(default))
 }

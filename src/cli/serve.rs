@@ -1,19 +1,24 @@
 //! `comfygate serve`: open the store, make sure an admin exists, start, wait for a signal.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use comfygate::Config;
 use comfygate::app;
 use comfygate::audit::Context as Audited;
+use comfygate::reload::Reloader;
 use comfygate::state::App;
 use comfygate::store;
 
 use super::accounts::admin_password_from_env;
+use super::logging::LogFilter;
 
-/// Runs the gateway until SIGINT or SIGTERM.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    super::logging::init(&config.log)?;
+/// Runs the gateway until SIGINT or SIGTERM; SIGHUP reloads the configuration from `path`
+/// (and the environment), as it was read at start.
+pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    let log = super::logging::init(&config.log)?;
     // Before anything is served: a signal from then on is answered, never the default action.
     let mut signals = Signals::new().context("cannot listen for signals")?;
     let url = config.store.database_url();
@@ -48,7 +53,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     println!("comfygate listening on {scheme}://{} (backends: {})", running.addr, backends.join(", "));
     tracing::info!(addr = %running.addr, "comfygate started");
 
-    let stop = signals.next_stop().await;
+    let reloader = running.reloader();
+    let stop = loop {
+        match signals.next().await {
+            Received::Stop(name) => break name,
+            Received::Reload => reload(&reloader, &log, path.as_deref()).await,
+        }
+    };
     tracing::info!(
         signal = stop,
         grace = %humantime::format_duration(running.app().config.server.shutdown_timeout),
@@ -67,15 +78,67 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads the configuration again and puts it in force; one that does not load, or that the
+/// gateway refuses, leaves the one in force (the log and the audit log say why).
+async fn reload(reloader: &Reloader, log: &LogFilter, path: Option<&Path>) {
+    tracing::info!(file = ?path, "SIGHUP: reloading the configuration");
+    let loaded = Config::load(path, std::env::vars()).map_err(anyhow::Error::from).and_then(|config| {
+        super::logging::parse(&config.log.level)?;
+        Ok(config)
+    });
+    let config = match loaded {
+        Ok(config) => config,
+        Err(e) => {
+            let why = format!("{e:#}");
+            tracing::error!(error = %why, "reload refused: the configuration in force stays");
+            return reloader.refused(&why).await;
+        }
+    };
+    match reloader.reload(&config).await {
+        Ok(done) => {
+            if let Err(e) = log.set(&config.log) {
+                tracing::warn!(error = %format!("{e:#}"), "reload: the log filter stays as it was");
+            }
+            tracing::info!(applied = ?done.applied, "configuration reloaded");
+            if !done.needs_restart.is_empty() {
+                tracing::warn!(sections = ?done.needs_restart, "reload: these settings changed but apply only at the next start");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "reload refused: the configuration in force stays"),
+    }
+}
+
+/// What a signal asks for.
+enum Received {
+    /// Stop (the signal's name).
+    Stop(&'static str),
+    /// Re-read the configuration.
+    Reload,
+}
+
 /// The signals `serve` answers: SIGTERM and SIGINT stop it, SIGHUP reloads the configuration.
 struct Signals {
     term: Signal,
     int: Signal,
+    hup: Signal,
 }
 
 impl Signals {
     fn new() -> std::io::Result<Self> {
-        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next signal.
+    async fn next(&mut self) -> Received {
+        tokio::select! {
+            _ = self.term.recv() => Received::Stop("SIGTERM"),
+            _ = self.int.recv() => Received::Stop("SIGINT"),
+            _ = self.hup.recv() => Received::Reload,
+        }
     }
 
     /// The next SIGTERM or SIGINT, by name.

@@ -381,7 +381,7 @@ impl Default for AuthConfig {
 }
 
 /// One ComfyUI server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// A short name used in logs and errors.

@@ -39,7 +39,7 @@ pub async fn pass(app: &AppState, peer: &Peer, memo: Option<&DigestMemo>, req: R
 async fn forward(app: &AppState, caller: Caller, client: ClientInfo, req: Request<Body>) -> Result<Response, ApiError> {
     let identity = caller.identity;
     let path = policy::normalize(req.uri().path())?;
-    let class = app.routes.classify(req.method(), &path, req.uri().query());
+    let class = app.routes().classify(req.method(), &path, req.uri().query());
     let user_data = crate::userdata::route(&path);
     // User data answers a bad name itself, with ComfyUI's own status for it (it is never forwarded).
     if let (RouteClass::BadName(e), None) = (class, &user_data) {

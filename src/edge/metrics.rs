@@ -105,7 +105,7 @@ pub fn class_of(app: &App, method: &Method, uri: &Uri) -> RequestClass {
         _ => match policy::normalize(path) {
             Err(_) => RequestClass::BadName,
             Ok(p) if p.canonical == "/ws" || p.canonical == "/api/ws" => RequestClass::Ws,
-            Ok(p) => match app.routes.classify(method, &p, uri.query()) {
+            Ok(p) => match app.routes().classify(method, &p, uri.query()) {
                 RouteClass::Page => RequestClass::Page,
                 RouteClass::User => RequestClass::User,
                 RouteClass::Admin => RequestClass::Admin,

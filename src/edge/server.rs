@@ -53,6 +53,9 @@ pub enum TlsError {
     Invalid(String),
 }
 
+/// The TLS acceptor in force; a reload puts a new one in (connections under way keep theirs).
+pub type TlsSlot = Arc<std::sync::RwLock<TlsAcceptor>>;
+
 /// Loads a certificate chain and key into a TLS acceptor (HTTP/2 and HTTP/1.1 by ALPN).
 pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
     let read =
@@ -83,7 +86,7 @@ pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, Tl
 pub async fn serve(
     listener: TcpListener,
     edge: super::Edge,
-    tls: Option<TlsAcceptor>,
+    tls: Option<TlsSlot>,
     server: &ServerConfig,
     limits: Arc<ConnectionLimits>,
     mut shutdown: watch::Receiver<bool>,
@@ -129,8 +132,8 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let client =
-            Client { stream, peer, tls: tls.clone(), shutdown: shutdown.clone(), _running: tasks_running.clone() };
+        let tls = tls.as_ref().map(|slot| slot.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone());
+        let client = Client { stream, peer, tls, shutdown: shutdown.clone(), _running: tasks_running.clone() };
         match limits.admit(peer.ip()) {
             Ok(slot) => {
                 let (edge, builder) = (edge.clone(), serving.clone());

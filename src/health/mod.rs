@@ -120,7 +120,7 @@ fn no_store(status: StatusCode, body: impl Serialize) -> Response {
 /// At least one configured backend passes its health checks.
 fn backends(app: &App) -> Check {
     let pool = app.scheduler.pool();
-    let (healthy, total) = (pool.healthy().len(), pool.all().len());
+    let (healthy, total) = (pool.healthy().len(), pool.all().iter().filter(|b| !b.is_retiring()).count());
     let reason = format!("{healthy} of {total} backends healthy");
     if healthy > 0 { Check::pass("backends", reason) } else { Check::fail("backends", reason) }
 }

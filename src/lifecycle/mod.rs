@@ -1,6 +1,6 @@
-//! The gateway's life after start: the stop signal every long-lived task listens to, the
-//! sockets that must be told goodbye before the process exits, and live reloads of the
-//! configuration ([`reload`]).
+//! The gateway's life after start: the stop signal every long-lived task listens to, and the
+//! sockets that must be told goodbye before the process exits (live reloads of the
+//! configuration are [`crate::reload`]'s).
 //!
 //! At SIGTERM/SIGINT ([`Lifecycle::stop`]) the listeners stop accepting, open requests get
 //! `server.shutdown_timeout` to finish, the scheduler hands out no more jobs (waiting ones stay

@@ -53,7 +53,7 @@ impl Scheduler {
         let (mut running, mut dispatched, waiting) = {
             let inner = self.inner();
             let (mut running, mut dispatched) = (Vec::new(), Vec::new());
-            for backend in self.pool.all() {
+            for backend in self.pool.all().iter() {
                 for id in backend.load().inflight.iter() {
                     let Some(job) = inner.job(id).filter(|j| scope.covers(j.owner)) else { continue };
                     match job.state {
@@ -104,8 +104,8 @@ impl Scheduler {
     /// reported its capabilities yet is taken as able). One verdict per workflow shape: jobs of
     /// one workflow share their requirements.
     pub fn unrunnable_jobs(&self) -> usize {
-        let up: Vec<_> =
-            self.pool.all().iter().filter(|b| b.is_healthy()).map(|b| (b.name(), b.capabilities())).collect();
+        let all = self.pool.all();
+        let up: Vec<_> = all.iter().filter(|b| b.in_service()).map(|b| (b.name(), b.capabilities())).collect();
         let inner = self.inner();
         let mut verdicts: HashMap<(usize, Option<&str>), bool> = HashMap::new();
         inner
@@ -217,7 +217,7 @@ impl Scheduler {
                 }
                 backend
             };
-            match target.as_deref().and_then(|b| self.pool.get(b)).cloned() {
+            match target.as_deref().and_then(|b| self.pool.get(b)) {
                 None => self.end_job(id, JobState::Cancelled, None, Some(reason), None).await,
                 Some(backend) => {
                     // Taken out first: a copy that starts meanwhile is a stray, interrupted.

@@ -37,7 +37,7 @@ pub(super) struct Ended {
 impl Scheduler {
     /// Handles one frame from a backend's monitor socket.
     pub async fn on_frame(self: &Arc<Self>, backend_name: &str, frame: Frame) {
-        let Some(backend) = self.pool.get(backend_name).cloned() else { return };
+        let Some(backend) = self.pool.get(backend_name) else { return };
         backend.load().last_event = Some(std::time::Instant::now());
         match frame {
             Frame::Connected => {
@@ -261,7 +261,7 @@ impl Scheduler {
             }
             BackendEvent::Up(name) => {
                 let moved = self.inner().abandoned.remove(&name).unwrap_or_default();
-                if let (false, Some(backend)) = (moved.is_empty(), self.pool.get(&name).cloned()) {
+                if let (false, Some(backend)) = (moved.is_empty(), self.pool.get(&name)) {
                     // It may not have died after all: the copies it still queues must not run.
                     let this = self.clone();
                     tokio::spawn(async move {
@@ -279,7 +279,7 @@ impl Scheduler {
     /// Moves a backend's jobs away: not started → back to the queue (same prompt id);
     /// running → failed, saying which backend failed.
     async fn evacuate(self: &Arc<Self>, name: &str, reason: &str) {
-        let Some(backend) = self.pool.get(name).cloned() else { return };
+        let Some(backend) = self.pool.get(name) else { return };
         let mut lost = Vec::new();
         let mut worn_out = Vec::new();
         {

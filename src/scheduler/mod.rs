@@ -157,7 +157,8 @@ pub struct Scheduler {
     files: FileLocations,
     pool: Arc<Pool>,
     config: SchedulerConfig,
-    limits: LimitsConfig,
+    /// `[limits]`, replaced by a reload.
+    limits: std::sync::RwLock<Arc<LimitsConfig>>,
     max_request_body: u64,
     inner: Mutex<Inner>,
     /// One submission at a time per user, so their limits hold under concurrency.
@@ -233,7 +234,7 @@ impl Scheduler {
             audit,
             pool,
             config,
-            limits,
+            limits: std::sync::RwLock::new(Arc::new(limits)),
             max_request_body,
             inner: Mutex::new(inner),
             submitting: Mutex::new(HashMap::new()),
@@ -298,7 +299,7 @@ impl Scheduler {
             },
             None => None,
         };
-        let limits = Limits::of(self.store.as_ref(), &self.limits, self.max_request_body, by.user_id).await?;
+        let limits = Limits::of(self.store.as_ref(), &self.limits(), self.max_request_body, by.user_id).await?;
         // One submission of this user at a time: the counts below hold until it is queued.
         let turn = self.submitting_lock(by.user_id);
         let turn = turn.lock().await;
@@ -450,6 +451,32 @@ impl Scheduler {
     pub fn kick(self: &Arc<Self>) {
         let this = self.clone();
         tokio::spawn(async move { this.pump().await });
+    }
+
+    /// The `[limits]` in force.
+    pub fn limits(&self) -> Arc<LimitsConfig> {
+        self.limits.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Puts new `[limits]` in force (a reload): the next submission is held to them, and so
+    /// are the running-job counts of everyone with jobs in the queue.
+    pub async fn set_limits(self: &Arc<Self>, limits: LimitsConfig) -> Result<(), StoreError> {
+        let limits = Arc::new(limits);
+        *self.limits.write().unwrap_or_else(std::sync::PoisonError::into_inner) = limits.clone();
+        let owners: Vec<i64> = self.inner().limits.keys().copied().collect();
+        for owner in owners {
+            let resolved = Limits::of(self.store.as_ref(), &limits, self.max_request_body, owner).await?;
+            self.inner().limits.insert(owner, resolved);
+        }
+        self.kick();
+        Ok(())
+    }
+
+    /// Takes the backends a reload retired out of the pool once their jobs are done (under the
+    /// decision lock: no job is handed to one meanwhile); returns their replacements.
+    pub fn sweep_retired(&self) -> Vec<Arc<Backend>> {
+        let _deciding = self.inner();
+        self.pool.sweep()
     }
 
     /// Hands out no more jobs (shutdown): those waiting stay in the store for the next start.

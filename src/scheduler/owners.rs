@@ -73,7 +73,7 @@ impl Scheduler {
             // Each is audited once, by whichever pass (this one, or a dispatch finding the owner
             // inactive) actually ended it.
             for (id, state, backend) in jobs {
-                let ended = match (state, backend.as_deref().and_then(|b| self.pool.get(b)).cloned()) {
+                let ended = match (state, backend.as_deref().and_then(|b| self.pool.get(b))) {
                     (JobState::Running, Some(backend)) => {
                         // Ends when the backend reports the interruption, with this reason.
                         let body = json!({"prompt_id": id}).to_string();

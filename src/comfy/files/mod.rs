@@ -62,9 +62,7 @@ pub async fn view(
 async fn holder(app: &AppState, caller: &Caller, file: &Located) -> Result<Arc<Backend>, ApiError> {
     let pool = app.scheduler.pool();
     match access(app, caller, file).await.map_err(store_unavailable)? {
-        Access::Recorded(stored) => {
-            pool.get(&stored.backend).cloned().or_else(|| pool.primary()).ok_or_else(no_backend)
-        }
+        Access::Recorded(stored) => pool.get(&stored.backend).or_else(|| pool.primary()).ok_or_else(no_backend),
         Access::Unrecorded => pool.primary().ok_or_else(no_backend),
         Access::Denied => Err(ApiError::NotFound("no such file".to_owned())),
     }

@@ -56,7 +56,7 @@ async fn forward_upload(
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
     let max_body = app.config.server.max_request_body.as_u64();
-    let limits = Limits::of(app.scheduler.store().as_ref(), &app.config.limits, max_body, caller.identity.user_id)
+    let limits = Limits::of(app.scheduler.store().as_ref(), &app.scheduler.limits(), max_body, caller.identity.user_id)
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "cannot read the uploader's limits");
