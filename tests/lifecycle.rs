@@ -346,3 +346,68 @@ async fn reload_without_a_running_gateway_says_so_with_exit_69() {
     assert_eq!(out.code, 69, "{out:?}");
     assert!(out.stderr.contains("no gateway is serving"), "{out:?}");
 }
+
+/// A certificate for `localhost` signed by a CA of its own: (CA PEM, certificate PEM, key PEM).
+fn certificate(name: &str) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} test CA"));
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+    (ca.pem(), leaf.pem(), key.serialize_pem())
+}
+
+/// A client that trusts only `ca`, reaching the gateway as `localhost`.
+fn trusting(ca: &str, gw: &Gateway) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .resolve("localhost", gw.addr)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn handshake_ok(client: &reqwest::Client, gw: &Gateway) -> bool {
+    client.get(format!("https://localhost:{}/healthz", gw.addr.port())).send().await.is_ok_and(|r| r.status() == 200)
+}
+
+#[tokio::test]
+async fn reload_puts_new_tls_certificate_files_in_force_for_new_connections() {
+    let backend = sim(100).await;
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = (files.path().join("cert.pem"), files.path().join("key.pem"));
+    let (old_ca, old_cert, old_key) = certificate("old");
+    let (new_ca, new_cert, new_key) = certificate("new");
+    std::fs::write(&cert, &old_cert).unwrap();
+    std::fs::write(&key, &old_key).unwrap();
+    let tls = format!(
+        "[server.tls]\ncert_file = {:?}\nkey_file = {:?}",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let gw = Gateway::start_with(&backend.url(), Options::default().extra(&tls)).await;
+    let (trusts_old, trusts_new) = (trusting(&old_ca, &gw), trusting(&new_ca, &gw));
+    assert!(handshake_ok(&trusts_old, &gw).await && !handshake_ok(&trusts_new, &gw).await, "the old certificate");
+    // A connection opened before the reload keeps working after it.
+    let kept = trusting(&old_ca, &gw);
+    assert!(handshake_ok(&kept, &gw).await);
+
+    std::fs::write(&cert, &new_cert).unwrap();
+    std::fs::write(&key, &new_key).unwrap();
+    let out = gw.cli(&["reload"], None).await.ok();
+    assert!(out.stdout.contains("TLS certificate reloaded"), "{out:?}");
+    assert!(handshake_ok(&trusts_new, &gw).await, "new connections get the new certificate");
+    assert!(!handshake_ok(&trusting(&old_ca, &gw), &gw).await, "and no longer the old one");
+    assert!(handshake_ok(&kept, &gw).await, "the pooled connection from before is still open and served");
+
+    // Unusable files are refused and the certificate in force stays.
+    std::fs::write(&key, "not a key").unwrap();
+    let out = gw.cli(&["reload"], None).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("refused") && out.stderr.contains("TLS"), "{out:?}");
+    assert!(handshake_ok(&trusting(&new_ca, &gw), &gw).await);
+}

@@ -380,3 +380,65 @@ impl Pool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn backend(name: &str, port: u16) -> BackendConfig {
+        BackendConfig { name: name.to_owned(), url: format!("http://127.0.0.1:{port}"), ..BackendConfig::local() }
+    }
+
+    fn names(pool: &Pool) -> Vec<(String, bool)> {
+        pool.all().iter().map(|b| (b.name().to_owned(), b.is_retiring())).collect()
+    }
+
+    fn pool(backends: &[BackendConfig]) -> Pool {
+        let config = Config { backends: backends.to_vec(), ..Config::default() };
+        Pool::new(&config, "test").unwrap()
+    }
+
+    #[test]
+    fn a_reload_adds_at_once_and_drains_removed_and_changed_backends_before_they_leave() {
+        let pool = pool(&[backend("a", 1), backend("b", 2), backend("c", 3)]);
+        let c = pool.get("c").unwrap();
+        c.load().inflight.push("job-on-c".to_owned());
+        let mut a2 = backend("a", 1);
+        a2.max_inflight = 5;
+        let changes = pool.apply(&[a2.clone(), backend("d", 4)]).unwrap();
+        assert_eq!(changes.added.iter().map(|b| b.name()).collect::<Vec<_>>(), ["d"]);
+        assert_eq!(changes.changed, ["a"]);
+        assert_eq!(changes.removed, ["b", "c"]);
+        let expected = [("a", true), ("d", false), ("b", true), ("c", true)];
+        assert_eq!(names(&pool), expected.map(|(n, r)| (n.to_owned(), r)));
+        assert!(!pool.get("a").unwrap().has_room(), "a retiring backend takes no job");
+        assert!(pool.healthy().iter().all(|b| b.name() == "d"), "only d is in service");
+
+        // Without jobs, a leaves for its replacement and b goes; c waits for its job.
+        let started = pool.sweep();
+        assert_eq!(started.iter().map(|b| b.config.max_inflight).collect::<Vec<_>>(), [5]);
+        let expected = [("a", false), ("d", false), ("c", true)];
+        assert_eq!(names(&pool), expected.map(|(n, r)| (n.to_owned(), r)));
+        assert_eq!(pool.get("a").unwrap().config, a2);
+        c.load().inflight.clear();
+        assert!(pool.sweep().is_empty());
+        assert_eq!(names(&pool), [("a", false), ("d", false)].map(|(n, r)| (n.to_owned(), r)));
+    }
+
+    #[test]
+    fn a_backend_configured_again_as_it_was_comes_back_and_an_unusable_one_changes_nothing() {
+        let pool = pool(&[backend("a", 1), backend("b", 2)]);
+        pool.get("b").unwrap().load().inflight.push("job".to_owned());
+        pool.apply(&[backend("a", 1)]).unwrap();
+        assert!(pool.get("b").unwrap().is_retiring());
+        let changes = pool.apply(&[backend("a", 1), backend("b", 2)]).unwrap();
+        assert_eq!(changes.kept, ["b"]);
+        assert!(!pool.get("b").unwrap().is_retiring() && changes.removed.is_empty() && changes.added.is_empty());
+
+        let before = names(&pool);
+        let bad = BackendConfig { url: "http://".to_owned(), ..backend("z", 9) };
+        assert!(pool.apply(&[bad]).is_err());
+        assert_eq!(names(&pool), before, "refused whole");
+    }
+}

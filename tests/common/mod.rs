@@ -211,7 +211,8 @@ impl Gateway {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("comfygate listening on http://") {
+                let rest = line.strip_prefix("comfygate listening on http://");
+                if let Some(rest) = rest.or_else(|| line.strip_prefix("comfygate listening on https://")) {
                     let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
