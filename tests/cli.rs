@@ -14,13 +14,21 @@ fn offline_config() -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, config)
 }
 
+/// [`offline_config`] with a store made by `init`, whose first admin is `admin`.
+async fn offline_store(admin: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let (dir, config) = offline_config();
+    let pw = dir.path().join("admin-pw");
+    std::fs::write(&pw, format!("{USER_PW}\n")).unwrap();
+    cli_at(&config, &["init", "--admin-user", admin, "--admin-password-file", pw.to_str().unwrap()], None).await.ok();
+    (dir, config)
+}
+
 #[tokio::test]
 async fn user_add_list_duplicate_and_invalid_names() {
-    let (_dir, config) = offline_config();
+    let (_dir, config) = offline_store("root").await;
     let out = cli_at(&config, &["user", "add", "Bob", "--password-stdin"], Some(USER_PW)).await.ok();
     assert!(out.stdout.contains("created user `bob`"), "{out:?}");
     assert!(!out.stdout.contains(USER_PW), "a given password is never echoed");
-    cli_at(&config, &["user", "add", "root", "--role", "admin", "--password-stdin"], Some(USER_PW)).await.ok();
 
     let out = cli_at(&config, &["user", "list"], None).await.ok();
     let lines: Vec<&str> = out.stdout.lines().collect();
@@ -63,8 +71,7 @@ async fn usage_errors_exit_2() {
 
 #[tokio::test]
 async fn last_admin_cannot_be_disabled_or_removed() {
-    let (_dir, config) = offline_config();
-    cli_at(&config, &["user", "add", "root", "--role", "admin", "--password-stdin"], Some(USER_PW)).await.ok();
+    let (_dir, config) = offline_store("root").await;
     for args in [&["user", "disable", "root"][..], &["user", "remove", "root"], &["user", "role", "root", "user"]] {
         let out = cli_at(&config, args, None).await;
         assert_eq!(out.code, 65, "{args:?}: {out:?}");
@@ -237,4 +244,85 @@ async fn comfyui_login_import_without_keep_refuses_the_old_token() {
     assert_eq!(status, 401);
     assert_eq!(code_of(&body), "unknown_token");
     gw.login("legacy", "another-old-pw").await;
+}
+
+#[tokio::test]
+async fn relative_paths_in_the_config_file_mean_its_folder_and_account_commands_never_create_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let config = etc.join("comfygate.toml");
+    std::fs::write(
+        &config,
+        "[store]\ndata_dir = \"state\"\n[[backends]]\nname = \"sim\"\nurl = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    // The commands run in the crate's folder, not beside the file.
+    let expected = etc.join("state").join("comfygate.db");
+    let out = cli_at(&config, &["user", "list"], None).await;
+    assert_eq!(out.code, 69, "{out:?}");
+    assert!(out.stderr.contains("no store at") && out.stderr.contains(&expected.display().to_string()), "{out:?}");
+    assert!(!expected.exists() && !etc.join("state").exists(), "nothing was created");
+    for args in [&["user", "add", "dave"][..], &["token", "list"], &["audit"], &["user", "passwd", "dave"]] {
+        let out = cli_at(&config, args, None).await;
+        assert_eq!(out.code, 69, "{args:?}: {out:?}");
+        assert!(!expected.exists(), "{args:?} created a store");
+    }
+
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, format!("{USER_PW}\n")).unwrap();
+    cli_at(&config, &["init", "--admin-password-file", pw.to_str().unwrap()], None).await.ok();
+    assert!(expected.exists(), "init made the store beside the file");
+    cli_at(&config, &["user", "add", "dave", "--password-stdin"], Some(USER_PW)).await.ok();
+    let out = cli_at(&config, &["--verbose", "user", "list"], None).await.ok();
+    assert!(out.stdout.contains("dave"), "{out:?}");
+    assert!(out.stderr.contains(&format!("store: SQLite {}", expected.display())), "{out:?}");
+    assert!(out.stderr.contains(&format!("configuration: {}", config.display())), "{out:?}");
+}
+
+#[tokio::test]
+async fn a_port_in_use_fails_before_the_first_admin_is_made_so_the_next_start_shows_its_password() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default().server(&format!("listen = \"127.0.0.1:{port}\""));
+    let config = write_config(dir.path(), "http://127.0.0.1:9", &opts);
+    let config = {
+        // write_config sets its own listen line first; the one for this port replaces it.
+        let text = std::fs::read_to_string(&config).unwrap().replacen("listen = \"127.0.0.1:0\"\n", "", 1);
+        std::fs::write(&config, text).unwrap();
+        config
+    };
+    let out = cli_at(&config, &["serve"], None).await;
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("cannot listen"), "{out:?}");
+    assert!(!out.stdout.contains("password"), "no password shown by a start that failed: {out:?}");
+    let listed = cli_at(&config, &["user", "list"], None).await.ok();
+    assert!(!listed.stdout.contains("admin"), "no admin made: {listed:?}");
+
+    drop(taken);
+    let mut child = common::command(&config)
+        .arg("serve")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let seen = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut seen = String::new();
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.starts_with("comfygate listening on") {
+                break;
+            }
+        }
+        seen
+    });
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(20), seen).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let seen = seen.expect("the second start did not report listening").unwrap();
+    assert!(seen.contains("its password is: "), "the next start shows the password: {seen}");
 }

@@ -13,7 +13,7 @@ use comfygate::audit::{Audit, Context as Audited};
 use comfygate::auth::accounts::{Accounts, generate_password, parse_expiry};
 use comfygate::auth::legacy::parse_password_file;
 use comfygate::auth::maintenance::wait_until_applied;
-use comfygate::store::{self, Role, Store};
+use comfygate::store::{Role, Store};
 use comfygate::time::format_ms;
 
 use comfygate::limits::Limits;
@@ -37,8 +37,9 @@ fn print_limits(username: &str, limits: &Limits, set: &UserLimits) {
 /// How long to wait for running gateways to confirm a revocation.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub(super) async fn open(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Accounts)> {
-    let store = store::open(&config.store.database_url()).await.context("cannot open the store")?;
+/// Opens the configured store and its accounts (`create`: `init` only).
+pub(super) async fn open(config: &Config, create: bool) -> anyhow::Result<(Arc<dyn Store>, Accounts)> {
+    let store = super::open_store(config, create).await?;
     let audit = Arc::new(Audit::open(config, store.clone())?);
     let accounts = Accounts::new(store.clone(), &config.auth, audit);
     Ok((store, accounts))
@@ -91,7 +92,7 @@ pub async fn init(config: &Config, args: InitArgs) -> anyhow::Result<()> {
         Some(path) => Some(read_first_line(path)?),
         None => admin_password_from_env()?,
     };
-    let (_, accounts) = open(config).await?;
+    let (_, accounts) = open(config, true).await?;
     match accounts.ensure_first_admin(&args.admin_user, password.as_deref(), &Audited::cli()).await? {
         Some(first) => {
             println!("created admin `{}`", first.user.username);
@@ -106,7 +107,7 @@ pub async fn init(config: &Config, args: InitArgs) -> anyhow::Result<()> {
 
 /// `comfygate user ...`.
 pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
-    let (store, accounts) = open(config).await?;
+    let (store, accounts) = open(config, false).await?;
     match command {
         UserCommand::Add { username, role: r, password } => {
             let (password, generated) = new_password(&password)?;
@@ -182,7 +183,7 @@ pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
 
 /// `comfygate token ...`.
 pub async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
-    let (store, accounts) = open(config).await?;
+    let (store, accounts) = open(config, false).await?;
     match command {
         TokenCommand::Create { username, name, expires } => {
             let issued = accounts
@@ -239,7 +240,7 @@ pub async fn import_comfyui_login(
 ) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let legacy = parse_password_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let (_, accounts) = open(config).await?;
+    let (_, accounts) = open(config, true).await?;
     let imported = accounts.import_comfyui_login(&legacy, username, keep_legacy_token, &Audited::cli()).await?;
     println!(
         "imported ComfyUI-Login admin `{}`: log in with the old password (it is upgraded to argon2id on first login)",

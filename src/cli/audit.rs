@@ -1,11 +1,10 @@
 //! `comfygate audit`: the audit events in the store, newest first, as aligned lines for people
 //! or exactly the JSON lines (`--json`) for `jq`.
 
-use anyhow::Context;
 use serde_json::Value;
 
 use comfygate::Config;
-use comfygate::store::{self, AuditQuery};
+use comfygate::store::AuditQuery;
 use comfygate::time::now_ms;
 
 use super::AuditArgs;
@@ -15,7 +14,7 @@ pub async fn list(config: &Config, args: AuditArgs) -> anyhow::Result<()> {
     let since = args.since.map(|back| now_ms().saturating_sub(comfygate::time::ms(back)));
     let username = args.user.map(|u| u.trim().to_lowercase());
     let query = AuditQuery { username, event: args.event, since, limit: i64::from(args.limit) };
-    let store = store::open(&config.store.database_url()).await.context("cannot open the store")?;
+    let store = super::open_store(config, false).await?;
     let lines = store.audit_events(&query).await?;
     if args.json {
         for line in lines {

@@ -157,7 +157,7 @@ async fn write(config: &Config, args: WriteArgs) -> anyhow::Result<()> {
     let path = args.file.as_path();
     let text = envfile::read(path)?;
     let mut file = EnvFile::parse(text.as_deref().unwrap_or_default());
-    let (store, accounts) = open(config).await?;
+    let (store, accounts) = open(config, false).await?;
     let (replaced, note) = match file.get(&args.key) {
         Some(entry) => judge_old_value(&accounts, store.as_ref(), &args.user, &entry.value.clone()).await?,
         None => (None, String::new()),
@@ -225,7 +225,7 @@ async fn check(config: &Config, args: CheckArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: the store is not at this binary's schema: `comfygate doctor` says why");
         return Ok(ExitCode::from(69));
     }
-    let store = comfygate::store::open(&url).await.context("cannot open the store")?;
+    let store = super::open_store(config, false).await?;
     let now = now_ms();
     let report = envfile::check(store.as_ref(), &files, now).await?;
     if args.json {

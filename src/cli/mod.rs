@@ -11,15 +11,19 @@ mod serve;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use comfygate::Config;
 use comfygate::auth::AccountError;
 use comfygate::config::ConfigError;
 use comfygate::envfile::EnvFileError;
-use comfygate::store::StoreError;
 use comfygate::store::running::RunLockError;
 use comfygate::store::schema::SchemaError;
+use comfygate::store::{self, Store, StoreError};
 
 /// A secure, multi-user front door for ComfyUI.
 #[derive(Parser)]
@@ -28,6 +32,9 @@ pub struct Cli {
     /// Configuration file (default: ./comfygate.toml when it exists).
     #[arg(long, short, global = true, env = "COMFYGATE_CONFIG")]
     config: Option<PathBuf>,
+    /// Say which configuration file and store a command uses (on standard error).
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -274,6 +281,13 @@ pub fn main() -> ExitCode {
         ExitCode::from(exit_code(&error))
     };
     let config_path = config_path(cli.config);
+    if cli.verbose {
+        VERBOSE.store(true, Ordering::Relaxed);
+        match &config_path {
+            Some(path) => eprintln!("configuration: {}", std::path::absolute(path).unwrap_or(path.clone()).display()),
+            None => eprintln!("configuration: built-in defaults (no --config, no ./comfygate.toml)"),
+        }
+    }
     let config = Config::load(config_path.as_deref(), std::env::vars());
     if let Command::Doctor(args) = cli.command {
         // The doctor reports a bad configuration as one of its checks.
@@ -335,6 +349,20 @@ async fn run(command: Command, config: Config, config_path: Option<PathBuf>) -> 
         Command::Doctor(args) => return doctor::run(Ok(config), args).await,
     }?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--verbose`: commands name the store they open.
+static VERBOSE: AtomicBool = AtomicBool::new(false);
+
+/// Opens the configured store for a command. Only `serve` and `init` create a missing one
+/// (`create`); `--verbose` names it.
+pub async fn open_store(config: &Config, create: bool) -> anyhow::Result<Arc<dyn Store>> {
+    let url = config.store.database_url();
+    if VERBOSE.load(Ordering::Relaxed) {
+        eprintln!("store: {}", store::describe(&url));
+    }
+    let opened = if create { store::open(&url).await } else { store::open_existing(&url).await };
+    opened.with_context(|| format!("cannot open the store ({})", store::describe(&url)))
 }
 
 /// The configuration file: the one named, else `./comfygate.toml` when it exists.

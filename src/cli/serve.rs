@@ -28,25 +28,35 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     store::private::warn_if_shared(data_dir);
     // Held until this function returns: one gateway per data folder (`restore` and `reload` ask it).
     let _serving = store::running::RunLock::acquire(data_dir)?;
-    let store = store::open(&url).await.context("cannot open the store")?;
+    let store =
+        store::open(&url).await.with_context(|| format!("cannot open the store ({})", store::describe(&url)))?;
+    tracing::info!(store = %store::describe(&url), data_dir = %data_dir.display(), "store opened");
 
     let admin_user = std::env::var("COMFYGATE_ADMIN_USER").unwrap_or_else(|_| "admin".to_owned());
     let admin_password = admin_password_from_env()?;
     let backends: Vec<String> = config.backends.iter().map(|b| format!("{} → {}", b.name, b.url)).collect();
     let scheme = if config.server.tls.is_some() { "https" } else { "http" };
     let app = App::new(config, store.clone()).await?;
+    // Bound before the first admin is made: a port in use fails before a password is shown
+    // (and lost with the failed start).
+    let running = app::start(app).await?;
     let first_start = Audited::gateway("first_start");
-    if let Some(first) =
-        app.auth.accounts().ensure_first_admin(&admin_user, admin_password.as_deref(), &first_start).await?
-    {
-        println!("comfygate: created the first admin account `{}`", first.user.username);
-        if let Some(password) = first.generated_password {
-            println!("comfygate: its password is: {password}");
-            println!("comfygate: (shown only this once; change it on /comfygate/account after logging in)");
+    let first = running.app().auth.accounts().ensure_first_admin(&admin_user, admin_password.as_deref(), &first_start);
+    match first.await {
+        Ok(Some(first)) => {
+            println!("comfygate: created the first admin account `{}`", first.user.username);
+            if let Some(password) = first.generated_password {
+                println!("comfygate: its password is: {password}");
+                println!("comfygate: (shown only this once; change it on /comfygate/account after logging in)");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            running.shutdown().await;
+            store.close().await;
+            return Err(e.into());
         }
     }
-
-    let running = app::start(app).await?;
     if let Some(at) = running.metrics_addr {
         println!("comfygate metrics on http://{at}{}", comfygate::edge::metrics::PATH);
     }

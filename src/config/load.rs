@@ -2,7 +2,9 @@
 //!
 //! Environment keys use `__` for nesting: `COMFYGATE_SERVER__LISTEN=0.0.0.0:8080`,
 //! `COMFYGATE_AUTH__SESSION_IDLE_TIMEOUT=1h`. Secrets can come from files:
-//! `COMFYGATE_STORE__URL_FILE=/run/secrets/db_url`.
+//! `COMFYGATE_STORE__URL_FILE=/run/secrets/db_url`. Relative paths in the file (and the
+//! default data folder) are relative to the file's folder; those from the environment to the
+//! current one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,7 @@ use std::path::{Path, PathBuf};
 use http::Uri;
 use toml::{Table, Value};
 
-use super::{BackendConfig, Config};
+use super::{BackendConfig, Config, Secret};
 
 /// `COMFYGATE_*` variables that are not configuration keys.
 pub const RESERVED_ENV: &[&str] = &[
@@ -69,19 +71,25 @@ impl Config {
             }
             None => (Table::new(), "built-in defaults".to_owned()),
         };
-        Config::from_table(table, origin, env)
+        // Relative paths in a file mean the file's folder, wherever the command runs.
+        let base = path.map(|p| {
+            let folder = p.parent().filter(|f| !f.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf())
+        });
+        Config::from_table(table, origin, env, base.as_deref())
     }
 
     /// Parses a TOML document with no environment overrides (examples, tests).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let table = parse_toml(text, Path::new("<text>"))?;
-        Config::from_table(table, "config file <text>".to_owned(), std::iter::empty())
+        Config::from_table(table, "config file <text>".to_owned(), std::iter::empty(), None)
     }
 
     fn from_table(
         mut table: Table,
         file_origin: String,
         env: impl IntoIterator<Item = (String, String)>,
+        base: Option<&Path>,
     ) -> Result<Config, ConfigError> {
         let overrides = env_overrides(env)?;
         for (key, (var, value)) in &overrides {
@@ -105,8 +113,40 @@ impl Config {
         if config.backends.is_empty() {
             config.backends.push(BackendConfig::local());
         }
+        if let Some(base) = base {
+            // Values from the environment keep meaning the current folder.
+            let from_env = |key: &str| origin_of(key) != file_origin;
+            config.resolve_paths(base, &from_env);
+        }
         config.validate().map_err(|(key, message)| ConfigError::Invalid { origin: origin_of(&key), key, message })?;
         Ok(config)
+    }
+
+    /// Makes the relative paths of the file (and the defaults) relative to `base` instead of
+    /// the current folder; keys `from_env` are left as they are.
+    fn resolve_paths(&mut self, base: &Path, from_env: &dyn Fn(&str) -> bool) {
+        let under = |path: &mut PathBuf, key: &str| {
+            if path.is_relative() && !from_env(key) {
+                *path = base.join(&*path);
+            }
+        };
+        under(&mut self.store.data_dir, "store.data_dir");
+        if let Some(file) = self.audit.file.as_mut() {
+            under(file, "audit.file");
+        }
+        if let Some(tls) = self.server.tls.as_mut() {
+            under(&mut tls.cert_file, "server.tls.cert_file");
+            under(&mut tls.key_file, "server.tls.key_file");
+        }
+        if let Some(url) = &self.store.url {
+            let relative_sqlite = url
+                .expose()
+                .strip_prefix("sqlite://")
+                .filter(|rest| !rest.is_empty() && !rest.starts_with('/') && !rest.starts_with(":memory:"));
+            if let (Some(rest), false) = (relative_sqlite, from_env("store.url")) {
+                self.store.url = Some(Secret::new(format!("sqlite://{}", base.join(rest).display())));
+            }
+        }
     }
 
     fn validate(&self) -> Result<(), (String, String)> {

@@ -40,6 +40,12 @@ pub enum StoreError {
     /// The URL names no supported database.
     #[error("unsupported database URL (use sqlite://path or postgres://...)")]
     UnsupportedUrl,
+    /// The SQLite file does not exist (and this command does not create stores).
+    #[error(
+        "no store at {0}: `comfygate serve` or `comfygate init` creates it; check that --config names the \
+         gateway's configuration (relative paths in it are resolved against its folder)"
+    )]
+    Missing(String),
     /// The data folder or database file could not be created or made private.
     #[error("cannot create {path} readable by the gateway only: {source}")]
     DataDir {
@@ -220,7 +226,8 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_token_addresses(&self, token_id: i64, event: &str, limit: i64) -> StoreResult<Vec<String>>;
 }
 
-/// Opens (and migrates) the database named by `url`.
+/// Opens (and migrates) the database named by `url`, creating a missing SQLite file (what
+/// `serve` and `init` do).
 pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
@@ -228,5 +235,36 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
         Ok(Arc::new(postgres::PostgresStore::open(url).await?))
     } else {
         Err(StoreError::UnsupportedUrl)
+    }
+}
+
+/// [`open`], but a SQLite file that does not exist is an error, not a new empty store: the
+/// commands that manage a gateway's accounts must not quietly work on another one.
+pub async fn open_existing(url: &str) -> StoreResult<Arc<dyn Store>> {
+    if let Some(file) = sqlite::file_of(url)? {
+        if !file.exists() {
+            return Err(StoreError::Missing(file.display().to_string()));
+        }
+    }
+    open(url).await
+}
+
+/// Which store `url` names, for people: the SQLite file, or the PostgreSQL server and database
+/// without the password.
+pub fn describe(url: &str) -> String {
+    if let Ok(Some(file)) = sqlite::file_of(url) {
+        let file = std::path::absolute(&file).unwrap_or(file);
+        return format!("SQLite {}", file.display());
+    }
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.split('?').next().unwrap_or_default();
+            let rest = match rest.rsplit_once('@') {
+                Some((user, host)) => format!("{}@{host}", user.split(':').next().unwrap_or_default()),
+                None => rest.to_owned(),
+            };
+            format!("PostgreSQL {scheme}://{rest}")
+        }
+        None => "an unrecognised store URL".to_owned(),
     }
 }

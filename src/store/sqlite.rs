@@ -1,6 +1,6 @@
 //! The embedded default: SQLite in WAL mode.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -17,6 +17,15 @@ use super::{
 };
 
 /// A [`Store`](super::Store) on a SQLite file.
+/// The file a `sqlite:` URL names (`None`: not a SQLite URL, or an in-memory database).
+pub(super) fn file_of(url: &str) -> StoreResult<Option<PathBuf>> {
+    if !url.starts_with("sqlite:") {
+        return Ok(None);
+    }
+    let file = SqliteConnectOptions::from_str(url)?.get_filename().to_path_buf();
+    Ok((!file.as_os_str().is_empty() && file.as_os_str() != ":memory:").then_some(file))
+}
+
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
 }
