@@ -257,6 +257,9 @@ async fn restore_installs_the_copy_keeps_the_replaced_store_and_the_gateway_serv
         "a user created after the backup is gone: {users:?}"
     );
 
+    let events = gw.cli(&["audit", "--event", "store_restored", "--json"], None).await.ok();
+    assert!(events.stdout.contains("backup.db") && events.stdout.contains(".replaced-"), "{events:?}");
+
     let gw = gw.start_again().await;
     gw.login("before", USER_PW).await;
     gw.login("admin", ADMIN_PW).await;

@@ -70,18 +70,19 @@ pub async fn backup(config: &Config, args: BackupArgs) -> anyhow::Result<()> {
     }
     // Recorded only when the store is current: opening it to write the event would migrate it.
     if copy.schema.is_current() {
-        if let Err(e) = record(config, &url, &copy.path.display().to_string(), copy.bytes).await {
+        let event =
+            Event::success("store_backed_up").field("file", copy.path.display().to_string()).field("bytes", copy.bytes);
+        if let Err(e) = record(config, &url, event).await {
             eprintln!("warning: the backup is written, but its audit event is not: {e:#}");
         }
     }
     Ok(())
 }
 
-/// The `store_backed_up` audit event (file and store).
-async fn record(config: &Config, url: &str, file: &str, bytes: u64) -> anyhow::Result<()> {
+/// Records `event` in the audit file and the store at `url`.
+async fn record(config: &Config, url: &str, event: Event) -> anyhow::Result<()> {
     let store = store::open(url).await?;
     let audit = Arc::new(Audit::open(config, store.clone())?);
-    let event = Event::success("store_backed_up").field("file", file).field("bytes", bytes);
     let recorded = audit.record(&Audited::cli(), event).await;
     store.close().await;
     Ok(recorded?)
@@ -125,7 +126,14 @@ pub async fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<()> {
         }
         None => println!("restore: there was no store before"),
     }
-    if !restored.schema.pending.is_empty() {
+    if restored.schema.is_current() {
+        let kept = restored.kept.first().map(|k| k.display().to_string());
+        let event = Event::success("store_restored").field("file", args.file.display().to_string()).field("kept", kept);
+        if let Err(e) = record(config, &url, event).await {
+            eprintln!("warning: the store is restored, but its audit event is not: {e:#}");
+        }
+    } else {
+        // Not recorded in the store: opening it to write the event would migrate it.
         println!("restore: the next `comfygate serve` migrates it to this comfygate's schema");
     }
     println!(
