@@ -260,9 +260,19 @@ async fn restore_installs_the_copy_keeps_the_replaced_store_and_the_gateway_serv
     let events = gw.cli(&["audit", "--event", "store_restored", "--json"], None).await.ok();
     assert!(events.stdout.contains("backup.db") && events.stdout.contains(".replaced-"), "{events:?}");
 
-    let gw = gw.start_again().await;
+    let mut gw = gw.start_again().await;
     gw.login("before", USER_PW).await;
     gw.login("admin", ADMIN_PW).await;
+
+    // Undone by restoring the kept store, with what its killed gateway left in its WAL.
+    gw.signal(rustix::process::Signal::KILL);
+    gw.exited(Duration::from_secs(10)).await;
+    gw.cli(&["restore", kept.to_str().unwrap()], None).await.ok();
+    let users = gw.cli(&["user", "list"], None).await.ok();
+    assert!(users.stdout.lines().any(|l| l.starts_with("after ")), "{users:?}");
+    let out = gw.cli(&["restore", store.to_str().unwrap()], None).await;
+    assert_eq!(out.code, 2, "the store itself: {out:?}");
+    assert!(out.stderr.contains("is the store itself"), "{out:?}");
 }
 
 /// A stopped gateway's configuration with an initialised store, and a backup of it.
@@ -329,6 +339,11 @@ async fn backup_refuses_to_overwrite_a_file_unless_forced_and_a_missing_store_is
     let out = cli_at(&config, &["backup", "--force", file.to_str().unwrap()], None).await.ok();
     assert!(out.stdout.contains("integrity ok"), "{out:?}");
     assert!(std::fs::read(&file).unwrap().starts_with(b"SQLite format 3\0"));
+
+    let store = store_path(dir.path());
+    let out = cli_at(&config, &["backup", "--force", &format!("{}-wal", store.display())], None).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("is the store itself"), "{out:?}");
 
     let empty = tempfile::tempdir().unwrap();
     let config = write_config(empty.path(), "http://127.0.0.1:9", &Options::default());

@@ -46,6 +46,8 @@ pub fn exit_code(error: &BackupError) -> u8 {
         }
         BackupError::Exists(_) | BackupError::NoFolder(_) => 73,
         BackupError::Io { .. } => 74,
+        // A wrong argument, as clap's usage errors.
+        BackupError::SameFile(_) => 2,
     }
 }
 

@@ -47,6 +47,9 @@ pub enum BackupError {
     /// The backup's file exists and `--force` was not given.
     #[error("{0} exists; pass --force to replace it")]
     Exists(PathBuf),
+    /// The file named is the store itself (or one of its side files).
+    #[error("{0} is the store itself")]
+    SameFile(PathBuf),
     /// The folder the file should go in does not exist.
     #[error("the folder {0} does not exist")]
     NoFolder(PathBuf),
@@ -173,13 +176,18 @@ pub async fn backup(url: &str, dest: &Path, force: bool) -> Result<Backup, Backu
     }
     let dest = std::path::absolute(dest).map_err(BackupError::io(dest))?;
     let (folder, name) = split(&dest)?;
+    if is_store_file(&folder.join(&name), &source) {
+        return Err(BackupError::SameFile(dest));
+    }
     if !force && fs::symlink_metadata(&dest).is_ok() {
         return Err(BackupError::Exists(dest));
     }
     let temp = folder.join(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
     let written = async {
         drop(create_private(&temp)?);
-        vacuum_into(url, &source, &temp).await?;
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| BackupError::Database { path: source.clone(), source: e })?;
+        vacuum_into(options, &source, &temp).await?;
         sync_file(&temp)?;
         let schema = check(&temp).await?;
         place(&temp, &dest, force)?;
@@ -207,11 +215,16 @@ pub async fn check(file: &Path) -> Result<Schema, BackupError> {
     }
     drop(opened);
     let damaged = |e: sqlx::Error| BackupError::Damaged { path: file.to_path_buf(), report: e.to_string() };
-    // Immutable: no lock and no `-wal`/`-shm` beside the file (it is a copy nobody writes).
+    // Immutable, a copy nobody writes: no lock and no `-shm` beside it. But a store with a `-wal`
+    // of its own (a kept `.replaced-` store whose gateway was killed) has committed transactions
+    // there, even its schema: that one is read as SQLite reads a live store.
+    let mut wal = file.as_os_str().to_owned();
+    wal.push("-wal");
+    let has_wal = fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
     let mut conn = SqliteConnectOptions::new()
         .filename(file)
         .read_only(true)
-        .immutable(true)
+        .immutable(!has_wal)
         .create_if_missing(false)
         .connect()
         .await
@@ -253,6 +266,9 @@ pub async fn restore(url: &str, data_dir: &Path, file: &Path) -> Result<Restored
     }
     // Refused early and cheaply, before anything is created or locked.
     check(file).await?;
+    if is_store_file(file, &target) {
+        return Err(BackupError::SameFile(file.to_path_buf()));
+    }
     let (folder, name) = split(&target)?;
     private::create_dir_all(data_dir).map_err(BackupError::io(data_dir))?;
     private::create_dir_all(folder).map_err(BackupError::io(folder))?;
@@ -262,7 +278,16 @@ pub async fn restore(url: &str, data_dir: &Path, file: &Path) -> Result<Restored
     })?;
     let temp = folder.join(format!(".{name}.restore-{}", uuid::Uuid::new_v4().simple()));
     let installed = async {
-        copy_private(file, &temp)?;
+        // A copy as `backup` makes one: FILE may be a store with a `-wal` of its own (a kept
+        // `.replaced-` store whose gateway was killed), which a byte copy would leave out.
+        drop(create_private(&temp)?);
+        vacuum_into(SqliteConnectOptions::new().filename(file), file, &temp).await.map_err(|e| match e {
+            BackupError::Database { source, .. } => {
+                BackupError::Damaged { path: file.to_path_buf(), report: source.to_string() }
+            }
+            other => other,
+        })?;
+        sync_file(&temp)?;
         // What is installed is what was checked: the copy, not the file (which could change).
         let schema = check(&temp).await?;
         let moved = move_aside(&target)?;
@@ -302,15 +327,33 @@ fn create_private(path: &Path) -> Result<File, BackupError> {
     Ok(file)
 }
 
-/// `VACUUM INTO` the empty file `temp`, on a read-only connection of its own.
-async fn vacuum_into(url: &str, source: &Path, temp: &Path) -> Result<(), BackupError> {
+/// Whether `candidate` names the store's file or one of its side files (by resolved path: the
+/// files need not exist).
+fn is_store_file(candidate: &Path, store: &Path) -> bool {
+    let resolve = |path: &Path| match (path.parent(), path.file_name()) {
+        (Some(folder), Some(name)) => {
+            let folder = if folder.as_os_str().is_empty() { Path::new(".") } else { folder };
+            fs::canonicalize(folder).ok().map(|f| f.join(name))
+        }
+        _ => None,
+    };
+    let (Some(candidate), Some(store)) = (resolve(candidate), resolve(store)) else { return false };
+    [""].into_iter().chain(SIDE_FILES).any(|suffix| {
+        let mut name = store.as_os_str().to_owned();
+        name.push(suffix);
+        candidate.as_os_str() == name
+    })
+}
+
+/// `VACUUM INTO` the empty file `temp` from the database `options` name, on a read-only
+/// connection of its own.
+async fn vacuum_into(options: SqliteConnectOptions, source: &Path, temp: &Path) -> Result<(), BackupError> {
     let database = |e| BackupError::Database { path: source.to_path_buf(), source: e };
     let into = temp.to_str().ok_or_else(|| BackupError::Io {
         path: temp.to_path_buf(),
         source: io::Error::new(io::ErrorKind::InvalidInput, "the path is not UTF-8"),
     })?;
-    let mut conn: SqliteConnection = SqliteConnectOptions::from_str(url)
-        .map_err(database)?
+    let mut conn: SqliteConnection = options
         .read_only(true)
         .create_if_missing(false)
         .busy_timeout(BUSY_TIMEOUT)
@@ -320,14 +363,6 @@ async fn vacuum_into(url: &str, source: &Path, temp: &Path) -> Result<(), Backup
     let copied = sqlx::query("VACUUM INTO ?").bind(into).execute(&mut conn).await;
     let _ = conn.close().await;
     copied.map(drop).map_err(database)
-}
-
-/// Copies `from` into the new private file `to`, synced.
-fn copy_private(from: &Path, to: &Path) -> Result<(), BackupError> {
-    let mut out = create_private(to)?;
-    let mut source = File::open(from).map_err(BackupError::io(from))?;
-    io::copy(&mut source, &mut out).map_err(BackupError::io(to))?;
-    out.sync_all().map_err(BackupError::io(to))
 }
 
 /// Gives `temp` the name `dest`: replacing it when `force`, else only if nothing took the name
