@@ -269,9 +269,12 @@ pub async fn restore(url: &str, data_dir: &Path, file: &Path) -> Result<Restored
     if is_store_file(file, &target) {
         return Err(BackupError::SameFile(file.to_path_buf()));
     }
-    let (folder, name) = split(&target)?;
+    // With no store yet, its folders are made (private) as `serve` would make them.
     private::create_dir_all(data_dir).map_err(BackupError::io(data_dir))?;
-    private::create_dir_all(folder).map_err(BackupError::io(folder))?;
+    if let Some(folder) = target.parent() {
+        private::create_dir_all(folder).map_err(BackupError::io(folder))?;
+    }
+    let (folder, name) = split(&target)?;
     let _lock = RunLock::acquire(data_dir).map_err(|e| match e {
         RunLockError::Held { pid, .. } => BackupError::Serving { path: data_dir.to_path_buf(), pid },
         other => BackupError::Lock(other),
@@ -469,6 +472,21 @@ mod tests {
         assert!(!dir.path().join("none").exists());
         assert!(matches!(store_file("postgres://x@y/z"), Err(BackupError::Postgres)));
         assert!(matches!(store_file("sqlite::memory:"), Err(BackupError::NoFile)));
+    }
+
+    #[tokio::test]
+    async fn restore_without_a_store_installs_the_copy_in_a_new_private_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = store_in(dir.path()).await;
+        let dest = dir.path().join("copy.db");
+        backup(&url, &dest, false).await.unwrap();
+        let data = dir.path().join("fresh");
+        let target = format!("sqlite://{}", data.join("comfygate.db").display());
+        let restored = restore(&target, &data, &dest).await.unwrap();
+        assert!(restored.kept.is_empty());
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&restored.installed), 0o600);
+        assert!(check(&restored.installed).await.unwrap().is_current());
     }
 
     #[tokio::test]
