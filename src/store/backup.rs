@@ -264,11 +264,11 @@ pub async fn restore(url: &str, data_dir: &Path, file: &Path) -> Result<Restored
     if let Some(holder) = RunLock::holder(data_dir).map_err(BackupError::Lock)? {
         return Err(BackupError::Serving { path: data_dir.to_path_buf(), pid: holder.pid });
     }
-    // Refused early and cheaply, before anything is created or locked.
-    check(file).await?;
     if is_store_file(file, &target) {
         return Err(BackupError::SameFile(file.to_path_buf()));
     }
+    // Refused early and cheaply, before anything is created or locked.
+    check(file).await?;
     // With no store yet, its folders are made (private) as `serve` would make them.
     private::create_dir_all(data_dir).map_err(BackupError::io(data_dir))?;
     if let Some(folder) = target.parent() {
