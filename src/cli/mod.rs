@@ -2,6 +2,7 @@
 
 mod accounts;
 mod audit;
+mod backup;
 mod doctor;
 mod env;
 mod logging;
@@ -65,6 +66,12 @@ enum Command {
     /// Make the running gateway re-read its configuration (as SIGHUP does) and say what it
     /// applied; exit 0 when it did, 1 when it refused the new one, 69 when none is running.
     Reload(reload::ReloadArgs),
+    /// Copy the SQLite store to FILE (0600) while the gateway serves, and check the copy; exit
+    /// 69 store missing, 73 FILE exists (use --force), 78 PostgreSQL store (use pg_dump).
+    Backup(backup::BackupArgs),
+    /// Replace the SQLite store with a copy made by `backup`, keeping the replaced one beside it;
+    /// refused while a gateway serves (69); exit 65 when FILE is not an intact comfygate store.
+    Restore(backup::RestoreArgs),
 }
 
 #[derive(Args)]
@@ -250,10 +257,14 @@ enum ImportCommand {
 }
 
 /// Exit codes (sysexits): data errors 65, store unavailable 69, configuration 78, a dotenv
-/// file that cannot be read or written 2 (as usage errors), other 1.
+/// file that cannot be read or written 2 (as usage errors), a backup that cannot be written 73
+/// (exists) or 74 (I/O), other 1.
 fn exit_code(error: &anyhow::Error) -> u8 {
     if error.downcast_ref::<ConfigError>().is_some() {
         return 78;
+    }
+    if let Some(e) = error.downcast_ref::<comfygate::store::backup::BackupError>() {
+        return backup::exit_code(e);
     }
     if error.downcast_ref::<EnvFileError>().is_some() {
         return 2;
@@ -342,6 +353,8 @@ async fn run(command: Command, config: Config, config_path: Option<PathBuf>) -> 
         Command::User(cmd) => accounts::user(&config, cmd).await,
         Command::Token(cmd) => accounts::token(&config, cmd).await,
         Command::Audit(args) => audit::list(&config, args).await,
+        Command::Backup(args) => backup::backup(&config, args).await,
+        Command::Restore(args) => backup::restore(&config, args).await,
         Command::Import(ImportCommand::ComfyuiLogin { path, username, keep_legacy_token }) => {
             accounts::import_comfyui_login(&config, &path, username.as_deref(), keep_legacy_token).await
         }

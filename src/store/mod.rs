@@ -3,6 +3,7 @@
 //! Reached only through the [`Store`] trait, with one implementation per database
 //! ([`sqlite`], [`postgres`]) sharing the same SQL ([`sql`]) and mirrored migrations.
 
+pub mod backup;
 mod model;
 mod postgres;
 pub mod private;

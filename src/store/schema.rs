@@ -30,6 +30,8 @@ pub struct Schema {
     pub unknown: Vec<i64>,
     /// Versions whose last run failed part-way.
     pub failed: Vec<i64>,
+    /// The highest version applied successfully (`None`: nothing applied, or no migration table).
+    pub latest: Option<i64>,
 }
 
 impl Schema {
@@ -78,6 +80,12 @@ async fn read(url: &str) -> StoreResult<Schema> {
 
 const APPLIED: &str = "SELECT version, success FROM _sqlx_migrations ORDER BY version";
 
+/// The migration state of an open SQLite connection (a copy being checked by
+/// [`super::backup`]), compared with this binary's.
+pub(super) async fn sqlite_schema(conn: &mut sqlx::SqliteConnection) -> StoreResult<Schema> {
+    Ok(compare(&applied_sqlite(conn).await?, &SQLITE))
+}
+
 /// `(version, success)` of every recorded migration.
 async fn applied_sqlite(conn: &mut sqlx::SqliteConnection) -> StoreResult<Vec<(i64, bool)>> {
     no_table_is_none(sqlx::query_as(APPLIED).fetch_all(conn).await)
@@ -109,6 +117,7 @@ fn compare(rows: &[(i64, bool)], migrator: &Migrator) -> Schema {
             .collect(),
         unknown: done.iter().copied().filter(|v| !known.contains(v)).collect(),
         failed: rows.iter().filter(|(_, ok)| !ok).map(|(v, _)| *v).collect(),
+        latest: done.iter().copied().max(),
     }
 }
 
