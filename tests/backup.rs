@@ -279,6 +279,9 @@ async fn restore_installs_the_copy_keeps_the_replaced_store_and_the_gateway_serv
 async fn offline_store() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "http://127.0.0.1:9", &Options::default());
+    let pw = dir.path().join("admin-pw");
+    std::fs::write(&pw, format!("{USER_PW}\n")).unwrap();
+    cli_at(&config, &["init", "--admin-password-file", pw.to_str().unwrap()], None).await.ok();
     cli_at(&config, &["user", "add", "bob", "--password-stdin"], Some(USER_PW)).await.ok();
     let backup = dir.path().join("good.db");
     cli_at(&config, &["backup", backup.to_str().unwrap()], None).await.ok();

@@ -374,8 +374,11 @@ pub async fn open_store(config: &Config, create: bool) -> anyhow::Result<Arc<dyn
     if VERBOSE.load(Ordering::Relaxed) {
         eprintln!("store: {}", store::describe(&url));
     }
-    let opened = if create { store::open(&url).await } else { store::open_existing(&url).await };
-    opened.with_context(|| format!("cannot open the store ({})", store::describe(&url)))
+    match if create { store::open(&url).await } else { store::open_existing(&url).await } {
+        Ok(store) => Ok(store),
+        Err(e @ StoreError::Missing(_)) => Err(e.into()),
+        Err(e) => Err(e).with_context(|| format!("cannot open the store ({})", store::describe(&url))),
+    }
 }
 
 /// The configuration file: the one named, else `./comfygate.toml` when it exists.
