@@ -492,3 +492,67 @@ async fn login_form_posted_from_another_site_is_refused() {
     assert_eq!(r.status(), 403);
     assert!(cookie_from(r.headers(), SESSION_COOKIE).is_none());
 }
+
+/// A browser's navigation to `path` with a session cookie, following up to 10 redirects.
+async fn browse(gw: &Gateway, path: &str, session: &str) -> reqwest::Response {
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::limited(10)).build().unwrap();
+    browser
+        .get(gw.at(path))
+        .header("accept", "text/html,application/xhtml+xml")
+        .header("sec-fetch-mode", "navigate")
+        .header("cookie", format!("{SESSION_COOKIE}={session}"))
+        .send()
+        .await
+        .expect("no redirect loop")
+}
+
+#[tokio::test]
+async fn a_bad_token_in_the_address_beside_a_valid_session_is_a_401_page_not_a_redirect_loop() {
+    let (_sim, gw) = setup().await;
+    let session = gw.login("admin", ADMIN_PW).await;
+    let revoked = gw.token("admin", "old").await;
+    gw.cli(&["token", "revoke", "admin", "old"], None).await.ok();
+    let cases = [
+        ("/?token=cg_stale", "unknown API token", "href=\"/\""),
+        ("/comfygate/api/whoami?token=cg_stale", "unknown API token", "href=\"/comfygate/api/whoami\""),
+        (
+            &format!("/view?filename=a.png&token={revoked}&type=output"),
+            "revoked",
+            "href=\"/view?filename=a.png&amp;type=output\"",
+        ),
+        ("/login?next=%2F%3Ftoken%3Dcg_stale", "unknown API token", "href=\"/\""),
+    ];
+    for (path, why, link) in cases {
+        let r = browse(&gw, path, &session).await;
+        assert_eq!(r.status(), 401, "{path}");
+        let page = r.text().await.unwrap();
+        assert!(page.contains(why), "{path}: the page says why: {page}");
+        assert!(page.contains(link), "{path}: a link to the page without the token: {page}");
+        assert!(!page.contains("cg_stale") && !page.contains(&revoked), "{path}: the token is not echoed");
+    }
+    // Without the token, the session works.
+    assert_eq!(browse(&gw, "/comfygate/api/whoami", &session).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_browser_whose_session_ended_is_told_why_on_the_login_page() {
+    let (_sim, gw) = setup().await;
+    gw.add_user("alice", "user").await;
+    let session = gw.login("alice", USER_PW).await;
+    gw.cli(&["user", "disable", "alice"], None).await.ok();
+    let r = browse(&gw, "/", &session).await;
+    assert_eq!(r.url().path(), "/login");
+    assert!(r.url().query().unwrap_or_default().contains("reason=user_disabled"), "{}", r.url());
+    assert!(r.text().await.unwrap().contains("This account is disabled"));
+
+    gw.cli(&["user", "enable", "alice"], None).await.ok();
+    let session = gw.login("alice", USER_PW).await;
+    gw.cli(&["user", "passwd", "alice", "--password-stdin"], Some("another-password-42")).await.ok();
+    let r = browse(&gw, "/", &session).await;
+    assert!(r.url().query().unwrap_or_default().contains("reason=session_ended"), "{}", r.url());
+    assert!(r.text().await.unwrap().contains("Your session has ended"));
+    // A made-up reason shows nothing.
+    let r = client().get(gw.at("/login?reason=%3Cscript%3E")).send().await.unwrap();
+    let page = r.text().await.unwrap();
+    assert!(!page.contains("script") && !page.contains("class=\"notice\""), "{page}");
+}

@@ -196,6 +196,8 @@ async fn a_dead_backend_loses_no_waiting_job_and_reports_the_running_one() {
     let error = messages.iter().find(|m| m[0] == "execution_error").unwrap();
     let message = error[1]["exception_message"].as_str().unwrap();
     assert!(message.contains("sim"), "the history names the failed backend: {message}");
+    let (_, listed) = gw.get_json("/history", &Auth::Bearer(&token)).await;
+    assert_eq!(listed[&running]["status"]["status_str"], "error", "GET /history lists the lost job too: {listed}");
     // Frames for the other jobs come too; read (bounded) until the error shows up.
     let mut seen = false;
     for _ in 0..500 {

@@ -29,11 +29,21 @@ pub async fn render_errors_for_browsers(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let Some(error) = response.extensions().get::<ErrorPage>().cloned() else { return response };
     if error.login_required {
-        let location = format!("/login?next={}", page::url_encode(&page::safe_next(&target)));
+        // The login page says why the session ended (a known code, never free text).
+        let why = match error.reason {
+            Some(code @ ("session_ended" | "session_expired" | "user_disabled")) => format!("&reason={code}"),
+            _ => String::new(),
+        };
+        let location = format!("/login?next={}{why}", page::url_encode(&page::safe_next(&target)));
         return (StatusCode::FOUND, [(LOCATION, location)]).into_response();
     }
     let status = response.status();
-    let mut page = Html(page::error_page(status, &error.message)).into_response();
+    // A bad `?token=` is answered here, not with the login page: a login would bring the
+    // browser back to the same address and the same refusal (a redirect loop).
+    let without_token =
+        error.reason.filter(|r| r.contains("token") || r.starts_with("malformed")).and(without_token(&target));
+    let link = without_token.as_deref().map(|href| ("Open this page without the token in its address", href));
+    let mut page = Html(page::error_page_with(status, &error.message, link)).into_response();
     *page.status_mut() = status;
     for name in [http::header::RETRY_AFTER, http::header::WWW_AUTHENTICATE] {
         if let Some(v) = response.headers().get(&name) {
@@ -41,4 +51,37 @@ pub async fn render_errors_for_browsers(req: Request, next: Next) -> Response {
         }
     }
     page::with_page_headers(page)
+}
+
+/// `target` without its `token` query parameters, when it has one.
+fn without_token(target: &str) -> Option<String> {
+    let (path, query) = target.split_once('?')?;
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    if !pairs.iter().any(|(k, _)| k == "token") {
+        return None;
+    }
+    let kept: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| k != "token").collect();
+    if kept.is_empty() {
+        return Some(page::safe_next(path));
+    }
+    let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(kept.iter().map(|(k, v)| (k, v))).finish();
+    Some(page::safe_next(&format!("{path}?{query}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_parameter_is_taken_out_of_an_address_and_nothing_else() {
+        assert_eq!(without_token("/?token=cg_x").as_deref(), Some("/"));
+        assert_eq!(
+            without_token("/view?filename=a.png&token=cg_x&type=output").as_deref(),
+            Some("/view?filename=a.png&type=output")
+        );
+        assert_eq!(without_token("/x?token=a&token=b").as_deref(), Some("/x"));
+        assert_eq!(without_token("/x?tokens=a"), None);
+        assert_eq!(without_token("/x"), None);
+        assert_eq!(without_token("//evil.test/?token=a").as_deref(), Some("/"), "never off the gateway");
+    }
 }

@@ -62,8 +62,11 @@ pub enum ApiError {
 pub struct ErrorPage {
     /// The message shown.
     pub message: String,
-    /// Whether logging in would help.
+    /// Whether logging in would help (no credential, or a session that ended); a bad token in
+    /// the request is not helped by a login, which would send the browser back to it.
     pub login_required: bool,
+    /// The authentication failure's code (`session_expired`, `token_revoked`...), if any.
+    pub reason: Option<&'static str>,
 }
 
 impl ApiError {
@@ -139,8 +142,20 @@ impl IntoResponse for ApiError {
         if let Some(retry_after) = self.retry_after() {
             headers.insert(RETRY_AFTER, retry_after);
         }
-        let login_required = matches!(self, ApiError::Unauthenticated(ref f) if status == StatusCode::UNAUTHORIZED && f != &AuthFailure::Unavailable);
-        response.extensions_mut().insert(ErrorPage { message, login_required });
+        let (login_required, reason) = match &self {
+            ApiError::Unauthenticated(f) if status == StatusCode::UNAUTHORIZED => (
+                matches!(
+                    f,
+                    AuthFailure::MissingCredentials
+                        | AuthFailure::UnknownSession
+                        | AuthFailure::SessionExpired
+                        | AuthFailure::UserDisabled
+                ),
+                Some(f.code()),
+            ),
+            _ => (false, None),
+        };
+        response.extensions_mut().insert(ErrorPage { message, login_required, reason });
         response
     }
 }

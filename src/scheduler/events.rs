@@ -231,10 +231,17 @@ impl Scheduler {
             // A job ended here without its backend's word that had started: lost with it.
             self.count_end(state, job.started_at.is_some(), job.started_at);
         }
-        let outcome = job.as_mut().map(|job| {
-            let mut record = job.record.take().unwrap_or_default();
+        // A failed job always gets an entry, held or not: `GET /history` lists what
+        // `/history/{id}` shows.
+        let ran = match job.as_mut() {
+            Some(job) => Some((
+                job.record.take().unwrap_or_default(),
+                job.requirements.as_ref().map(|r| r.outputs.clone()).unwrap_or_default(),
+            )),
+            None => (state == JobState::Failed).then(|| (Box::default(), Vec::new())),
+        };
+        let outcome = ran.map(|(mut record, outputs)| {
             record.messages.push(json!(["execution_error", execution_error(id, reason)]));
-            let outputs = job.requirements.as_ref().map(|r| r.outputs.clone()).unwrap_or_default();
             record.outcome(false, &outputs)
         });
         self.end_job(id, state, None, Some(reason), outcome.as_deref()).await;

@@ -25,6 +25,9 @@ pub struct LoginQuery {
     next: String,
     #[serde(default)]
     changed: Option<String>,
+    /// Why the browser was sent here (a known code; anything else is ignored).
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 /// `POST /login` form.
@@ -47,13 +50,21 @@ pub async fn show(
     headers: HeaderMap,
     query: Result<Query<LoginQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let (next, changed) = query.map(|Query(q)| (q.next, q.changed.is_some())).unwrap_or_default();
+    let (next, changed, reason) = query.map(|Query(q)| (q.next, q.changed.is_some(), q.reason)).unwrap_or_default();
     if let Some(session) = cookie_value(&headers, &app.config.auth.cookie_name) {
         if app.auth.authenticate(&Presented::SessionCookie(session)).await.is_ok() {
             return Redirect::to(&safe_next(&next)).into_response();
         }
     }
-    let notice = changed.then_some("Your password was changed. Log in with the new one.");
+    let notice = match reason.as_deref() {
+        _ if changed => Some("Your password was changed. Log in with the new one."),
+        Some("session_ended") => Some(
+            "Your session has ended (you logged out elsewhere, your password was changed, or an admin ended it). Log in again.",
+        ),
+        Some("session_expired") => Some("Your session has expired. Log in again."),
+        Some("user_disabled") => Some("This account is disabled: ask an administrator."),
+        _ => None,
+    };
     render(&client, StatusCode::OK, &next, notice, None, "")
 }
 

@@ -93,11 +93,20 @@ pub fn layout(title: &str, body: &str) -> String {
 
 /// A readable page for an error status.
 pub fn error_page(status: StatusCode, message: &str) -> String {
+    error_page_with(status, message, None)
+}
+
+/// [`error_page`] with a first link `(text, local href)`, e.g. the same page without a bad
+/// token.
+pub fn error_page_with(status: StatusCode, message: &str, link: Option<(&str, &str)>) -> String {
     let title = status.canonical_reason().unwrap_or("Error");
+    let first = link
+        .map(|(text, href)| format!(r#"<a href="{}">{}</a> · "#, escape(&safe_next(href)), escape(text)))
+        .unwrap_or_default();
     layout(
         title,
         &format!(
-            r#"<div class="card"><h1>{code} · {title}</h1><p class="error">{message}</p><p><a href="/">Back to ComfyUI</a> · <a href="/comfygate/account">Your account</a></p></div>"#,
+            r#"<div class="card"><h1>{code} · {title}</h1><p class="error">{message}</p><p>{first}<a href="/">Back to ComfyUI</a> · <a href="/comfygate/account">Your account</a></p></div>"#,
             code = status.as_u16(),
             title = escape(title),
             message = escape(message),
