@@ -161,3 +161,33 @@ async fn comfyui_manager_files_in_user_data_are_403_for_a_user_in_every_spelling
     assert_eq!(r.status(), 403, "a name leaving the user's folder: ComfyUI's own answer");
     assert!(common::client_requests(&sim).is_empty(), "none of these reached ComfyUI");
 }
+
+#[tokio::test]
+async fn behind_a_proxy_that_rewrites_host_the_refusal_names_the_origin_and_server_public_url_which_fixes_it() {
+    let (_sim, gw) = setup_with(Options::default()).await;
+    let cookie = gw.login("admin", ADMIN_PW).await;
+    let post = |gw: &Gateway| {
+        client()
+            .post(gw.at("/prompt"))
+            .header("cookie", format!("{SESSION_COOKIE}={cookie}"))
+            .header("origin", "https://comfy.example.com")
+            .json(&common::workflow("proxied", 1))
+    };
+    let r = post(&gw).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let message = body.to_string();
+    assert!(message.contains("https://comfy.example.com"), "{message}");
+    assert!(message.contains("server.public_url = \\\"https://comfy.example.com\\\""), "{message}");
+    let audit = std::fs::read_to_string(gw.dir.path().join("data").join("audit.jsonl")).unwrap();
+    let line = audit.lines().find(|l| l.contains("cross_site_refused")).expect("audited");
+    assert!(line.contains("https://comfy.example.com") && line.contains("server.public_url"), "{line}");
+
+    // The setting it names lets the same request through.
+    let config = std::fs::read_to_string(&gw.config).unwrap();
+    let config = config.replacen("[server]\n", "[server]\npublic_url = \"https://comfy.example.com\"\n", 1);
+    std::fs::write(&gw.config, config).unwrap();
+    let gw = gw.restart().await;
+    let r = post(&gw).send().await.unwrap();
+    assert_ne!(r.status(), 403, "{:?}", r.text().await);
+}

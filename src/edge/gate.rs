@@ -48,9 +48,9 @@ async fn forward(app: &AppState, caller: Caller, client: ClientInfo, req: Reques
     if caller.presented.is_ambient() {
         let (method, headers, authority) = (req.method(), req.headers(), req.uri().authority());
         if let Some(reason) = origin::refuse_for_comfyui(method, headers, authority, class, &app.allowed_hosts) {
-            let event = Event::refused("cross_site_refused").user(&identity.username).reason(reason);
+            let event = Event::refused("cross_site_refused").user(&identity.username).reason(reason.clone());
             app.audit.note(&of_headers(req.headers(), &client), event.field("path_class", class_name(class))).await;
-            return Err(ApiError::Forbidden(reason.to_owned()));
+            return Err(ApiError::Forbidden(reason));
         }
     }
     if class == RouteClass::Admin && !identity.is_admin() {

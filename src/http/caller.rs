@@ -51,9 +51,9 @@ impl Caller {
             app.auth.authenticate_on(&presented, memo).await.map_err(|failure| refused(app, client, failure))?;
         if presented.is_ambient() && (origin::is_unsafe(&parts.method) || is_upgrade(&parts.headers)) {
             if let Some(reason) = origin::cross_site_at(&parts.headers, parts.uri.authority(), &app.allowed_hosts) {
-                let event = Event::refused("cross_site_refused").user(&identity.username).reason(reason);
+                let event = Event::refused("cross_site_refused").user(&identity.username).reason(reason.clone());
                 app.audit.note(&context(parts, client), event.field("path_class", "gateway")).await;
-                return Err(ApiError::Forbidden(reason.to_owned()));
+                return Err(ApiError::Forbidden(reason));
             }
         }
         if matches!(identity.method, AuthMethod::Token { .. }) {

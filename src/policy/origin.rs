@@ -20,18 +20,14 @@ pub fn is_unsafe(method: &Method) -> bool {
 /// `Some(reason)` when the request comes from another site; `allowed_hosts` are the
 /// `host[:port]` values users reach the gateway by (the request's own `Host` always counts,
 /// and without one, as under HTTP/2, the `authority` its URI holds).
-pub fn cross_site_at(
-    headers: &HeaderMap,
-    authority: Option<&Authority>,
-    allowed_hosts: &[String],
-) -> Option<&'static str> {
+pub fn cross_site_at(headers: &HeaderMap, authority: Option<&Authority>, allowed_hosts: &[String]) -> Option<String> {
     if fetch_site_is(headers, "cross-site") {
-        return Some("cross-site request refused (Sec-Fetch-Site: cross-site)");
+        return Some("cross-site request refused (Sec-Fetch-Site: cross-site)".to_owned());
     }
     let origin = headers.get(ORIGIN)?;
     let origin = origin.to_str().ok().and_then(|o| o.parse::<Uri>().ok());
     let Some(origin_host) = origin.as_ref().and_then(|o| o.authority()).map(|a| a.as_str().to_ascii_lowercase()) else {
-        return Some("cross-site request refused (opaque or invalid Origin)");
+        return Some("cross-site request refused (opaque or invalid Origin)".to_owned());
     };
     let own_host = headers
         .get(HOST)
@@ -40,8 +36,23 @@ pub fn cross_site_at(
         .map(str::to_ascii_lowercase);
     let same = own_host.as_deref() == Some(origin_host.as_str())
         || allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(&origin_host));
-    if same { None } else { Some("cross-site request refused (Origin does not match this gateway)") }
+    if same {
+        return None;
+    }
+    // Both names passed URI parsing (no quotes, spaces or controls); cut to keep logs bounded.
+    let cut = |s: &str| s.chars().take(MAX_SHOWN).collect::<String>();
+    let scheme = origin.as_ref().and_then(Uri::scheme_str).filter(|s| matches!(*s, "http" | "https")).unwrap_or("https");
+    Some(format!(
+        "cross-site request refused: the Origin {scheme}://{origin} is not this gateway's address ({own}); if users \
+         reach the gateway at {scheme}://{origin} (a proxy in front that rewrites Host), set server.public_url = \
+         \"{scheme}://{origin}\"",
+        origin = cut(&origin_host),
+        own = own_host.as_deref().map_or_else(|| "no Host header".to_owned(), cut),
+    ))
 }
+
+/// Longest host name shown in a refusal.
+const MAX_SHOWN: usize = 100;
 
 /// `Some(reason)` when a request carrying the session cookie must not reach a ComfyUI route
 /// of `class`: it comes from another site (`Sec-Fetch-Site: cross-site` or `same-site`, or a
@@ -53,11 +64,11 @@ pub fn refuse_for_comfyui(
     authority: Option<&Authority>,
     class: RouteClass,
     allowed_hosts: &[String],
-) -> Option<&'static str> {
+) -> Option<String> {
     let reason = cross_site_at(headers, authority, allowed_hosts).or_else(|| {
         // A sibling host of the same site is another origin: the gateway's own frontend
         // never sends this.
-        fetch_site_is(headers, "same-site").then_some("cross-site request refused (Sec-Fetch-Site: same-site)")
+        fetch_site_is(headers, "same-site").then(|| "cross-site request refused (Sec-Fetch-Site: same-site)".to_owned())
     })?;
     if class == RouteClass::Page && is_top_level_navigation(method, headers) { None } else { Some(reason) }
 }
@@ -80,7 +91,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn cross_site(headers: &HeaderMap, allowed: &[String]) -> Option<&'static str> {
+    fn cross_site(headers: &HeaderMap, allowed: &[String]) -> Option<String> {
         cross_site_at(headers, None, allowed)
     }
 
@@ -90,6 +101,17 @@ mod tests {
             h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn a_foreign_origin_is_named_with_the_setting_that_would_allow_it() {
+        let behind_proxy = parts(&[("host", "127.0.0.1:8080"), ("origin", "https://Comfy.Example.com")]);
+        let reason = cross_site(&behind_proxy, &[]).unwrap();
+        assert!(reason.contains("https://comfy.example.com is not this gateway's address (127.0.0.1:8080)"), "{reason}");
+        assert!(reason.contains(r#"server.public_url = "https://comfy.example.com""#), "{reason}");
+        let long = format!("http://{}.test", "a".repeat(300));
+        let reason = cross_site(&parts(&[("host", "gw"), ("origin", &long)]), &[]).unwrap();
+        assert!(reason.len() < 500, "bounded: {reason}");
     }
 
     #[test]
