@@ -411,3 +411,23 @@ async fn reload_puts_new_tls_certificate_files_in_force_for_new_connections() {
     assert!(out.stderr.contains("refused") && out.stderr.contains("TLS"), "{out:?}");
     assert!(handshake_ok(&trusting(&new_ca, &gw), &gw).await);
 }
+
+#[tokio::test]
+async fn a_backend_that_stays_down_is_logged_once_not_at_every_check_and_logs_carry_no_colours() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let fast = "[scheduler]\nhealth_interval = \"50ms\"\nhealth_timeout = \"1s\"\nunhealthy_after = 2";
+    let gw = Gateway::start_with(&dead, Options::default().extra(fast)).await;
+    let token = gw.token("admin", "t").await;
+    poll(Duration::from_secs(20), "30 failed health checks", || async {
+        let (_, state) = gw.get_json("/comfygate/api/backends", &Auth::Bearer(&token)).await;
+        (state["backends"][0]["failures"].as_u64()? >= 30).then_some(())
+    })
+    .await;
+    let log = gw.stderr();
+    assert_eq!(log.matches("backend taken out of service").count(), 1, "{log}");
+    assert!(!log.contains("backend connection failed"), "not one line per check: {log}");
+    assert!(log.contains("Connection refused") || log.contains("connection failed ("), "the cause is named: {log}");
+    assert!(!log.contains('\u{1b}'), "no ANSI colours into a pipe: {log:?}");
+}

@@ -23,6 +23,8 @@ pub async fn watch_backend(
     let mut tick = tokio::time::interval(config.health_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut refreshed: Option<Instant> = None;
+    // While it is down: when it was last said (the first time by `request_failed`).
+    let mut said_down: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -55,10 +57,38 @@ pub async fn watch_backend(
                 }
             }
             Ok((status, _)) => {
-                pool.request_failed(&backend, &format!("health check answered {status}"), config.unhealthy_after)
+                pool.request_failed(&backend, &format!("health check answered {status}"), config.unhealthy_after);
+                remind_while_down(&backend, &mut said_down);
             }
-            Err(e) => pool.request_failed(&backend, &e.to_string(), config.unhealthy_after),
+            Err(e) => {
+                pool.request_failed(&backend, &e.to_string(), config.unhealthy_after);
+                remind_while_down(&backend, &mut said_down);
+            }
         }
+        if backend.is_healthy() {
+            said_down = None;
+        }
+    }
+}
+
+/// How often a backend that stays down is mentioned again.
+const DOWN_REMINDER: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A backend out of service is logged when it goes down, then every [`DOWN_REMINDER`], not at
+/// every failed check.
+fn remind_while_down(backend: &Backend, said: &mut Option<Instant>) {
+    let (down, failures, error) = {
+        let load = backend.load();
+        (!load.healthy, load.failures, load.last_error.clone().unwrap_or_default())
+    };
+    match *said {
+        _ if !down => {}
+        None => *said = Some(Instant::now()),
+        Some(at) if at.elapsed() >= DOWN_REMINDER => {
+            tracing::warn!(backend = backend.name(), failures, error, "backend still out of service");
+            *said = Some(Instant::now());
+        }
+        Some(_) => {}
     }
 }
 

@@ -1,6 +1,8 @@
 //! Log output: `tracing` to standard error, as text or JSON lines, with a filter a reload can
 //! replace.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -38,8 +40,10 @@ pub fn init(config: &LogConfig) -> anyhow::Result<LogFilter> {
     let filter = std::env::var(OVERRIDE).unwrap_or_else(|_| config.level.clone());
     let (filter, handle) = reload::Layer::new(parse(&filter)?);
     let registry = tracing_subscriber::registry().with(filter);
+    // Colours only for a person at a terminal (https://no-color.org), never into files or pipes.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let result = match config.format {
-        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init(),
+        LogFormat::Text => registry.with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).try_init(),
         LogFormat::Json => registry.with(fmt::layer().json().with_writer(std::io::stderr)).try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("cannot install logging: {e}"))?;

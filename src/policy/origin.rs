@@ -41,7 +41,8 @@ pub fn cross_site_at(headers: &HeaderMap, authority: Option<&Authority>, allowed
     }
     // Both names passed URI parsing (no quotes, spaces or controls); cut to keep logs bounded.
     let cut = |s: &str| s.chars().take(MAX_SHOWN).collect::<String>();
-    let scheme = origin.as_ref().and_then(Uri::scheme_str).filter(|s| matches!(*s, "http" | "https")).unwrap_or("https");
+    let scheme =
+        origin.as_ref().and_then(Uri::scheme_str).filter(|s| matches!(*s, "http" | "https")).unwrap_or("https");
     Some(format!(
         "cross-site request refused: the Origin {scheme}://{origin} is not this gateway's address ({own}); if users \
          reach the gateway at {scheme}://{origin} (a proxy in front that rewrites Host), set server.public_url = \
@@ -107,7 +108,10 @@ mod tests {
     fn a_foreign_origin_is_named_with_the_setting_that_would_allow_it() {
         let behind_proxy = parts(&[("host", "127.0.0.1:8080"), ("origin", "https://Comfy.Example.com")]);
         let reason = cross_site(&behind_proxy, &[]).unwrap();
-        assert!(reason.contains("https://comfy.example.com is not this gateway's address (127.0.0.1:8080)"), "{reason}");
+        assert!(
+            reason.contains("https://comfy.example.com is not this gateway's address (127.0.0.1:8080)"),
+            "{reason}"
+        );
         assert!(reason.contains(r#"server.public_url = "https://comfy.example.com""#), "{reason}");
         let long = format!("http://{}.test", "a".repeat(300));
         let reason = cross_site(&parts(&[("host", "gw"), ("origin", &long)]), &[]).unwrap();

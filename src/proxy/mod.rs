@@ -282,8 +282,10 @@ impl Proxy {
         let maybe_received = matches!(error, SendError::Lost(_));
         let detail = match &error {
             SendError::Connect(e) => {
-                tracing::warn!(backend = %self.upstream.name, error = %e, "backend connection failed");
-                "connection failed"
+                // Health checks repeat this every interval while a backend is down: the
+                // backends module logs the transition and a reminder instead.
+                tracing::debug!(backend = %self.upstream.name, error = %e, "backend connection failed");
+                format!("connection failed ({e})")
             }
             SendError::Lost(e) => {
                 // The client's body failing is the client's failure: it says nothing of the backend.
@@ -299,10 +301,10 @@ impl Proxy {
                     source = e.source();
                 }
                 tracing::warn!(backend = %self.upstream.name, error = %e, "backend request failed");
-                "connection lost"
+                "connection lost".to_owned()
             }
         };
-        ProxyError::Unreachable { backend: self.upstream.name.clone(), detail: detail.to_owned(), maybe_received }
+        ProxyError::Unreachable { backend: self.upstream.name.clone(), detail, maybe_received }
     }
 }
 

@@ -212,6 +212,8 @@ impl Scheduler {
             Entry::Given(text) => Some(text),
         };
         self.end_job(id, state, Some(backend.name()), error.as_deref(), outcome.as_deref()).await;
+        let ran_s = job.started_at.map(|t| (crate::time::now_ms() - t) as f64 / 1000.0);
+        tracing::info!(prompt_id = id, backend = backend.name(), state = ?state, ran_s, "job ended");
         self.announce_status();
         Some(Ended { job, state, error })
     }
@@ -245,6 +247,7 @@ impl Scheduler {
             record.outcome(false, &outputs)
         });
         self.end_job(id, state, None, Some(reason), outcome.as_deref()).await;
+        tracing::info!(prompt_id = id, state = ?state, reason, "job ended in the gateway");
         if let (Some(job), true) = (job, notify) {
             self.notify_failure(&job, reason);
         }

@@ -617,6 +617,7 @@ impl Scheduler {
                     return;
                 }
                 if self.mark_accepted(&id, &backend, attempt) {
+                    tracing::info!(prompt_id = %id, backend = backend.name(), owner = %username, attempt, "job dispatched");
                     self.save_state(&id, JobState::Dispatched, Some(backend.name()), None).await;
                 }
             }

@@ -230,6 +230,7 @@ pub async fn backends(State(app): State<AppState>, _admin: AdminCaller) -> Json<
                 "url": b.config.url,
                 "labels": b.config.labels,
                 "healthy": load.healthy,
+                "failures": load.failures,
                 "retiring": b.is_retiring(),
                 "monitored": load.monitored,
                 "max_inflight": b.config.max_inflight,
