@@ -190,7 +190,7 @@ async fn comfyui_login_import_keeps_the_password_and_a_revocable_legacy_token() 
     let bogus = gw.dir.path().join("NOTPASSWORD");
     std::fs::write(&bogus, "hunter2\nalice\n").unwrap();
     let out = gw.cli(&["import", "comfyui-login", bogus.to_str().unwrap()], None).await;
-    assert_ne!(out.code, 0, "{out:?}");
+    assert_eq!(out.code, 65, "not a ComfyUI-Login file is bad input: {out:?}");
 
     let out = gw.cli(&["import", "comfyui-login", file.to_str().unwrap(), "--keep-legacy-token"], None).await.ok();
     assert!(out.stdout.contains("alice"), "{out:?}");

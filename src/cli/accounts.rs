@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use comfygate::Config;
 use comfygate::audit::{Audit, Context as Audited};
-use comfygate::auth::accounts::{Accounts, generate_password, parse_expiry};
+use comfygate::auth::accounts::{AccountError, Accounts, generate_password, parse_expiry};
 use comfygate::auth::legacy::parse_password_file;
 use comfygate::auth::maintenance::wait_until_applied;
 use comfygate::store::{Role, Store};
@@ -118,11 +118,11 @@ pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
             }
         }
         UserCommand::List => {
-            println!("{:<24} {:<6} {:<9} CREATED", "USER", "ROLE", "STATUS");
-            for u in accounts.list_users().await? {
+            let rows = accounts.list_users().await?.into_iter().map(|u| {
                 let status = if u.disabled { "disabled" } else { "active" };
-                println!("{:<24} {:<6} {:<9} {}", u.username, u.role, status, format_ms(u.created_at));
-            }
+                vec![u.username, u.role.to_string(), status.to_owned(), format_ms(u.created_at)]
+            });
+            print!("{}", table(&["USER", "ROLE", "STATUS", "CREATED"], rows));
         }
         UserCommand::Passwd { username, password } => {
             let (password, generated) = new_password(&password)?;
@@ -202,25 +202,22 @@ pub async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()>
             println!("{}", issued.secret);
         }
         TokenCommand::List { username } => {
-            println!(
-                "{:<6} {:<16} {:<24} {:<12} {:<8} {:<21} {:<21} EXPIRES",
-                "ID", "USER", "NAME", "PREFIX", "STATUS", "CREATED", "LAST USED"
-            );
             let now = comfygate::time::now_ms();
-            for t in accounts.list_tokens(username.as_deref()).await? {
-                let status = t.status(now);
-                println!(
-                    "{:<6} {:<16} {:<24} {:<12} {:<8} {:<21} {:<21} {}",
-                    t.id,
-                    t.username,
-                    t.name,
-                    t.prefix,
-                    status,
+            let rows = accounts.list_tokens(username.as_deref()).await?.into_iter().map(|t| {
+                let never = || "never".to_owned();
+                vec![
+                    t.id.to_string(),
+                    t.username.clone(),
+                    t.name.clone(),
+                    t.prefix.clone(),
+                    t.status(now).to_string(),
                     format_ms(t.created_at),
-                    t.last_used_at.map(format_ms).unwrap_or_else(|| "never".to_owned()),
-                    t.expires_at.map(format_ms).unwrap_or_else(|| "never".to_owned()),
-                );
-            }
+                    t.last_used_at.map(format_ms).unwrap_or_else(never),
+                    t.expires_at.map(format_ms).unwrap_or_else(never),
+                ]
+            });
+            let headers = ["ID", "USER", "NAME", "PREFIX", "STATUS", "CREATED", "LAST USED", "EXPIRES"];
+            print!("{}", table(&headers, rows));
         }
         TokenCommand::Revoke { username, token } => {
             let revoked = accounts.revoke_token(&username, &token, &Audited::cli()).await?;
@@ -239,7 +236,8 @@ pub async fn import_comfyui_login(
     keep_legacy_token: bool,
 ) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let legacy = parse_password_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    // Not a ComfyUI-Login file is bad input (65), like every other refused import.
+    let legacy = parse_password_file(&text).map_err(|e| AccountError::Import(format!("{}: {e}", path.display())))?;
     let (_, accounts) = open(config, true).await?;
     let imported = accounts.import_comfyui_login(&legacy, username, keep_legacy_token, &Audited::cli()).await?;
     println!(
@@ -254,4 +252,49 @@ pub async fn import_comfyui_login(
         None => println!("the old ComfyUI-Login token is NOT accepted (use --keep-legacy-token to keep it working)"),
     }
     Ok(())
+}
+
+/// Rows under `headers`, each column as wide as its widest cell (names can be long).
+fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|i| {
+            rows.iter().map(|r| r.get(i).map_or(0, |c| c.chars().count())).chain([headers[i].len()]).max().unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(headers.to_vec());
+    for row in &rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_columns_fit_their_widest_cell() {
+        let rows = vec![
+            vec!["a-very-long-user-name".to_owned(), "user".to_owned()],
+            vec!["bo".to_owned(), "admin".to_owned()],
+        ];
+        let text = table(&["USER", "ROLE"], rows.into_iter());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "USER                   ROLE");
+        assert_eq!(lines[1], "a-very-long-user-name  user");
+        assert_eq!(lines[2], "bo                     admin");
+    }
 }

@@ -33,12 +33,12 @@ const ENV_PREFIX: &str = "COMFYGATE_";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {cause}{}", read_hint(cause))]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (said once: not a `source`, which error chains would repeat).
+        cause: std::io::Error,
     },
     /// The file is not valid TOML.
     #[error("config file {path} is not valid TOML: {message}")]
@@ -66,7 +66,7 @@ impl Config {
         let (table, origin) = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                    .map_err(|cause| ConfigError::Read { path: path.to_owned(), cause })?;
                 (parse_toml(&text, path)?, format!("config file {}", path.display()))
             }
             None => (Table::new(), "built-in defaults".to_owned()),
@@ -108,7 +108,8 @@ impl Config {
         };
         let mut config: Config = serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
-            ConfigError::Invalid { origin: origin_of(&key), key, message: e.inner().to_string() }
+            let message = with_hint(&key, e.inner().message().trim().to_owned());
+            ConfigError::Invalid { origin: origin_of(&key), key, message }
         })?;
         if config.backends.is_empty() {
             config.backends.push(BackendConfig::local());
@@ -151,6 +152,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), (String, String)> {
         let mut names = std::collections::HashSet::new();
+        let mut urls = std::collections::HashMap::new();
         for (i, backend) in self.backends.iter().enumerate() {
             let at = |field: &str| format!("backends[{i}].{field}");
             let valid_name = !backend.name.is_empty()
@@ -162,11 +164,30 @@ impl Config {
             if !names.insert(backend.name.as_str()) {
                 return Err((at("name"), format!("`{}` is used twice", backend.name)));
             }
-            let url = parse_base_url(&backend.url).map_err(|m| (at("url"), m))?;
-            if url.scheme_str() != Some("http") {
+            let example = "e.g. url = \"http://127.0.0.1:8188\"";
+            let scheme = backend.url.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase());
+            match scheme.as_deref() {
+                Some("http") => {}
+                Some("https") => {
+                    return Err((
+                        at("url"),
+                        format!(
+                            "`{}`: backends are reached over plain http:// (ComfyUI serves no TLS of its own): keep \
+                             them on a private network, e.g. url = \"http://10.0.0.5:8188\", and put TLS in front of \
+                             the gateway",
+                            backend.url
+                        ),
+                    ));
+                }
+                _ => return Err((at("url"), format!("`{}` must start with http://, {example}", backend.url))),
+            }
+            let url = parse_base_url(&backend.url).map_err(|m| (at("url"), format!("{m}, {example}")))?;
+            // One server listed twice would get twice its `max_inflight` and mix two monitors.
+            let same_server = url.to_string().trim_end_matches('/').to_ascii_lowercase();
+            if let Some(first) = urls.insert(same_server, backend.name.as_str()) {
                 return Err((
                     at("url"),
-                    "backends are reached over plain http:// (put TLS in front of the gateway)".to_owned(),
+                    format!("`{}` is already the URL of backend `{first}`: list each ComfyUI server once", backend.url),
                 ));
             }
             if backend.max_inflight == 0 {
@@ -357,7 +378,50 @@ fn insert(table: &mut Table, key: &str, value: Value) -> Result<(), String> {
 }
 
 fn parse_toml(text: &str, path: &Path) -> Result<Table, ConfigError> {
-    text.parse::<Table>().map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.message().to_owned() })
+    text.parse::<Table>().map_err(|e| {
+        let at = e.span().map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: ")
+        });
+        let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        ConfigError::Syntax { path: path.to_owned(), message: format!("{}{message}", at.unwrap_or_default()) }
+    })
+}
+
+/// What to do about a configuration file that cannot be read.
+fn read_hint(cause: &std::io::Error) -> &'static str {
+    match cause.kind() {
+        std::io::ErrorKind::NotFound => {
+            " (pass --config with the path of the gateway's configuration, or start from comfygate.example.toml)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            " (run as the user the gateway runs as, or make the file readable to it)"
+        }
+        _ => "",
+    }
+}
+
+/// serde's words for a wrong value, with an example of a right one.
+fn with_hint(key: &str, message: String) -> String {
+    let numbers = ["expected usize", "expected u64", "expected u32", "expected u16", "expected i64"];
+    if let Some(found) = numbers.iter().find(|n| message.contains(*n)) {
+        return message.replace(found, "expected a whole number, e.g. 4 (no quotes)");
+    }
+    if message.contains("invalid socket address syntax") {
+        return format!(
+            "{message}: use an IP address and a port, e.g. \"127.0.0.1:8080\" (\"0.0.0.0:8080\" for every interface); host \
+             names such as localhost are not accepted"
+        );
+    }
+    if key.starts_with("backends") && message.contains("expected a sequence") {
+        return format!(
+            "{message}: give a list of tables; in TOML `[[backends]]` sections, in COMFYGATE_BACKENDS TOML's inline \
+             syntax (not JSON): [{{name = \"gpu0\", url = \"http://10.0.0.5:8188\"}}]"
+        );
+    }
+    message
 }
 
 #[cfg(test)]
@@ -367,6 +431,44 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn every_error_names_the_key_and_shows_a_valid_value() {
+        let backend = |extra: &str| format!("[[backends]]\nname = \"a\"\nurl = \"http://x:1\"\n{extra}");
+        let cases: [(String, &[&str]); 8] = [
+            ("[server\nlisten = 1\n".to_owned(), &["line 1, column 8"]),
+            ("[server]\nlisten = \"localhost:8080\"\n".to_owned(), &["server.listen", "\"127.0.0.1:8080\""]),
+            (backend("max_inflight = \"two\""), &["backends[0].max_inflight", "whole number, e.g. 4"]),
+            (
+                "[[backends]]\nname = \"a\"\nurl = \"https://x:1\"\n".to_owned(),
+                &["backends[0].url", "plain http://", "http://10.0.0.5:8188"],
+            ),
+            (
+                "[[backends]]\nname = \"a\"\nurl = \"ftp://x:1\"\n".to_owned(),
+                &["must start with http://,", "http://127.0.0.1:8188"],
+            ),
+            (
+                format!("{}{}", backend(""), "[[backends]]\nname = \"b\"\nurl = \"http://X:1/\"\n"),
+                &["backends[1].url", "already the URL of backend `a`"],
+            ),
+            ("[server]\ncolour = 1\n".to_owned(), &["server.colour", "expected one of"]),
+            ("backends = 3\n".to_owned(), &["backends", "[{name = \"gpu0\""]),
+        ];
+        for (text, expected) in cases {
+            let err = Config::from_toml(&text).unwrap_err().to_string();
+            for part in expected {
+                assert!(err.contains(part), "{text:?}: {err}");
+            }
+            assert!(!err.contains("https://") || text.contains("https://"), "never says https:// is fine: {err}");
+            assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+        let json = Config::load(None, env(&[("COMFYGATE_BACKENDS", r#"[{"name":"a","url":"http://x:1"}]"#)]));
+        let err = json.unwrap_err().to_string();
+        assert!(err.contains("COMFYGATE_BACKENDS") && err.contains("not JSON"), "{err}");
+        let missing = Config::load(Some(Path::new("/nonexistent/comfygate.toml")), env(&[])).unwrap_err();
+        assert!(std::error::Error::source(&missing).is_none(), "the OS error is said once");
+        assert!(missing.to_string().contains("--config"), "{missing}");
     }
 
     #[test]
