@@ -471,3 +471,28 @@ async fn object_info_is_answered_while_a_backends_nodes_are_still_loading() {
     assert_eq!(status, 200);
     assert!(all.as_object().is_some_and(|nodes| nodes.contains_key("SaveImage")));
 }
+
+#[tokio::test]
+async fn system_stats_lists_every_backend_a_down_one_as_down_with_the_devices_of_those_up() {
+    let up = sim(100, &[]).await;
+    let mut down = sim(100, &[]).await;
+    let gw = gateway(&[&up, &down], 1).await;
+    let token = gw.token("admin", "t").await;
+    let (status, stats) = gw.get_json("/system_stats", &Auth::Bearer(&token)).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> =
+        stats["comfygate"]["backends"].as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["sim", "b2"]);
+    assert!(stats["comfygate"]["warnings"].as_array().unwrap().is_empty(), "one version: {stats}");
+    down.stop().await;
+    let stats = poll(Duration::from_secs(10), "b2 listed as down", || async {
+        let (_, stats) = gw.get_json("/system_stats", &Auth::Bearer(&token)).await;
+        (stats["comfygate"]["backends"][1]["up"] == false).then_some(stats)
+    })
+    .await;
+    assert_eq!(stats["comfygate"]["backends"][0]["up"], true);
+    assert_eq!(stats["comfygate"]["backends"][0]["comfyui_version"], stats["system"]["comfyui_version"]);
+    let devices = stats["devices"].as_array().unwrap();
+    assert!(!devices.is_empty() && devices.iter().all(|d| d["comfygate_backend"] == "sim"), "{stats}");
+    assert!(stats["comfygate"]["backends"][1].get("error").is_none(), "no error text (addresses) for users");
+}

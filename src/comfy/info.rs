@@ -12,20 +12,39 @@ use super::{bytes_response, json_response, ok_empty, read_json};
 use crate::http::{ApiError, Caller};
 use crate::state::AppState;
 
-/// `GET /system_stats`: the first backend's `system`, every backend's devices, each named.
+/// `GET /system_stats`: the `system` of the first backend that answers, every answering
+/// backend's devices (each named after its backend), and under `comfygate` every configured
+/// backend with whether it answered and its ComfyUI version, plus a warning when the versions
+/// differ (the web app comes from one of them). Backends are asked together.
 pub async fn system_stats(app: &AppState) -> Result<Response, ApiError> {
+    let backends: Vec<_> = app.scheduler.pool().all().iter().filter(|b| !b.is_retiring()).cloned().collect();
+    let asked = backends.iter().map(|backend| async move {
+        if !backend.is_healthy() {
+            return None;
+        }
+        match backend.proxy.call(Method::GET, "/system_stats", None, backend.config.response_timeout).await {
+            Ok((StatusCode::OK, body)) => serde_json::from_slice::<Value>(&body).ok(),
+            _ => None,
+        }
+    });
+    let answers = futures_util::future::join_all(asked).await;
     let mut system = Value::Null;
     let mut devices = Vec::new();
-    for backend in app.scheduler.pool().healthy() {
-        let Ok((StatusCode::OK, body)) =
-            backend.proxy.call(Method::GET, "/system_stats", None, backend.config.response_timeout).await
-        else {
+    let mut listed = Vec::new();
+    let mut versions: Vec<(String, String)> = Vec::new();
+    for (backend, stats) in backends.iter().zip(answers) {
+        let Some(stats) = stats else {
+            // Down backends are listed, never silently left out (no error text: it may name
+            // internal addresses).
+            listed.push(json!({"name": backend.name(), "up": false}));
             continue;
         };
-        let Ok(stats) = serde_json::from_slice::<Value>(&body) else { continue };
         if system.is_null() {
             system = stats["system"].clone();
         }
+        let version = stats["system"]["comfyui_version"].as_str().unwrap_or("unknown").to_owned();
+        listed.push(json!({"name": backend.name(), "up": true, "comfyui_version": version}));
+        versions.push((backend.name().to_owned(), version));
         for mut device in stats["devices"].as_array().cloned().unwrap_or_default() {
             let name = device["name"].as_str().unwrap_or("device").to_owned();
             device["name"] = Value::String(format!("{}: {name}", backend.name()));
@@ -37,7 +56,22 @@ pub async fn system_stats(app: &AppState) -> Result<Response, ApiError> {
     if system.is_null() {
         return Err(ApiError::BadGateway("no ComfyUI backend is answering".to_owned()));
     }
-    Ok(json_response(StatusCode::OK, &json!({"system": system, "devices": devices})))
+    let warnings: Vec<String> = version_warning(&versions).into_iter().collect();
+    let gateway = json!({"backends": listed, "warnings": warnings});
+    Ok(json_response(StatusCode::OK, &json!({"system": system, "devices": devices, "comfygate": gateway})))
+}
+
+/// A warning when the backends run different ComfyUI versions.
+fn version_warning(versions: &[(String, String)]) -> Option<String> {
+    let distinct: BTreeSet<&str> = versions.iter().map(|(_, v)| v.as_str()).collect();
+    (distinct.len() > 1).then(|| {
+        let each: Vec<String> = versions.iter().map(|(name, v)| format!("{name} {v}")).collect();
+        format!(
+            "the backends run different ComfyUI versions ({}): the web app comes from one of them and may not match \
+             the others",
+            each.join(", ")
+        )
+    })
 }
 
 /// `GET /object_info[/{class}]`: what at least one healthy backend has, model lists merged,
@@ -116,4 +150,18 @@ pub async fn free(app: &AppState, username: &str, req: Request<Body>) -> Result<
         let _ = backend.proxy.call_as(Some(username), Method::POST, "/free", Some(body.clone().into()), timeout).await;
     }
     Ok(ok_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_on_different_comfyui_versions_are_warned_about_by_name() {
+        let same = [("a".to_owned(), "0.3.64".to_owned()), ("b".to_owned(), "0.3.64".to_owned())];
+        assert_eq!(version_warning(&same), None);
+        let mixed = [("a".to_owned(), "0.3.64".to_owned()), ("b".to_owned(), "0.8.0".to_owned())];
+        let warning = version_warning(&mixed).unwrap_or_default();
+        assert!(warning.contains("a 0.3.64, b 0.8.0"), "{warning}");
+    }
 }
