@@ -196,8 +196,15 @@ async fn a_store_without_an_enabled_admin_fails_and_a_bad_configuration_is_told_
     let backend = sim(10).await;
     let dir = tempfile::tempdir().unwrap();
     let config = common::write_config(dir.path(), &backend.url(), &common::Options::default());
-    // `user add` opens (and migrates) the store without creating the first admin.
-    cli_at(&config, &["user", "add", "alice", "--role", "user", "--password-stdin"], Some(common::USER_PW)).await.ok();
+    // A store whose only admin was demoted behind the gateway's back (the CLI refuses to).
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, format!("{}\n", common::USER_PW)).unwrap();
+    cli_at(&config, &["init", "--admin-password-file", pw.to_str().unwrap()], None).await.ok();
+    let db = dir.path().join("data").join("comfygate.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&db);
+    let mut conn = sqlx::ConnectOptions::connect(&options).await.unwrap();
+    sqlx::query("UPDATE users SET role = 'user'").execute(&mut conn).await.unwrap();
+    sqlx::Connection::close(conn).await.unwrap();
     let out = doctor(&config, &[]).await;
     assert_eq!(out.code, 1, "{out:?}");
     assert!(line(&out, "✗", "admin account").contains("no enabled admin"), "{out:?}");
