@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -71,10 +71,6 @@ impl Server {
     fn add(&self, name: &str, body: &[u8], behaviour: Behaviour) -> String {
         self.shared.routes.lock().unwrap().insert(format!("/{name}"), (Bytes::copy_from_slice(body), behaviour));
         format!("{}/{name}", self.url)
-    }
-
-    fn set(&self, name: &str, behaviour: Behaviour) {
-        self.shared.routes.lock().unwrap().get_mut(&format!("/{name}")).unwrap().1 = behaviour;
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -458,6 +454,15 @@ async fn a_rerun_with_everything_present_requests_nothing_and_verify_catches_a_f
     assert_eq!(bad.code, 1, "{bad:?}");
     assert!(bad.stdout.contains("clip_vision/b.safetensors: checksum mismatch (expected"), "{bad:?}");
     assert!(bad.stdout.contains("text_encoders/a.safetensors: ok"), "{bad:?}");
+
+    // `pull` hashes present files too: the changed one is fetched again and replaced.
+    let repaired = pull(dir.path(), &manifest, &[], &[]).await;
+    assert_eq!(repaired.code, 0, "{repaired:?}");
+    assert!(repaired.stdout.contains("clip_vision/b.safetensors: ok (downloaded 120000 bytes"), "{repaired:?}");
+    assert!(repaired.stderr.contains("clip_vision/b.safetensors: the present file does not match"), "{repaired:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), b);
+    assert_eq!(server.seen().len(), 1, "{:?}", server.seen());
+    server.forget();
 
     std::fs::remove_file(dir.path().join("models/text_encoders/a.safetensors")).unwrap();
     std::fs::write(dir.path().join("models/text_encoders/.a.safetensors.part"), &a[..1000]).unwrap();

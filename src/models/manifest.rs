@@ -141,11 +141,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
     let table: toml::Table = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
         let where_ = line.map_or_else(|| "TOML".to_owned(), |l| format!("line {l}"));
-        parse_error(where_, e.message().trim().to_owned())
+        parse_error(where_, e.message().trim().replace('\n', "; "))
     })?;
     let raw: RawManifest = serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
         let (where_, key) = describe_path(e.path(), &table);
-        parse_error(where_, explain(&key, &e.inner().to_string()))
+        parse_error(where_, explain(&key, e.inner().message().trim()))
     })?;
     let base = path.parent().unwrap_or(Path::new(""));
     let models_dir = match raw.models_dir {
@@ -258,12 +258,8 @@ fn explain(key: &str, message: &str) -> String {
         "headers_env" => "headers_env = \"HF_AUTHORIZATION\"",
         "models_dir" => "models_dir = \"/opt/ComfyUI/models\"",
         "file" => "[[file]] tables",
-        _ => {
-            return format!(
-                "{message} (a [[file]] takes name, url, sha256, size, folder and optionally headers_env; \
-                 the top level takes models_dir)"
-            );
-        }
+        // An unknown key: serde's message lists the known ones.
+        _ => return message.to_owned(),
     };
     format!("{message}; e.g. {example}")
 }

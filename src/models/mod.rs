@@ -173,6 +173,11 @@ async fn pull_one<'a>(
     bar.finish();
     let result = result.map(|fetched| {
         let line = match fetched.resumed_from {
+            0 if start > 0 => format!(
+                "ok (downloaded {} bytes from the start: the server did not resume the {start}-byte partial; \
+                 sha256 verified){note}",
+                file.size
+            ),
             0 => format!("ok (downloaded {} bytes, sha256 verified){note}", file.size),
             from => format!("ok (resumed at {from} of {} bytes, sha256 verified){note}", file.size),
         };
