@@ -126,6 +126,14 @@ pub enum FileError {
         /// The manifest's size.
         size: u64,
     },
+    /// A bug: the download's task ended abnormally.
+    #[error("{name}: the download stopped unexpectedly ({cause}); run again to resume")]
+    Internal {
+        /// The file.
+        name: String,
+        /// The task's error.
+        cause: String,
+    },
     /// Another file-system error.
     #[error("{name}: cannot {action} {}: {source}", path.display())]
     Io {

@@ -115,14 +115,24 @@ pub async fn pull(manifest: &Manifest, options: &PullOptions) -> Result<Summary,
     let progress = Progress::new((total > 0).then_some(total));
     let mut summary = Summary::default();
     let mut runs = futures_util::stream::iter(plans.iter())
-        .map(|plan| pull_one(&client, plan, models_dir, &progress))
+        .map(|plan| {
+            // A task per file, so that hashing runs on every worker thread, not on this one.
+            let (client, file, dir, progress) =
+                (client.clone(), plan.file.clone(), models_dir.clone(), progress.clone());
+            let on_disk = plan.on_disk;
+            let name = plan.file.name.clone();
+            async move {
+                let task = tokio::spawn(async move { pull_one(&client, &file, on_disk, &dir, &progress).await });
+                task.await.unwrap_or_else(|e| Err(FileError::Internal { name, cause: e.to_string() }))
+            }
+        })
         .buffer_unordered(options.jobs.max(1));
-    while let Some((file, result)) = runs.next().await {
+    while let Some(result) = runs.next().await {
         match result {
             Ok((downloaded, line)) => {
                 summary.ok += 1;
                 summary.downloaded += usize::from(downloaded);
-                progress.println(&format!("{}: {line}", file.label()));
+                progress.println(&line);
             }
             Err(error) => {
                 summary.failed += 1;
@@ -136,17 +146,17 @@ pub async fn pull(manifest: &Manifest, options: &PullOptions) -> Result<Summary,
 
 /// One file: hash it when present, else (or when that fails) download it; whether it was
 /// downloaded, and the result line.
-async fn pull_one<'a>(
+async fn pull_one(
     client: &reqwest::Client,
-    plan: &Plan<'a>,
+    file: &ModelFile,
+    on_disk: OnDisk,
     models_dir: &Path,
     progress: &Progress,
-) -> (&'a ModelFile, Result<(bool, String), FileError>) {
-    let file = plan.file;
+) -> Result<(bool, String), FileError> {
     let mut note = String::new();
-    match plan.on_disk {
+    match on_disk {
         OnDisk::Present => match hash_present(file, models_dir, progress).await {
-            Ok(got) if got == file.sha256 => return (file, Ok((false, "ok (already present)".to_owned()))),
+            Ok(got) if got == file.sha256 => return Ok((false, format!("{}: ok (already present)", file.label()))),
             Ok(got) => {
                 progress.eprintln(&format!(
                     "{}: the present file does not match (sha256 {got}, expected {}); downloading it again",
@@ -155,7 +165,7 @@ async fn pull_one<'a>(
                 ));
                 note = " (replaced a file that did not match)".to_owned();
             }
-            Err(error) => return (file, Err(error)),
+            Err(error) => return Err(error),
         },
         OnDisk::WrongSize(len) => {
             progress.eprintln(&format!(
@@ -171,7 +181,7 @@ async fn pull_one<'a>(
     let mut bar = progress.file(&file.label(), "downloading", file.size, start, true);
     let result = download::fetch(client, file, models_dir, &mut bar).await;
     bar.finish();
-    let result = result.map(|fetched| {
+    result.map(|fetched| {
         let line = match fetched.resumed_from {
             0 if start > 0 => format!(
                 "ok (downloaded {} bytes from the start: the server did not resume the {start}-byte partial; \
@@ -181,9 +191,8 @@ async fn pull_one<'a>(
             0 => format!("ok (downloaded {} bytes, sha256 verified){note}", file.size),
             from => format!("ok (resumed at {from} of {} bytes, sha256 verified){note}", file.size),
         };
-        (true, line)
-    });
-    (file, result)
+        (true, format!("{}: {line}", file.label()))
+    })
 }
 
 /// The sha256 of the file under its final name.
