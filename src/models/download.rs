@@ -75,7 +75,7 @@ pub enum FileError {
         cause: String,
     },
     /// The body stopped early; the partial is kept.
-    #[error("{name}: interrupted at {at} of {size} bytes ({cause}); run again to resume")]
+    #[error("{name}: interrupted at {at} of {size} bytes; run again to resume ({cause})")]
     Interrupted {
         /// The file.
         name: String,

@@ -275,7 +275,9 @@ pub async fn verify(manifest: &Manifest, models_dir: &Path) -> usize {
         let line = match &verdict {
             Verdict::Ok => "ok".to_owned(),
             Verdict::Missing => "missing".to_owned(),
-            Verdict::Partial(done) => format!("partial ({done} of {} bytes; `models pull` resumes it)", file.size),
+            Verdict::Partial(done) => {
+                format!("partial ({done} of {} bytes): `comfygate models pull` resumes it", file.size)
+            }
             Verdict::WrongSize(len) => format!("wrong size ({len} bytes, expected {})", file.size),
             Verdict::Mismatch(got) => format!("checksum mismatch (expected {}, got {got})", file.sha256),
             Verdict::Unreadable(e) => format!("unreadable: {e}"),
