@@ -624,3 +624,22 @@ fn the_shipped_example_manifests_are_valid_but_for_their_sha256_placeholders() {
     }
     assert!(checked >= 2, "no example manifests in {}", folder.display());
 }
+
+#[tokio::test]
+async fn a_size_that_differs_from_the_servers_fails_before_writing_and_names_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start().await;
+    let body = content(16, 30_000);
+    let url = server.add("sized", &body, Behaviour::Honour);
+    let mut wrong = entry("sized.safetensors", "vae", &url, &body);
+    wrong.size = 30_001;
+    let manifest = write_manifest(dir.path(), "", &[wrong]);
+    let run = pull(dir.path(), &manifest, &[], &[]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("sized.safetensors: the server has 30000 bytes but the manifest says size = 30001"),
+        "{run:?}"
+    );
+    assert!(read(dir.path(), "vae/sized.safetensors").is_none());
+    assert!(read(dir.path(), "vae/.sized.safetensors.part").is_none());
+}
