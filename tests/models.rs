@@ -32,6 +32,8 @@ enum Behaviour {
     RedirectTo(String),
     /// Holds the response until this many requests arrived (10 s at most), then as `Honour`.
     WaitFor(usize),
+    /// Announces the whole file, sends this many bytes, then nothing (the connection stays open).
+    Stall(usize),
 }
 
 /// One request as the server saw it.
@@ -73,6 +75,10 @@ impl Server {
         format!("{}/{name}", self.url)
     }
 
+    fn set(&self, name: &str, behaviour: Behaviour) {
+        self.shared.routes.lock().unwrap().get_mut(&format!("/{name}")).unwrap().1 = behaviour;
+    }
+
     fn seen(&self) -> Vec<Seen> {
         self.shared.seen.lock().unwrap().clone()
     }
@@ -99,6 +105,14 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     match behaviour {
         Behaviour::Honour => ranged(&body, request.headers()),
         Behaviour::IgnoreRange => body.into_response(),
+        Behaviour::Stall(n) => {
+            let first: Result<Bytes, std::io::Error> = Ok(body.slice(..n));
+            let stream =
+                futures_util::StreamExt::chain(futures_util::stream::iter([first]), futures_util::stream::pending());
+            let mut response = Response::new(axum::body::Body::from_stream(stream));
+            response.headers_mut().insert(header::CONTENT_LENGTH, body.len().into());
+            response
+        }
         Behaviour::Wrong => body.iter().map(|b| b ^ 0x5a).collect::<Vec<u8>>().into_response(),
         Behaviour::NotFound => StatusCode::NOT_FOUND.into_response(),
         Behaviour::RequireAuth(expected) => {
@@ -642,4 +656,48 @@ async fn a_size_that_differs_from_the_servers_fails_before_writing_and_names_bot
     );
     assert!(read(dir.path(), "vae/sized.safetensors").is_none());
     assert!(read(dir.path(), "vae/.sized.safetensors.part").is_none());
+}
+
+#[tokio::test]
+async fn ctrl_c_stops_a_download_keeping_its_partial_for_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start().await;
+    let body = content(17, 300_000);
+    let url = server.add("stall", &body, Behaviour::Stall(100_000));
+    let manifest = write_manifest(dir.path(), "", &[entry("stall.safetensors", "loras", &url, &body)]);
+    let models = dir.path().join("models");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_comfygate"))
+        .args(["models", "pull", manifest.to_str().unwrap(), "--models-dir", models.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("NO_PROXY", "127.0.0.1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while server.seen().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the download never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("stall.safetensors: interrupted at ") && stderr.contains("run again to resume"),
+        "{stderr}"
+    );
+    let partial = read(dir.path(), "loras/.stall.safetensors.part").expect("the partial is kept");
+    assert!(partial.len() <= 100_000 && partial == body[..partial.len()], "{}", partial.len());
+    assert!(read(dir.path(), "loras/stall.safetensors").is_none());
+
+    server.set("stall", Behaviour::Honour);
+    server.forget();
+    let again = pull(dir.path(), &manifest, &[], &[]).await;
+    assert_eq!(again.code, 0, "{again:?}");
+    let expected = (!partial.is_empty()).then(|| format!("bytes={}-", partial.len()));
+    assert_eq!(server.seen()[0].range, expected);
+    assert_eq!(read(dir.path(), "loras/stall.safetensors").unwrap(), body);
 }

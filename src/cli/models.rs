@@ -101,6 +101,15 @@ pub async fn run(command: ModelsCommand) -> ExitCode {
                 PullOptions { models_dir: args.dir.resolve(&manifest), dry_run: args.dry_run, jobs: args.jobs.into() };
             match models::pull(&manifest, &options).await {
                 Ok(_) if options.dry_run => ExitCode::SUCCESS,
+                Ok(summary) if summary.stopped => {
+                    eprintln!(
+                        "stopped: {} of {} files ok, {} not finished; run `comfygate models pull` again to resume",
+                        summary.ok,
+                        manifest.files.len(),
+                        summary.failed
+                    );
+                    ExitCode::from(130)
+                }
                 Ok(summary) if summary.failed == 0 => {
                     println!(
                         "{} of {} files ok ({} downloaded) in {}",

@@ -148,6 +148,39 @@ pub enum FileError {
     },
 }
 
+/// Why a download stopped on a signal.
+const STOPPED: &str = "stopped by Ctrl-C or SIGTERM";
+
+/// Asks the downloads to stop, flushing what they have (on Ctrl-C or SIGTERM).
+#[derive(Clone)]
+pub struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    /// A stop and the switch that triggers it.
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, Self) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Self(rx))
+    }
+
+    /// Whether a stop was asked for.
+    pub fn asked(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once a stop is asked for (never, once the switch is gone without one).
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        if rx.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The error of a file stopped with `at` bytes in its partial.
+    pub fn interrupted(&self, file: &ModelFile, at: u64) -> FileError {
+        FileError::Interrupted { name: file.name.clone(), at, size: file.size, cause: STOPPED.to_owned() }
+    }
+}
+
 /// How a download ended well.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fetched {
@@ -199,6 +232,7 @@ pub async fn fetch(
     file: &ModelFile,
     models_dir: &Path,
     progress: &mut FileProgress,
+    stop: &Stop,
 ) -> Result<Fetched, FileError> {
     let auth = authorization(file)?;
     let part = file.part(models_dir);
@@ -213,7 +247,12 @@ pub async fn fetch(
     // At most: a resume, a start over, and its answer.
     for _ in 0..3 {
         let hasher = if offset > 0 { prefix_hasher(file, &part, offset).await? } else { Sha256::new() };
-        let done = match request(client, file, auth.as_ref(), offset).await? {
+        let answer = tokio::select! {
+            biased;
+            () = stop.wait() => return Err(stop.interrupted(file, offset)),
+            answer = request(client, file, auth.as_ref(), offset) => answer?,
+        };
+        let done = match answer {
             Answer::Body { response, offset: from } => {
                 let hasher = if from == offset {
                     hasher
@@ -221,7 +260,7 @@ pub async fn fetch(
                     progress.restart();
                     Sha256::new()
                 };
-                Some((write_body(file, &part, response, from, hasher, progress).await?, from))
+                Some((write_body(file, &part, response, from, hasher, progress, stop).await?, from))
             }
             Answer::RangeNotSatisfiable if offset == file.size => Some((hasher, offset)),
             Answer::RangeNotSatisfiable | Answer::StartOver => None,
@@ -381,6 +420,7 @@ async fn write_body(
     offset: u64,
     mut hasher: Sha256,
     progress: &mut FileProgress,
+    stop: &Stop,
 ) -> Result<Sha256, FileError> {
     let mut options = tokio::fs::OpenOptions::new();
     options.create(true);
@@ -406,7 +446,12 @@ async fn write_body(
     };
     let mut stream = response.bytes_stream();
     let ended = loop {
-        let chunk = match tokio::time::timeout(STALL_TIMEOUT, stream.next()).await {
+        let next = tokio::select! {
+            biased;
+            () = stop.wait() => break Some(STOPPED.to_owned()),
+            next = tokio::time::timeout(STALL_TIMEOUT, stream.next()) => next,
+        };
+        let chunk = match next {
             Err(_) => break Some(format!("no data for {} s", STALL_TIMEOUT.as_secs())),
             Ok(None) => break None,
             Ok(Some(Err(e))) => break Some(cause(&e.without_url())),

@@ -43,6 +43,9 @@ pub enum PullError {
         /// Why.
         source: std::io::Error,
     },
+    /// The Ctrl-C and SIGTERM handlers cannot be installed.
+    #[error("cannot install the Ctrl-C handler: {0}")]
+    Signals(std::io::Error),
     /// The HTTP client cannot be built (no TLS roots...).
     #[error("cannot set up the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
@@ -68,6 +71,8 @@ pub struct Summary {
     pub downloaded: usize,
     /// Files that failed.
     pub failed: usize,
+    /// Stopped by Ctrl-C or SIGTERM.
+    pub stopped: bool,
 }
 
 /// What a file needs, by size on disk.
@@ -112,17 +117,19 @@ pub async fn pull(manifest: &Manifest, options: &PullOptions) -> Result<Summary,
         return Ok(dry_run(&plans, models_dir, total, available, &needs));
     }
     let client = download::client()?;
+    let (stopper, stop) = download::Stop::new();
+    let signals = on_signal(stopper)?;
     let progress = Progress::new((total > 0).then_some(total));
     let mut summary = Summary::default();
     let mut runs = futures_util::stream::iter(plans.iter())
         .map(|plan| {
             // A task per file, so that hashing runs on every worker thread, not on this one.
-            let (client, file, dir, progress) =
-                (client.clone(), plan.file.clone(), models_dir.clone(), progress.clone());
+            let (client, file, dir, progress, stop) =
+                (client.clone(), plan.file.clone(), models_dir.clone(), progress.clone(), stop.clone());
             let on_disk = plan.on_disk;
             let name = plan.file.name.clone();
             async move {
-                let task = tokio::spawn(async move { pull_one(&client, &file, on_disk, &dir, &progress).await });
+                let task = tokio::spawn(async move { pull_one(&client, &file, on_disk, &dir, &progress, &stop).await });
                 task.await.unwrap_or_else(|e| Err(FileError::Internal { name, cause: e.to_string() }))
             }
         })
@@ -141,7 +148,31 @@ pub async fn pull(manifest: &Manifest, options: &PullOptions) -> Result<Summary,
         }
     }
     progress.finish();
+    signals.abort();
+    summary.stopped = stop.asked();
     Ok(summary)
+}
+
+/// On the first Ctrl-C or SIGTERM, `stopper` asks the downloads to stop (they keep their
+/// partials, flushed); on a second, the process exits at once. The handlers are installed
+/// before this returns, so no signal kills a download half-written.
+fn on_signal(stopper: tokio::sync::watch::Sender<bool>) -> Result<tokio::task::JoinHandle<()>, PullError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let install = |kind| signal(kind).map_err(PullError::Signals);
+    let (mut interrupt, mut terminate) = (install(SignalKind::interrupt())?, install(SignalKind::terminate())?);
+    Ok(tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        let _ = stopper.send(true);
+        eprintln!("stopping: the partial downloads are kept for the next run (again to quit at once)");
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        std::process::exit(130);
+    }))
 }
 
 /// One file: hash it when present, else (or when that fails) download it; whether it was
@@ -152,7 +183,11 @@ async fn pull_one(
     on_disk: OnDisk,
     models_dir: &Path,
     progress: &Progress,
+    stop: &download::Stop,
 ) -> Result<(bool, String), FileError> {
+    if stop.asked() {
+        return Err(stop.interrupted(file, local::partial_len(file, models_dir).unwrap_or(0)));
+    }
     let mut note = String::new();
     match on_disk {
         OnDisk::Present => match hash_present(file, models_dir, progress).await {
@@ -179,7 +214,7 @@ async fn pull_one(
     }
     let start = local::partial_len(file, models_dir).unwrap_or(0).min(file.size);
     let mut bar = progress.file(&file.label(), "downloading", file.size, start, true);
-    let result = download::fetch(client, file, models_dir, &mut bar).await;
+    let result = download::fetch(client, file, models_dir, &mut bar, stop).await;
     bar.finish();
     result.map(|fetched| {
         let line = match fetched.resumed_from {
@@ -235,7 +270,7 @@ fn dry_run(plans: &[Plan<'_>], models_dir: &Path, total: u64, available: u64, ne
         format!("; {available} bytes ({}) available", ByteSize(available))
     };
     println!("total to download: {total} bytes ({}){space}", ByteSize(total));
-    Summary { ok: plans.len(), downloaded: 0, failed: 0 }
+    Summary { ok: plans.len(), ..Summary::default() }
 }
 
 /// One file's state, as `verify` reports it.
