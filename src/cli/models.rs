@@ -1,5 +1,6 @@
 //! `comfygate models pull|verify MANIFEST`: model files for ComfyUI, without a comfygate
-//! configuration or store. Exit 0 all ok, 1 a file failed (or no room), 65 a bad manifest.
+//! configuration or store. Exit 0 all ok, 1 a file failed (or no room), 65 a bad manifest, 66
+//! an unreadable one, 130 stopped by Ctrl-C or SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
