@@ -21,6 +21,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
+pub mod models;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

@@ -6,6 +6,7 @@ mod backup;
 mod doctor;
 mod env;
 mod logging;
+mod models;
 mod reload;
 mod serve;
 
@@ -72,6 +73,9 @@ enum Command {
     /// Replace the SQLite store with a copy made by `backup`, keeping the replaced one beside it;
     /// refused while a gateway serves (69); exit 65 when FILE is not an intact comfygate store.
     Restore(backup::RestoreArgs),
+    /// Download and verify model files from a manifest (needs no configuration or store).
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
 }
 
 #[derive(Args)]
@@ -291,6 +295,9 @@ pub fn main() -> ExitCode {
         eprintln!("error: {error:#}");
         ExitCode::from(exit_code(&error))
     };
+    if let Command::Models(cmd) = cli.command {
+        return models::main(cmd);
+    }
     let config_path = config_path(cli.config);
     if cli.verbose {
         VERBOSE.store(true, Ordering::Relaxed);
@@ -360,6 +367,8 @@ async fn run(command: Command, config: Config, config_path: Option<PathBuf>) -> 
         }
         // Normally run by `main` (a bad configuration is one of its checks); here it is valid.
         Command::Doctor(args) => return doctor::run(Ok(config), args).await,
+        // Normally run by `main`, before a configuration is required.
+        Command::Models(cmd) => return models::run_command(cmd).await,
     }?;
     Ok(ExitCode::SUCCESS)
 }
