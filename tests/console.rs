@@ -333,6 +333,11 @@ async fn a_created_users_password_is_shown_once_to_its_session_and_a_refresh_cre
     assert_ne!(reset, password);
     assert_eq!(gw.login_response("frank.lee", &password, "/").await.status(), 401);
     gw.login("frank.lee", &reset).await;
+    // Not one's own: the session would end before the password is seen.
+    post_ok(&gw, "/comfygate/admin/users/admin/password", &admin, &[("csrf", &token)], "/comfygate/admin/users/admin")
+        .await;
+    assert!(page(&gw, "/comfygate/admin/users/admin", &admin).await.contains("your account page"));
+    gw.login("admin", ADMIN_PW).await;
 }
 
 /// Logs in with wrong passwords until the account is locked out (429).

@@ -354,6 +354,7 @@ pub async fn role(
 }
 
 /// `POST .../password`: a generated password, shown once; every session of the user ends.
+/// Not for the admin's own account (their session would end before they saw it).
 pub async fn reset_password(
     State(app): State<AppState>,
     console: Console,
@@ -363,6 +364,11 @@ pub async fn reset_password(
 ) -> Result<Response, ApiError> {
     let Form(form) = form?;
     console.check_form(&form.csrf)?;
+    if app.auth.accounts().user(&name).await.is_ok_and(|u| u.username == console.me()) {
+        // It would end this very session, and the one-time password with it.
+        let flash = Flash::error("Change your own password on your account page.");
+        return Ok(console.done(&app, &user_page(&name), flash));
+    }
     let password = generate_password().map_err(AccountError::from)?;
     let result = app.auth.accounts().set_password(&name, &password, &console.context(&context)).await;
     app.auth.revoked();
@@ -385,8 +391,9 @@ pub async fn unlock(
 ) -> Result<Response, ApiError> {
     let Form(form) = form?;
     console.check_form(&form.csrf)?;
-    let flash = match app.auth.accounts().unlock(&name, &console.context(&context)).await {
-        Ok(_) => Flash::notice(format!("Unlocked `{}`: they may log in again.", name.trim().to_lowercase())),
+    let accounts = app.auth.accounts();
+    let flash = match accounts.unlock(&name, &console.context(&context)).await {
+        Ok(_) => Flash::notice(format!("Unlocked `{}`: they may log in again.", accounts.user(&name).await?.username)),
         Err(e) => refused(e)?,
     };
     Ok(console.done(&app, &user_page(&name), flash))
