@@ -144,36 +144,31 @@ impl Scheduler {
             .collect()
     }
 
-    /// Every job the gateway holds, for the operator's console: running and handed to
-    /// backends first (by number), then the gateway's queue in dispatch order, each waiting one
-    /// with why it waits.
-    pub fn overview(&self) -> Vec<JobSummary> {
+    /// The jobs the gateway holds, for the operator's console: every job running or handed to
+    /// a backend (by number), then the first `waiting` of the gateway's queue in dispatch order,
+    /// each with why it waits; and how many jobs the gateway holds in all.
+    pub fn overview(&self, waiting: usize) -> (Vec<JobSummary>, usize) {
         let backends = self.pool.all();
         let inner = self.inner();
-        let summary = |id: &str, job: &super::jobs::Active, reason: Option<String>| JobSummary {
-            id: id.to_owned(),
-            number: job.number,
-            owner: job.owner,
-            username: job.username.to_string(),
-            state: job.state,
-            backend: job.backend.clone(),
-            created_at: job.created_at,
-            started_at: job.started_at,
-            reason,
-        };
         let mut held: Vec<JobSummary> = inner
             .jobs
             .iter()
             .filter(|(_, job)| job.backend.is_some() && job.state != JobState::Queued)
-            .map(|(id, job)| summary(id, job, None))
+            .map(|(id, job)| JobSummary::of(id, job, None))
             .collect();
         held.sort_by_key(|j| (j.state != JobState::Running, j.number));
-        for (_, id) in inner.queue.in_order() {
+        for (_, id) in inner.queue.in_order().into_iter().take(waiting) {
             if let Some(job) = inner.job(&id) {
-                held.push(summary(&id, job, Some(wait_reason(&backends, job))));
+                held.push(JobSummary::of(&id, job, Some(wait_reason(&backends, job))));
             }
         }
-        held
+        (held, inner.jobs.len())
+    }
+
+    /// The held job with gateway id `id`, as [`Scheduler::overview`] shows it (without a wait
+    /// reason).
+    pub fn summary(&self, id: &str) -> Option<JobSummary> {
+        self.inner().job(id).map(|job| JobSummary::of(id, job, None))
     }
 
     /// The gateway id, owner and backend of the job `viewer` calls `id` (their own id first;
@@ -308,6 +303,22 @@ pub struct JobSummary {
     pub started_at: Option<i64>,
     /// Why it still waits in the gateway's queue (only for queued jobs).
     pub reason: Option<String>,
+}
+
+impl JobSummary {
+    fn of(id: &str, job: &super::jobs::Active, reason: Option<String>) -> Self {
+        JobSummary {
+            id: id.to_owned(),
+            number: job.number,
+            owner: job.owner,
+            username: job.username.to_string(),
+            state: job.state,
+            backend: job.backend.clone(),
+            created_at: job.created_at,
+            started_at: job.started_at,
+            reason,
+        }
+    }
 }
 
 /// Why `job`, in the gateway's queue, still waits, in plain words.

@@ -108,7 +108,8 @@ pub async fn live(State(app): State<AppState>, _console: Console) -> Result<Resp
 
 /// Reads every backend's state now.
 pub fn gather(app: &AppState) -> BackendsLive {
-    let jobs: HashMap<String, JobSummary> = app.scheduler.overview().into_iter().map(|j| (j.id.clone(), j)).collect();
+    let jobs: HashMap<String, JobSummary> =
+        app.scheduler.overview(0).0.into_iter().map(|j| (j.id.clone(), j)).collect();
     let job_ref = |id: &str| {
         jobs.get(id).map(|j| JobRef {
             id: j.id.clone(),

@@ -16,6 +16,8 @@ use crate::store::JobState;
 use crate::time::now_ms;
 
 const PAGE: &str = "/comfygate/admin/queue";
+/// Jobs of the gateway's queue the page lists at most (the rest are counted).
+const MAX_WAITING_SHOWN: usize = 500;
 
 /// One job as the queue shows it.
 pub struct JobRow {
@@ -49,8 +51,12 @@ pub struct JobRow {
 #[derive(Template)]
 #[template(path = "console/queue_live.html")]
 pub struct QueueLive {
-    /// Every held job.
+    /// The jobs shown: all running or on backends, and the first of the gateway's queue.
     pub jobs: Vec<JobRow>,
+    /// Jobs held but not shown.
+    pub more: usize,
+    /// Jobs held in all.
+    pub total: usize,
     /// The CSRF token for the Cancel forms.
     pub csrf: String,
 }
@@ -78,9 +84,8 @@ pub async fn live(State(app): State<AppState>, console: Console) -> Result<Respo
 
 fn gather(app: &AppState, console: &Console) -> QueueLive {
     let now = now_ms();
-    let jobs = app
-        .scheduler
-        .overview()
+    let (jobs, total) = app.scheduler.overview(MAX_WAITING_SHOWN);
+    let jobs: Vec<JobRow> = jobs
         .into_iter()
         .map(|j| {
             let (state, state_class) = match j.state {
@@ -105,7 +110,8 @@ fn gather(app: &AppState, console: &Console) -> QueueLive {
             }
         })
         .collect();
-    QueueLive { jobs, csrf: console.csrf.clone() }
+    let more = total.saturating_sub(jobs.len());
+    QueueLive { jobs, more, total, csrf: console.csrf.clone() }
 }
 
 /// `POST /comfygate/admin/queue/{id}/cancel`: a waiting job leaves the queue, a running one
@@ -119,7 +125,7 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     let axum::Form(form) = form?;
     console.check_form(&form.csrf)?;
-    let Some(job) = app.scheduler.overview().into_iter().find(|j| j.id == id) else {
+    let Some(job) = app.scheduler.summary(&id) else {
         return Ok(console.done(&app, PAGE, Flash::error("That job is no longer in the queue.")));
     };
     let context = console.context(&context);
