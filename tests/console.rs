@@ -536,3 +536,29 @@ async fn the_account_page_links_admins_to_the_console() {
     assert!(get(&gw, "/comfygate/account", Some(&admin)).await.2.contains("href=\"/comfygate/admin/\""));
     assert!(!get(&gw, "/comfygate/account", Some(&user)).await.2.contains("/comfygate/admin/"));
 }
+
+#[tokio::test]
+async fn a_backend_a_reload_removes_shows_as_retiring_while_its_job_runs() {
+    let (kept, removed) = (pool::sim(50).await, pool::sim(50).await);
+    let gw = pool::gateway(&[&kept, &removed], 1).await;
+    let token = gw.token("admin", "api").await;
+    let admin = gw.login("admin", ADMIN_PW).await;
+    submit_ok(&gw, &token, job("a", 1, 4000)).await;
+    submit_ok(&gw, &token, job("b", 2, 4000)).await;
+    let b2_row = |html: &str| {
+        let start = html.find("data-backend=\"b2\"").unwrap();
+        html[start..].split("</tr>").next().unwrap().to_owned()
+    };
+    poll(DEADLINE, "a job running on b2", || async {
+        let html = page(&gw, "/comfygate/admin/backends", &admin).await;
+        b2_row(&html).contains("class=\"owner\">admin</b>").then_some(())
+    })
+    .await;
+    let config = std::fs::read_to_string(&gw.config).unwrap();
+    let start = config.find("\n[[backends]]\nname = \"b2\"").unwrap();
+    let end = config[start + 1..].find("\n[").map_or(config.len(), |i| start + 1 + i);
+    std::fs::write(&gw.config, format!("{}{}", &config[..start], &config[end..])).unwrap();
+    gw.cli(&["reload"], None).await.ok();
+    let html = page(&gw, "/comfygate/admin/backends", &admin).await;
+    assert!(b2_row(&html).contains("retiring"), "{html}");
+}
