@@ -61,6 +61,8 @@ pub struct App {
     pub store_probe: store::Probe,
     /// The stop signal, and the sockets the process waits for before it exits.
     pub lifecycle: Lifecycle,
+    /// The console's one-time notices.
+    pub flashes: crate::auth::flash::Flashes,
 }
 
 impl App {
@@ -107,6 +109,7 @@ impl App {
             metrics,
             store_probe,
             lifecycle: Lifecycle::default(),
+            flashes: Default::default(),
         })
     }
 }

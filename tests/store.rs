@@ -87,6 +87,8 @@ on_every_store!(
     concurrent_login_attempts_cannot_all_be_taken,
     login_addresses_and_bcrypt_costs_are_known,
     audit_events_are_listed_newest_first_filtered_and_purged,
+    an_accounts_throttle_keys_are_listed_and_cleared_and_no_one_elses,
+    a_users_open_sessions_and_last_login_are_listed,
 );
 
 fn new_user(name: &str, role: Role) -> NewUser {
@@ -538,10 +540,46 @@ async fn audit_events_are_listed_newest_first_filtered_and_purged(db: &TestDb) {
         AuditQuery { event: Some("login_failed".to_owned()), since: Some(1_500), limit: 100, ..AuditQuery::default() };
     assert_eq!(s.audit_events(&recent_logins).await.unwrap(), [r#"{"at":2000,"event":"login_failed"}"#]);
     assert_eq!(s.audit_events(&AuditQuery { limit: 2, ..AuditQuery::default() }).await.unwrap().len(), 2);
+    let second_page = s.audit_events(&AuditQuery { limit: 2, offset: 2, ..AuditQuery::default() }).await.unwrap();
+    assert!(second_page.len() == 2 && second_page[0].contains("3000"), "pages: {second_page:?}");
     let mut seen = s.audit_token_addresses(7, "token_new_address", 32).await.unwrap();
     seen.sort();
     assert_eq!(seen, ["10.0.0.1", "10.0.0.2"]);
     assert_eq!(s.audit_token_addresses(7, "token_new_address", 1).await.unwrap().len(), 1);
     assert_eq!(s.purge_audit_events(3_000).await.unwrap(), 2);
     assert_eq!(s.audit_events(&AuditQuery { limit: 100, ..AuditQuery::default() }).await.unwrap().len(), 3);
+}
+
+async fn an_accounts_throttle_keys_are_listed_and_cleared_and_no_one_elses(db: &TestDb) {
+    let s = &db.store;
+    // `a_b` holds `_`, a LIKE wildcard: clearing it must not touch `axb`.
+    for key in ["pair:a_b|10.0.0.1", "pair:a_b|10.0.0.2", "account:a_b", "pair:axb|10.0.0.1", "address:10.0.0.1"] {
+        s.take_login_attempt(key, 1, 1_000, 0).await.unwrap();
+        s.login_attempt_failed(key, 1, 1_000, 30_000, 100_000).await.unwrap();
+    }
+    let mut blocked = s.blocked_login_keys(2_000).await.unwrap();
+    blocked.sort();
+    assert_eq!(blocked.len(), 5, "{blocked:?}");
+    assert!(blocked.iter().all(|(_, until)| *until == 31_000), "{blocked:?}");
+    assert!(s.blocked_login_keys(31_000).await.unwrap().is_empty(), "no longer blocked at its end");
+    assert_eq!(s.clear_login_keys("account:a_b", "pair:a_b|").await.unwrap(), 3);
+    let mut left: Vec<String> = s.blocked_login_keys(2_000).await.unwrap().into_iter().map(|(k, _)| k).collect();
+    left.sort();
+    assert_eq!(left, ["address:10.0.0.1", "pair:axb|10.0.0.1"]);
+}
+
+async fn a_users_open_sessions_and_last_login_are_listed(db: &TestDb) {
+    let s = &db.store;
+    let u = s.create_user(new_user("kim", Role::User)).await.unwrap();
+    let other = s.create_user(new_user("lee", Role::User)).await.unwrap();
+    let a = s.create_session(session(u.id, "ka")).await.unwrap();
+    let b = s.create_session(session(u.id, "kb")).await.unwrap();
+    s.create_session(session(other.id, "la")).await.unwrap();
+    s.revoke_session(a.id, 2_000).await.unwrap();
+    let open: Vec<i64> = s.sessions_of(u.id, 2_000).await.unwrap().iter().map(|x| x.id).collect();
+    assert_eq!(open, [b.id], "neither revoked nor another user's");
+    assert!(s.sessions_of(u.id, 1_000_000_000).await.unwrap().is_empty(), "nor past their end");
+    s.record_login_address(u.id, "10.0.0.1", 5_000).await.unwrap();
+    s.record_login_address(u.id, "10.0.0.2", 7_000).await.unwrap();
+    assert_eq!(s.last_logins().await.unwrap(), [(u.id, 7_000)]);
 }

@@ -191,3 +191,34 @@ async fn behind_a_proxy_that_rewrites_host_the_refusal_names_the_origin_and_serv
     let r = post(&gw).send().await.unwrap();
     assert_ne!(r.status(), 403, "{:?}", r.text().await);
 }
+
+#[tokio::test]
+async fn the_console_is_403_for_a_user_in_every_spelling_and_never_reaches_comfyui() {
+    let (sim, gw) = setup_with(Options::default()).await;
+    gw.add_user("bob", "user").await;
+    let user = gw.token("bob", "t").await;
+    let admin = gw.token("admin", "t").await;
+    sim.clear_requests();
+    for path in [
+        "/comfygate/admin/",
+        "/comfygate/admin/users",
+        "/comfygate/admin/../account",
+        "/comfygate/admin/%2e%2e/account",
+        "/comfygate/ADMIN/",
+        "/comfygate/admin%2Fusers",
+        "/comfygate//admin/",
+        "/comfygate/admin/users/",
+        "/comfygate/admin/a%00b",
+        "/comfygate/admin/%0d%0aSet-Cookie:%20a=b",
+    ] {
+        for method in ["GET", "HEAD", "POST", "DELETE"] {
+            let head = format!("{method} {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {user}");
+            let (status, resp, _) = common::raw_request(gw.addr, head.as_bytes(), b"").await;
+            assert!(matches!(status, 400 | 403), "user {method} {path}: {status}\n{resp}");
+            let head = format!("{method} {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {admin}");
+            let (status, resp, _) = common::raw_request(gw.addr, head.as_bytes(), b"").await;
+            assert!(matches!(status, 200 | 400 | 404 | 405), "admin {method} {path}: {status}\n{resp}");
+        }
+    }
+    assert!(common::client_requests(&sim).is_empty(), "{:?}", common::client_requests(&sim));
+}

@@ -293,6 +293,31 @@ impl Accounts {
         self.audited(context, event, async { Ok(self.store.set_user_limits(user.id, limits).await?) }).await
     }
 
+    /// When each locked-out account may try to log in again (unix ms), by user name: the
+    /// latest block of its own keys (from one address or from any); addresses' keys are not
+    /// an account's.
+    pub async fn lockouts(&self) -> Result<std::collections::HashMap<String, i64>, AccountError> {
+        let mut until = std::collections::HashMap::new();
+        for (key, blocked_until) in self.store.blocked_login_keys(now_ms()).await? {
+            if let Some(account) = super::lockout::account_of_key(&key) {
+                let entry = until.entry(account.to_owned()).or_insert(blocked_until);
+                *entry = (*entry).max(blocked_until);
+            }
+        }
+        Ok(until)
+    }
+
+    /// Lifts the login lockout of an account (from every address, and account-wide), audited
+    /// as `user_unlocked`; returns how many throttle keys were cleared. An address blocked for
+    /// failing on many accounts stays blocked.
+    pub async fn unlock(&self, username: &str, context: &Context) -> Result<u64, AccountError> {
+        let user = self.user(username).await?;
+        let event = Event::success("user_unlocked").user(&user.username);
+        let exact = super::lockout::account_key(&user.username);
+        let prefix = super::lockout::pair_prefix(&user.username);
+        self.audited(context, event, async { Ok(self.store.clear_login_keys(&exact, &prefix).await?) }).await
+    }
+
     /// Creates an API token for a user (outside any session: the CLI); the secret is returned
     /// once and never stored.
     pub async fn create_token(

@@ -29,6 +29,21 @@ const WIDE_FACTOR: i64 = 4;
 /// Addresses with an attempt in flight remembered before dead entries are pruned.
 const PRUNE_AT: usize = 10_000;
 
+/// The throttle key of an account from any address.
+pub fn account_key(username: &str) -> String {
+    format!("account:{username}")
+}
+
+/// What every throttle key of an account at one address starts with (names hold no `|`).
+pub fn pair_prefix(username: &str) -> String {
+    format!("pair:{username}|")
+}
+
+/// The account a throttle key counts against, if it is an account's (not an address's).
+pub fn account_of_key(key: &str) -> Option<&str> {
+    key.strip_prefix("account:").or_else(|| key.strip_prefix("pair:").and_then(|rest| rest.split('|').next()))
+}
+
 /// What a refused attempt says.
 #[derive(Debug)]
 pub enum Refusal {
@@ -79,11 +94,11 @@ impl Lockout {
     pub async fn attempt(&self, username: &str, address: &str, account_wide: bool) -> Result<Attempt<'_>, Refusal> {
         let in_flight = self.in_flight(address).await;
         let mut keys = vec![
-            (format!("pair:{username}|{address}"), self.max_failures),
+            (format!("{}{address}", pair_prefix(username)), self.max_failures),
             (format!("address:{address}"), self.max_failures * WIDE_FACTOR),
         ];
         if account_wide {
-            keys.push((format!("account:{username}"), self.max_failures * WIDE_FACTOR));
+            keys.push((account_key(username), self.max_failures * WIDE_FACTOR));
         }
         let mut attempt = Attempt { lockout: self, taken: Vec::with_capacity(keys.len()), _in_flight: in_flight };
         let now = now_ms();
@@ -153,5 +168,17 @@ impl Attempt<'_> {
                 tracing::warn!(error = %e, "cannot return a login attempt");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_keys_name_their_account_and_address_keys_none() {
+        assert_eq!(account_of_key(&account_key("a_b.c")), Some("a_b.c"));
+        assert_eq!(account_of_key(&format!("{}10.0.0.1", pair_prefix("bob"))), Some("bob"));
+        assert_eq!(account_of_key("address:10.0.0.1"), None);
     }
 }

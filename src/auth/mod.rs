@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod cache;
 pub mod credentials;
 pub mod diagnosis;
+pub mod flash;
 pub mod identity;
 pub mod legacy;
 pub mod lockout;

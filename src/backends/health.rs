@@ -34,11 +34,16 @@ pub async fn watch_backend(
         match result {
             Ok((StatusCode::OK, body)) => {
                 let devices = devices(&body);
+                let version = comfyui_version(&body);
                 let came_back = {
                     let mut load = backend.load();
                     load.devices = devices;
+                    load.comfyui_version = version;
                     load.failures = 0;
                     let back = !load.healthy;
+                    if back || load.healthy_since.is_none() {
+                        load.healthy_since = Some(crate::time::now_ms());
+                    }
                     load.healthy = true;
                     back
                 };
@@ -109,6 +114,13 @@ fn devices(system_stats: &[u8]) -> Vec<Device> {
         .collect()
 }
 
+/// The ComfyUI version of a `/system_stats` answer (`system.comfyui_version`), at most 64
+/// characters.
+fn comfyui_version(system_stats: &[u8]) -> Option<String> {
+    let stats: serde_json::Value = serde_json::from_slice(system_stats).ok()?;
+    Some(stats["system"]["comfyui_version"].as_str()?.chars().take(64).collect())
+}
+
 /// Reads `/object_info`; false when it could not.
 async fn refresh_capabilities(backend: &Backend, config: &SchedulerConfig) -> bool {
     let timeout = config.health_timeout.max(std::time::Duration::from_secs(30));
@@ -148,6 +160,8 @@ mod tests {
         assert_eq!(found.len(), 2);
         assert_eq!(found[0], Device { name: "cuda:0 NVIDIA A100".into(), vram_total: 100, vram_free: 60 });
         assert!(devices(b"not json").is_empty());
+        assert_eq!(comfyui_version(br#"{"system": {"comfyui_version": "0.3.64"}}"#).as_deref(), Some("0.3.64"));
+        assert_eq!(comfyui_version(b"{}"), None);
         assert!(devices(br#"{"devices": {}}"#).is_empty());
     }
 }

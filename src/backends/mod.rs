@@ -52,6 +52,12 @@ pub struct Load {
     pub monitored: bool,
     /// Its devices and their memory, from its last health check (`/system_stats`).
     pub devices: Vec<crate::metrics::Device>,
+    /// The ComfyUI version its last health check reported (`system.comfyui_version`).
+    pub comfyui_version: Option<String>,
+    /// When (unix ms) it last went in or out of service; `None` before any change.
+    pub healthy_since: Option<i64>,
+    /// When (unix ms) `last_error` happened.
+    pub last_error_at: Option<i64>,
 }
 
 /// One ComfyUI server.
@@ -368,9 +374,11 @@ impl Pool {
             let mut load = backend.load();
             load.failures = load.failures.saturating_add(1);
             load.last_error = Some(error.to_owned());
+            load.last_error_at = Some(crate::time::now_ms());
             let down = load.healthy && load.failures >= unhealthy_after;
             if down {
                 load.healthy = false;
+                load.healthy_since = load.last_error_at;
             }
             down
         };

@@ -146,6 +146,14 @@ pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
             confirm_applied(store.as_ref()).await?;
             println!("enabled `{}`", user.username);
         }
+        UserCommand::Unlock { username } => {
+            let cleared = accounts.unlock(&username, &Audited::cli()).await?;
+            let name = accounts.user(&username).await?.username;
+            match cleared {
+                0 => println!("`{name}` was not locked out"),
+                _ => println!("unlocked `{name}`: they may log in again"),
+            }
+        }
         UserCommand::Role { username, role: r } => {
             let user = accounts.set_role(&username, role(&r), &Audited::cli()).await?;
             confirm_applied(store.as_ref()).await?;

@@ -13,7 +13,7 @@ use super::AuditArgs;
 pub async fn list(config: &Config, args: AuditArgs) -> anyhow::Result<()> {
     let since = args.since.map(|back| now_ms().saturating_sub(comfygate::time::ms(back)));
     let username = args.user.map(|u| u.trim().to_lowercase());
-    let query = AuditQuery { username, event: args.event, since, limit: i64::from(args.limit) };
+    let query = AuditQuery { username, event: args.event, since, limit: i64::from(args.limit), offset: 0 };
     let store = super::open_store(config, false).await?;
     let lines = store.audit_events(&query).await?;
     if args.json {

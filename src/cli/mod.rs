@@ -149,6 +149,11 @@ enum UserCommand {
         /// User name.
         username: String,
     },
+    /// Lift a user's login lockout (too many wrong passwords), from every address.
+    Unlock {
+        /// User name.
+        username: String,
+    },
     /// Change a user's role.
     Role {
         /// User name.

@@ -58,6 +58,11 @@ async fn forward(app: &AppState, caller: Caller, client: ClientInfo, req: Reques
         app.audit.note(&of_headers(req.headers(), &client), event.field("path_class", class_name(class))).await;
         return Err(ApiError::Forbidden("this ComfyUI route is for admins only".to_owned()));
     }
+    if path.canonical.starts_with("/comfygate/") || path.canonical == "/comfygate" {
+        // A spelling of a gateway path the router did not take (`/comfygate/admin/../x`,
+        // `/comfygate//admin/`, `%2F`): the gateway's own, never ComfyUI's.
+        return Err(ApiError::NotFound("no such gateway page".to_owned()));
+    }
     if let Some(route) = user_data {
         // User data belongs to the gateway: answered here, never forwarded.
         let max_body = app.config.server.max_request_body.as_u64();

@@ -138,31 +138,37 @@ impl Scheduler {
             .into_iter()
             .filter_map(|(owner, id)| {
                 let job = inner.job(&id)?;
-                let healthy: Vec<_> = backends.iter().filter(|b| b.is_healthy()).collect();
-                let capable: Vec<_> = healthy
-                    .iter()
-                    .filter(|b| job.pinned.as_deref().is_none_or(|p| p == b.name()))
-                    .filter(|b| match (&job.requirements, b.capabilities()) {
-                        (Some(req), Some(caps)) => req.satisfied_by(&caps),
-                        _ => true,
-                    })
-                    .collect();
-                let reason = if healthy.is_empty() {
-                    "no backend is healthy".to_owned()
-                } else if let (Some(pinned), true) = (&job.pinned, capable.is_empty()) {
-                    format!("its input files are on backend `{pinned}`, which is not available")
-                } else if capable.is_empty() {
-                    let models: Vec<String> =
-                        job.requirements.as_ref().map(|r| r.model_files().into_iter().collect()).unwrap_or_default();
-                    format!("no healthy backend has everything it needs (models: {})", models.join(", "))
-                } else if job.requirements.is_none() {
-                    "waiting for the backends to report their nodes and models".to_owned()
-                } else {
-                    "waiting for a free slot (fair share between users)".to_owned()
-                };
+                let reason = wait_reason(&backends, job);
                 Some(json!({"prompt_id": id, "user_id": owner, "reason": reason}))
             })
             .collect()
+    }
+
+    /// The jobs the gateway holds, for the operator's console: every job running or handed to
+    /// a backend (by number), then the first `waiting` of the gateway's queue in dispatch order,
+    /// each with why it waits; and how many jobs the gateway holds in all.
+    pub fn overview(&self, waiting: usize) -> (Vec<JobSummary>, usize) {
+        let backends = self.pool.all();
+        let inner = self.inner();
+        let mut held: Vec<JobSummary> = inner
+            .jobs
+            .iter()
+            .filter(|(_, job)| job.backend.is_some() && job.state != JobState::Queued)
+            .map(|(id, job)| JobSummary::of(id, job, None))
+            .collect();
+        held.sort_by_key(|j| (j.state != JobState::Running, j.number));
+        for (_, id) in inner.queue.in_order().into_iter().take(waiting) {
+            if let Some(job) = inner.job(&id) {
+                held.push(JobSummary::of(&id, job, Some(wait_reason(&backends, job))));
+            }
+        }
+        (held, inner.jobs.len())
+    }
+
+    /// The held job with gateway id `id`, as [`Scheduler::overview`] shows it (without a wait
+    /// reason).
+    pub fn summary(&self, id: &str) -> Option<JobSummary> {
+        self.inner().job(id).map(|job| JobSummary::of(id, job, None))
     }
 
     /// The gateway id, owner and backend of the job `viewer` calls `id` (their own id first;
@@ -273,5 +279,70 @@ impl Scheduler {
         if let Some(id) = prompt_id {
             self.delete_held(scope, &[id.to_owned()], "deleted from the queue").await;
         }
+    }
+}
+
+/// One held job as the console shows it.
+#[derive(Debug, Clone)]
+pub struct JobSummary {
+    /// The gateway's id.
+    pub id: String,
+    /// ComfyUI's queue number.
+    pub number: i64,
+    /// Owner's user id.
+    pub owner: i64,
+    /// Owner's name.
+    pub username: String,
+    /// Queued (in the gateway), dispatched (on a backend's queue) or running.
+    pub state: JobState,
+    /// The backend holding it.
+    pub backend: Option<String>,
+    /// When it was submitted (unix ms).
+    pub created_at: i64,
+    /// When its run started (unix ms).
+    pub started_at: Option<i64>,
+    /// Why it still waits in the gateway's queue (only for queued jobs).
+    pub reason: Option<String>,
+}
+
+impl JobSummary {
+    fn of(id: &str, job: &super::jobs::Active, reason: Option<String>) -> Self {
+        JobSummary {
+            id: id.to_owned(),
+            number: job.number,
+            owner: job.owner,
+            username: job.username.to_string(),
+            state: job.state,
+            backend: job.backend.clone(),
+            created_at: job.created_at,
+            started_at: job.started_at,
+            reason,
+        }
+    }
+}
+
+/// Why `job`, in the gateway's queue, still waits, in plain words.
+fn wait_reason(backends: &[std::sync::Arc<crate::backends::Backend>], job: &super::jobs::Active) -> String {
+    let healthy: Vec<_> = backends.iter().filter(|b| b.is_healthy()).collect();
+    let capable: Vec<_> = healthy
+        .iter()
+        .filter(|b| job.pinned.as_deref().is_none_or(|p| p == b.name()))
+        .filter(|b| match (&job.requirements, b.capabilities()) {
+            (Some(req), Some(caps)) => req.satisfied_by(&caps),
+            _ => true,
+        })
+        .collect();
+    if healthy.is_empty() {
+        "no backend is healthy".to_owned()
+    } else if let (Some(pinned), true) = (&job.pinned, capable.is_empty()) {
+        format!("its input files are on backend `{pinned}`, which is not available")
+    } else if capable.is_empty() {
+        let models: Vec<String> =
+            job.requirements.as_ref().map(|r| r.model_files().into_iter().collect()).unwrap_or_default();
+        format!("no healthy backend has everything it needs (models: {})", models.join(", "))
+    } else if job.requirements.is_none() {
+        "waiting for the backends to report their nodes and models".to_owned()
+    } else {
+        "waiting for a free slot (fair share between users)".to_owned()
     }
 }

@@ -140,6 +140,14 @@ pub trait Store: Send + Sync + 'static {
     async fn record_login_address(&self, user_id: i64, address: &str, now: i64) -> StoreResult<()>;
     /// Whether `user_id` logged in from `address` at or after `since`.
     async fn known_login_address(&self, user_id: i64, address: &str, since: i64) -> StoreResult<bool>;
+    /// Throttle keys blocked past `now`, with the time (unix ms) each is blocked until.
+    async fn blocked_login_keys(&self, now: i64) -> StoreResult<Vec<(String, i64)>>;
+    /// Deletes throttle key `exact` and every key starting with `prefix`; returns how many.
+    async fn clear_login_keys(&self, exact: &str, prefix: &str) -> StoreResult<u64>;
+    /// Each user's latest login (user id, unix ms), for users who ever logged in.
+    async fn last_logins(&self) -> StoreResult<Vec<(i64, i64)>>;
+    /// The sessions of `user_id` neither revoked nor past their end at `now`, newest first.
+    async fn sessions_of(&self, user_id: i64, now: i64) -> StoreResult<Vec<Session>>;
     /// The highest bcrypt cost among the stored password hashes (imported ComfyUI-Login
     /// accounts not yet upgraded), if there are any.
     async fn max_bcrypt_cost(&self) -> StoreResult<Option<u32>>;

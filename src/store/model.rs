@@ -353,4 +353,6 @@ pub struct AuditQuery {
     pub since: Option<i64>,
     /// At most this many.
     pub limit: i64,
+    /// After skipping this many (pages).
+    pub offset: i64,
 }

@@ -624,6 +624,40 @@ macro_rules! impl_store {
                 Ok(found.is_some())
             }
 
+            async fn blocked_login_keys(&self, now: i64) -> StoreResult<Vec<(String, i64)>> {
+                Ok(sqlx::query_as("SELECT throttle_key, blocked_until FROM login_throttle WHERE blocked_until > $1")
+                    .bind(now)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn clear_login_keys(&self, exact: &str, prefix: &str) -> StoreResult<u64> {
+                // substr, not LIKE: names may hold `_`, a LIKE wildcard.
+                let len = i32::try_from(prefix.chars().count()).map_err(|_| $crate::store::StoreError::Corrupt("throttle key too long".to_owned()))?;
+                Ok(sqlx::query("DELETE FROM login_throttle WHERE throttle_key = $1 OR substr(throttle_key, 1, $2) = $3")
+                    .bind(exact)
+                    .bind(len)
+                    .bind(prefix)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected())
+            }
+
+            async fn last_logins(&self) -> StoreResult<Vec<(i64, i64)>> {
+                Ok(sqlx::query_as("SELECT user_id, MAX(last_login_at) FROM login_addresses GROUP BY user_id")
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn sessions_of(&self, user_id: i64, now: i64) -> StoreResult<Vec<Session>> {
+                let sql = format!(
+                    "{SESSION_SELECT} WHERE s.user_id = $1 AND s.revoked_at IS NULL AND s.expires_at >= $2 \
+                     ORDER BY s.created_at DESC, s.id DESC"
+                );
+                let rows: Vec<SessionRow> = sqlx::query_as(&sql).bind(user_id).bind(now).fetch_all(&self.pool).await?;
+                rows.into_iter().map(|r| r.into_pair().map(|(s, _)| s)).collect()
+            }
+
             async fn max_bcrypt_cost(&self) -> StoreResult<Option<u32>> {
                 // `$2b$12$...`: the cost is the two digits after the second `$`.
                 let cost: Option<String> = sqlx::query_scalar(
@@ -984,12 +1018,13 @@ macro_rules! impl_store {
                 Ok(sqlx::query_scalar(
                     "SELECT line FROM audit_events WHERE ($1 IS NULL OR username = $1) \
                      AND ($2 IS NULL OR event = $2) AND ($3 IS NULL OR at >= $3) \
-                     ORDER BY at DESC, id DESC LIMIT $4",
+                     ORDER BY at DESC, id DESC LIMIT $4 OFFSET $5",
                 )
                 .bind(&query.username)
                 .bind(&query.event)
                 .bind(query.since)
                 .bind(query.limit)
+                .bind(query.offset)
                 .fetch_all(&self.pool)
                 .await?)
             }

@@ -190,7 +190,7 @@ Use it as <code>Authorization: Bearer …</code> or <code>?token=…</code>.</di
         .unwrap_or_default();
     let error = error.map(|e| format!(r#"<p class="error" role="alert">{}</p>"#, escape(e))).unwrap_or_default();
     let body = format!(
-        r#"<div class="card"><h1>Your account</h1><p>Signed in as <b>{user}</b> ({role}). <a href="/">Open ComfyUI</a></p>
+        r#"<div class="card"><h1>Your account</h1><p>Signed in as <b>{user}</b> ({role}). <a href="/">Open ComfyUI</a>{console}</p>
 <form method="post" action="/logout"><input type="hidden" name="csrf" value="{csrf}"><button type="submit">Log out</button></form></div>
 {error}
 <div class="card"><h2>API tokens</h2>{issued}{table}
@@ -210,6 +210,7 @@ Use it as <code>Authorization: Bearer …</code> or <code>?token=…</code>.</di
 <button type="submit">Change password</button></form></div>"#,
         user = escape(&me.username),
         role = me.role,
+        console = if me.is_admin() { r#" · <a href="/comfygate/admin/">Operator console</a>"# } else { "" },
         min = app.config.auth.min_password_length,
         window = humantime::format_duration(app.config.auth.token_reauth_window),
         expiry_options = expiry_options(me.is_admin(), app.config.auth.token_max_lifetime),

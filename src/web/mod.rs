@@ -4,6 +4,7 @@
 pub mod account;
 pub mod actions;
 pub mod api;
+pub mod console;
 pub mod cookies;
 pub mod csrf;
 pub mod login;
@@ -43,6 +44,7 @@ pub fn routes() -> Router<AppState> {
         .route("/comfygate/api/users", get(api::list_users).post(api::create_user))
         .route("/comfygate/api/users/{name}", delete(api::delete_user).patch(api::update_user))
         .route("/comfygate/api/backends", get(api::backends))
+        .merge(console::routes())
         .layer(DefaultBodyLimit::max(FORM_LIMIT))
         .layer(axum::middleware::map_response(page::own_headers))
 }

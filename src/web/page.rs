@@ -1,7 +1,7 @@
 //! Server-rendered HTML: one layout, escaping for everything interpolated, safe redirects.
 
 use axum::response::Response;
-use http::header::CONTENT_TYPE;
+use http::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use http::{HeaderValue, StatusCode};
 
 /// Escapes text for HTML content and attribute values.
@@ -53,7 +53,16 @@ pub fn with_page_headers(response: Response) -> Response {
 pub async fn own_headers(response: Response) -> Response {
     let is_html =
         response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/html"));
-    if is_html { with_page_headers(response) } else { with_headers(response, &API_HEADERS) }
+    match (is_html, response.headers().contains_key(CONTENT_SECURITY_POLICY)) {
+        // A page with a policy of its own (the console's, which allows its script) keeps it.
+        (true, true) => {
+            let others: Vec<_> =
+                PAGE_HEADERS.iter().copied().filter(|(name, _)| *name != CONTENT_SECURITY_POLICY.as_str()).collect();
+            with_headers(response, &others)
+        }
+        (true, false) => with_page_headers(response),
+        (false, _) => with_headers(response, &API_HEADERS),
+    }
 }
 
 fn with_headers(mut response: Response, headers: &[(&'static str, &'static str)]) -> Response {
@@ -63,29 +72,31 @@ fn with_headers(mut response: Response, headers: &[(&'static str, &'static str)]
     response
 }
 
+/// The gateway's page style: ComfyUI's dark look (the console adds its own rules to it).
+pub const STYLE: &str = r#" :root { color-scheme: dark; }
+ body { font: 15px/1.5 system-ui, sans-serif; background: #202020; color: #ddd; margin: 0; }
+ main { max-width: 46rem; margin: 3rem auto; padding: 0 1rem; }
+ .card { background: #2b2b2b; border: 1px solid #3a3a3a; border-radius: 10px; padding: 1.5rem; margin-bottom: 1.25rem; }
+ h1 { font-size: 1.4rem; margin: 0 0 1rem; } h2 { font-size: 1.1rem; margin: 0 0 .75rem; }
+ label { display: block; margin: .6rem 0 .2rem; }
+ input, select { width: 100%; box-sizing: border-box; padding: .5rem; border-radius: 6px; border: 1px solid #555; background: #1a1a1a; color: #eee; }
+ button { margin-top: 1rem; padding: .5rem 1rem; border: 0; border-radius: 6px; background: #4a7dd8; color: white; cursor: pointer; }
+ button.danger { background: #a33; margin: 0; padding: .25rem .6rem; }
+ .error { background: #5a2020; border: 1px solid #a33; padding: .6rem .8rem; border-radius: 6px; }
+ .notice { background: #1f4a2a; border: 1px solid #2f7a44; padding: .6rem .8rem; border-radius: 6px; }
+ code.secret { display: block; word-break: break-all; background: #111; padding: .6rem; border-radius: 6px; margin: .5rem 0; }
+ table { width: 100%; border-collapse: collapse; font-size: .9rem; } td, th { text-align: left; padding: .35rem; border-bottom: 1px solid #3a3a3a; }
+ .muted { color: #999; font-size: .85rem; } a { color: #8ab4ff; }
+ form.inline { display: inline; }
+"#;
+
 /// Wraps a page body in the common layout.
 pub fn layout(title: &str, body: &str) -> String {
     format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} · comfygate</title>
-<style>
- :root {{ color-scheme: dark; }}
- body {{ font: 15px/1.5 system-ui, sans-serif; background: #202020; color: #ddd; margin: 0; }}
- main {{ max-width: 46rem; margin: 3rem auto; padding: 0 1rem; }}
- .card {{ background: #2b2b2b; border: 1px solid #3a3a3a; border-radius: 10px; padding: 1.5rem; margin-bottom: 1.25rem; }}
- h1 {{ font-size: 1.4rem; margin: 0 0 1rem; }} h2 {{ font-size: 1.1rem; margin: 0 0 .75rem; }}
- label {{ display: block; margin: .6rem 0 .2rem; }}
- input, select {{ width: 100%; box-sizing: border-box; padding: .5rem; border-radius: 6px; border: 1px solid #555; background: #1a1a1a; color: #eee; }}
- button {{ margin-top: 1rem; padding: .5rem 1rem; border: 0; border-radius: 6px; background: #4a7dd8; color: white; cursor: pointer; }}
- button.danger {{ background: #a33; margin: 0; padding: .25rem .6rem; }}
- .error {{ background: #5a2020; border: 1px solid #a33; padding: .6rem .8rem; border-radius: 6px; }}
- .notice {{ background: #1f4a2a; border: 1px solid #2f7a44; padding: .6rem .8rem; border-radius: 6px; }}
- code.secret {{ display: block; word-break: break-all; background: #111; padding: .6rem; border-radius: 6px; margin: .5rem 0; }}
- table {{ width: 100%; border-collapse: collapse; font-size: .9rem; }} td, th {{ text-align: left; padding: .35rem; border-bottom: 1px solid #3a3a3a; }}
- .muted {{ color: #999; font-size: .85rem; }} a {{ color: #8ab4ff; }}
- form.inline {{ display: inline; }}
-</style></head>
+<style>{STYLE}</style></head>
 <body><main>{body}</main></body></html>"#,
         title = escape(title),
     )
