@@ -562,3 +562,26 @@ async fn a_backend_a_reload_removes_shows_as_retiring_while_its_job_runs() {
     let html = page(&gw, "/comfygate/admin/backends", &admin).await;
     assert!(b2_row(&html).contains("retiring"), "{html}");
 }
+
+#[tokio::test]
+async fn inside_comfyui_the_frontend_loads_the_gateways_account_link_beside_the_backends_extensions() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let gw = Gateway::start(&sim.url()).await;
+    gw.add_user("alice", "user").await;
+    let cookie = gw.login("alice", USER_PW).await;
+    for list in ["/extensions", "/api/extensions"] {
+        let (status, _, body) = get(&gw, list, Some(&cookie)).await;
+        assert_eq!(status, 200, "{list}: {body}");
+        let scripts: Vec<String> = serde_json::from_str(&body).unwrap();
+        assert_eq!(scripts, ["/extensions/comfygate/account.js"], "{list}: the simulator's (none) and the gateway's");
+    }
+    let (status, headers, script) = get(&gw, "/extensions/comfygate/account.js", Some(&cookie)).await;
+    assert_eq!(status, 200);
+    assert!(headers["content-type"].to_str().unwrap().starts_with("text/javascript"), "{headers:?}");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert!(script.contains("/comfygate/api/whoami") && script.contains("/logout"), "{script}");
+    assert!(!script.contains("innerHTML"), "names are set as text");
+    assert!(!common::client_requests(&sim).iter().any(|r| r.uri.contains("comfygate")), "never forwarded");
+    let (status, _, _) = get(&gw, "/extensions", None).await;
+    assert_eq!(status, 401, "behind authentication like every ComfyUI route");
+}

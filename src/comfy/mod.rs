@@ -2,6 +2,7 @@
 //! file, or that aggregate every backend. Everything else goes through the generic proxy to
 //! the primary backend.
 
+pub mod extension;
 mod files;
 mod history;
 mod info;
@@ -58,6 +59,10 @@ pub enum Route {
     Free,
     /// `GET /ws`.
     WebSocket,
+    /// `GET /extensions` (the frontend's extension scripts, the gateway's added).
+    Extensions,
+    /// `GET /extensions/comfygate/account.js` (the gateway's own extension script).
+    ExtensionScript,
 }
 
 /// The ComfyUI-aware route for a request, if any.
@@ -84,6 +89,8 @@ pub fn route(method: &Method, path: &NormalizedPath) -> Option<Route> {
         (["models", folder], true, _) => Route::ModelFolder((*folder).to_owned()),
         (["free"], false, true) => Route::Free,
         (["ws"], true, _) => Route::WebSocket,
+        (["extensions"], true, _) => Route::Extensions,
+        (["extensions", "comfygate", "account.js"], true, _) => Route::ExtensionScript,
         _ => return None,
     })
 }
@@ -131,6 +138,8 @@ pub async fn handle(
         Route::ModelFolder(folder) => info::models(app, Some(&folder)).await,
         Route::Free => info::free(app, &caller.identity.username, req).await,
         Route::WebSocket => ws::upgrade(app, caller, req).await,
+        Route::Extensions => extension::list(app).await,
+        Route::ExtensionScript => Ok(extension::script()),
     }
 }
 

@@ -96,6 +96,18 @@ await scenario('login_then_comfyui_frontend_loads_through_the_gateway', async ()
   if (apiProblems.length) console.log(`  requests answered >= 400 while booting:\n    ${apiProblems.join('\n    ')}`);
 });
 
+await scenario('inside_comfyui_the_user_sees_their_name_and_links_to_the_account_page_and_log_out', async () => {
+  check(loaded, 'the frontend did not load');
+  const box = a.page.locator('#comfygate-account');
+  await box.waitFor({ state: 'visible', timeout: STEP_MS });
+  const text = await box.innerText();
+  check(text.includes(alice.name), `the name is shown: ${text}`);
+  const hrefs = await box.locator('a').evaluateAll((links) => links.map((l) => l.getAttribute('href')));
+  check(hrefs.includes('/comfygate/account') && hrefs.includes('/logout'), `links: ${hrefs}`);
+  await a.page.screenshot({ path: path.join(shots, 'frontend-account-link.png') });
+  console.log(`  screenshot: ${path.join(shots, 'frontend-account-link.png')}`);
+});
+
 await scenario('saved_workflow_is_listed_again_after_reload', async () => {
   check(loaded, 'the frontend did not load');
   const saved = await a.page.evaluate(async (file) => {
