@@ -585,3 +585,69 @@ async fn inside_comfyui_the_frontend_loads_the_gateways_account_link_beside_the_
     let (status, _, _) = get(&gw, "/extensions", None).await;
     assert_eq!(status, 401, "behind authentication like every ComfyUI route");
 }
+
+#[tokio::test]
+async fn the_users_page_shows_their_jobs_with_queue_places_and_signs_out_their_other_sessions() {
+    let backend = pool::sim(3_000).await;
+    let gw = pool::gateway(&[&backend], 1).await;
+    gw.add_user("alice", "user").await;
+    let token = gw.token("alice", "jobs").await;
+    let ids: Vec<String> = {
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(submit_ok(&gw, &token, job("mine", i, 3_000)).await);
+        }
+        ids
+    };
+    let here = gw.login("alice", USER_PW).await;
+    let elsewhere = gw.login("alice", USER_PW).await;
+    let account = poll(DEADLINE, "the first job running", || async {
+        let (_, _, body) = get(&gw, "/comfygate/account", Some(&here)).await;
+        body.contains("running").then_some(body)
+    })
+    .await;
+    for id in &ids {
+        assert!(account.contains(id.as_str()), "every job listed: {account}");
+    }
+    assert!(
+        account.contains("waiting, 1st in the queue") && account.contains("waiting, 2nd in the queue"),
+        "{account}"
+    );
+    assert_eq!(account.matches("<b>this session</b>").count(), 1, "{account}");
+    assert_eq!(account.matches(">Sign out</button>").count(), 1, "the other session: {account}");
+
+    let action = account.split("action=\"/comfygate/account/sessions/").nth(1).unwrap();
+    let other: i64 = action.split('/').next().unwrap().parse().unwrap();
+    let csrf = hidden_input(&account, "csrf").unwrap();
+    let r = client()
+        .post(gw.at(&format!("/comfygate/account/sessions/{other}/revoke")))
+        .header("cookie", format!("{SESSION_COOKIE}={here}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", &csrf)]))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+    assert_eq!(gw.whoami(&Auth::Cookie(&elsewhere)).await.0, 401, "the other session ended");
+    assert_eq!(gw.whoami(&Auth::Cookie(&here)).await.0, 200, "this one did not");
+    // An ended session is not open any more; another user's is not hers to end; without the
+    // form token nothing happens.
+    let post = |id: i64, csrf: String| {
+        client()
+            .post(gw.at(&format!("/comfygate/account/sessions/{id}/revoke")))
+            .header("cookie", format!("{SESSION_COOKIE}={here}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("csrf", &csrf)]))
+            .send()
+    };
+    assert_eq!(post(other, csrf.clone()).await.unwrap().status(), 404);
+    let admin = gw.login("admin", ADMIN_PW).await;
+    let admin_other = gw.login("admin", ADMIN_PW).await;
+    let (_, _, admin_page) = get(&gw, "/comfygate/account", Some(&admin)).await;
+    let action = admin_page.split("action=\"/comfygate/account/sessions/").nth(1).unwrap();
+    let admins: i64 = action.split('/').next().unwrap().parse().unwrap();
+    assert_eq!(post(admins, csrf.clone()).await.unwrap().status(), 404, "not alice's session");
+    assert_eq!(post(admins, "forged".to_owned()).await.unwrap().status(), 403, "no form token, no action");
+    assert_eq!(gw.whoami(&Auth::Cookie(&admin_other)).await.0, 200, "the admin's sessions are untouched");
+    assert_eq!(gw.whoami(&Auth::Cookie(&admin)).await.0, 200);
+}

@@ -5,6 +5,7 @@ use http::Method;
 use serde_json::{Value, json};
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::Scheduler;
 use super::SchedulerError;
@@ -165,6 +166,37 @@ impl Scheduler {
         (held, inner.jobs.len())
     }
 
+    /// `owner`'s jobs the gateway holds, for their account page: those on backends, then those
+    /// waiting with their place in the gateway's dispatch order (`None` past the first
+    /// [`POSITIONS_COUNTED`] places) and why they wait.
+    pub fn jobs_of(&self, owner: i64) -> Vec<(JobSummary, Option<usize>)> {
+        let backends = self.pool.all();
+        let inner = self.inner();
+        let mut out: Vec<(JobSummary, Option<usize>)> = Vec::new();
+        for backend in backends.iter() {
+            for id in backend.load().inflight.iter() {
+                if let Some(job) = inner.job(id).filter(|j| j.owner == owner) {
+                    out.push((JobSummary::of(id, job, None), None));
+                }
+            }
+        }
+        let mut places: HashMap<Arc<str>, usize> = HashMap::new();
+        if inner.queue.waiting_of(owner) > 0 {
+            for (place, (who, id)) in inner.queue.in_order().into_iter().take(POSITIONS_COUNTED).enumerate() {
+                if who == owner {
+                    places.insert(id, place + 1);
+                }
+            }
+        }
+        for id in inner.queue.line(owner) {
+            if let Some(job) = inner.job(&id) {
+                let reason = wait_reason(&backends, job);
+                out.push((JobSummary::of(&id, job, Some(reason)), places.get(&id).copied()));
+            }
+        }
+        out
+    }
+
     /// The held job with gateway id `id`, as [`Scheduler::overview`] shows it (without a wait
     /// reason).
     pub fn summary(&self, id: &str) -> Option<JobSummary> {
@@ -287,6 +319,8 @@ impl Scheduler {
 pub struct JobSummary {
     /// The gateway's id.
     pub id: String,
+    /// The id its owner knows it by (their own choice, or the gateway's).
+    pub public_id: String,
     /// ComfyUI's queue number.
     pub number: i64,
     /// Owner's user id.
@@ -309,6 +343,7 @@ impl JobSummary {
     fn of(id: &str, job: &super::jobs::Active, reason: Option<String>) -> Self {
         JobSummary {
             id: id.to_owned(),
+            public_id: job.public_id.to_string(),
             number: job.number,
             owner: job.owner,
             username: job.username.to_string(),
@@ -320,6 +355,9 @@ impl JobSummary {
         }
     }
 }
+
+/// How far into the gateway's queue a user's account page counts places.
+pub const POSITIONS_COUNTED: usize = 10_000;
 
 /// Why `job`, in the gateway's queue, still waits, in plain words.
 fn wait_reason(backends: &[std::sync::Arc<crate::backends::Backend>], job: &super::jobs::Active) -> String {

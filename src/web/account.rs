@@ -10,14 +10,19 @@ use http::StatusCode;
 use http::header::{RETRY_AFTER, SET_COOKIE};
 use serde::Deserialize;
 
+use super::console::human_ms;
 use super::cookies::set_cookie;
 use super::page::{escape, layout, with_page_headers};
 use super::views::TokenView;
 use super::{actions, csrf};
-use crate::auth::accounts::IssuedToken;
+use crate::auth::AuthMethod;
+use crate::auth::accounts::{AccountError, IssuedToken};
 use crate::config::DEFAULT_TOKEN_LIFETIME;
 use crate::http::{ApiError, Caller, ClientInfo, RequestContext};
+use crate::scheduler::control::POSITIONS_COUNTED;
 use crate::state::AppState;
+use crate::store::JobState;
+use crate::time::{format_ms, now_ms};
 
 /// Token creation form.
 #[derive(Deserialize)]
@@ -189,6 +194,8 @@ Use it as <code>Authorization: Bearer …</code> or <code>?token=…</code>.</di
         })
         .unwrap_or_default();
     let error = error.map(|e| format!(r#"<p class="error" role="alert">{}</p>"#, escape(e))).unwrap_or_default();
+    let jobs = jobs_card(app, me.user_id);
+    let sessions = sessions_card(app, caller, &csrf).await?;
     let body = format!(
         r#"<div class="card"><h1>Your account</h1><p>Signed in as <b>{user}</b> ({role}). <a href="/">Open ComfyUI</a>{console}</p>
 <form method="post" action="/logout"><input type="hidden" name="csrf" value="{csrf}"><button type="submit">Log out</button></form></div>
@@ -202,6 +209,7 @@ Use it as <code>Authorization: Bearer …</code> or <code>?token=…</code>.</di
 <label><input type="checkbox" name="keep" style="width:auto"> Keep after I log out or change my password</label>
 <p class="muted">Otherwise the token is revoked when this session logs out or the password changes.</p>
 <button type="submit">Create token</button></form></div>
+{jobs}{sessions}
 <div class="card"><h2>Change password</h2><p class="muted">Every session, this one included, ends, and so do tokens made in a session unless kept.</p>
 <form method="post" action="/comfygate/account/password"><input type="hidden" name="csrf" value="{csrf}">
 <label for="current">Current password</label><input id="current" name="current" type="password" autocomplete="current-password" required>
@@ -216,6 +224,114 @@ Use it as <code>Authorization: Bearer …</code> or <code>?token=…</code>.</di
         expiry_options = expiry_options(me.is_admin(), app.config.auth.token_max_lifetime),
     );
     Ok(with_page_headers((status, Html(layout("Account", &body))).into_response()))
+}
+
+/// "Your jobs": those on backends, then those waiting with their place in the gateway's queue
+/// and why they wait.
+fn jobs_card(app: &AppState, user_id: i64) -> String {
+    let now = now_ms();
+    let rows: String = app
+        .scheduler
+        .jobs_of(user_id)
+        .into_iter()
+        .map(|(job, place)| {
+            let state = match job.state {
+                JobState::Running => "running".to_owned(),
+                JobState::Queued => match place {
+                    Some(n) => format!("waiting, {} in the queue", ordinal(n)),
+                    None => format!("waiting (past the first {POSITIONS_COUNTED} in the queue)"),
+                },
+                _ => "on its backend's queue".to_owned(),
+            };
+            format!(
+                r#"<tr><td><code>{id}</code></td><td>{state}</td><td>{backend}</td><td title="{utc}">{waited} ago</td><td class="muted">{why}</td></tr>"#,
+                id = escape(&job.public_id),
+                state = escape(&state),
+                backend = escape(job.backend.as_deref().unwrap_or("–")),
+                utc = escape(&format_ms(job.created_at)),
+                waited = human_ms(now - job.created_at),
+                why = escape(job.reason.as_deref().unwrap_or("")),
+            )
+        })
+        .collect();
+    let table = if rows.is_empty() {
+        "<p class=\"muted\">None running or waiting.</p>".to_owned()
+    } else {
+        format!(
+            "<table><tr><th>Prompt</th><th>State</th><th>Backend</th><th>Submitted</th><th></th></tr>{rows}</table>"
+        )
+    };
+    format!(r#"<div class="card"><h2>Your jobs</h2>{table}</div>"#)
+}
+
+/// "Your sessions": every open one, this one marked, the others with a sign-out button.
+async fn sessions_card(app: &AppState, caller: &Caller, csrf: &str) -> Result<String, ApiError> {
+    let now = now_ms();
+    let this = match caller.identity.method {
+        AuthMethod::Session { session_id, .. } => Some(session_id),
+        _ => None,
+    };
+    let sessions = app.scheduler.store().sessions_of(caller.identity.user_id, now).await.map_err(AccountError::from)?;
+    let rows: String = sessions
+        .iter()
+        .map(|s| {
+            let action = if Some(s.id) == this {
+                "<b>this session</b>".to_owned()
+            } else {
+                format!(
+                    r#"<form class="inline" method="post" action="/comfygate/account/sessions/{id}/revoke"><input type="hidden" name="csrf" value="{csrf}"><button class="danger" type="submit">Sign out</button></form>"#,
+                    id = s.id,
+                )
+            };
+            let browser: String = s.user_agent.chars().take(80).collect();
+            format!(
+                r#"<tr><td title="{started_utc}">{started} ago</td><td title="{seen_utc}">{seen} ago</td><td>{ip}</td><td class="muted">{browser}</td><td>{action}</td></tr>"#,
+                started_utc = escape(&format_ms(s.created_at)),
+                started = human_ms(now - s.created_at),
+                seen_utc = escape(&format_ms(s.last_seen_at)),
+                seen = human_ms(now - s.last_seen_at),
+                ip = escape(&s.ip),
+                browser = escape(&browser),
+            )
+        })
+        .collect();
+    let table = if rows.is_empty() {
+        "<p class=\"muted\">No browser sessions (you are using a token).</p>".to_owned()
+    } else {
+        format!(
+            "<table><tr><th>Logged in</th><th>Last seen</th><th>Address</th><th>Browser</th><th></th></tr>{rows}</table>"
+        )
+    };
+    Ok(format!(r#"<div class="card"><h2>Your sessions</h2>{table}</div>"#))
+}
+
+/// `1st`, `2nd`, `3rd`, `11th`...
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// `POST /comfygate/account/sessions/{id}/revoke`: signs out another of the caller's sessions.
+pub async fn revoke_session(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    RequestContext(context): RequestContext,
+    form: FormResult<CsrfForm>,
+) -> Result<Response, ApiError> {
+    let Form(form) = form?;
+    csrf::check_form(&caller, &form.csrf)?;
+    let me = &caller.identity;
+    if !actions::sign_out_session(&app, &me.username, me.user_id, id, &context).await? {
+        return Err(ApiError::NotFound("no such open session of yours".to_owned()));
+    }
+    Ok(Redirect::to("/comfygate/account").into_response())
 }
 
 /// The expiry choices a caller may pick: none beyond the maximum lifetime for non-admins, the

@@ -128,6 +128,32 @@ pub async fn change_password(
     Ok(())
 }
 
+/// Signs out session `session_id` of account `username` (id `user_id`), with the tokens it
+/// minted without `keep`, audited first; `false` when no such session is open.
+pub async fn sign_out_session(
+    app: &AppState,
+    username: &str,
+    user_id: i64,
+    session_id: i64,
+    context: &Context,
+) -> Result<bool, ApiError> {
+    let store = app.scheduler.store();
+    let now = now_ms();
+    let open = store.sessions_of(user_id, now).await.map_err(AccountError::from)?.iter().any(|s| s.id == session_id);
+    if !open {
+        return Ok(false);
+    }
+    let event = crate::audit::Event::success("session_revoked").user(username).field("session_id", session_id);
+    app.audit.record(context, event).await.map_err(AccountError::from)?;
+    let tokens = store.revoke_session(session_id, now).await.map_err(AccountError::from)?;
+    app.auth.revoked();
+    for token in tokens {
+        let event = crate::audit::Event::success("token_revoked").user(username).token(token).reason("session_revoked");
+        app.audit.note(context, event).await;
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

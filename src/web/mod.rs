@@ -37,6 +37,7 @@ pub fn routes() -> Router<AppState> {
         .route("/comfygate/account/tokens", post(account::create_token))
         .route("/comfygate/account/tokens/{id}/revoke", post(account::revoke_token))
         .route("/comfygate/account/password", post(account::change_password))
+        .route("/comfygate/account/sessions/{id}/revoke", post(account::revoke_session))
         .route("/comfygate/api/whoami", get(api::whoami))
         .route("/comfygate/api/tokens", get(api::list_tokens).post(api::create_token))
         .route("/comfygate/api/tokens/{id}", delete(api::revoke_token))

@@ -15,7 +15,6 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 
 use super::{Console, CsrfForm, FormResult, Frame, Tab, When, page};
-use crate::audit::Event;
 use crate::auth::AuthMethod;
 use crate::auth::accounts::{AccountError, generate_password};
 use crate::auth::flash::Flash;
@@ -23,6 +22,7 @@ use crate::http::{ApiError, RequestContext};
 use crate::state::AppState;
 use crate::store::{Role, User};
 use crate::time::now_ms;
+use crate::web::actions;
 
 const LIST: &str = "/comfygate/admin/users";
 
@@ -436,20 +436,9 @@ pub async fn revoke_session(
     let Form(form) = form?;
     console.check_form(&form.csrf)?;
     let user = app.auth.accounts().user(&name).await?;
-    let store = app.scheduler.store();
-    let now = now_ms();
-    let open = store.sessions_of(user.id, now).await.map_err(AccountError::from)?.into_iter().any(|s| s.id == id);
-    if !open {
-        return Ok(console.done(&app, &user_page(&name), Flash::error("That session is not open.")));
-    }
     let context = console.context(&context);
-    let event = Event::success("session_revoked").user(&user.username).field("session_id", id);
-    app.audit.record(&context, event).await.map_err(AccountError::from)?;
-    let tokens = store.revoke_session(id, now).await.map_err(AccountError::from)?;
-    app.auth.revoked();
-    for token in tokens {
-        let event = Event::success("token_revoked").user(&user.username).token(token).reason("session_revoked");
-        app.audit.note(&context, event).await;
+    if !actions::sign_out_session(&app, &user.username, user.id, id, &context).await? {
+        return Ok(console.done(&app, &user_page(&name), Flash::error("That session is not open.")));
     }
     let flash = Flash::notice(format!("Signed out a session of `{}`.", user.username));
     Ok(console.done(&app, &user_page(&name), flash))
