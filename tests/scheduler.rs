@@ -496,3 +496,31 @@ async fn system_stats_lists_every_backend_a_down_one_as_down_with_the_devices_of
     assert!(!devices.is_empty() && devices.iter().all(|d| d["comfygate_backend"] == "sim"), "{stats}");
     assert!(stats["comfygate"]["backends"][1].get("error").is_none(), "no error text (addresses) for users");
 }
+
+#[tokio::test]
+async fn an_admins_queue_and_history_say_whose_each_job_is_and_where_it_runs_a_users_do_not() {
+    let backend = sim(1_500, &[]).await;
+    let gw = gateway(&[&backend], 1).await;
+    gw.add_user("alice", "user").await;
+    let alice = gw.token("alice", "a").await;
+    let admin = gw.token("admin", "t").await;
+    let running = submit_ok(&gw, &alice, job("whose", 1, 1_500)).await;
+    let waiting = submit_ok(&gw, &alice, job("whose", 2, 100)).await;
+    poll(Duration::from_secs(10), "the first job running", || async {
+        let (_, q) = gw.get_json("/queue", &Auth::Bearer(&admin)).await;
+        (!q["queue_running"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    let (_, q) = gw.get_json("/queue", &Auth::Bearer(&admin)).await;
+    assert_eq!(q["queue_running"][0][3]["comfygate"], json!({"owner": "alice", "backend": "sim"}), "{q}");
+    assert_eq!(q["queue_pending"][0][3]["comfygate"], json!({"owner": "alice", "backend": null}), "{q}");
+    let (_, mine) = gw.get_json("/queue", &Auth::Bearer(&alice)).await;
+    assert!(!mine.to_string().contains("\"comfygate\""), "a user's own view is ComfyUI's: {mine}");
+    finished(&gw, &alice, &waiting).await;
+    let (_, h) = gw.get_json("/history", &Auth::Bearer(&admin)).await;
+    assert_eq!(h[&running]["prompt"][3]["comfygate"], json!({"owner": "alice", "backend": "sim"}), "{h}");
+    let (_, one) = gw.get_json(&format!("/history/{running}"), &Auth::Bearer(&admin)).await;
+    assert_eq!(one[&running]["prompt"][3]["comfygate"]["owner"], "alice");
+    let (_, h) = gw.get_json("/history", &Auth::Bearer(&alice)).await;
+    assert!(!h.to_string().contains("\"comfygate\""), "{h}");
+}

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::{json_response, ok_empty, read_json};
 use crate::http::ApiError;
 use crate::scheduler::control::Scope;
-use crate::scheduler::{execution_error, renamed, shown_extra};
+use crate::scheduler::{execution_error, renamed, shown_extra, with_owner};
 use crate::state::AppState;
 use crate::store::{Job, JobState, Store};
 
@@ -36,6 +36,7 @@ pub async fn one(app: &AppState, scope: Scope, viewer: i64, id: &str) -> Result<
         return Ok(json_response(StatusCode::OK, &json!({})));
     };
     let shown = shown_id(&job, viewer).to_owned();
+    let viewer = Viewer { id: viewer, admin: matches!(scope, Scope::All) };
     if job.outcome.is_some() {
         return Ok(json_response(StatusCode::OK, &json!({ shown: entry(&job, viewer) })));
     }
@@ -59,16 +60,25 @@ fn shown_id(job: &Job, viewer: i64) -> &str {
     if job.user_id == viewer { &job.public_id } else { &job.prompt_id }
 }
 
+/// Whose views show whose jobs: an admin's (every job, with owner and backend) or a user's.
+#[derive(Debug, Clone, Copy)]
+struct Viewer {
+    id: i64,
+    admin: bool,
+}
+
 /// ComfyUI's `prompt` element of an entry: `[number, id, prompt, extra_data, outputs]`.
-fn prompt_item(job: &Job, viewer: i64, outputs: Value) -> Value {
+fn prompt_item(job: &Job, viewer: Viewer, outputs: Value) -> Value {
     let request: Value = serde_json::from_str(&job.request).unwrap_or(Value::Null);
     let extra = request.get("extra_data").cloned().unwrap_or_else(|| json!({}));
-    let extra = shown_extra(extra, &job.client_id, job.user_id == viewer);
+    let extra = shown_extra(extra, &job.client_id, job.user_id == viewer.id);
+    let extra = if viewer.admin { with_owner(extra, &job.username, job.backend.as_deref()) } else { extra };
+    let viewer = viewer.id;
     json!([job.number, shown_id(job, viewer), request.get("prompt").cloned().unwrap_or(Value::Null), extra, outputs])
 }
 
 /// A stored entry as `viewer` sees it.
-fn entry(job: &Job, viewer: i64) -> Value {
+fn entry(job: &Job, viewer: Viewer) -> Value {
     let outcome: Value = job.outcome.as_deref().and_then(|o| serde_json::from_str(o).ok()).unwrap_or(Value::Null);
     let outputs = outcome.get("outputs_to_execute").cloned().unwrap_or_else(|| json!([]));
     let entry = json!({
@@ -77,12 +87,12 @@ fn entry(job: &Job, viewer: i64) -> Value {
         "status": outcome.get("status").cloned().unwrap_or_else(|| json!({})),
         "meta": outcome.get("meta").cloned().unwrap_or_else(|| json!({})),
     });
-    as_known_by(entry, &job.prompt_id, shown_id(job, viewer))
+    as_known_by(entry, &job.prompt_id, shown_id(job, viewer.id))
 }
 
 /// The entry of a job that failed before the gateway kept entries.
-fn failed_entry(job: &Job, viewer: i64) -> Value {
-    let shown = shown_id(job, viewer);
+fn failed_entry(job: &Job, viewer: Viewer) -> Value {
+    let shown = shown_id(job, viewer.id);
     let error = execution_error(shown, job.error.as_deref().unwrap_or("failed"));
     json!({
         "prompt": prompt_item(job, viewer, json!([])),
@@ -93,7 +103,7 @@ fn failed_entry(job: &Job, viewer: i64) -> Value {
 }
 
 /// The backend's own entry for `job`, as `viewer` sees it.
-async fn from_backend(app: &AppState, job: &Job, viewer: i64) -> Option<Value> {
+async fn from_backend(app: &AppState, job: &Job, viewer: Viewer) -> Option<Value> {
     let backend = job.backend.as_deref().and_then(|b| app.scheduler.pool().get(b))?;
     let internal = job.prompt_id.as_str();
     let path =
@@ -112,7 +122,7 @@ async fn from_backend(app: &AppState, job: &Job, viewer: i64) -> Option<Value> {
         "status": found.get("status").cloned().unwrap_or_else(|| json!({})),
         "meta": found.get("meta").cloned().unwrap_or_else(|| json!({})),
     });
-    Some(as_known_by(entry, internal, shown_id(job, viewer)))
+    Some(as_known_by(entry, internal, shown_id(job, viewer.id)))
 }
 
 /// An entry with the gateway's id replaced by the one the viewer knows.
@@ -207,7 +217,7 @@ impl Pages {
                 let key = Value::String(shown_id(job, self.viewer).to_owned());
                 out.push_str(&key.to_string());
                 out.push(':');
-                out.push_str(&entry(job, self.viewer).to_string());
+                out.push_str(&entry(job, Viewer { id: self.viewer, admin: self.user.is_none() }).to_string());
                 self.next += 1;
                 self.left -= 1;
             }

@@ -17,13 +17,13 @@ use crate::store::JobState;
 const LARGE_VIEW: usize = 200;
 
 /// Writes queue items, comma-separated, from the jobs' stored requests.
-fn write_items(out: &mut String, items: &[QueueEntry], requests: &HashMap<String, String>, viewer: i64) {
+fn write_items(out: &mut String, items: &[QueueEntry], requests: &HashMap<String, String>, viewer: i64, admin: bool) {
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         let request = requests.get(&item.id).map_or("{}", String::as_str);
-        item.write(out, viewer, request);
+        item.write(out, viewer, admin, request);
     }
 }
 
@@ -80,16 +80,17 @@ impl Scheduler {
             false => None,
         };
         let requests = self.store.job_requests(&ids).await?;
+        let admin = matches!(scope, Scope::All);
         let build = move || {
             let mut out = String::with_capacity(64 + requests.values().map(|r| r.len() + 64).sum::<usize>());
             out.push_str(r#"{"queue_running":["#);
-            write_items(&mut out, &running, &requests, viewer);
+            write_items(&mut out, &running, &requests, viewer, admin);
             out.push_str(r#"],"queue_pending":["#);
-            write_items(&mut out, &dispatched, &requests, viewer);
+            write_items(&mut out, &dispatched, &requests, viewer, admin);
             if !dispatched.is_empty() && !waiting.is_empty() {
                 out.push(',');
             }
-            write_items(&mut out, &waiting, &requests, viewer);
+            write_items(&mut out, &waiting, &requests, viewer, admin);
             out.push_str("]}");
             out
         };

@@ -72,6 +72,15 @@ pub fn strip_secrets(extra: &mut Value) {
 
 /// A job's `extra_data` as a viewer sees it in queue and history items: no credentials, and the
 /// submitter's own `client_id` for the owner only (the backend saw the gateway's).
+/// What an admin's view adds to a job's `extra_data`: whose it is and where it runs (ComfyUI's
+/// own views have no owner; the frontend ignores the key).
+pub fn with_owner(mut extra: Value, owner: &str, backend: Option<&str>) -> Value {
+    if let Some(map) = extra.as_object_mut() {
+        map.insert("comfygate".to_owned(), json!({"owner": owner, "backend": backend}));
+    }
+    extra
+}
+
 pub fn shown_extra(mut extra: Value, client_id: &str, own: bool) -> Value {
     strip_secrets(&mut extra);
     if own && !client_id.is_empty() {
@@ -259,6 +268,8 @@ impl Active {
             id: id.to_owned(),
             number: self.number,
             owner: self.owner,
+            username: self.username.clone(),
+            backend: self.backend.clone(),
             client_id: self.client_id.clone(),
             public_id: self.public_id.clone(),
             requirements: self.requirements.clone(),
@@ -271,6 +282,8 @@ pub struct QueueEntry {
     pub id: String,
     pub number: i64,
     owner: i64,
+    username: Arc<str>,
+    backend: Option<String>,
     client_id: Arc<str>,
     public_id: Arc<str>,
     requirements: Option<Arc<Requirements>>,
@@ -278,9 +291,10 @@ pub struct QueueEntry {
 
 impl QueueEntry {
     /// Writes ComfyUI's queue item `[number, prompt_id, prompt, extra_data,
-    /// outputs_to_execute]`, as `viewer` may see it, from the job's stored `request` (which holds
-    /// no credentials): the workflow is copied as it was stored, not parsed.
-    pub fn write(&self, out: &mut String, viewer: i64, request: &str) {
+    /// outputs_to_execute]`, as `viewer` may see it (an `admin` also whose it is and where it
+    /// runs), from the job's stored `request` (which holds no credentials): the workflow is
+    /// copied as it was stored, not parsed.
+    pub fn write(&self, out: &mut String, viewer: i64, admin: bool, request: &str) {
         #[derive(serde::Deserialize)]
         struct Stored<'a> {
             #[serde(borrow)]
@@ -295,6 +309,7 @@ impl QueueEntry {
         };
         let own = viewer == self.owner;
         let extra = shown_extra(extra, &self.client_id, own);
+        let extra = if admin { with_owner(extra, &self.username, self.backend.as_deref()) } else { extra };
         let shown: &str = if own { &self.public_id } else { &self.id };
         let outputs: &[String] = self.requirements.as_ref().map_or(&[], |r| r.outputs.as_slice());
         out.push('[');
@@ -327,6 +342,8 @@ mod tests {
             id: "gw-id".to_owned(),
             number: 7,
             owner: 1,
+            username: Arc::from("alice"),
+            backend: Some("gpu0".to_owned()),
             client_id: Arc::from("tab-1"),
             public_id: Arc::from("job-0001"),
             requirements: Some(Arc::new(Requirements { outputs: vec!["2".to_owned()], ..Requirements::default() })),
@@ -334,14 +351,22 @@ mod tests {
         let request = r#"{"prompt":{"1":{"class_type":"EmptyImage","inputs":{"w":"a\"b"}}},"extra_data":{"api_key_x":"k","note":1}}"#;
         let item = |viewer| {
             let mut out = String::new();
-            entry.write(&mut out, viewer, request);
+            entry.write(&mut out, viewer, false, request);
             serde_json::from_str::<Value>(&out).unwrap_or(Value::Null)
         };
         let prompt = json!({"1": {"class_type": "EmptyImage", "inputs": {"w": "a\"b"}}});
         assert_eq!(item(1), json!([7, "job-0001", prompt, {"note": 1, "client_id": "tab-1"}, ["2"]]));
         assert_eq!(item(2), json!([7, "gw-id", prompt, {"note": 1}, ["2"]]), "others: the gateway id, no client id");
         let mut out = String::new();
-        entry.write(&mut out, 1, "not json");
+        entry.write(&mut out, 2, true, request);
+        let admins: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        assert_eq!(
+            admins[3]["comfygate"],
+            json!({"owner": "alice", "backend": "gpu0"}),
+            "an admin sees whose and where"
+        );
+        let mut out = String::new();
+        entry.write(&mut out, 1, false, "not json");
         assert_eq!(serde_json::from_str::<Value>(&out).unwrap_or(Value::Null)[2], Value::Null);
     }
 }

@@ -46,7 +46,7 @@ pub use events::execution_error;
 use fair::FairQueue;
 use files::FileLocations;
 use jobs::Active;
-pub use jobs::{Answer, is_secret_key, renamed, shown_extra, strip_secrets};
+pub use jobs::{Answer, is_secret_key, renamed, shown_extra, strip_secrets, with_owner};
 
 /// Why a submission is refused before it is queued.
 #[derive(Debug, thiserror::Error)]
