@@ -651,3 +651,45 @@ async fn the_users_page_shows_their_jobs_with_queue_places_and_signs_out_their_o
     assert_eq!(gw.whoami(&Auth::Cookie(&admin_other)).await.0, 200, "the admin's sessions are untouched");
     assert_eq!(gw.whoami(&Auth::Cookie(&admin)).await.0, 200);
 }
+
+#[tokio::test]
+async fn a_drained_backend_takes_no_new_job_until_resumed_and_both_are_audited() {
+    let (first, second) = (pool::sim(2_000).await, pool::sim(200).await);
+    let gw = pool::gateway(&[&first, &second], 1).await;
+    let admin = gw.login("admin", ADMIN_PW).await;
+    let token = gw.token("admin", "jobs").await;
+    let csrf = csrf(&gw, &admin).await;
+    let to = "/comfygate/admin/backends";
+    post_ok(&gw, "/comfygate/admin/backends/b2/drain", &admin, &[("csrf", &csrf)], to).await;
+    let shown = page(&gw, to, &admin).await;
+    assert!(shown.contains("drained") && shown.contains("/comfygate/admin/backends/b2/resume"), "{shown}");
+
+    let busy = submit_ok(&gw, &token, job("drain", 1, 2_000)).await;
+    let next = submit_ok(&gw, &token, job("drain", 2, 200)).await;
+    poll(DEADLINE, "the first job on the first backend", || async {
+        let q: Value = client().get(format!("{}/queue", first.url())).send().await.ok()?.json().await.ok()?;
+        (q["queue_running"][0][1].as_str()? == busy).then_some(())
+    })
+    .await;
+    let q: Value = client().get(format!("{}/queue", second.url())).send().await.unwrap().json().await.unwrap();
+    let h: Value = client().get(format!("{}/history", second.url())).send().await.unwrap().json().await.unwrap();
+    assert!(q["queue_running"].as_array().unwrap().is_empty() && h.as_object().unwrap().is_empty(), "nothing on b2");
+    let (_, state) = gw.get_json("/comfygate/api/backends", &Auth::Bearer(&token)).await;
+    assert_eq!(state["backends"][1]["drained"], true, "{state}");
+
+    post_ok(&gw, "/comfygate/admin/backends/b2/resume", &admin, &[("csrf", &csrf)], to).await;
+    let done = common::pool::finished(&gw, &token, &next).await;
+    assert_eq!(done["status"]["status_str"], "success");
+    let h: Value = client().get(format!("{}/history/{next}", second.url())).send().await.unwrap().json().await.unwrap();
+    assert!(h.get(&next).is_some(), "after the resume the waiting job ran on b2: {h}");
+    let audit = std::fs::read_to_string(gw.dir.path().join("data").join("audit.jsonl")).unwrap();
+    assert!(audit.contains("\"backend_drained\"") && audit.contains("\"backend_resumed\""), "{audit}");
+
+    // Only admins, only with the session's form token.
+    gw.add_user("bob", "user").await;
+    let bob = gw.login("bob", USER_PW).await;
+    assert_eq!(post(&gw, "/comfygate/admin/backends/b2/drain", &bob, &[("csrf", &csrf)]).await.status(), 403);
+    assert_eq!(post(&gw, "/comfygate/admin/backends/b2/drain", &admin, &[("csrf", "forged")]).await.status(), 403);
+    let (_, state) = gw.get_json("/comfygate/api/backends", &Auth::Bearer(&token)).await;
+    assert_eq!(state["backends"][1]["drained"], false, "{state}");
+}

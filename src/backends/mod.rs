@@ -76,6 +76,8 @@ pub struct Backend {
     replacement: Mutex<Option<Arc<Backend>>>,
     /// Ends its health checks and monitor socket once it has left the pool.
     gone: watch::Sender<bool>,
+    /// Drained by an admin (maintenance): it keeps its jobs and takes no new one until resumed.
+    drained: AtomicBool,
 }
 
 impl Backend {
@@ -91,6 +93,7 @@ impl Backend {
             retiring: AtomicBool::new(false),
             replacement: Mutex::new(None),
             gone: watch::Sender::new(false),
+            drained: AtomicBool::new(false),
         })
     }
 
@@ -99,9 +102,20 @@ impl Backend {
         self.retiring.load(Ordering::SeqCst)
     }
 
-    /// Whether it takes new work: healthy and not retiring.
+    /// Whether it takes new work: healthy, neither retiring nor drained.
     pub fn in_service(&self) -> bool {
-        !self.is_retiring() && self.is_healthy()
+        !self.is_retiring() && !self.is_drained() && self.is_healthy()
+    }
+
+    /// Whether an admin drained it (see [`set_drained`](Self::set_drained)).
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::SeqCst)
+    }
+
+    /// Drains it (no new job; those it has finish) or puts it back; whether that changed
+    /// anything. Until the next start: a drain is an operator's pause, not configuration.
+    pub fn set_drained(&self, drained: bool) -> bool {
+        self.drained.swap(drained, Ordering::SeqCst) != drained
     }
 
     /// Resolves once it has left the pool.
@@ -138,7 +152,7 @@ impl Backend {
     /// Whether it can take another job now: in service, its events reach the gateway, and
     /// a slot is free.
     pub fn has_room(&self) -> bool {
-        if self.is_retiring() {
+        if self.is_retiring() || self.is_drained() {
             return false;
         }
         let load = self.load();

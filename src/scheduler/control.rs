@@ -379,6 +379,9 @@ fn wait_reason(backends: &[std::sync::Arc<crate::backends::Backend>], job: &supe
         let models: Vec<String> =
             job.requirements.as_ref().map(|r| r.model_files().into_iter().collect()).unwrap_or_default();
         format!("no healthy backend has everything it needs (models: {})", models.join(", "))
+    } else if capable.iter().all(|b| b.is_retiring() || b.is_drained()) {
+        let names: Vec<&str> = capable.iter().map(|b| b.name()).collect();
+        format!("every backend that can run it is drained or leaving the pool ({})", names.join(", "))
     } else if job.requirements.is_none() {
         "waiting for the backends to report their nodes and models".to_owned()
     } else {

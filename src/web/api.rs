@@ -232,6 +232,7 @@ pub async fn backends(State(app): State<AppState>, _admin: AdminCaller) -> Json<
                 "healthy": load.healthy,
                 "failures": load.failures,
                 "retiring": b.is_retiring(),
+                "drained": b.is_drained(),
                 "monitored": load.monitored,
                 "max_inflight": b.config.max_inflight,
                 "inflight": load.inflight,

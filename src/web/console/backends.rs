@@ -7,8 +7,13 @@ use askama::Template;
 use axum::extract::State;
 use axum::response::Response;
 
-use super::{Console, Frame, Tab, When, live_json, page};
-use crate::http::ApiError;
+use axum::extract::Path;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+
+use super::{Console, CsrfForm, FormResult, Frame, Tab, When, live_json, page};
+use crate::audit::Event;
+use crate::auth::flash::Flash;
+use crate::http::{ApiError, RequestContext};
 use crate::scheduler::control::JobSummary;
 use crate::state::AppState;
 use crate::store::JobState;
@@ -41,6 +46,12 @@ pub struct DeviceRow {
 pub struct BackendRow {
     /// Name.
     pub name: String,
+    /// Name as a path segment.
+    pub name_path: String,
+    /// Drained by an admin.
+    pub drained: bool,
+    /// Leaving the pool (a reload removed or changed it): neither drain nor resume applies.
+    pub retiring: bool,
     /// URL.
     pub url: String,
     /// Labels from the configuration.
@@ -79,6 +90,8 @@ pub struct BackendRow {
 pub struct BackendsLive {
     /// Every backend.
     pub backends: Vec<BackendRow>,
+    /// The form token of the admin's session.
+    pub csrf: String,
     /// The ComfyUI versions when backends differ.
     pub versions_differ: Option<String>,
     /// Jobs waiting in the gateway's queue.
@@ -97,17 +110,78 @@ pub struct BackendsPage {
 
 /// `GET /comfygate/admin/` and `/comfygate/admin/backends`.
 pub async fn show(State(app): State<AppState>, console: Console) -> Result<Response, ApiError> {
-    let live = gather(&app).render().map_err(|_| ApiError::Internal)?;
+    let live = gather(&app, &console).render().map_err(|_| ApiError::Internal)?;
     page(&BackendsPage { frame: console.frame(&app, "Backends", Tab::Backends), live })
 }
 
 /// `GET /comfygate/admin/live/backends`: the live part as JSON.
-pub async fn live(State(app): State<AppState>, _console: Console) -> Result<Response, ApiError> {
-    live_json(&gather(&app))
+pub async fn live(State(app): State<AppState>, console: Console) -> Result<Response, ApiError> {
+    live_json(&gather(&app, &console))
 }
 
+/// `POST /comfygate/admin/backends/{name}/drain`: no new job for it; its jobs finish.
+pub async fn drain(
+    State(app): State<AppState>,
+    console: Console,
+    RequestContext(context): RequestContext,
+    Path(name): Path<String>,
+    form: FormResult<CsrfForm>,
+) -> Result<Response, ApiError> {
+    set_drained(app, console, context, name, form, true).await
+}
+
+/// `POST /comfygate/admin/backends/{name}/resume`: back in service.
+pub async fn resume(
+    State(app): State<AppState>,
+    console: Console,
+    RequestContext(context): RequestContext,
+    Path(name): Path<String>,
+    form: FormResult<CsrfForm>,
+) -> Result<Response, ApiError> {
+    set_drained(app, console, context, name, form, false).await
+}
+
+async fn set_drained(
+    app: AppState,
+    console: Console,
+    context: crate::audit::Context,
+    name: String,
+    form: FormResult<CsrfForm>,
+    drained: bool,
+) -> Result<Response, ApiError> {
+    let axum::Form(form) = form?;
+    console.check_form(&form.csrf)?;
+    let Some(backend) = app.scheduler.pool().get(&name).filter(|b| !b.is_retiring()) else {
+        return Ok(console.done(
+            &app,
+            PAGE,
+            Flash::error("No such backend in service (a reload may have removed it)."),
+        ));
+    };
+    let event = if drained { "backend_drained" } else { "backend_resumed" };
+    let context = console.context(&context);
+    app.audit.record(&context, Event::success(event).field("backend", backend.name())).await.map_err(|_| {
+        ApiError::Unavailable("the audit log cannot be written: admin actions are refused until it can".to_owned())
+    })?;
+    backend.set_drained(drained);
+    app.scheduler.pool().forget_merged();
+    app.scheduler.kick();
+    let notice = if drained {
+        format!(
+            "Backend {} drained: it takes no new job until resumed (or the next start); its jobs finish.",
+            backend.name()
+        )
+    } else {
+        format!("Backend {} back in service.", backend.name())
+    };
+    Ok(console.done(&app, PAGE, Flash::notice(notice)))
+}
+
+/// Where the backends page is.
+const PAGE: &str = "/comfygate/admin/backends";
+
 /// Reads every backend's state now.
-pub fn gather(app: &AppState) -> BackendsLive {
+pub fn gather(app: &AppState, console: &Console) -> BackendsLive {
     let jobs: HashMap<String, JobSummary> =
         app.scheduler.overview(0).0.into_iter().map(|j| (j.id.clone(), j)).collect();
     let job_ref = |id: &str| {
@@ -127,12 +201,15 @@ pub fn gather(app: &AppState) -> BackendsLive {
         .map(|b| {
             let caps = b.capabilities();
             let retiring = b.is_retiring();
+            let drained = b.is_drained();
             let load = b.load();
-            let (state, state_class) = match (load.healthy, retiring) {
-                (true, false) => ("healthy", "ok"),
-                (false, false) => ("down", "bad"),
-                (true, true) => ("retiring", "warn"),
-                (false, true) => ("retiring, down", "bad"),
+            let (state, state_class) = match (load.healthy, retiring, drained) {
+                (true, false, false) => ("healthy", "ok"),
+                (false, false, false) => ("down", "bad"),
+                (true, true, _) => ("retiring", "warn"),
+                (false, true, _) => ("retiring, down", "bad"),
+                (true, false, true) => ("drained", "warn"),
+                (false, false, true) => ("drained, down", "bad"),
             };
             if let Some(v) = &load.comfyui_version {
                 versions.insert(v.clone());
@@ -146,6 +223,9 @@ pub fn gather(app: &AppState) -> BackendsLive {
                 .filter_map(|id| job_ref(id))
                 .collect();
             BackendRow {
+                name_path: utf8_percent_encode(b.name(), NON_ALPHANUMERIC).to_string(),
+                drained,
+                retiring,
                 name: b.name().to_owned(),
                 url: b.config.url.clone(),
                 labels: b.config.labels.clone(),
@@ -166,7 +246,7 @@ pub fn gather(app: &AppState) -> BackendsLive {
         })
         .collect();
     let versions_differ = (versions.len() > 1).then(|| versions.into_iter().collect::<Vec<_>>().join(", "));
-    BackendsLive { backends, versions_differ, waiting: app.scheduler.waiting_jobs() }
+    BackendsLive { backends, csrf: console.csrf.clone(), versions_differ, waiting: app.scheduler.waiting_jobs() }
 }
 
 fn device(d: &crate::metrics::Device) -> DeviceRow {

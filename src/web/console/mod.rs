@@ -44,6 +44,8 @@ pub fn routes() -> Router<AppState> {
         .route("/comfygate/admin/", get(backends::show).fallback(wrong_method))
         .route("/comfygate/admin/backends", get(backends::show).fallback(wrong_method))
         .route("/comfygate/admin/live/backends", get(backends::live).fallback(wrong_method))
+        .route("/comfygate/admin/backends/{name}/drain", post(backends::drain).fallback(wrong_method))
+        .route("/comfygate/admin/backends/{name}/resume", post(backends::resume).fallback(wrong_method))
         .route("/comfygate/admin/queue", get(queue::show).fallback(wrong_method))
         .route("/comfygate/admin/live/queue", get(queue::live).fallback(wrong_method))
         .route("/comfygate/admin/queue/{id}/cancel", post(queue::cancel).fallback(wrong_method))
