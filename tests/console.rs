@@ -693,3 +693,44 @@ async fn a_drained_backend_takes_no_new_job_until_resumed_and_both_are_audited()
     let (_, state) = gw.get_json("/comfygate/api/backends", &Auth::Bearer(&token)).await;
     assert_eq!(state["backends"][1]["drained"], false, "{state}");
 }
+
+#[tokio::test]
+async fn an_admin_sets_a_users_limits_and_removes_a_user_from_their_page() {
+    let backend = pool::sim(3_000).await;
+    let gw = pool::gateway(&[&backend], 1).await;
+    let admin = gw.login("admin", ADMIN_PW).await;
+    gw.add_user("carol", "user").await;
+    let carol = gw.token("carol", "c").await;
+    let csrf = csrf(&gw, &admin).await;
+    let to = "/comfygate/admin/users/carol";
+    let limits = "/comfygate/admin/users/carol/limits";
+    post_ok(&gw, limits, &admin, &[("csrf", &csrf), ("max_waiting", "two"), ("max_upload", "")], to).await;
+    assert!(page(&gw, to, &admin).await.contains("`two` is not a whole number"), "a bad value is refused, said once");
+    post_ok(&gw, limits, &admin, &[("csrf", &csrf), ("max_waiting", "1"), ("max_upload", "20MiB")], to).await;
+    let shown = page(&gw, to, &admin).await;
+    assert!(shown.contains("Limits of `carol` saved"), "{shown}");
+    assert!(shown.contains("value=\"1\"") && shown.contains("value=\"20.0 MiB\""), "{shown}");
+    // What the form shows saves again unchanged.
+    post_ok(&gw, limits, &admin, &[("csrf", &csrf), ("max_waiting", "1"), ("max_upload", "20.0 MiB")], to).await;
+    assert!(page(&gw, to, &admin).await.contains("value=\"20.0 MiB\""));
+    let out = gw.cli(&["user", "limits", "carol"], None).await.ok();
+    assert!(out.stdout.contains("max-waiting    1"), "{out:?}");
+    let running = submit_ok(&gw, &carol, job("c", 1, 3_000)).await;
+    poll(DEADLINE, "carol's first job running", || async {
+        let q: Value = client().get(format!("{}/queue", backend.url())).send().await.ok()?.json().await.ok()?;
+        (q["queue_running"][0][1].as_str()? == running).then_some(())
+    })
+    .await;
+    submit_ok(&gw, &carol, job("c", 2, 100)).await;
+    let (status, _) = common::pool::submit(&gw, &carol, job("c", 3, 100)).await;
+    assert_eq!(status, 429, "held to max_waiting = 1");
+
+    post_ok(&gw, "/comfygate/admin/users/admin/remove", &admin, &[("csrf", &csrf)], "/comfygate/admin/users/admin")
+        .await;
+    assert!(page(&gw, "/comfygate/admin/users/admin", &admin).await.contains("cannot remove your own account"));
+    post_ok(&gw, "/comfygate/admin/users/carol/remove", &admin, &[("csrf", &csrf)], "/comfygate/admin/users").await;
+    assert!(page(&gw, "/comfygate/admin/users", &admin).await.contains("Removed `carol`"));
+    assert_eq!(gw.whoami(&Auth::Bearer(&carol)).await.0, 401, "her token went with her");
+    let audit = std::fs::read_to_string(gw.dir.path().join("data").join("audit.jsonl")).unwrap();
+    assert!(audit.contains("\"user_removed\"") && audit.contains("\"user_changed\""), "{audit}");
+}

@@ -56,6 +56,8 @@ pub fn routes() -> Router<AppState> {
         .route("/comfygate/admin/users/{name}/role", post(users::role).fallback(wrong_method))
         .route("/comfygate/admin/users/{name}/password", post(users::reset_password).fallback(wrong_method))
         .route("/comfygate/admin/users/{name}/unlock", post(users::unlock).fallback(wrong_method))
+        .route("/comfygate/admin/users/{name}/limits", post(users::limits).fallback(wrong_method))
+        .route("/comfygate/admin/users/{name}/remove", post(users::remove).fallback(wrong_method))
         .route("/comfygate/admin/users/{name}/tokens/{id}/revoke", post(users::revoke_token).fallback(wrong_method))
         .route("/comfygate/admin/users/{name}/sessions/{id}/revoke", post(users::revoke_session).fallback(wrong_method))
         .route("/comfygate/admin/audit", get(audit::show).fallback(wrong_method))

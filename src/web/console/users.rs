@@ -121,8 +121,8 @@ pub struct UserPage {
     pub tokens: Vec<TokenRow>,
     /// Their open sessions.
     pub sessions: Vec<SessionRow>,
-    /// Their own limits (`None`: the gateway's default), by label.
-    pub limits: Vec<(&'static str, Option<i64>)>,
+    /// Their own limits: label, form field, value (blank: the gateway's default).
+    pub limits: Vec<(&'static str, &'static str, String)>,
 }
 
 /// `GET /comfygate/admin/users`.
@@ -219,12 +219,18 @@ pub async fn show(
         })
         .collect();
     let set = store.user_limits(user.id).await.map_err(AccountError::from)?;
+    let count = |n: Option<i64>| n.map(|n| n.to_string()).unwrap_or_default();
+    let size = |n: Option<i64>| {
+        n.and_then(|n| u64::try_from(n).ok())
+            .map(|n| bytesize::ByteSize::b(n).display().iec().to_string())
+            .unwrap_or_default()
+    };
     let limits = vec![
-        ("Jobs waiting at once", set.max_waiting),
-        ("Jobs on backends at once", set.max_running),
-        ("Submissions per hour", set.jobs_per_hour),
-        ("Bytes per upload", set.max_upload_bytes),
-        ("Bytes per workflow", set.max_workflow_bytes),
+        ("Jobs waiting at once", "max_waiting", count(set.max_waiting)),
+        ("Jobs on backends at once", "max_running", count(set.max_running)),
+        ("Submissions per hour", "jobs_per_hour", count(set.jobs_per_hour)),
+        ("Largest upload", "max_upload", size(set.max_upload_bytes)),
+        ("Largest workflow", "max_workflow", size(set.max_workflow_bytes)),
     ];
     let frame = console.frame(&app, &user.username, Tab::Users);
     page(&UserPage { frame, user: facts.row(&user, console.me()), tokens, sessions, limits })
@@ -331,6 +337,98 @@ async fn set_disabled(
         Err(e) => refused(e)?,
     };
     Ok(console.done(&app, &user_page(&name), flash))
+}
+
+/// The limits form: each field blank for the gateway's default.
+#[derive(Deserialize)]
+pub struct LimitsForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    max_waiting: String,
+    #[serde(default)]
+    max_running: String,
+    #[serde(default)]
+    jobs_per_hour: String,
+    #[serde(default)]
+    max_upload: String,
+    #[serde(default)]
+    max_workflow: String,
+}
+
+/// A limit field: blank is the default (`None`), else a count or, for sizes, `200MiB`.
+fn limit_field(label: &str, text: &str, size: bool) -> Result<Option<i64>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let value = if size {
+        text.parse::<bytesize::ByteSize>().ok().and_then(|b| i64::try_from(b.as_u64()).ok())
+    } else {
+        text.parse::<u32>().ok().map(i64::from)
+    };
+    value.map(Some).ok_or_else(|| {
+        let example = if size { "a size such as 200MiB" } else { "a whole number such as 4 (0: no limit)" };
+        format!("{label}: `{text}` is not {example}; leave it blank for the gateway's default.")
+    })
+}
+
+/// `POST .../limits`: the user's own limits (blank fields: the gateway's default), audited as
+/// `user_changed`.
+pub async fn limits(
+    State(app): State<AppState>,
+    console: Console,
+    RequestContext(context): RequestContext,
+    Path(name): Path<String>,
+    form: FormResult<LimitsForm>,
+) -> Result<Response, ApiError> {
+    let Form(form) = form?;
+    console.check_form(&form.csrf)?;
+    let user = app.auth.accounts().user(&name).await?;
+    let parsed = (|| {
+        Ok::<_, String>(crate::store::UserLimits {
+            max_waiting: limit_field("Jobs waiting at once", &form.max_waiting, false)?,
+            max_running: limit_field("Jobs on backends at once", &form.max_running, false)?,
+            jobs_per_hour: limit_field("Submissions per hour", &form.jobs_per_hour, false)?,
+            max_upload_bytes: limit_field("Largest upload", &form.max_upload, true)?,
+            max_workflow_bytes: limit_field("Largest workflow", &form.max_workflow, true)?,
+        })
+    })();
+    let flash = match parsed {
+        Err(why) => Flash::error(why),
+        Ok(set) => match app.auth.accounts().set_limits(&user, &set, &console.context(&context)).await {
+            Ok(()) => {
+                Flash::notice(format!("Limits of `{}` saved; they hold from their next submission.", user.username))
+            }
+            Err(e) => refused(e)?,
+        },
+    };
+    Ok(console.done(&app, &user_page(&name), flash))
+}
+
+/// `POST .../remove`: the account goes with its tokens and sessions (not the last admin, not
+/// oneself).
+pub async fn remove(
+    State(app): State<AppState>,
+    console: Console,
+    RequestContext(context): RequestContext,
+    Path(name): Path<String>,
+    form: FormResult<CsrfForm>,
+) -> Result<Response, ApiError> {
+    let Form(form) = form?;
+    console.check_form(&form.csrf)?;
+    if name.trim().eq_ignore_ascii_case(&console.caller.identity.username) {
+        return Ok(console.done(&app, &user_page(&name), Flash::error("You cannot remove your own account here.")));
+    }
+    let result = app.auth.accounts().remove_user(&name, &console.context(&context)).await;
+    app.auth.revoked();
+    match result {
+        Ok(user) => {
+            let flash = Flash::notice(format!("Removed `{}` with their tokens and sessions.", user.username));
+            Ok(console.done(&app, LIST, flash))
+        }
+        Err(e) => Ok(console.done(&app, &user_page(&name), refused(e)?)),
+    }
 }
 
 /// `POST .../role`.
