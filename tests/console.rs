@@ -734,3 +734,33 @@ async fn an_admin_sets_a_users_limits_and_removes_a_user_from_their_page() {
     let audit = std::fs::read_to_string(gw.dir.path().join("data").join("audit.jsonl")).unwrap();
     assert!(audit.contains("\"user_removed\"") && audit.contains("\"user_changed\""), "{audit}");
 }
+
+#[tokio::test]
+async fn a_token_made_on_the_account_page_is_shown_once_after_a_redirect_so_a_refresh_makes_no_second_one() {
+    let (_sim, gw) = one_backend().await;
+    gw.add_user("alice", "user").await;
+    let alice = gw.login("alice", USER_PW).await;
+    let (_, _, account) = get(&gw, "/comfygate/account", Some(&alice)).await;
+    let csrf = hidden_input(&account, "csrf").unwrap();
+    let pairs = [("csrf", csrf.as_str()), ("name", "laptop"), ("expires", "30d"), ("password", USER_PW)];
+    let r = post(&gw, "/comfygate/account/tokens", &alice, &pairs).await;
+    assert_eq!(r.status(), 303, "Post/Redirect/Get");
+    assert_eq!(r.headers()["location"], "/comfygate/account", "the secret is never in the address");
+    let (_, _, shown) = get(&gw, "/comfygate/account", Some(&alice)).await;
+    let token = secret(&shown).expect("shown once");
+    assert!(token.starts_with("cg_"), "{token}");
+    assert_eq!(gw.whoami(&Auth::Bearer(&token)).await.0, 200, "the token works");
+    // The refresh: the page again, without the secret, and still one token.
+    let (_, _, again) = get(&gw, "/comfygate/account", Some(&alice)).await;
+    assert!(secret(&again).is_none() && !again.contains(&token), "shown only once");
+    let out = gw.cli(&["token", "list", "alice"], None).await.ok();
+    assert_eq!(out.stdout.lines().filter(|l| l.contains("laptop")).count(), 1, "{out:?}");
+    // Another session of the same user never sees it.
+    let other = gw.login("alice", USER_PW).await;
+    let r =
+        post(&gw, "/comfygate/account/tokens", &alice, &[("csrf", &csrf), ("name", "second"), ("password", USER_PW)])
+            .await;
+    assert_eq!(r.status(), 303);
+    let (_, _, elsewhere) = get(&gw, "/comfygate/account", Some(&other)).await;
+    assert!(secret(&elsewhere).is_none(), "bound to the session that made it");
+}

@@ -16,7 +16,8 @@ use super::page::{escape, layout, with_page_headers};
 use super::views::TokenView;
 use super::{actions, csrf};
 use crate::auth::AuthMethod;
-use crate::auth::accounts::{AccountError, IssuedToken};
+use crate::auth::accounts::AccountError;
+use crate::auth::flash::{Flash, Owner};
 use crate::config::DEFAULT_TOKEN_LIFETIME;
 use crate::http::{ApiError, Caller, ClientInfo, RequestContext};
 use crate::scheduler::control::POSITIONS_COUNTED;
@@ -64,7 +65,8 @@ type FormResult<T> = Result<Form<T>, axum::extract::rejection::FormRejection>;
 
 /// `GET /comfygate/account`.
 pub async fn show(State(app): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
-    render(&app, &caller, StatusCode::OK, None, None).await
+    let notices = app.flashes.take(Owner::of(&caller.identity));
+    render(&app, &caller, StatusCode::OK, &notices, None).await
 }
 
 /// `POST /comfygate/account/tokens`: creates a token and shows it once.
@@ -85,7 +87,13 @@ pub async fn create_token(
         context: &context,
     };
     match actions::create_token(&app, &caller, request).await {
-        Ok(issued) => render(&app, &caller, StatusCode::CREATED, Some(&issued), None).await,
+        Ok(issued) => {
+            // Post/Redirect/Get: a refresh shows the page again, never makes a second token. The
+            // secret rides in a one-time notice of this session, not in the URL.
+            let text = format!("New token “{}” — copy it now, it will not be shown again.", issued.token.name);
+            app.flashes.push(Owner::of(&caller.identity), Flash::secret(text, issued.secret));
+            Ok(Redirect::to("/comfygate/account").into_response())
+        }
         Err(
             e @ (ApiError::BadRequest(_)
             | ApiError::Conflict(_)
@@ -121,7 +129,7 @@ pub async fn change_password(
     let Form(form) = form?;
     csrf::check_form(&caller, &form.csrf)?;
     if form.new != form.confirm {
-        return render(&app, &caller, StatusCode::BAD_REQUEST, None, Some("The new passwords do not match.")).await;
+        return render(&app, &caller, StatusCode::BAD_REQUEST, &[], Some("The new passwords do not match.")).await;
     }
     match actions::change_password(&app, &caller, &form.current, &form.new, &context).await {
         Ok(()) => {
@@ -141,7 +149,7 @@ pub async fn change_password(
 
 /// The account page saying why a form was refused (and, for a throttled one, when to retry).
 async fn refused(app: &AppState, caller: &Caller, e: ApiError) -> Result<Response, ApiError> {
-    let mut response = render(app, caller, e.status(), None, Some(&e.to_string())).await?;
+    let mut response = render(app, caller, e.status(), &[], Some(&e.to_string())).await?;
     if let Some(retry_after) = e.retry_after() {
         response.headers_mut().insert(RETRY_AFTER, retry_after);
     }
@@ -152,7 +160,7 @@ async fn render(
     app: &AppState,
     caller: &Caller,
     status: StatusCode,
-    issued: Option<&IssuedToken>,
+    notices: &[Flash],
     error: Option<&str>,
 ) -> Result<Response, ApiError> {
     let me = &caller.identity;
@@ -183,16 +191,21 @@ async fn render(
             "<table><tr><th>Name</th><th>Starts with</th><th>Status</th><th>Created</th><th>Last used</th><th>Expires</th><th></th></tr>{rows}</table>"
         )
     };
-    let issued = issued
-        .map(|i| {
-            format!(
-                r#"<div class="notice"><b>New token “{name}”</b> — copy it now, it will not be shown again:<code class="secret">{secret}</code>
+    let issued: String = notices
+        .iter()
+        .map(|n| match &n.secret {
+            Some(secret) => format!(
+                r#"<div class="notice"><b>{text}</b><code class="secret" id="one-time-secret">{secret}</code>
 Use it as <code>Authorization: Bearer …</code> or <code>?token=…</code>.</div>"#,
-                name = escape(&i.token.name),
-                secret = escape(&i.secret),
-            )
+                text = escape(&n.text),
+                secret = escape(secret),
+            ),
+            None => {
+                let class = if n.error { "error" } else { "notice" };
+                format!(r#"<p class="{class}">{}</p>"#, escape(&n.text))
+            }
         })
-        .unwrap_or_default();
+        .collect();
     let error = error.map(|e| format!(r#"<p class="error" role="alert">{}</p>"#, escape(e))).unwrap_or_default();
     let jobs = jobs_card(app, me.user_id);
     let sessions = sessions_card(app, caller, &csrf).await?;

@@ -76,6 +76,22 @@ await scenario('creating a user shows the password once', async () => {
   if (await page.locator('#one-time-secret').count()) throw new Error('the password is shown again after a reload');
 });
 
+await scenario('a token made on the account page is shown once and a reload makes no second one', async () => {
+  const name = `browser-token-${Date.now()}`;
+  await page.goto(`${base}/comfygate/account`);
+  await page.fill('#name', name);
+  const password = page.locator('#token-password');
+  if (admin.password) await password.fill(admin.password);
+  await Promise.all([page.waitForURL(/\/comfygate\/account$/), page.click('form[action="/comfygate/account/tokens"] button')]);
+  const secret = await page.locator('#one-time-secret').textContent();
+  if (!secret || !secret.startsWith('cg_')) throw new Error(`no token shown: ${secret}`);
+  await page.screenshot({ path: path.join(shots, 'account-token-created.png'), fullPage: true });
+  await page.reload();
+  if (await page.locator('#one-time-secret').count()) throw new Error('the token is shown again after a reload');
+  const rows = await page.locator('table tr', { hasText: name }).count();
+  if (rows !== 1) throw new Error(`${rows} tokens named ${name} after the reload`);
+});
+
 await browser.close();
 const passed = results.filter(Boolean).length;
 console.log(`${passed} passed, ${results.length - passed} failed`);

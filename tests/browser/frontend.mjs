@@ -3,6 +3,7 @@
 // passes GATEWAY_URL, USER_A/PASS_A, USER_B/PASS_B, CHROMIUM and SCREENSHOT_DIR.
 import { chromium } from 'playwright-core';
 import path from 'node:path';
+import { execFileSync } from 'node:child_process';
 
 const base = process.env.GATEWAY_URL;
 const shots = process.env.SCREENSHOT_DIR || '/tmp';
@@ -203,6 +204,19 @@ await scenario('another_users_uploaded_svg_runs_no_script_when_opened', async ()
   const asOther = await openSvgSafely(b, view);
   const plain = await openSvgSafely(b, '/view?filename=browser-test.svg&type=input');
   console.log(`  ${view}: ${asOwner} for ${alice.name}, ${asOther} for ${bob.name}; plain name: ${plain} for ${bob.name}`);
+});
+
+await scenario('a_disabled_users_open_comfyui_tab_goes_to_the_login_page_which_says_why', async () => {
+  check(loaded, 'the frontend did not load');
+  await b.page.goto(`${base}/`);
+  await frontendLoaded(b);
+  execFileSync(process.env.GW_BIN, ['--config', process.env.GW_CONFIG, 'user', 'disable', bob.name], { stdio: 'ignore' });
+  await b.page.reload();
+  await b.page.waitForURL(/\/login/);
+  const notice = await b.page.locator('.notice').innerText();
+  check(notice.includes('This account is disabled'), `the reason is shown: ${notice}`);
+  await b.page.screenshot({ path: path.join(shots, 'login-after-disable.png') });
+  execFileSync(process.env.GW_BIN, ['--config', process.env.GW_CONFIG, 'user', 'enable', bob.name], { stdio: 'ignore' });
 });
 
 await browser.close();
