@@ -92,6 +92,78 @@ await scenario('a token made on the account page is shown once and a reload make
   if (rows !== 1) throw new Error(`${rows} tokens named ${name} after the reload`);
 });
 
+await scenario('both backends are shown and a job goes from waiting to running to done with its owners name', async () => {
+  await page.goto(`${base}/comfygate/admin/`);
+  for (const name of ['sim', 'b2']) await page.locator(`tr.backend[data-backend="${name}"]`).waitFor();
+  // Three jobs of 4 s on two backends of one slot each: one must wait.
+  const ids = await page.evaluate(async () => {
+    const out = [];
+    for (let i = 0; i < 3; i++) {
+      const prompt = {
+        1: { class_type: 'EmptyImage', inputs: { width: 8, height: 8, batch_size: 1, color: i } },
+        2: { class_type: 'SaveImage', inputs: { images: ['1', 0], filename_prefix: 'console-browser' } },
+      };
+      const r = await fetch('/prompt', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ prompt, extra_data: { sim_duration_ms: 4000 } }),
+      });
+      out.push((await r.json()).prompt_id);
+    }
+    return out;
+  });
+  if (ids.some((id) => !id)) throw new Error(`not every job was accepted: ${ids}`);
+  await page.goto(`${base}/comfygate/admin/queue`);
+  const states = new Set();
+  const last = ids[2];
+  const deadline = Date.now() + 25_000;
+  while (Date.now() < deadline) {
+    const row = page.locator(`tr.job[data-job="${last}"]`);
+    if (await row.count()) {
+      const owner = await row.locator('.owner').innerText();
+      if (owner !== admin.name) throw new Error(`owner shown as ${owner}`);
+      states.add(await row.locator('.state').innerText());
+      if ([...states].some((x) => x.startsWith('waiting')) && !(await page.locator('#queue-empty').count())) {
+        await page.screenshot({ path: path.join(shots, 'console-queue-jobs.png'), fullPage: true });
+      }
+    } else if (states.size && (await page.locator('#queue-empty').count())) {
+      states.add('done');
+      break;
+    }
+    await page.waitForTimeout(250);
+  }
+  const seen = [...states].join(', ');
+  const waited = [...states].some((x) => x.startsWith('waiting'));
+  if (!waited || !states.has('running') || !states.has('done')) throw new Error(`states seen: ${seen}`);
+});
+
+await scenario('a locked-out user is unlocked from their page and then logs in', async () => {
+  const carol = { name: process.env.USER_C || 'carol', password: process.env.PASS_C };
+  const other = await browser.newContext();
+  try {
+    // Wrong passwords through the login form, as a browser sends them, until the lockout.
+    const p = await other.newPage();
+    for (let i = 0; i < 8; i++) {
+      await p.goto(`${base}/login`);
+      await p.fill('#username', carol.name);
+      await p.fill('#password', 'wrong-password');
+      await p.click('button[type=submit]');
+      await p.waitForLoadState();
+    }
+    await page.goto(`${base}/comfygate/admin/users/${carol.name}`);
+    const unlock = page.locator(`form[action$="/users/${carol.name}/unlock"] button`);
+    await unlock.waitFor();
+    await Promise.all([page.waitForURL(new RegExp(`/comfygate/admin/users/${carol.name}$`)), unlock.click()]);
+    await page.screenshot({ path: path.join(shots, 'console-user-unlocked.png'), fullPage: true });
+    await p.goto(`${base}/login`);
+    await p.fill('#username', carol.name);
+    await p.fill('#password', carol.password);
+    await Promise.all([p.waitForURL((u) => !u.pathname.startsWith('/login')), p.click('button[type=submit]')]);
+  } finally {
+    await other.close();
+  }
+});
+
 await browser.close();
 const passed = results.filter(Boolean).length;
 console.log(`${passed} passed, ${results.length - passed} failed`);
