@@ -386,7 +386,9 @@ class Bench:
         d = os.path.join(self.work, "gw-template")
         os.makedirs(d, exist_ok=True)
         conf = os.path.join(d, "comfygate.toml")
-        self.write_config(conf, free_port(), os.path.join(d, "data"), [free_port()] * BACKENDS, 1)
+        # Placeholder backends (never contacted): distinct URLs, as the gateway requires.
+        placeholders = list(range(9, 9 + BACKENDS))
+        self.write_config(conf, free_port(), os.path.join(d, "data"), placeholders, 1)
         env = self.gateway_env()
         run_cmd([GW, "--config", conf, "init"], env=env)
         for user, _ in USERS:
