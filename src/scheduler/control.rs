@@ -159,7 +159,7 @@ impl Scheduler {
             .map(|(id, job)| JobSummary::of(id, job, None))
             .collect();
         held.sort_by_key(|j| (j.state != JobState::Running, j.number));
-        for (_, id) in inner.queue.in_order().into_iter().take(waiting) {
+        for (_, id) in inner.queue.first_in_order(waiting) {
             if let Some(job) = inner.job(&id) {
                 held.push(JobSummary::of(&id, job, Some(wait_reason(&backends, job))));
             }
@@ -183,7 +183,7 @@ impl Scheduler {
         }
         let mut places: HashMap<Arc<str>, usize> = HashMap::new();
         if inner.queue.waiting_of(owner) > 0 {
-            for (place, (who, id)) in inner.queue.in_order().into_iter().take(POSITIONS_COUNTED).enumerate() {
+            for (place, (who, id)) in inner.queue.first_in_order(POSITIONS_COUNTED).into_iter().enumerate() {
                 if who == owner {
                     places.insert(id, place + 1);
                 }

@@ -75,15 +75,26 @@ impl FairQueue {
 
     /// Every queued job in the order they would run if every backend could run all of them.
     pub fn in_order(&self) -> Vec<(i64, Arc<str>)> {
-        let mut lines: Vec<(i64, VecDeque<Arc<str>>)> =
-            self.turns.iter().filter_map(|o| self.jobs.get(o).map(|l| (*o, l.clone()))).collect();
+        self.first_in_order(usize::MAX)
+    }
+
+    /// The first `limit` jobs of [`in_order`](Self::in_order), in time proportional to what it
+    /// returns: each round takes one job of every owner with jobs left, and owners whose line
+    /// is done leave the rounds (no line is copied).
+    pub fn first_in_order(&self, limit: usize) -> Vec<(i64, Arc<str>)> {
+        let mut lines: Vec<(i64, &VecDeque<Arc<str>>)> =
+            self.turns.iter().filter_map(|o| self.jobs.get(o).map(|l| (*o, l))).collect();
         let mut out = Vec::new();
-        while lines.iter().any(|(_, l)| !l.is_empty()) {
-            for (owner, line) in &mut lines {
-                if let Some(id) = line.pop_front() {
-                    out.push((*owner, id));
+        let mut round = 0;
+        while !lines.is_empty() && out.len() < limit {
+            lines.retain(|(_, line)| line.len() > round);
+            for (owner, line) in &lines {
+                if out.len() == limit {
+                    break;
                 }
+                out.push((*owner, line[round].clone()));
             }
+            round += 1;
         }
         out
     }
@@ -142,5 +153,21 @@ mod tests {
         assert_eq!(q.line(1).iter().map(|id| &**id).collect::<Vec<_>>(), ["back", "a"]);
         assert_eq!(q.waiting_of(1), 2);
         assert_eq!(ids(&mut q, 3), ["back", "a"]);
+    }
+
+    #[test]
+    fn the_first_jobs_in_order_are_a_prefix_of_the_whole_order_taken_in_rounds() {
+        let mut q = FairQueue::default();
+        for (owner, count) in [(1, 5), (2, 1), (3, 3)] {
+            for i in 0..count {
+                q.push_back(owner, format!("{owner}-{i}").into());
+            }
+        }
+        let all: Vec<String> = q.in_order().into_iter().map(|(_, id)| id.to_string()).collect();
+        assert_eq!(all, ["1-0", "2-0", "3-0", "1-1", "3-1", "1-2", "3-2", "1-3", "1-4"]);
+        for limit in 0..=all.len() + 2 {
+            let first: Vec<String> = q.first_in_order(limit).into_iter().map(|(_, id)| id.to_string()).collect();
+            assert_eq!(first, all[..limit.min(all.len())], "limit {limit}");
+        }
     }
 }
