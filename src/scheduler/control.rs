@@ -11,6 +11,7 @@ use super::Scheduler;
 use super::SchedulerError;
 use super::events::Entry;
 use super::jobs::QueueEntry;
+use super::observe::JobReport;
 use crate::store::JobState;
 
 /// A queue view of more jobs than this is built off the request workers, one at a time.
@@ -248,16 +249,26 @@ impl Scheduler {
                     continue;
                 }
                 let backend = job.backend.clone();
+                let mut report = None;
                 if backend.is_none() {
-                    inner.remove(id);
+                    if let Some(job) = inner.remove(id) {
+                        let ended = crate::time::now_ms();
+                        report = Some(JobReport::of(id, &job, JobState::Cancelled, Some(reason), Some(ended)));
+                    }
                     self.count_end(JobState::Cancelled, false, None);
                 } else if let Some(job) = inner.job_mut(id) {
                     job.outcome = Some((JobState::Cancelled, reason.to_owned()));
                 }
-                backend
+                (backend, report)
             };
+            let (target, report) = target;
             match target.as_deref().and_then(|b| self.pool.get(b)) {
-                None => self.end_job(id, JobState::Cancelled, None, Some(reason), None).await,
+                None => {
+                    self.end_job(id, JobState::Cancelled, None, Some(reason), None).await;
+                    if let Some(report) = report {
+                        self.tell(report).await;
+                    }
+                }
                 Some(backend) => {
                     // Taken out first: a copy that starts meanwhile is a stray, interrupted.
                     self.finish(&backend, id, Entry::Omitted).await;

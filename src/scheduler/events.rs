@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::delivery::Outgoing;
 use super::jobs::{Active, Record};
+use super::observe::JobReport;
 use super::{Scheduler, renamed};
 use crate::backends::monitor::Frame;
 use crate::backends::{Backend, BackendEvent};
@@ -93,7 +94,7 @@ impl Scheduler {
         };
         match kind {
             "execution_start" => {
-                {
+                let started = {
                     let mut inner = self.inner();
                     let now = now_ms();
                     let (models, waited) = inner
@@ -111,14 +112,21 @@ impl Scheduler {
                     if let Some(waited) = waited {
                         self.metrics.job_started(std::time::Duration::from_millis(u64::try_from(waited).unwrap_or(0)));
                     }
+                    let report = waited
+                        .and_then(|_| inner.job(id))
+                        .map(|job| JobReport::of(id, job, JobState::Running, None, None));
                     let mut load = backend.load();
                     load.running = Some(id.to_owned());
                     if waited.is_some() && !models.is_empty() && load.last_models != models {
                         self.metrics.model_load(backend.name());
                     }
                     load.last_models = models;
-                }
+                    report
+                };
                 self.save_state(id, JobState::Running, Some(backend.name()), None).await;
+                if let Some(report) = started {
+                    self.tell(report).await;
+                }
             }
             "executed" => self.record_outputs(backend.name(), id, owner, &data["output"]).await,
             "execution_error" => self.set_outcome(id, JobState::Failed, data.to_string()),
@@ -212,6 +220,7 @@ impl Scheduler {
             Entry::Given(text) => Some(text),
         };
         self.end_job(id, state, Some(backend.name()), error.as_deref(), outcome.as_deref()).await;
+        self.tell(JobReport::of(id, &job, state, error.as_deref(), Some(now_ms()))).await;
         let ran_s = job.started_at.map(|t| (crate::time::now_ms() - t) as f64 / 1000.0);
         tracing::info!(prompt_id = id, backend = backend.name(), state = ?state, ran_s, "job ended");
         self.announce_status();
@@ -229,6 +238,7 @@ impl Scheduler {
     pub(super) async fn end(&self, id: &str, state: JobState, reason: &str, notify: bool) -> bool {
         let mut job = self.take_job(id, None);
         let held = job.is_some();
+        let report = job.as_ref().map(|job| JobReport::of(id, job, state, Some(reason), Some(now_ms())));
         if let Some(job) = &job {
             // A job ended here without its backend's word that had started: lost with it.
             self.count_end(state, job.started_at.is_some(), job.started_at);
@@ -247,6 +257,9 @@ impl Scheduler {
             record.outcome(false, &outputs)
         });
         self.end_job(id, state, None, Some(reason), outcome.as_deref()).await;
+        if let Some(report) = report {
+            self.tell(report).await;
+        }
         tracing::info!(prompt_id = id, state = ?state, reason, "job ended in the gateway");
         if let (Some(job), true) = (job, notify) {
             self.notify_failure(&job, reason);

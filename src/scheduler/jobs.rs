@@ -99,6 +99,26 @@ pub fn take_secrets(extra: &mut Value) -> Option<Map<String, Value>> {
     Some(keys.into_iter().filter_map(|k| map.remove(&k).map(|v| (k, v))).collect())
 }
 
+/// The top-level key of a stored request that holds what the gateway keeps of a job for itself
+/// (`{"priority": ..., "webhook": ...}`); taken out before a dispatch, ignored by views.
+pub(super) const GATEWAY_KEY: &str = "comfygate_job";
+
+/// What the gateway kept for itself in a stored request (see [`GATEWAY_KEY`]).
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(super) struct Kept {
+    #[serde(default)]
+    pub priority: super::priority::Priority,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Value>,
+}
+
+impl Kept {
+    /// What a stored request text holds (the defaults when nothing or something unreadable).
+    pub fn of_stored(request: &Value) -> Self {
+        request.get(GATEWAY_KEY).and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default()
+    }
+}
+
 /// A job the gateway holds (waiting, dispatched or running).
 pub(super) struct Active {
     pub owner: i64,
@@ -141,6 +161,10 @@ pub(super) struct Active {
     pub created_at: i64,
     /// When its run started (ms), for its run time.
     pub started_at: Option<i64>,
+    /// Its priority class, resolved at submission.
+    pub priority: super::priority::Priority,
+    /// `extra_data.webhook` as submitted (told to observers; never forwarded).
+    pub webhook: Option<Arc<Value>>,
 }
 
 /// What a job's run showed: the parts of ComfyUI's history entry the gateway keeps.
@@ -254,6 +278,8 @@ impl Active {
             record: None,
             created_at: job.created_at,
             started_at: None,
+            priority: super::priority::Priority::Normal,
+            webhook: None,
         }
     }
 

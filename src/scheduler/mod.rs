@@ -22,7 +22,9 @@ mod events;
 pub mod fair;
 pub mod files;
 mod jobs;
+pub mod observe;
 mod owners;
+pub mod priority;
 pub mod submission;
 pub mod workflow;
 
@@ -171,6 +173,8 @@ pub struct Scheduler {
     metrics: Arc<Metrics>,
     /// Set at shutdown: jobs stay waiting in the store for the next start.
     dispatch_stopped: std::sync::atomic::AtomicBool,
+    /// Told of every job's start and end ([`observe`]).
+    observers: std::sync::RwLock<Vec<Arc<dyn observe::JobObserver>>>,
 }
 
 impl Scheduler {
@@ -199,6 +203,11 @@ impl Scheduler {
             let id: Arc<str> = Arc::from(job.prompt_id.as_str());
             let mut active = Active::from_job(&job, &id, &mut inner.names);
             active.request = serde_json::from_str(&job.request).ok().map(Arc::new);
+            if let Some(request) = &active.request {
+                let kept = jobs::Kept::of_stored(request);
+                active.priority = kept.priority;
+                active.webhook = kept.webhook.map(Arc::new);
+            }
             inner.unanalysed.push(id.clone());
             // A job handed to a backend that is still configured stays with it (reconciled once
             // its socket connects); anything else waits in the queue again.
@@ -244,7 +253,24 @@ impl Scheduler {
             subscribers: Subscribers::default(),
             metrics,
             dispatch_stopped: std::sync::atomic::AtomicBool::new(false),
+            observers: std::sync::RwLock::new(Vec::new()),
         })
+    }
+
+    /// Registers an observer of every job's start and end.
+    pub fn observe(&self, observer: Arc<dyn observe::JobObserver>) {
+        self.observers.write().unwrap_or_else(std::sync::PoisonError::into_inner).push(observer);
+    }
+
+    /// Tells the observers a job started (`ended_at: None`) or ended.
+    async fn tell(&self, report: observe::JobReport) {
+        let observers = self.observers.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        for observer in observers {
+            match report.ended_at {
+                None => observer.job_started(&report).await,
+                Some(_) => observer.job_ended(&report).await,
+            }
+        }
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
@@ -314,19 +340,27 @@ impl Scheduler {
             None => None,
         };
         let number = self.numbers.fetch_add(1, Ordering::AcqRel) + 1;
+        let priority = submission.priority.unwrap_or_default();
+        let kept = jobs::Kept { priority, webhook: submission.webhook.clone() };
         // Credentials never reach the store: they wait in memory for the dispatch.
         let mut request = submission.request;
         let secrets = jobs::take_secrets(&mut request["extra_data"]);
-        let stored = match (&secrets, request.as_object_mut()) {
-            (Some(_), Some(map)) => {
-                map.insert(WITHHELD.to_owned(), Value::Bool(true));
+        let stored = match request.as_object_mut() {
+            Some(map) => {
+                if secrets.is_some() {
+                    map.insert(WITHHELD.to_owned(), Value::Bool(true));
+                }
+                if kept != jobs::Kept::default() {
+                    map.insert(jobs::GATEWAY_KEY.to_owned(), serde_json::to_value(&kept).unwrap_or_default());
+                }
                 let text = request.to_string();
                 if let Some(map) = request.as_object_mut() {
                     map.remove(WITHHELD);
+                    map.remove(jobs::GATEWAY_KEY);
                 }
                 text
             }
-            _ => request.to_string(),
+            None => request.to_string(),
         };
         if u64::try_from(stored.len()).unwrap_or(u64::MAX) > limits.max_workflow {
             let message = format!("the workflow is larger than your limit of {} bytes", limits.max_workflow);
@@ -373,6 +407,8 @@ impl Scheduler {
                 }
             }
             active.secrets = secrets.map(Box::new);
+            active.priority = kept.priority;
+            active.webhook = kept.webhook.map(Arc::new);
             inner.limits.insert(by.user_id, limits);
             active.pinned = pinned;
             active.waiter = Some(tx);
@@ -583,6 +619,9 @@ impl Scheduler {
             }
         };
         let withheld = body.as_object_mut().is_some_and(|m| m.remove(WITHHELD).is_some());
+        if let Some(map) = body.as_object_mut() {
+            map.remove(jobs::GATEWAY_KEY);
+        }
         match (secrets, body["extra_data"].as_object_mut()) {
             (Some(secrets), Some(extra)) => extra.extend(secrets),
             (None, _) if withheld => {

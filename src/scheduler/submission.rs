@@ -20,6 +20,13 @@ pub struct Submission {
     pub client_id: String,
     /// The prompt id the client chose, if any.
     pub prompt_id: Option<String>,
+    /// ComfyUI's `front: true` (the caller's highest allowed class, see
+    /// [`Priority`](super::priority::Priority)).
+    pub front: bool,
+    /// The class asked for in `extra_data.priority` (never forwarded).
+    pub priority: Option<super::priority::Priority>,
+    /// `extra_data.webhook` as given (never forwarded; the webhooks module checks it).
+    pub webhook: Option<Value>,
 }
 
 /// Checks a body and builds what may be forwarded.
@@ -29,10 +36,23 @@ pub fn check(mut body: Map<String, Value>) -> Result<Submission, Answer> {
         Some(_) => return Err(invalid("invalid_prompt", "prompt must be an object of nodes", "")),
         None => return Err(Answer::comfy_error("no_prompt", "No prompt provided", "No prompt provided")),
     };
-    let extra_data = match body.remove("extra_data") {
+    let mut extra_data = match body.remove("extra_data") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(extra)) => extra,
         Some(_) => return Err(invalid("invalid_extra_data", "extra_data must be an object", "")),
+    };
+    // The gateway's own keys: a backend never sees them.
+    let priority = match extra_data.remove("priority") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name)) => match name.parse::<super::priority::Priority>() {
+            Ok(priority) => Some(priority),
+            Err(e) => return Err(invalid("invalid_priority", &e.to_string(), "")),
+        },
+        Some(_) => return Err(invalid("invalid_priority", "extra_data.priority must be low, normal or high", "")),
+    };
+    let webhook = match extra_data.remove("webhook") {
+        None | Some(Value::Null) => None,
+        Some(hook) => Some(hook),
     };
     let targets = match body.remove("partial_execution_targets") {
         None | Some(Value::Null) => None,
@@ -49,10 +69,11 @@ pub fn check(mut body: Map<String, Value>) -> Result<Submission, Answer> {
         None | Some(Value::Null | Value::Number(_)) => {}
         Some(_) => return Err(invalid("invalid_number", "number must be a number", "")),
     }
-    match body.remove("front") {
-        None | Some(Value::Null | Value::Bool(_)) => {}
+    let front = match body.remove("front") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(front)) => front,
         Some(_) => return Err(invalid("invalid_front", "front must be true or false", "")),
-    }
+    };
     let client_id = match body.remove("client_id") {
         None | Some(Value::Null) => String::new(),
         // Kept with the job, and PostgreSQL text cannot hold NUL: refused for every store alike.
@@ -78,7 +99,7 @@ pub fn check(mut body: Map<String, Value>) -> Result<Submission, Answer> {
     if let Some(targets) = targets {
         request["partial_execution_targets"] = Value::Array(targets);
     }
-    Ok(Submission { request, client_id, prompt_id })
+    Ok(Submission { request, client_id, prompt_id, front, priority, webhook })
 }
 
 fn invalid(kind: &str, message: &str, details: &str) -> Answer {
@@ -132,6 +153,10 @@ mod tests {
             (json!({"prompt_id": "../x"}), "invalid_prompt_id"),
             (json!({"prompt_id": 7}), "invalid_prompt_id"),
             (json!({"prompt_id": "x".repeat(129)}), "invalid_prompt_id"),
+            (json!({"extra_data": {"priority": "urgent"}}), "invalid_priority"),
+            (json!({"extra_data": {"priority": "HIGH"}}), "invalid_priority"),
+            (json!({"extra_data": {"priority": 2}}), "invalid_priority"),
+            (json!({"extra_data": {"priority": ["high"]}}), "invalid_priority"),
         ];
         for (extra, kind) in cases {
             assert_eq!(refusal(extra.clone()), kind, "{extra}");
@@ -159,5 +184,19 @@ mod tests {
             json!({"prompt": {"1": {"class_type": "EmptyImage", "inputs": {}}}, "extra_data": {}})
         );
         assert_eq!((plain.client_id.as_str(), plain.prompt_id), ("", None));
+        assert!(!plain.front && plain.priority.is_none() && plain.webhook.is_none());
+    }
+
+    #[test]
+    fn the_gateways_own_keys_are_taken_out_of_extra_data() {
+        let s = check(body(json!({
+            "front": true,
+            "extra_data": {"priority": "high", "webhook": {"url": "https://example.com/h"}, "extra_pnginfo": {}},
+        })))
+        .unwrap_or_else(|_| panic!("refused"));
+        assert!(s.front);
+        assert_eq!(s.priority, Some(super::super::priority::Priority::High));
+        assert_eq!(s.webhook, Some(json!({"url": "https://example.com/h"})));
+        assert_eq!(s.request["extra_data"], json!({"extra_pnginfo": {}}));
     }
 }
