@@ -9,10 +9,11 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::config::LimitsConfig;
+use crate::config::priority::Priority;
 use crate::store::{Store, StoreError, UserLimits};
 
 /// The limits in force for one user (`None`: no limit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Limits {
     /// Jobs waiting in the gateway's queue.
     pub max_waiting: Option<u64>,
@@ -24,6 +25,12 @@ pub struct Limits {
     pub max_workflow: u64,
     /// Bytes of one upload.
     pub max_upload: u64,
+    /// Highest priority class they may ask for.
+    pub max_priority: Priority,
+    /// Class of their jobs that ask for none (never above `max_priority`).
+    pub default_priority: Priority,
+    /// Their fair-share weight (1.0: an equal share).
+    pub weight: f64,
 }
 
 /// The window of `jobs_per_hour`.
@@ -42,6 +49,13 @@ impl Limits {
             0 => max_request_body,
             n => n,
         };
+        let class = |code: Option<i64>| match code? {
+            0 => Some(Priority::Low),
+            1 => Some(Priority::Normal),
+            2 => Some(Priority::High),
+            _ => None,
+        };
+        let max_priority = class(set.max_priority).unwrap_or(config.max_priority);
         let upload = match size(set.max_upload_bytes, default_upload) {
             0 => max_request_body,
             n => n,
@@ -52,6 +66,25 @@ impl Limits {
             jobs_per_hour: count(set.jobs_per_hour, config.jobs_per_hour),
             max_workflow: size(set.max_workflow_bytes, config.max_workflow.as_u64()),
             max_upload: upload.min(max_request_body),
+            max_priority,
+            default_priority: class(set.default_priority).unwrap_or(config.default_priority).min(max_priority),
+            weight: set.share_weight.map_or(1.0, |pct| (pct.clamp(1, 100_000) as f64) / 100.0),
+        }
+    }
+
+    /// The class of a job asking for `asked` (ComfyUI's `front: true` asks for the highest
+    /// allowed), or the refusal of a class above their ceiling.
+    pub fn priority(&self, asked: Option<Priority>, front: bool) -> Result<Priority, Refusal> {
+        match asked {
+            Some(p) if p > self.max_priority => Err(Refusal {
+                status: StatusCode::FORBIDDEN,
+                kind: "priority_not_allowed",
+                message: format!("priority `{p}` is above your highest allowed, `{}`", self.max_priority),
+                retry_after: None,
+            }),
+            Some(p) => Ok(p),
+            None if front => Ok(self.max_priority),
+            None => Ok(self.default_priority),
         }
     }
 
@@ -122,6 +155,7 @@ mod tests {
             jobs_per_hour: 0,
             max_workflow: ByteSize::mib(4),
             max_upload: ByteSize::b(0),
+            ..LimitsConfig::default()
         }
     }
 
@@ -135,7 +169,10 @@ mod tests {
                 max_running: None,
                 jobs_per_hour: None,
                 max_workflow: 4 << 20,
-                max_upload: 1 << 30
+                max_upload: 1 << 30,
+                max_priority: Priority::Normal,
+                default_priority: Priority::Normal,
+                weight: 1.0,
             }
         );
         let set = UserLimits {
@@ -144,6 +181,9 @@ mod tests {
             jobs_per_hour: Some(500),
             max_upload_bytes: Some(200 << 20),
             max_workflow_bytes: Some(1 << 20),
+            max_priority: Some(2),
+            default_priority: Some(0),
+            share_weight: Some(250),
         };
         let user = Limits::resolve(&config(), &set, 1 << 30);
         assert_eq!(
@@ -153,13 +193,36 @@ mod tests {
                 max_running: Some(2),
                 jobs_per_hour: Some(500),
                 max_workflow: 1 << 20,
-                max_upload: 200 << 20
+                max_upload: 200 << 20,
+                max_priority: Priority::High,
+                default_priority: Priority::Low,
+                weight: 2.5,
             }
         );
         let capped = UserLimits { max_upload_bytes: Some(i64::MAX), ..UserLimits::default() };
         assert_eq!(Limits::resolve(&config(), &capped, 1 << 20).max_upload, 1 << 20, "never above the body limit");
         let negative = UserLimits { max_running: Some(-5), ..UserLimits::default() };
         assert_eq!(Limits::resolve(&config(), &negative, 1).max_running, None);
+    }
+
+    #[test]
+    fn priorities_ask_within_the_ceiling_and_front_asks_for_the_highest() {
+        let user = Limits::resolve(&config(), &UserLimits::default(), 1);
+        assert_eq!(user.priority(None, false), Ok(Priority::Normal));
+        assert_eq!(user.priority(None, true), Ok(Priority::Normal), "front: the ceiling, not a stack push");
+        assert_eq!(user.priority(Some(Priority::Low), false), Ok(Priority::Low));
+        let refused = user.priority(Some(Priority::High), true).err().map(|r| (r.status, r.kind));
+        assert_eq!(refused, Some((StatusCode::FORBIDDEN, "priority_not_allowed")));
+        let lead = UserLimits { max_priority: Some(2), ..UserLimits::default() };
+        let lead = Limits::resolve(&config(), &lead, 1);
+        assert_eq!(lead.priority(None, true), Ok(Priority::High));
+        assert_eq!(lead.priority(None, false), Ok(Priority::Normal));
+        // A default above the ceiling is held to it; unknown codes are the configured default.
+        let odd = UserLimits { max_priority: Some(0), default_priority: Some(2), ..UserLimits::default() };
+        assert_eq!(Limits::resolve(&config(), &odd, 1).default_priority, Priority::Low);
+        let unknown = UserLimits { max_priority: Some(7), share_weight: Some(-3), ..UserLimits::default() };
+        let unknown = Limits::resolve(&config(), &unknown, 1);
+        assert_eq!((unknown.max_priority, unknown.weight), (Priority::Normal, 0.01));
     }
 
     #[test]

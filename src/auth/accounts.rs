@@ -288,6 +288,9 @@ impl Accounts {
                 "jobs_per_hour": set(limits.jobs_per_hour),
                 "max_upload_bytes": set(limits.max_upload_bytes),
                 "max_workflow_bytes": set(limits.max_workflow_bytes),
+                "max_priority": set(limits.max_priority),
+                "default_priority": set(limits.default_priority),
+                "share_weight": set(limits.share_weight),
             }),
         );
         self.audited(context, event, async { Ok(self.store.set_user_limits(user.id, limits).await?) }).await

@@ -187,6 +187,15 @@ enum UserCommand {
         /// Largest workflow, e.g. `4MiB`.
         #[arg(long, value_parser = parse_size)]
         max_workflow: Option<Setting>,
+        /// Highest priority class they may ask for: low, normal or high.
+        #[arg(long, value_parser = parse_priority)]
+        max_priority: Option<Setting>,
+        /// Class of their jobs that ask for none: low, normal or high.
+        #[arg(long, value_parser = parse_priority)]
+        default_priority: Option<Setting>,
+        /// Fair-share weight, e.g. `2` for twice an equal share of the GPUs (0.01 to 1000).
+        #[arg(long, value_parser = parse_weight)]
+        weight: Option<Setting>,
     },
 }
 
@@ -211,6 +220,24 @@ fn parse_count(text: &str) -> Result<Setting, String> {
     text.parse::<u32>()
         .map(|n| Setting::Value(i64::from(n)))
         .map_err(|_| format!("`{text}` is not a count or `default`"))
+}
+
+fn parse_priority(text: &str) -> Result<Setting, String> {
+    if text.eq_ignore_ascii_case("default") {
+        return Ok(Setting::Default);
+    }
+    let class: comfygate::scheduler::priority::Priority = text.parse().map_err(|e| format!("{e}"))?;
+    Ok(Setting::Value(i64::try_from(class.index()).unwrap_or(1)))
+}
+
+fn parse_weight(text: &str) -> Result<Setting, String> {
+    if text.eq_ignore_ascii_case("default") {
+        return Ok(Setting::Default);
+    }
+    match text.parse::<f64>() {
+        Ok(w) if (0.01..=1000.0).contains(&w) => Ok(Setting::Value((w * 100.0).round() as i64)),
+        _ => Err(format!("`{text}` is not a weight from 0.01 to 1000 or `default`")),
+    }
 }
 
 fn parse_size(text: &str) -> Result<Setting, String> {

@@ -196,6 +196,28 @@ impl Config {
             if backend.connect_timeout.is_zero() || backend.response_timeout.is_zero() {
                 return Err((at("connect_timeout"), "timeouts must be greater than zero".to_owned()));
             }
+            for pattern in &backend.models {
+                globset::Glob::new(pattern).map_err(|e| {
+                    (
+                        at("models"),
+                        format!("model pattern `{pattern}`: {e}, e.g. models = [\"flux1-dev*.safetensors\"]"),
+                    )
+                })?;
+            }
+            if backend.exclusive && backend.models.is_empty() {
+                return Err((
+                    at("exclusive"),
+                    "an exclusive backend needs `models`, e.g. models = [\"sd3.5*\"]".to_owned(),
+                ));
+            }
+        }
+        for (pattern, _) in &self.scheduler.model_load_times {
+            globset::Glob::new(pattern).map_err(|e| {
+                (
+                    "scheduler.model_load_times".to_owned(),
+                    format!("model pattern `{pattern}`: {e}, e.g. \"flux1-dev*\" = \"60s\""),
+                )
+            })?;
         }
         if let Some(url) = &self.server.public_url {
             parse_base_url(url).map_err(|m| ("server.public_url".to_owned(), m))?;
@@ -436,7 +458,10 @@ mod tests {
     #[test]
     fn every_error_names_the_key_and_shows_a_valid_value() {
         let backend = |extra: &str| format!("[[backends]]\nname = \"a\"\nurl = \"http://x:1\"\n{extra}");
-        let cases: [(String, &[&str]); 8] = [
+        let cases: [(String, &[&str]); 11] = [
+            (backend("models = [\"flux[\"]"), &["backends[0].models", "flux[", "flux1-dev*.safetensors"]),
+            (backend("exclusive = true"), &["backends[0].exclusive", "needs `models`"]),
+            ("[scheduler.model_load_times]\n\"a{\" = \"5s\"\n".to_owned(), &["scheduler.model_load_times", "a{"]),
             ("[server\nlisten = 1\n".to_owned(), &["line 1, column 8"]),
             ("[server]\nlisten = \"localhost:8080\"\n".to_owned(), &["server.listen", "\"127.0.0.1:8080\""]),
             (backend("max_inflight = \"two\""), &["backends[0].max_inflight", "whole number, e.g. 4"]),

@@ -3,6 +3,7 @@
 //! Unknown keys and invalid values are errors that name the key; secrets never appear in `Debug`.
 
 mod load;
+pub mod priority;
 mod secret;
 
 use std::net::SocketAddr;
@@ -106,6 +107,11 @@ pub struct LimitsConfig {
     pub max_workflow: ByteSize,
     /// Largest upload; 0: `server.max_request_body`.
     pub max_upload: ByteSize,
+    /// Highest priority class a user may ask for (`extra_data.priority`; ComfyUI's
+    /// `front: true` asks for it).
+    pub max_priority: crate::config::priority::Priority,
+    /// Class of jobs that ask for none.
+    pub default_priority: crate::config::priority::Priority,
 }
 
 impl Default for LimitsConfig {
@@ -116,6 +122,8 @@ impl Default for LimitsConfig {
             jobs_per_hour: 0,
             max_workflow: ByteSize::mib(4),
             max_upload: ByteSize::b(0),
+            max_priority: crate::config::priority::Priority::Normal,
+            default_priority: crate::config::priority::Priority::Normal,
         }
     }
 }
@@ -170,6 +178,53 @@ pub struct SchedulerConfig {
     /// How long ended jobs (their records and history entries) are kept.
     #[serde(with = "humantime_serde")]
     pub job_retention: Duration,
+    /// Half-life of the GPU time that fair share remembers: a user who used the GPUs an hour
+    /// ago (at the default) counts half as busy as one who used them just now.
+    #[serde(with = "humantime_serde")]
+    pub fair_share_half_life: Duration,
+    /// The longest a job may be held back so that jobs needing no model swap go first, or so
+    /// that it waits for a busy backend that has its models loaded: after that it takes the
+    /// next backend that can run it. Zero: strict fair order.
+    #[serde(with = "humantime_serde")]
+    pub max_extra_wait: Duration,
+    /// What loading a model is taken to cost before the gateway has measured it.
+    #[serde(with = "humantime_serde")]
+    pub model_load_time: Duration,
+    /// Per-model defaults (glob on the model file name, e.g. `"flux1-dev*" = "60s"`), before
+    /// measurements take over; the first matching pattern wins.
+    #[serde(default, with = "load_times")]
+    pub model_load_times: Vec<(String, Duration)>,
+    /// How long a workflow whose run time is not measured yet is taken to run.
+    #[serde(with = "humantime_serde")]
+    pub default_run_time: Duration,
+}
+
+/// `{"glob" = "30s", ...}`, kept in file order (the first matching pattern wins).
+mod load_times {
+    use std::time::Duration;
+
+    use serde::Deserializer;
+    use serde::de::{MapAccess, Visitor};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Duration)>, D::Error> {
+        struct Pairs;
+        impl<'de> Visitor<'de> for Pairs {
+            type Value = Vec<(String, Duration)>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a table of model file patterns and durations, e.g. \"flux1-dev*\" = \"60s\"")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((pattern, text)) = map.next_entry::<String, String>()? {
+                    let time = humantime::parse_duration(&text)
+                        .map_err(|e| serde::de::Error::custom(format!("model_load_times.{pattern}: {e}")))?;
+                    out.push((pattern, time));
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Pairs)
+    }
 }
 
 impl Default for SchedulerConfig {
@@ -182,6 +237,11 @@ impl Default for SchedulerConfig {
             dispatch_attempts: 2,
             max_dispatches: 10,
             job_retention: Duration::from_secs(7 * 24 * 3600),
+            fair_share_half_life: Duration::from_secs(3600),
+            max_extra_wait: Duration::from_secs(120),
+            model_load_time: Duration::from_secs(30),
+            model_load_times: Vec::new(),
+            default_run_time: Duration::from_secs(15),
         }
     }
 }
@@ -400,6 +460,13 @@ pub struct BackendConfig {
     /// Free-form labels (shown in `/system_stats` and logs).
     #[serde(default)]
     pub labels: Vec<String>,
+    /// Model files this backend is meant for (globs on the file name, e.g.
+    /// `"flux1-dev*.safetensors"`): jobs using them prefer it, and it prefers them.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Takes only jobs whose every model file matches `models`.
+    #[serde(default)]
+    pub exclusive: bool,
 }
 
 fn default_max_inflight() -> usize {
@@ -424,6 +491,8 @@ impl BackendConfig {
             response_timeout: default_response_timeout(),
             max_inflight: default_max_inflight(),
             labels: Vec::new(),
+            models: Vec::new(),
+            exclusive: false,
         }
     }
 }

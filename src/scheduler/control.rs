@@ -66,7 +66,7 @@ impl Scheduler {
             }
             let order = match scope {
                 Scope::Owner(owner) => inner.queue.line(owner),
-                Scope::All => inner.queue.in_order().into_iter().map(|(_, id)| id).collect(),
+                Scope::All => inner.queue.in_order(crate::time::now_ms()).into_iter().map(|(_, id)| id).collect(),
             };
             let waiting: Vec<QueueEntry> = order.iter().filter_map(|id| inner.job(id).map(|j| j.view(id))).collect();
             (running, dispatched, waiting)
@@ -137,7 +137,7 @@ impl Scheduler {
         let inner = self.inner();
         inner
             .queue
-            .in_order()
+            .in_order(crate::time::now_ms())
             .into_iter()
             .filter_map(|(owner, id)| {
                 let job = inner.job(&id)?;
@@ -160,7 +160,7 @@ impl Scheduler {
             .map(|(id, job)| JobSummary::of(id, job, None))
             .collect();
         held.sort_by_key(|j| (j.state != JobState::Running, j.number));
-        for (_, id) in inner.queue.first_in_order(waiting) {
+        for (_, id) in inner.queue.first_in_order(crate::time::now_ms(), waiting) {
             if let Some(job) = inner.job(&id) {
                 held.push(JobSummary::of(&id, job, Some(wait_reason(&backends, job))));
             }
@@ -184,7 +184,9 @@ impl Scheduler {
         }
         let mut places: HashMap<Arc<str>, usize> = HashMap::new();
         if inner.queue.waiting_of(owner) > 0 {
-            for (place, (who, id)) in inner.queue.first_in_order(POSITIONS_COUNTED).into_iter().enumerate() {
+            for (place, (who, id)) in
+                inner.queue.first_in_order(crate::time::now_ms(), POSITIONS_COUNTED).into_iter().enumerate()
+            {
                 if who == owner {
                     places.insert(id, place + 1);
                 }

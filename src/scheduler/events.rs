@@ -117,10 +117,15 @@ impl Scheduler {
                         .map(|job| JobReport::of(id, job, JobState::Running, None, None));
                     let mut load = backend.load();
                     load.running = Some(id.to_owned());
-                    if waited.is_some() && !models.is_empty() && load.last_models != models {
+                    if waited.is_some() && !models.is_empty() && !models.is_subset(&load.last_models) {
                         self.metrics.model_load(backend.name());
+                        if let Some(job) = inner.jobs.get_mut(id) {
+                            job.swapped = true;
+                        }
                     }
-                    load.last_models = models;
+                    if !models.is_empty() {
+                        load.last_models = models;
+                    }
                     report
                 };
                 self.save_state(id, JobState::Running, Some(backend.name()), None).await;
@@ -220,11 +225,28 @@ impl Scheduler {
             Entry::Given(text) => Some(text),
         };
         self.end_job(id, state, Some(backend.name()), error.as_deref(), outcome.as_deref()).await;
-        self.tell(JobReport::of(id, &job, state, error.as_deref(), Some(now_ms()))).await;
+        let report = JobReport::of(id, &job, state, error.as_deref(), Some(now_ms()));
+        self.learn(&report, job.swapped);
+        self.tell(report).await;
         let ran_s = job.started_at.map(|t| (crate::time::now_ms() - t) as f64 / 1000.0);
         tracing::info!(prompt_id = id, backend = backend.name(), state = ?state, ran_s, "job ended");
         self.announce_status();
         Some(Ended { job, state, error })
+    }
+
+    /// Learns from a job that ended: its real GPU time replaces the estimate its owner was
+    /// charged at dispatch, and a clean run teaches run and model load times.
+    fn learn(&self, report: &JobReport, swapped: bool) {
+        let mut inner = self.inner();
+        let now = now_ms();
+        let ran = report.run_ms.unwrap_or(0) as f64;
+        if report.started_at.is_some() || report.backend.is_some() {
+            inner.queue.charge(report.owner, ran - self.dispatch_charge(), now);
+        }
+        if let (JobState::Done, Some(backend), Some(_)) = (report.state, &report.backend, report.run_ms) {
+            let models: std::collections::BTreeSet<String> = report.models.iter().cloned().collect();
+            inner.swaps.observe(backend, &models, ran, swapped);
+        }
     }
 
     /// Ends a job that did not run to its end (refused by the backend, lost with it): recorded
@@ -258,6 +280,7 @@ impl Scheduler {
         });
         self.end_job(id, state, None, Some(reason), outcome.as_deref()).await;
         if let Some(report) = report {
+            self.learn(&report, false);
             self.tell(report).await;
         }
         tracing::info!(prompt_id = id, state = ?state, reason, "job ended in the gateway");
@@ -332,8 +355,7 @@ impl Scheduler {
                 job.state = JobState::Queued;
                 job.backend = None;
                 job.accepted = false;
-                let owner = job.owner;
-                inner.queue.push_front(owner, id.clone());
+                inner.requeue_front(&id, self.dispatch_charge());
                 inner.abandoned.entry(name.to_owned()).or_default().push(id.to_string());
             }
         }

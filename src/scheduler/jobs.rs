@@ -165,6 +165,11 @@ pub(super) struct Active {
     pub priority: super::priority::Priority,
     /// `extra_data.webhook` as submitted (told to observers; never forwarded).
     pub webhook: Option<Arc<Value>>,
+    /// Since when (unix ms) jobs behind it in fair order have gone first (to spare a model
+    /// swap) while it waited; bounded by `[scheduler] max_extra_wait`.
+    pub passed_since: Option<i64>,
+    /// Whether its run started with a model swap on its backend (for learning load times).
+    pub swapped: bool,
 }
 
 /// What a job's run showed: the parts of ComfyUI's history entry the gateway keeps.
@@ -280,6 +285,8 @@ impl Active {
             started_at: None,
             priority: super::priority::Priority::Normal,
             webhook: None,
+            passed_since: None,
+            swapped: false,
         }
     }
 

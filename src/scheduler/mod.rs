@@ -24,8 +24,10 @@ pub mod files;
 mod jobs;
 pub mod observe;
 mod owners;
-pub mod priority;
+mod placement;
+pub use crate::config::priority;
 pub mod submission;
+pub mod swaps;
 pub mod workflow;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -104,6 +106,8 @@ struct Inner {
     limits: HashMap<i64, Limits>,
     /// Names the held jobs share.
     names: jobs::Names,
+    /// What model swaps cost.
+    swaps: swaps::Swaps,
 }
 
 impl Inner {
@@ -121,6 +125,16 @@ impl Inner {
         }
         self.queue.remove(job.owner, id);
         Some(job)
+    }
+
+    /// Puts a dispatched job back at the front of its owner's line in its class (the GPU time
+    /// its dispatch was charged is given back).
+    fn requeue_front(&mut self, id: &str, refund_ms: f64) {
+        if let Some(job) = self.jobs.get(id) {
+            let (owner, class) = (job.owner, job.priority);
+            self.queue.push_front(owner, Arc::from(id), class);
+            self.queue.charge(owner, -refund_ms, now_ms());
+        }
     }
 
     fn job(&self, id: &str) -> Option<&Active> {
@@ -190,7 +204,8 @@ impl Scheduler {
     ) -> Result<Self, StoreError> {
         let numbers = AtomicI64::new(store.max_job_number().await?);
         let mut inner = Inner {
-            queue: FairQueue::default(),
+            queue: FairQueue::new(config.fair_share_half_life, config.default_run_time),
+            swaps: swaps::Swaps::new(&config),
             jobs: HashMap::new(),
             abandoned: HashMap::new(),
             reconciling: HashSet::new(),
@@ -224,7 +239,7 @@ impl Scheduler {
                     active.state = JobState::Queued;
                     active.backend = None;
                     active.accepted = false;
-                    inner.queue.push_back(job.user_id, id.clone());
+                    inner.queue.push_back(job.user_id, id.clone(), active.priority);
                 }
             }
             inner.insert(id, active);
@@ -235,6 +250,7 @@ impl Scheduler {
         let owners: HashSet<i64> = inner.jobs.values().map(|j| j.owner).collect();
         for owner in owners {
             let resolved = Limits::of(store.as_ref(), &limits, max_request_body, owner).await?;
+            inner.queue.set_weight(owner, resolved.weight);
             inner.limits.insert(owner, resolved);
         }
         Ok(Self {
@@ -255,6 +271,11 @@ impl Scheduler {
             dispatch_stopped: std::sync::atomic::AtomicBool::new(false),
             observers: std::sync::RwLock::new(Vec::new()),
         })
+    }
+
+    /// The GPU time (ms) a dispatch charges its owner until the job's real run time is known.
+    fn dispatch_charge(&self) -> f64 {
+        self.config.default_run_time.as_secs_f64() * 1000.0
     }
 
     /// Registers an observer of every job's start and end.
@@ -332,6 +353,10 @@ impl Scheduler {
         if let Some(refusal) = self.over_limits(by.user_id, &limits).await? {
             return Ok(Answer::refused(&refusal));
         }
+        let priority = match limits.priority(submission.priority, submission.front) {
+            Ok(priority) => priority,
+            Err(refusal) => return Ok(Answer::refused(&refusal)),
+        };
         // The backends see a gateway-wide id; a client's own choice names the job for them only.
         let prompt_id = uuid::Uuid::new_v4().to_string();
         let public_id = submission.prompt_id.clone().unwrap_or_else(|| prompt_id.clone());
@@ -340,7 +365,6 @@ impl Scheduler {
             None => None,
         };
         let number = self.numbers.fetch_add(1, Ordering::AcqRel) + 1;
-        let priority = submission.priority.unwrap_or_default();
         let kept = jobs::Kept { priority, webhook: submission.webhook.clone() };
         // Credentials never reach the store: they wait in memory for the dispatch.
         let mut request = submission.request;
@@ -409,11 +433,13 @@ impl Scheduler {
             active.secrets = secrets.map(Box::new);
             active.priority = kept.priority;
             active.webhook = kept.webhook.map(Arc::new);
+            inner.queue.set_weight(by.user_id, limits.weight);
             inner.limits.insert(by.user_id, limits);
             active.pinned = pinned;
             active.waiter = Some(tx);
+            let class = active.priority;
             inner.insert(id.clone(), active);
-            inner.queue.push_back(by.user_id, id);
+            inner.queue.push_back(by.user_id, id, class);
         }
         // Queued: the user's next submission may be counted (dispatch does not hold it up).
         drop(turn);
@@ -502,7 +528,9 @@ impl Scheduler {
         let owners: Vec<i64> = self.inner().limits.keys().copied().collect();
         for owner in owners {
             let resolved = Limits::of(self.store.as_ref(), &limits, self.max_request_body, owner).await?;
-            self.inner().limits.insert(owner, resolved);
+            let mut inner = self.inner();
+            inner.queue.set_weight(owner, resolved.weight);
+            inner.limits.insert(owner, resolved);
         }
         self.kick();
         Ok(())
@@ -518,74 +546,6 @@ impl Scheduler {
     /// Hands out no more jobs (shutdown): those waiting stay in the store for the next start.
     pub fn stop_dispatching(&self) {
         self.dispatch_stopped.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    fn assign(&self) -> Vec<Dispatch> {
-        if self.dispatch_stopped.load(std::sync::atomic::Ordering::SeqCst) {
-            return Vec::new();
-        }
-        let known = self.pool.capabilities_complete().then(|| self.pool.known_capabilities(Reach::Any)).flatten();
-        let backends = self.pool.all().to_vec();
-        let mut inner = self.inner();
-        let inner = &mut *inner;
-        if let (Some(known), false) = (&known, inner.unanalysed.is_empty()) {
-            for id in std::mem::take(&mut inner.unanalysed) {
-                let Some(job) = inner.jobs.get_mut(&*id) else { continue };
-                let empty = Map::new();
-                let prompt = job.request.as_deref().and_then(|r| r["prompt"].as_object()).unwrap_or(&empty);
-                let req = workflow::analyse(prompt, known).unwrap_or_default();
-                job.requirements = Some(inner.names.requirements(req));
-                job.request = None;
-            }
-        }
-        let mut out = Vec::new();
-        // Jobs each owner has on backends, for their `max_running` limit.
-        let mut running: HashMap<i64, u64> = HashMap::new();
-        for backend in &backends {
-            for id in backend.load().inflight.iter() {
-                if let Some(job) = inner.job(id) {
-                    *running.entry(job.owner).or_default() += 1;
-                }
-            }
-        }
-        loop {
-            let rooms: Vec<&Arc<Backend>> = backends.iter().filter(|b| b.has_room()).collect();
-            if rooms.is_empty() {
-                break;
-            }
-            let (jobs, limits) = (&mut inner.jobs, &inner.limits);
-            let may_run = |owner: i64| {
-                let max = limits.get(&owner).and_then(|l| l.max_running);
-                max.is_none_or(|max| running.get(&owner).copied().unwrap_or(0) < max)
-            };
-            let runnable = |id: &str| {
-                jobs.get(id).is_some_and(|j| {
-                    j.state == JobState::Queued && may_run(j.owner) && best_backend(j, &rooms).is_some()
-                })
-            };
-            let Some((_, id)) = inner.queue.take(runnable) else { break };
-            let Some(job) = jobs.get_mut(&id) else { continue };
-            let Some(backend) = best_backend(job, &rooms).cloned() else { continue };
-            backend.load().inflight.push(id.to_string());
-            job.state = JobState::Dispatched;
-            job.backend = Some(backend.name().to_owned());
-            job.attempt += 1;
-            job.accepted = false;
-            *running.entry(job.owner).or_default() += 1;
-            out.push(Dispatch {
-                public_id: job.public_id.to_string(),
-                number: job.number,
-                attempt: job.attempt,
-                owner: job.owner,
-                token_id: job.token_id,
-                username: job.username.clone(),
-                secrets: job.secrets.as_deref().cloned(),
-                waiter: job.waiter.take(),
-                backend,
-                id: id.to_string(),
-            });
-        }
-        out
     }
 
     async fn dispatch(&self, d: Dispatch) {
@@ -766,8 +726,7 @@ impl Scheduler {
         job.state = JobState::Queued;
         job.backend = None;
         job.attempt = job.attempt.saturating_sub(1);
-        let owner = job.owner;
-        inner.queue.push_front(owner, Arc::from(id));
+        inner.requeue_front(id, self.dispatch_charge());
     }
 
     /// A dispatch of `attempt` did not land on `backend`: the job goes back to the front of its
@@ -800,8 +759,7 @@ impl Scheduler {
         job.state = JobState::Queued;
         job.backend = None;
         job.accepted = false;
-        let owner = job.owner;
-        inner.queue.push_front(owner, Arc::from(id));
+        inner.requeue_front(id, self.dispatch_charge());
         Requeued::Waiting
     }
 
@@ -855,27 +813,4 @@ impl Scheduler {
 /// ComfyUI's answer to an accepted `POST /prompt`, with the id the owner knows the job by.
 fn accepted(public_id: &str, number: i64, node_errors: &Value) -> Answer {
     Answer::json(StatusCode::OK, &json!({"prompt_id": public_id, "number": number, "node_errors": node_errors}))
-}
-
-/// The best backend with room for `job`: one that can run it (and holds its input files) and
-/// has not refused it, preferring the one whose last job used the same models, then the least
-/// loaded.
-fn best_backend<'a>(job: &Active, rooms: &[&'a Arc<Backend>]) -> Option<&'a Arc<Backend>> {
-    let models = job.requirements.as_ref().map(|r| r.model_files()).unwrap_or_default();
-    rooms
-        .iter()
-        .filter(|b| job.pinned.as_deref().is_none_or(|p| p == b.name()))
-        .filter(|b| !job.refused_by.iter().any(|r| r == b.name()))
-        .filter(|b| match (&job.requirements, b.capabilities()) {
-            (Some(req), Some(caps)) => req.satisfied_by(&caps),
-            // A backend that has not said what it has gets no job whose needs are known.
-            (Some(_), None) => false,
-            (None, _) => true,
-        })
-        .min_by_key(|b| {
-            let load = b.load();
-            let affine = !models.is_empty() && load.last_models == models;
-            (!affine, load.inflight.len())
-        })
-        .copied()
 }

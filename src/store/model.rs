@@ -323,6 +323,12 @@ pub struct UserLimits {
     pub max_upload_bytes: Option<i64>,
     /// Bytes of one workflow (the forwarded `POST /prompt` body).
     pub max_workflow_bytes: Option<i64>,
+    /// Highest priority class they may ask for (0 low, 1 normal, 2 high).
+    pub max_priority: Option<i64>,
+    /// Class of their jobs that ask for none (0 low, 1 normal, 2 high).
+    pub default_priority: Option<i64>,
+    /// Fair-share weight in percent (100: an equal share).
+    pub share_weight: Option<i64>,
 }
 
 /// One audit event as the store keeps it: the JSON line, and the columns it is looked up by.

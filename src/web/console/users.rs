@@ -385,6 +385,8 @@ pub async fn limits(
     let Form(form) = form?;
     console.check_form(&form.csrf)?;
     let user = app.auth.accounts().user(&name).await?;
+    // Settings this form does not show (priorities, weight) stay as they are.
+    let current = app.scheduler.store().user_limits(user.id).await.map_err(crate::auth::AccountError::from)?;
     let parsed = (|| {
         Ok::<_, String>(crate::store::UserLimits {
             max_waiting: limit_field("Jobs waiting at once", &form.max_waiting, false)?,
@@ -392,6 +394,7 @@ pub async fn limits(
             jobs_per_hour: limit_field("Submissions per hour", &form.jobs_per_hour, false)?,
             max_upload_bytes: limit_field("Largest upload", &form.max_upload, true)?,
             max_workflow_bytes: limit_field("Largest workflow", &form.max_workflow, true)?,
+            ..current
         })
     })();
     let flash = match parsed {

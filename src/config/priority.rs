@@ -1,6 +1,6 @@
-//! Priority classes: a job's class decides before fair share does (every waiting `high` job
-//! goes before any `normal` one, and those before `low`); within a class users share by recent
-//! GPU time ([`fair`](super::fair)).
+//! Priority classes. A job's class decides before fair share does: every waiting `high` job
+//! goes before any `normal` one, and those before `low`; within a class users share by recent
+//! GPU time (`scheduler::fair`). Here, below the scheduler, so that configuration names them.
 
 use std::fmt;
 use std::str::FromStr;
