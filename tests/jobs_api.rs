@@ -98,8 +98,7 @@ async fn two_hundred_concurrent_identical_requests_queue_exactly_one_job() {
     gw.add_user("alice", "user").await;
     let a = gw.token("alice", "t").await;
     let body = job("race", 1, 50).to_string();
-    let answers =
-        futures_util::future::join_all((0..200).map(|_| submit_keyed(&gw, &a, "same-key", &body))).await;
+    let answers = futures_util::future::join_all((0..200).map(|_| submit_keyed(&gw, &a, "same-key", &body))).await;
     let ids: std::collections::HashSet<&str> = answers
         .iter()
         .map(|(status, answer, _)| {

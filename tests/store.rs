@@ -598,7 +598,10 @@ async fn idempotency_keys_are_claimed_once_per_user_answered_once_released_and_e
     s.answer_idempotency_key(alice.id, "k", 200, "{\"prompt_id\":\"p\"}", Some(3)).await.unwrap();
     s.answer_idempotency_key(alice.id, "k", 500, "late", None).await.unwrap();
     let done = s.idempotency_key(alice.id, "k").await.unwrap().unwrap();
-    assert_eq!((done.status, done.answer.as_deref(), done.retry_after), (Some(200), Some("{\"prompt_id\":\"p\"}"), Some(3)));
+    assert_eq!(
+        (done.status, done.answer.as_deref(), done.retry_after),
+        (Some(200), Some("{\"prompt_id\":\"p\"}"), Some(3))
+    );
     s.release_idempotency_key(alice.id, "k").await.unwrap();
     assert!(s.idempotency_key(alice.id, "k").await.unwrap().is_some(), "an answered key is not released");
     s.release_idempotency_key(bob.id, "k").await.unwrap();

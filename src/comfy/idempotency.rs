@@ -29,7 +29,7 @@ pub const HEADER: &str = "idempotency-key";
 /// The response header a replayed answer carries.
 pub const REPLAYED: &str = "idempotent-replayed";
 /// How long a key is remembered after its claim.
-pub const KEEP_FOR: Duration = Duration::from_secs(24 * 60 * 60);
+pub const KEEP_FOR: Duration = crate::store::IDEMPOTENCY_KEEP_FOR;
 /// An unanswered claim older than this was abandoned (its gateway died mid-request).
 const ABANDONED_AFTER: Duration = Duration::from_secs(5 * 60);
 /// How long a duplicate waits for the first request's answer before it is told to retry.
@@ -71,7 +71,7 @@ where
     let (parts, body) = req.into_parts();
     let limit = usize::try_from(app.config.server.max_request_body.as_u64()).unwrap_or(usize::MAX).min(MAX_JSON_BODY);
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| crate::http::error::unreadable_body(&e, limit))?;
-    let digest = crate::models::local::hex(Sha256::new_with_prefix(&bytes));
+    let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
     let store = app.auth.accounts().store().clone();
     let deadline = Instant::now() + WAIT_FOR_FIRST;
     loop {

@@ -1,5 +1,9 @@
 //! The stored half of `Idempotency-Key` (see `crate::comfy::idempotency`).
 
+/// How long an idempotency key is remembered after its claim (the maintenance loop purges older
+/// ones; a claim of an older one starts afresh).
+pub const KEEP_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
 /// A claimed idempotency key: the body it was claimed with, and the answer once there is one.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct IdempotencyRecord {

@@ -18,11 +18,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use idempotency::{IdempotencyRecord, KEEP_FOR as IDEMPOTENCY_KEEP_FOR};
 pub use model::{
     ApiToken, AuditQuery, AuditRecord, Job, JobState, NewSession, NewToken, NewUser, Role, Session, StoredFile,
     TokenKind, User, UserLimits,
 };
-pub use idempotency::IdempotencyRecord;
 pub use probe::Probe;
 
 /// What can go wrong in the store.
