@@ -95,15 +95,12 @@ where
                 return Ok(replay(status, answer, record.retry_after));
             }
             if Instant::now() >= deadline {
-                let mut response = refusal(
-                    StatusCode::CONFLICT,
-                    "idempotency_key_in_flight",
-                    "a request with this Idempotency-Key is still being answered; retry shortly",
-                );
-                response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(1u64));
-                return Ok(response);
+                return Ok(in_flight());
             }
             tokio::time::sleep(POLL_EVERY).await;
+        } else if Instant::now() >= deadline {
+            // Claims keep appearing and vanishing under this key: stop trying, bounded.
+            return Ok(in_flight());
         }
         // No row: the first request gave its claim back in between; claim again.
     }
@@ -179,6 +176,17 @@ fn replay(status: i32, answer: String, retry_after: Option<i64>) -> Response {
     if let Some(seconds) = retry_after.and_then(|s| u64::try_from(s).ok()) {
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
     }
+    response
+}
+
+/// The first request with this key is still being answered.
+fn in_flight() -> Response {
+    let mut response = refusal(
+        StatusCode::CONFLICT,
+        "idempotency_key_in_flight",
+        "a request with this Idempotency-Key is still being answered; retry shortly",
+    );
+    response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(1u64));
     response
 }
 
