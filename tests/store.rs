@@ -89,6 +89,7 @@ on_every_store!(
     audit_events_are_listed_newest_first_filtered_and_purged,
     an_accounts_throttle_keys_are_listed_and_cleared_and_no_one_elses,
     a_users_open_sessions_and_last_login_are_listed,
+    idempotency_keys_are_claimed_once_per_user_answered_once_released_and_expire,
 );
 
 fn new_user(name: &str, role: Role) -> NewUser {
@@ -582,4 +583,35 @@ async fn a_users_open_sessions_and_last_login_are_listed(db: &TestDb) {
     s.record_login_address(u.id, "10.0.0.1", 5_000).await.unwrap();
     s.record_login_address(u.id, "10.0.0.2", 7_000).await.unwrap();
     assert_eq!(s.last_logins().await.unwrap(), [(u.id, 7_000)]);
+}
+
+async fn idempotency_keys_are_claimed_once_per_user_answered_once_released_and_expire(db: &TestDb) {
+    let s = &db.store;
+    let alice = s.create_user(new_user("alice", Role::User)).await.unwrap();
+    let bob = s.create_user(new_user("bob", Role::User)).await.unwrap();
+    let (now, old, stale) = (1_000_000, 0, 0);
+    assert!(s.claim_idempotency_key(alice.id, "k", "aaa", now, old, stale).await.unwrap());
+    assert!(!s.claim_idempotency_key(alice.id, "k", "bbb", now, old, stale).await.unwrap(), "claimed once");
+    assert!(s.claim_idempotency_key(bob.id, "k", "bbb", now, old, stale).await.unwrap(), "keys are per user");
+    let pending = s.idempotency_key(alice.id, "k").await.unwrap().unwrap();
+    assert_eq!((pending.body_sha256.as_str(), pending.status, pending.answer), ("aaa", None, None));
+    s.answer_idempotency_key(alice.id, "k", 200, "{\"prompt_id\":\"p\"}", Some(3)).await.unwrap();
+    s.answer_idempotency_key(alice.id, "k", 500, "late", None).await.unwrap();
+    let done = s.idempotency_key(alice.id, "k").await.unwrap().unwrap();
+    assert_eq!(
+        (done.status, done.answer.as_deref(), done.retry_after),
+        (Some(200), Some("{\"prompt_id\":\"p\"}"), Some(3))
+    );
+    s.release_idempotency_key(alice.id, "k").await.unwrap();
+    assert!(s.idempotency_key(alice.id, "k").await.unwrap().is_some(), "an answered key is not released");
+    s.release_idempotency_key(bob.id, "k").await.unwrap();
+    assert!(s.idempotency_key(bob.id, "k").await.unwrap().is_none(), "an unanswered claim is released");
+    // An unanswered claim older than the abandonment cut-off is taken over; an answered one is not.
+    assert!(s.claim_idempotency_key(bob.id, "k", "ccc", now, old, stale).await.unwrap());
+    assert!(s.claim_idempotency_key(bob.id, "k", "ddd", now + 10, old, now + 1).await.unwrap(), "abandoned");
+    assert!(!s.claim_idempotency_key(alice.id, "k", "eee", now + 10, old, now + 1).await.unwrap());
+    // Expired keys are forgotten on claim and by the purge.
+    assert!(s.claim_idempotency_key(alice.id, "k", "fff", now + 10, now + 1, stale).await.unwrap(), "expired");
+    assert_eq!(s.purge_idempotency_keys(now + 11).await.unwrap(), 2);
+    assert!(s.idempotency_key(alice.id, "k").await.unwrap().is_none());
 }

@@ -71,6 +71,10 @@ impl Auth {
                 if let Err(e) = self.store.purge_login_throttle(quiet_since).await {
                     tracing::warn!(error = %e, "cannot purge old login counters");
                 }
+                let keys_before = now_ms() - ms(crate::store::IDEMPOTENCY_KEEP_FOR);
+                if let Err(e) = self.store.purge_idempotency_keys(keys_before).await {
+                    tracing::warn!(error = %e, "cannot purge old idempotency keys");
+                }
             }
         }
         self.record_uses().await;

@@ -5,6 +5,7 @@
 pub mod extension;
 mod files;
 mod history;
+pub mod idempotency;
 mod info;
 mod prompt;
 mod queue;

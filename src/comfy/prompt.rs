@@ -12,13 +12,18 @@ use crate::http::{ApiError, Caller};
 use crate::scheduler::Submitter;
 use crate::state::AppState;
 
-/// `POST /prompt`.
+/// `POST /prompt`, once per `Idempotency-Key` (see [`super::idempotency`]).
 pub async fn submit(
     app: &AppState,
     caller: &Caller,
     context: &Context,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
+    super::idempotency::run(app, caller.identity.user_id, req, |req| queue(app, caller, context, req)).await
+}
+
+/// Queues one submission.
+async fn queue(app: &AppState, caller: &Caller, context: &Context, req: Request<Body>) -> Result<Response, ApiError> {
     let Value::Object(mut body) = read_json(app, req).await? else {
         return Err(ApiError::BadRequest("the request body must be a JSON object".to_owned()));
     };

@@ -4,6 +4,7 @@
 //! ([`sqlite`], [`postgres`]) sharing the same SQL ([`sql`]) and mirrored migrations.
 
 pub mod backup;
+mod idempotency;
 mod model;
 mod postgres;
 pub mod private;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use idempotency::{IdempotencyRecord, KEEP_FOR as IDEMPOTENCY_KEEP_FOR};
 pub use model::{
     ApiToken, AuditQuery, AuditRecord, Job, JobState, NewSession, NewToken, NewUser, Role, Session, StoredFile,
     TokenKind, User, UserLimits,
@@ -233,6 +235,35 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_audit_events(&self, before: i64) -> StoreResult<u64>;
     /// The addresses recorded as `event` for token `token_id` (at most `limit`).
     async fn audit_token_addresses(&self, token_id: i64, event: &str, limit: i64) -> StoreResult<Vec<String>>;
+
+    /// Claims `user_id`'s idempotency `key` for a body with digest `body_sha256`, atomically
+    /// (of concurrent claims in any process exactly one wins): true if this call claimed it. A
+    /// row claimed before `expired_before`, or still unanswered since before `abandoned_before`,
+    /// is forgotten first.
+    async fn claim_idempotency_key(
+        &self,
+        user_id: i64,
+        key: &str,
+        body_sha256: &str,
+        now: i64,
+        expired_before: i64,
+        abandoned_before: i64,
+    ) -> StoreResult<bool>;
+    /// `user_id`'s idempotency key `key`, if claimed.
+    async fn idempotency_key(&self, user_id: i64, key: &str) -> StoreResult<Option<IdempotencyRecord>>;
+    /// Stores the answer of a claimed key (once: an answered key keeps its first answer).
+    async fn answer_idempotency_key(
+        &self,
+        user_id: i64,
+        key: &str,
+        status: i32,
+        answer: &str,
+        retry_after: Option<i64>,
+    ) -> StoreResult<()>;
+    /// Gives up a claim that has no answer (the request failed, or its answer is not kept).
+    async fn release_idempotency_key(&self, user_id: i64, key: &str) -> StoreResult<()>;
+    /// Deletes idempotency keys claimed before `before` (unix ms); returns how many.
+    async fn purge_idempotency_keys(&self, before: i64) -> StoreResult<u64>;
 }
 
 /// Opens (and migrates) the database named by `url`, creating a missing SQLite file (what

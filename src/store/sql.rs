@@ -1054,6 +1054,93 @@ macro_rules! impl_store {
                 .fetch_all(&self.pool)
                 .await?)
             }
+
+            async fn claim_idempotency_key(
+                &self,
+                user_id: i64,
+                key: &str,
+                body_sha256: &str,
+                now: i64,
+                expired_before: i64,
+                abandoned_before: i64,
+            ) -> StoreResult<bool> {
+                sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 \
+                     AND (created_at < $3 OR (status IS NULL AND created_at < $4))",
+                )
+                .bind(user_id)
+                .bind(key)
+                .bind(expired_before)
+                .bind(abandoned_before)
+                .execute(&self.pool)
+                .await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO idempotency_keys (user_id, idem_key, body_sha256, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, idem_key) DO NOTHING",
+                )
+                .bind(user_id)
+                .bind(key)
+                .bind(body_sha256)
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(inserted == 1)
+            }
+
+            async fn idempotency_key(
+                &self,
+                user_id: i64,
+                key: &str,
+            ) -> StoreResult<Option<$crate::store::IdempotencyRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT body_sha256, status, answer, retry_after, created_at FROM idempotency_keys \
+                     WHERE user_id = $1 AND idem_key = $2",
+                )
+                .bind(user_id)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn answer_idempotency_key(
+                &self,
+                user_id: i64,
+                key: &str,
+                status: i32,
+                answer: &str,
+                retry_after: Option<i64>,
+            ) -> StoreResult<()> {
+                sqlx::query(
+                    "UPDATE idempotency_keys SET status = $3, answer = $4, retry_after = $5 \
+                     WHERE user_id = $1 AND idem_key = $2 AND status IS NULL",
+                )
+                .bind(user_id)
+                .bind(key)
+                .bind(status)
+                .bind(answer)
+                .bind(retry_after)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn release_idempotency_key(&self, user_id: i64, key: &str) -> StoreResult<()> {
+                sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND status IS NULL")
+                    .bind(user_id)
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn purge_idempotency_keys(&self, before: i64) -> StoreResult<u64> {
+                Ok(sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected())
+            }
         }
     };
 }
