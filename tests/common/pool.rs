@@ -24,9 +24,20 @@ pub async fn gateway(sims: &[&Simulator], max_inflight: usize) -> Gateway {
 /// [`gateway`] with `extra` configuration instead of the fast health checks.
 pub async fn gateway_with(sims: &[&Simulator], max_inflight: usize, extra: &str) -> Gateway {
     let inflight = format!("max_inflight = {max_inflight}");
-    let mut opts = Options::default().backend(&inflight).extra(extra);
+    let lines: Vec<Vec<&str>> = sims.iter().map(|_| vec![inflight.as_str()]).collect();
+    let lines: Vec<&[&str]> = lines.iter().map(Vec::as_slice).collect();
+    gateway_lines(sims, &lines, extra).await
+}
+
+/// A gateway in front of `sims` (named sim, b2, b3, ...) with `lines[i]` in backend `i`'s
+/// table and `extra` configuration, once every backend is healthy with known nodes.
+pub async fn gateway_lines(sims: &[&Simulator], lines: &[&[&str]], extra: &str) -> Gateway {
+    let mut opts = Options::default().extra(extra);
+    for line in lines.first().copied().unwrap_or_default() {
+        opts = opts.backend(line);
+    }
     for (i, s) in sims.iter().enumerate().skip(1) {
-        opts = opts.another_backend(&format!("b{}", i + 1), &s.url(), &[&inflight]);
+        opts = opts.another_backend(&format!("b{}", i + 1), &s.url(), lines.get(i).copied().unwrap_or_default());
     }
     let gw = Gateway::start_with(&sims[0].url(), opts).await;
     let token = gw.token("admin", "readiness").await;

@@ -1,0 +1,148 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! A scheduler for GPU farms: priority classes with ceilings, jobs that need no model swap going
+//! first within a bound, backends pinned (and exclusive) to models.
+
+mod common;
+
+use std::time::Duration;
+
+use comfyui_sim::{SimConfig, Simulator};
+use common::pool::{FAST_HEALTH, finished, gateway_lines, model_job, submit, submit_ok};
+use common::{Gateway, client};
+use serde_json::{Value, json};
+
+async fn sim(job_ms: u64, models: &[&str]) -> Simulator {
+    let mut config = SimConfig { job_duration: Duration::from_millis(job_ms), ..SimConfig::default() };
+    for m in models {
+        config.models.push(("checkpoints".to_owned(), (*m).to_owned()));
+    }
+    Simulator::start(config).await.unwrap()
+}
+
+/// When the backend started running the job (its own `execution_start` timestamp, ms).
+async fn started(gw: &Gateway, token: &str, id: &str) -> i64 {
+    let entry = finished(gw, token, id).await;
+    let messages = entry["status"]["messages"].as_array().cloned().unwrap_or_default();
+    messages
+        .iter()
+        .find(|m| m[0] == "execution_start")
+        .and_then(|m| m[1]["timestamp"].as_i64())
+        .unwrap_or_else(|| panic!("no execution_start in {entry}"))
+}
+
+/// The ids in the order their runs started.
+async fn run_order(gw: &Gateway, jobs: &[(&str, &str, &str)]) -> Vec<String> {
+    let mut times = Vec::new();
+    for (name, token, id) in jobs {
+        times.push((started(gw, token, id).await, (*name).to_owned()));
+    }
+    times.sort();
+    times.into_iter().map(|(_, name)| name).collect()
+}
+
+/// A gateway in front of one simulator (one slot), users alice and bob; `scheduler` lines go
+/// in `[scheduler]`.
+async fn one_slot(sim: &Simulator, scheduler: &str) -> (Gateway, String, String) {
+    let extra = format!("{FAST_HEALTH}\n{scheduler}");
+    let gw = gateway_lines(&[sim], &[&["max_inflight = 1"]], &extra).await;
+    gw.add_user("alice", "user").await;
+    gw.add_user("bob", "user").await;
+    let (alice, bob) = (gw.token("alice", "a").await, gw.token("bob", "b").await);
+    (gw, alice, bob)
+}
+
+#[tokio::test]
+async fn a_job_needing_no_model_swap_goes_before_one_that_does_within_the_bound() {
+    let models = ["a.safetensors", "b.safetensors"];
+    for (bound, expected) in [("120s", ["A1", "A2", "B1"]), ("0s", ["A1", "B1", "A2"])] {
+        let sim = sim(400, &models).await;
+        let (gw, alice, bob) = one_slot(&sim, &format!("max_extra_wait = \"{bound}\"")).await;
+        let a1 = submit_ok(&gw, &alice, model_job("a.safetensors", "a1")).await;
+        // While A1 runs: bob's B1 is first in fair order (alice has used the GPU), alice's A2
+        // needs no swap after A1.
+        let b1 = submit_ok(&gw, &bob, model_job("b.safetensors", "b1")).await;
+        let a2 = submit_ok(&gw, &alice, model_job("a.safetensors", "a2")).await;
+        let order = run_order(&gw, &[("A1", &alice, &a1), ("B1", &bob, &b1), ("A2", &alice, &a2)]).await;
+        assert_eq!(order, expected, "max_extra_wait = {bound}");
+    }
+}
+
+#[tokio::test]
+async fn high_priority_goes_first_only_for_those_allowed_and_front_asks_for_the_ceiling() {
+    let sim = sim(300, &["a.safetensors"]).await;
+    let (gw, alice, bob) = one_slot(&sim, "").await;
+    gw.cli(&["user", "limits", "bob", "--max-priority", "high"], None).await.ok();
+    let normal = |prefix: &str| model_job("a.safetensors", prefix);
+    let high = |prefix: &str| {
+        let mut body = model_job("a.safetensors", prefix);
+        body["extra_data"] = json!({"priority": "high"});
+        body
+    };
+    // Alice may not ask for high; `front: true` gives her her ceiling (normal), not a refusal.
+    let (status, answer) = submit(&gw, &alice, high("x")).await;
+    assert_eq!((status, answer["error"]["type"].as_str()), (403, Some("priority_not_allowed")), "{answer}");
+    for bad in [json!("HIGH"), json!("urgent"), json!(2)] {
+        let mut body = normal("y");
+        body["extra_data"] = json!({"priority": bad});
+        let (status, answer) = submit(&gw, &alice, body).await;
+        assert_eq!((status, answer["error"]["type"].as_str()), (400, Some("invalid_priority")), "{answer}");
+    }
+    let n0 = submit_ok(&gw, &alice, normal("n0")).await;
+    let n1 = submit_ok(&gw, &alice, normal("n1")).await;
+    let mut front = normal("n2");
+    front["front"] = json!(true);
+    let n2 = submit_ok(&gw, &alice, front).await;
+    let h = submit_ok(&gw, &bob, high("h")).await;
+    let mut bob_front = normal("h2");
+    bob_front["front"] = json!(true);
+    let h2 = submit_ok(&gw, &bob, bob_front).await;
+    let order = run_order(
+        &gw,
+        &[("N0", &alice, &n0), ("N1", &alice, &n1), ("N2", &alice, &n2), ("H", &bob, &h), ("H2", &bob, &h2)],
+    )
+    .await;
+    assert_eq!(order, ["N0", "H", "H2", "N1", "N2"], "high (and bob's front: true) before every waiting normal job");
+    // The class is the gateway's: the backend's own history shows no `priority`.
+    let history: Value = client().get(format!("{}/history/{h}", sim.url())).send().await.unwrap().json().await.unwrap();
+    let extra = &history[&h]["prompt"][3];
+    assert!(extra.is_object() && extra.get("priority").is_none(), "{history}");
+}
+
+#[tokio::test]
+async fn an_exclusive_backend_takes_only_its_models_and_a_pinned_one_is_preferred_for_them() {
+    let models = ["flux1-dev.safetensors", "sd15.safetensors"];
+    let (open, pinned) = (sim(150, &models).await, sim(150, &models).await);
+    let lines: [&[&str]; 2] =
+        [&["max_inflight = 1"], &["max_inflight = 1", "models = [\"sd15*\"]", "exclusive = true"]];
+    let gw = gateway_lines(&[&open, &pinned], &lines, FAST_HEALTH).await;
+    let token = gw.token("admin", "t").await;
+    let mut flux = Vec::new();
+    for i in 0..4 {
+        flux.push(submit_ok(&gw, &token, model_job("flux1-dev.safetensors", &format!("f{i}"))).await);
+    }
+    let sd = submit_ok(&gw, &token, model_job("sd15.safetensors", "s")).await;
+    for id in flux.iter().chain([&sd]) {
+        finished(&gw, &token, id).await;
+    }
+    for id in &flux {
+        assert!(ran_on(&open, id).await && !ran_on(&pinned, id).await, "flux job {id} only on the open backend");
+    }
+    assert!(ran_on(&pinned, &sd).await, "the sd15 job went to the backend meant for it");
+}
+
+#[tokio::test]
+async fn model_pins_that_do_not_compile_are_refused_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.toml");
+    std::fs::write(&config, "[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\nmodels = [\"flux[\"]\n")
+        .unwrap();
+    let out = common::cli_at(&config, &["serve"], None).await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("backends[0].models") && out.stderr.contains("flux["), "{}", out.stderr);
+}
+
+/// Whether `sim` itself has the job in its history (it ran it).
+async fn ran_on(sim: &Simulator, id: &str) -> bool {
+    let h: Value = client().get(format!("{}/history/{id}", sim.url())).send().await.unwrap().json().await.unwrap();
+    h.get(id).is_some()
+}
