@@ -28,6 +28,12 @@ pub async fn submit(
             return Ok(json_response(StatusCode::BAD_REQUEST, &rejection));
         }
     }
+    // A webhook is checked here, with the caller's answer in ComfyUI's error shape.
+    if let Some(hook) = body.get("extra_data").and_then(|e| e.get("webhook")).filter(|h| !h.is_null()) {
+        if let Err(why) = crate::webhooks::spec::parse(hook, &app.config.webhooks) {
+            return Ok(crate::webhooks::refusal(&why));
+        }
+    }
     let token_id = match &caller.identity.method {
         AuthMethod::Token { token_id, .. } => Some(*token_id),
         AuthMethod::Session { .. } => None,

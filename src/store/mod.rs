@@ -5,6 +5,7 @@
 
 pub mod backup;
 mod model;
+mod outbox;
 mod postgres;
 pub mod private;
 mod probe;
@@ -21,6 +22,7 @@ pub use model::{
     ApiToken, AuditQuery, AuditRecord, Job, JobState, NewSession, NewToken, NewUser, Role, Session, StoredFile,
     TokenKind, User, UserLimits,
 };
+pub use outbox::{Attempted, Delivery, NewDelivery};
 pub use probe::Probe;
 
 /// What can go wrong in the store.
@@ -233,6 +235,20 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_audit_events(&self, before: i64) -> StoreResult<u64>;
     /// The addresses recorded as `event` for token `token_id` (at most `limit`).
     async fn audit_token_addresses(&self, token_id: i64, event: &str, limit: i64) -> StoreResult<Vec<String>>;
+
+    /// Adds a pending webhook delivery, due now; a message id already there is left as it is.
+    async fn insert_delivery(&self, new: &NewDelivery) -> StoreResult<()>;
+    /// Claims up to `limit` pending deliveries due at `now` and not claimed by anyone, until
+    /// `lock_until`: an atomic conditional update, so no two workers claim the same row.
+    async fn claim_deliveries(&self, now: i64, lock_until: i64, limit: i64) -> StoreResult<Vec<Delivery>>;
+    /// Records one attempt of delivery `id` and releases its claim.
+    async fn delivery_attempted(&self, id: i64, outcome: &Attempted) -> StoreResult<()>;
+    /// The newest deliveries of `user_id` (everyone's: `None`), at most `limit`.
+    async fn deliveries(&self, user_id: Option<i64>, limit: i64) -> StoreResult<Vec<Delivery>>;
+    /// When the next pending delivery is due (unix ms), if there is one.
+    async fn next_delivery_due(&self) -> StoreResult<Option<i64>>;
+    /// Deletes delivered and failed deliveries made before `before`; returns how many.
+    async fn purge_deliveries(&self, before: i64) -> StoreResult<u64>;
 }
 
 /// Opens (and migrates) the database named by `url`, creating a missing SQLite file (what
