@@ -214,3 +214,37 @@ async fn without_allowed_hosts_every_webhook_is_refused() {
     let (status, answer) = submit(&gw, &token, body).await;
     assert_eq!((status, answer["error"]["type"].as_str()), (400, Some("invalid_webhook")), "{answer}");
 }
+
+#[tokio::test]
+async fn a_tokens_default_webhook_is_used_for_the_events_it_names() {
+    let sim = common::pool::sim(50).await;
+    let (receiver, at) = Receiver::start(0).await;
+    let gw = gateway_with(&[&sim], 1, &config(at, "200ms")).await;
+    gw.add_user("carol", "user").await;
+    let refused =
+        gw.cli(&["token", "create", "carol", "--name", "bad", "--webhook", "https://example.com/h"], None).await;
+    assert_ne!(refused.code, 0, "a host outside allowed_hosts is refused: {refused:?}");
+    let url = format!("http://{at}/hook");
+    let out = gw
+        .cli(
+            &["token", "create", "carol", "--name", "hooked", "--webhook", &url, "--webhook-events", "job.completed"],
+            None,
+        )
+        .await
+        .ok();
+    let token = out.stdout.trim().to_owned();
+    receiver.set_secret(&secret_of(&gw, &token).await);
+    let id = submit_ok(&gw, &token, job("default", 2, 20)).await;
+    poll(Duration::from_secs(30), "job.completed from the token's webhook", || async {
+        (!receiver.accepted("job.completed").is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(receiver.accepted("job.completed")[0].body["data"]["prompt_id"], id);
+    // A plain token of the same user sends nothing; and only the named event was sent.
+    let plain = gw.token("carol", "plain").await;
+    let other = submit_ok(&gw, &plain, job("plain", 3, 20)).await;
+    common::pool::finished(&gw, &plain, &other).await;
+    let (_, listed) = deliveries(&gw, &plain, "").await;
+    assert_eq!(listed["deliveries"].as_array().map(Vec::len), Some(1), "{listed}");
+    assert!(receiver.seen().iter().all(|r| r.event == "job.completed" && r.body["data"]["prompt_id"] == id));
+}

@@ -22,3 +22,7 @@ CREATE TABLE webhook_outbox (
 );
 CREATE INDEX webhook_outbox_due ON webhook_outbox (state, next_attempt_at);
 CREATE INDEX webhook_outbox_user ON webhook_outbox (user_id, created_at);
+
+-- A token's default webhook: the JSON spec {"url": ..., "events": [...]} used by jobs it submits
+-- without extra_data.webhook (NULL: none).
+ALTER TABLE api_tokens ADD COLUMN webhook TEXT;

@@ -38,6 +38,7 @@ pub async fn submit(
         AuthMethod::Token { token_id, .. } => Some(*token_id),
         AuthMethod::Session { .. } => None,
     };
+    app.webhooks.apply_token_default(token_id, &mut body).await;
     let by = Submitter { user_id: caller.identity.user_id, username: &caller.identity.username, token_id };
     let answer = app.scheduler.submit(by, body).await.map_err(|e| {
         tracing::error!(error = %e, "cannot queue a prompt");

@@ -248,7 +248,7 @@ impl Config {
         if self.audit.retention.is_zero() {
             return Err(("audit.retention".to_owned(), "must be greater than zero".to_owned()));
         }
-        if let Err(e) = crate::webhooks::spec::check_config(&self.webhooks) {
+        if let Err(e) = self.webhooks.check() {
             return Err(("webhooks".to_owned(), e));
         }
         let userdata = &self.userdata;

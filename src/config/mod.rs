@@ -67,6 +67,29 @@ pub struct WebhooksConfig {
     pub retry_max: Duration,
 }
 
+impl WebhooksConfig {
+    /// Whether the section is usable: every `allowed_hosts` entry is `host`, `host:port` or
+    /// `*.domain`, and the durations make sense.
+    pub fn check(&self) -> Result<(), String> {
+        for entry in &self.allowed_hosts {
+            let rest = entry.trim().strip_prefix("*.").unwrap_or(entry.trim());
+            let usable = !rest.is_empty()
+                && !rest.contains(['/', '@', '?', '#', '*'])
+                && url::Url::parse(&format!("http://{rest}/")).is_ok_and(|u| u.host_str().is_some_and(|h| h != "."));
+            if !usable {
+                return Err(format!("allowed_hosts: {entry:?} is not host, host:port or *.domain"));
+            }
+        }
+        if self.timeout.is_zero() || self.retry_base.is_zero() || self.max_age.is_zero() {
+            return Err("timeout, retry_base and max_age must be greater than zero".to_owned());
+        }
+        if self.retry_max < self.retry_base {
+            return Err("retry_max must be at least retry_base".to_owned());
+        }
+        Ok(())
+    }
+}
+
 impl Default for WebhooksConfig {
     fn default() -> Self {
         Self {

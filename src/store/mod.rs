@@ -249,6 +249,10 @@ pub trait Store: Send + Sync + 'static {
     async fn next_delivery_due(&self) -> StoreResult<Option<i64>>;
     /// Deletes delivered and failed deliveries made before `before`; returns how many.
     async fn purge_deliveries(&self, before: i64) -> StoreResult<u64>;
+    /// Sets (or clears) token `token_id`'s default webhook spec (JSON text).
+    async fn set_token_webhook(&self, token_id: i64, spec: Option<&str>) -> StoreResult<()>;
+    /// Token `token_id`'s default webhook spec (JSON text), if it has one.
+    async fn token_webhook(&self, token_id: i64) -> StoreResult<Option<String>>;
 }
 
 /// Opens (and migrates) the database named by `url`, creating a missing SQLite file (what

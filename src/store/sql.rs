@@ -1133,6 +1133,23 @@ macro_rules! impl_store {
                     .await?
                     .rows_affected())
             }
+
+            async fn set_token_webhook(&self, token_id: i64, spec: Option<&str>) -> StoreResult<()> {
+                sqlx::query("UPDATE api_tokens SET webhook = $1 WHERE id = $2")
+                    .bind(spec)
+                    .bind(token_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn token_webhook(&self, token_id: i64) -> StoreResult<Option<String>> {
+                let found: Option<Option<String>> = sqlx::query_scalar("SELECT webhook FROM api_tokens WHERE id = $1")
+                    .bind(token_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(found.flatten())
+            }
         }
     };
 }

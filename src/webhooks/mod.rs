@@ -86,6 +86,36 @@ impl Webhooks {
         out
     }
 
+    /// Gives a submission without `extra_data.webhook` its token's default webhook, if the token
+    /// has one (checked again when events are recorded; a store error leaves the job without one).
+    pub async fn apply_token_default(
+        &self,
+        token_id: Option<i64>,
+        body: &mut serde_json::Map<String, serde_json::Value>,
+    ) {
+        let Some(token_id) = token_id else { return };
+        let given = body.get("extra_data").and_then(|e| e.get("webhook")).is_some_and(|h| !h.is_null());
+        if given || self.config.allowed_hosts.is_empty() {
+            return;
+        }
+        let spec = match self.store.token_webhook(token_id).await {
+            Ok(Some(text)) => text,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a token's default webhook");
+                return;
+            }
+        };
+        let Ok(spec) = serde_json::from_str::<serde_json::Value>(&spec) else { return };
+        let extra = body.entry("extra_data").or_insert_with(|| serde_json::json!({}));
+        if extra.is_null() {
+            *extra = serde_json::json!({});
+        }
+        if let Some(extra) = extra.as_object_mut() {
+            extra.insert("webhook".to_owned(), spec);
+        }
+    }
+
     async fn record(&self, report: &JobReport) {
         let Some(hook) = report.webhook.as_deref() else { return };
         let Some(event) = payload::event_of(report) else { return };
