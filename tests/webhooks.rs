@@ -248,3 +248,38 @@ async fn a_tokens_default_webhook_is_used_for_the_events_it_names() {
     assert_eq!(listed["deliveries"].as_array().map(Vec::len), Some(1), "{listed}");
     assert!(receiver.seen().iter().all(|r| r.event == "job.completed" && r.body["data"]["prompt_id"] == id));
 }
+
+#[tokio::test]
+async fn a_job_deleted_from_the_queue_sends_job_interrupted_and_only_the_events_asked_for() {
+    let sim = common::pool::sim(50).await;
+    let (receiver, at) = Receiver::start(0).await;
+    let gw = gateway_with(&[&sim], 1, &config(at, "200ms")).await;
+    let token = gw.token("admin", "hooks").await;
+    receiver.set_secret(&secret_of(&gw, &token).await);
+    let hook = json!({"url": format!("http://{at}/hook"), "events": ["job.interrupted"]});
+    let mut first = job("long", 1, 3_000);
+    first["extra_data"]["webhook"] = hook.clone();
+    submit_ok(&gw, &token, first).await;
+    let mut second = job("waiting", 2, 10);
+    second["extra_data"]["webhook"] = hook;
+    let waiting = submit_ok(&gw, &token, second).await;
+    let r = common::client()
+        .post(gw.at("/queue"))
+        .bearer_auth(&token)
+        .json(&json!({"delete": [waiting]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    poll(Duration::from_secs(20), "job.interrupted accepted", || async {
+        (!receiver.accepted("job.interrupted").is_empty()).then_some(())
+    })
+    .await;
+    let got = &receiver.accepted("job.interrupted")[0].body;
+    assert_eq!(
+        (got["data"]["prompt_id"].as_str(), got["data"]["status"].as_str()),
+        (Some(waiting.as_str()), Some("interrupted"))
+    );
+    assert!(got["data"]["started_at"].is_null(), "{got}");
+    assert!(receiver.seen().iter().all(|r| r.event == "job.interrupted"), "job.started was not asked for");
+}
