@@ -166,6 +166,19 @@ async fn signed_events_are_retried_after_500s_and_each_delivered_under_one_id_ac
     assert_eq!((status, his["deliveries"].as_array().map(Vec::len)), (200, Some(0)));
     assert_eq!(deliveries(&gw, &bob, "?user=alice").await.0, 403);
     assert_eq!(deliveries(&gw, &bob, "?all=true").await.0, 403);
+    // Alice's account page lists them, the URL without its query string.
+    let cookie = gw.login("alice", common::USER_PW).await;
+    let page = common::client()
+        .get(gw.at("/comfygate/account"))
+        .header("cookie", format!("{}={cookie}", common::SESSION_COOKIE))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Webhook deliveries") && page.contains("job.completed"), "{page}");
+    assert!(!page.contains("receiver-secret"), "the query string is not shown");
     let admin = gw.token("admin", "look").await;
     let (status, theirs) = deliveries(&gw, &admin, "?user=alice").await;
     assert_eq!((status, theirs["deliveries"].as_array().map(Vec::len)), (200, Some(2)));

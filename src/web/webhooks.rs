@@ -73,3 +73,48 @@ pub fn view(d: &Delivery) -> Value {
         "delivered_at": d.delivered_at.map(format_ms),
     })
 }
+
+/// The account page's "Webhook deliveries" card (empty when webhooks are off and none exist).
+pub async fn account_card(app: &AppState, user_id: i64) -> String {
+    use super::page::escape;
+    let rows = match app.scheduler.store().deliveries(Some(user_id), 20).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list webhook deliveries");
+            return String::new();
+        }
+    };
+    if rows.is_empty() && app.config.webhooks.allowed_hosts.is_empty() {
+        return String::new();
+    }
+    let lines: String = rows
+        .iter()
+        .map(|d| {
+            let when = match d.delivered_at {
+                Some(at) => format!("delivered {}", format_ms(at)),
+                None if d.state == "pending" => format!("next try {}", format_ms(d.next_attempt_at)),
+                None => "gave up".to_owned(),
+            };
+            format!(
+                r#"<tr><td>{event}</td><td><code>{job}</code></td><td>{url}</td><td>{state}</td><td>{attempts}</td><td>{when}</td><td class="muted">{error}</td></tr>"#,
+                event = escape(&d.event),
+                job = escape(&d.job_id),
+                url = escape(&crate::webhooks::shown_url(&d.url)),
+                state = escape(&d.state),
+                attempts = d.attempts,
+                when = escape(&when),
+                error = escape(d.last_error.as_deref().unwrap_or("")),
+            )
+        })
+        .collect();
+    let table = if lines.is_empty() {
+        "<p class=\"muted\">No webhook deliveries yet.</p>".to_owned()
+    } else {
+        format!(
+            "<table><tr><th>Event</th><th>Job</th><th>URL</th><th>Status</th><th>Attempts</th><th>When</th><th>Last error</th></tr>{lines}</table>"
+        )
+    };
+    format!(
+        r#"<div class="card"><h2>Webhook deliveries</h2>{table}<p class="muted">Your signing secret: <a href="/comfygate/api/webhooks/secret">/comfygate/api/webhooks/secret</a> (see the gateway's docs/webhooks.md).</p></div>"#
+    )
+}
