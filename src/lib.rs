@@ -31,6 +31,7 @@ pub mod store;
 pub mod time;
 pub mod userdata;
 pub mod web;
+pub mod webhooks;
 
 pub use config::Config;
 pub use state::App;

@@ -63,6 +63,8 @@ pub struct App {
     pub lifecycle: Lifecycle,
     /// The console's one-time notices.
     pub flashes: crate::auth::flash::Flashes,
+    /// Webhooks: the outbox and its signing keys.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl App {
@@ -73,6 +75,7 @@ impl App {
         let auth = Arc::new(Auth::new(store.clone(), config.auth.clone(), metrics.clone(), audit.clone()));
         let instance = format!("{}-{}", hostname(), &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let pool = Arc::new(Pool::new(&config, &instance)?);
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(&config, store.clone()));
         let scheduler = Arc::new(
             Scheduler::load(
                 store,
@@ -85,6 +88,7 @@ impl App {
             )
             .await?,
         );
+        scheduler.observe(webhooks.clone());
         let allowed_hosts = config
             .server
             .public_url
@@ -110,6 +114,7 @@ impl App {
             store_probe,
             lifecycle: Lifecycle::default(),
             flashes: Default::default(),
+            webhooks,
         })
     }
 }

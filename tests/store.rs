@@ -90,6 +90,7 @@ on_every_store!(
     an_accounts_throttle_keys_are_listed_and_cleared_and_no_one_elses,
     a_users_open_sessions_and_last_login_are_listed,
     idempotency_keys_are_claimed_once_per_user_answered_once_released_and_expire,
+    webhook_deliveries_are_claimed_once_retried_and_listed_per_user,
 );
 
 fn new_user(name: &str, role: Role) -> NewUser {
@@ -614,4 +615,51 @@ async fn idempotency_keys_are_claimed_once_per_user_answered_once_released_and_e
     assert!(s.claim_idempotency_key(alice.id, "k", "fff", now + 10, now + 1, stale).await.unwrap(), "expired");
     assert_eq!(s.purge_idempotency_keys(now + 11).await.unwrap(), 2);
     assert!(s.idempotency_key(alice.id, "k").await.unwrap().is_none());
+}
+
+async fn webhook_deliveries_are_claimed_once_retried_and_listed_per_user(db: &TestDb) {
+    use comfygate::store::{Attempted, NewDelivery};
+    let s = &db.store;
+    let new = |id: &str, user: i64| NewDelivery {
+        message_id: id.to_owned(),
+        user_id: user,
+        job_id: format!("job-{id}"),
+        event: "job.completed".to_owned(),
+        url: "https://hooks.example.com/h".to_owned(),
+        body: "{}".to_owned(),
+        created_at: 1_000,
+    };
+    s.insert_delivery(&new("a", 1)).await.unwrap();
+    s.insert_delivery(&new("b", 2)).await.unwrap();
+    s.insert_delivery(&new("a", 1)).await.unwrap(); // the same message twice is one row
+    assert_eq!(s.deliveries(None, 10).await.unwrap().len(), 2);
+    assert_eq!(s.next_delivery_due().await.unwrap(), Some(1_000));
+    // Claims racing each other take every row once.
+    let claims: Vec<_> = (0..8)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.claim_deliveries(2_000, 10_000, 10).await.unwrap() })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for c in claims {
+        claimed.extend(c.await.unwrap().into_iter().map(|d| d.message_id));
+    }
+    claimed.sort();
+    assert_eq!(claimed, ["a", "b"]);
+    assert!(s.claim_deliveries(3_000, 10_000, 10).await.unwrap().is_empty(), "still claimed");
+    assert_eq!(s.next_delivery_due().await.unwrap(), Some(10_000));
+    let a = s.deliveries(Some(1), 10).await.unwrap().remove(0);
+    s.delivery_attempted(a.id, &Attempted::Retry(5_000, "HTTP 500".to_owned())).await.unwrap();
+    let b = s.deliveries(Some(2), 10).await.unwrap().remove(0);
+    s.delivery_attempted(b.id, &Attempted::Delivered(4_000)).await.unwrap();
+    assert!(s.claim_deliveries(4_999, 20_000, 10).await.unwrap().is_empty(), "not due yet");
+    let again = s.claim_deliveries(5_000, 20_000, 10).await.unwrap();
+    assert_eq!((again.len(), again[0].attempts, again[0].last_error.as_deref()), (1, 1, Some("HTTP 500")));
+    s.delivery_attempted(a.id, &Attempted::Failed("gave up".to_owned())).await.unwrap();
+    let mine = s.deliveries(Some(1), 10).await.unwrap();
+    assert_eq!((mine.len(), mine[0].state.as_str(), mine[0].attempts), (1, "failed", 2));
+    assert_eq!(s.deliveries(Some(2), 10).await.unwrap()[0].delivered_at, Some(4_000));
+    assert_eq!(s.next_delivery_due().await.unwrap(), None);
+    assert_eq!(s.purge_deliveries(2_000).await.unwrap(), 2);
 }

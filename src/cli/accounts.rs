@@ -219,7 +219,20 @@ pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
 pub async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
     let (store, accounts) = open(config, false).await?;
     match command {
-        TokenCommand::Create { username, name, expires } => {
+        TokenCommand::Create { username, name, expires, webhook, webhook_events } => {
+            // Checked before the token exists, so a refused webhook leaves no token behind.
+            let webhook = match webhook {
+                Some(url) => {
+                    let mut spec = serde_json::json!({ "url": url });
+                    if let Some(events) = webhook_events {
+                        spec["events"] = serde_json::json!(events);
+                    }
+                    comfygate::webhooks::spec::parse(&spec, &config.webhooks)
+                        .map_err(|why| anyhow::anyhow!("--webhook refused: {why}"))?;
+                    Some(spec.to_string())
+                }
+                None => None,
+            };
             let issued = accounts
                 .create_token(
                     &username,
@@ -228,6 +241,14 @@ pub async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()>
                     &Audited::cli(),
                 )
                 .await?;
+            if let Some(spec) = &webhook {
+                store.set_token_webhook(issued.token.id, Some(spec)).await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "token `{}` was created, but its webhook could not be saved: {e}",
+                        issued.token.name
+                    )
+                })?;
+            }
             let until = issued.token.expires_at.map(format_ms).unwrap_or_else(|| "never".to_owned());
             eprintln!(
                 "created token `{}` for `{}` (expires: {until}); it is shown only once:",

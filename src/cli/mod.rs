@@ -262,6 +262,13 @@ enum TokenCommand {
         /// `auth.token_max_lifetime`); default: that maximum, or 90d when it is `never`.
         #[arg(long)]
         expires: Option<String>,
+        /// A default webhook URL for the jobs this token submits without `extra_data.webhook`
+        /// (its host must be in `[webhooks] allowed_hosts`).
+        #[arg(long)]
+        webhook: Option<String>,
+        /// The events of `--webhook`, comma-separated (default: all).
+        #[arg(long, requires = "webhook", value_delimiter = ',')]
+        webhook_events: Option<Vec<String>>,
     },
     /// List tokens (of one user, or everyone's).
     List {

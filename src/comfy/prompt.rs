@@ -33,10 +33,17 @@ async fn queue(app: &AppState, caller: &Caller, context: &Context, req: Request<
             return Ok(json_response(StatusCode::BAD_REQUEST, &rejection));
         }
     }
+    // A webhook is checked here, with the caller's answer in ComfyUI's error shape.
+    if let Some(hook) = body.get("extra_data").and_then(|e| e.get("webhook")).filter(|h| !h.is_null()) {
+        if let Err(why) = crate::webhooks::spec::parse(hook, &app.config.webhooks) {
+            return Ok(crate::webhooks::refusal(&why));
+        }
+    }
     let token_id = match &caller.identity.method {
         AuthMethod::Token { token_id, .. } => Some(*token_id),
         AuthMethod::Session { .. } => None,
     };
+    app.webhooks.apply_token_default(token_id, &mut body).await;
     let by = Submitter { user_id: caller.identity.user_id, username: &caller.identity.username, token_id };
     let answer = app.scheduler.submit(by, body).await.map_err(|e| {
         tracing::error!(error = %e, "cannot queue a prompt");

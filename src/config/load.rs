@@ -270,6 +270,9 @@ impl Config {
         if self.audit.retention.is_zero() {
             return Err(("audit.retention".to_owned(), "must be greater than zero".to_owned()));
         }
+        if let Err(e) = self.webhooks.check() {
+            return Err(("webhooks".to_owned(), e));
+        }
         let userdata = &self.userdata;
         if userdata.max_bytes_per_user.as_u64() == 0 {
             return Err(("userdata.max_bytes_per_user".to_owned(), "must be greater than zero".to_owned()));

@@ -43,6 +43,64 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The audit log (a JSON line per security event, to a file and the store).
     pub audit: AuditConfig,
+    /// Webhooks: where job events may be sent, and how hard the gateway tries.
+    pub webhooks: WebhooksConfig,
+}
+
+/// `[webhooks]`: job events POSTed to the hosts admins allow (none by default: refused).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Destinations: `host`, `host:port` or `*.domain`. A private, loopback or backend address
+    /// is reached only through an exact (non-wildcard) entry.
+    pub allowed_hosts: Vec<String>,
+    /// How long a delivery is retried from the event on.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// How long one attempt may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The first retry delay (doubling on each failure).
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    /// The longest retry delay.
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+impl WebhooksConfig {
+    /// Whether the section is usable: every `allowed_hosts` entry is `host`, `host:port` or
+    /// `*.domain`, and the durations make sense.
+    pub fn check(&self) -> Result<(), String> {
+        for entry in &self.allowed_hosts {
+            let rest = entry.trim().strip_prefix("*.").unwrap_or(entry.trim());
+            let usable = !rest.is_empty()
+                && !rest.contains(['/', '@', '?', '#', '*'])
+                && url::Url::parse(&format!("http://{rest}/")).is_ok_and(|u| u.host_str().is_some_and(|h| h != "."));
+            if !usable {
+                return Err(format!("allowed_hosts: {entry:?} is not host, host:port or *.domain"));
+            }
+        }
+        if self.timeout.is_zero() || self.retry_base.is_zero() || self.max_age.is_zero() {
+            return Err("timeout, retry_base and max_age must be greater than zero".to_owned());
+        }
+        if self.retry_max < self.retry_base {
+            return Err("retry_max must be at least retry_base".to_owned());
+        }
+        Ok(())
+    }
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: Vec::new(),
+            max_age: Duration::from_secs(24 * 3600),
+            timeout: Duration::from_secs(10),
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// `[metrics]`: `/metrics` is always served to admins on the main listener; `listen` adds a

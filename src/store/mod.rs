@@ -5,6 +5,7 @@
 
 pub mod backup;
 mod idempotency;
+mod outbox;
 mod model;
 mod postgres;
 pub mod private;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use idempotency::{IdempotencyRecord, KEEP_FOR as IDEMPOTENCY_KEEP_FOR};
+pub use outbox::{Attempted, Delivery, NewDelivery};
 pub use model::{
     ApiToken, AuditQuery, AuditRecord, Job, JobState, NewSession, NewToken, NewUser, Role, Session, StoredFile,
     TokenKind, User, UserLimits,
@@ -264,6 +266,24 @@ pub trait Store: Send + Sync + 'static {
     async fn release_idempotency_key(&self, user_id: i64, key: &str) -> StoreResult<()>;
     /// Deletes idempotency keys claimed before `before` (unix ms); returns how many.
     async fn purge_idempotency_keys(&self, before: i64) -> StoreResult<u64>;
+
+    /// Adds a pending webhook delivery, due now; a message id already there is left as it is.
+    async fn insert_delivery(&self, new: &NewDelivery) -> StoreResult<()>;
+    /// Claims up to `limit` pending deliveries due at `now` and not claimed by anyone, until
+    /// `lock_until`: an atomic conditional update, so no two workers claim the same row.
+    async fn claim_deliveries(&self, now: i64, lock_until: i64, limit: i64) -> StoreResult<Vec<Delivery>>;
+    /// Records one attempt of delivery `id` and releases its claim.
+    async fn delivery_attempted(&self, id: i64, outcome: &Attempted) -> StoreResult<()>;
+    /// The newest deliveries of `user_id` (everyone's: `None`), at most `limit`.
+    async fn deliveries(&self, user_id: Option<i64>, limit: i64) -> StoreResult<Vec<Delivery>>;
+    /// When the next pending delivery is due (unix ms), if there is one.
+    async fn next_delivery_due(&self) -> StoreResult<Option<i64>>;
+    /// Deletes delivered and failed deliveries made before `before`; returns how many.
+    async fn purge_deliveries(&self, before: i64) -> StoreResult<u64>;
+    /// Sets (or clears) token `token_id`'s default webhook spec (JSON text).
+    async fn set_token_webhook(&self, token_id: i64, spec: Option<&str>) -> StoreResult<()>;
+    /// Token `token_id`'s default webhook spec (JSON text), if it has one.
+    async fn token_webhook(&self, token_id: i64) -> StoreResult<Option<String>>;
 }
 
 /// Opens (and migrates) the database named by `url`, creating a missing SQLite file (what

@@ -1141,6 +1141,108 @@ macro_rules! impl_store {
                     .await?
                     .rows_affected())
             }
+
+            async fn insert_delivery(&self, new: &$crate::store::NewDelivery) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO webhook_outbox (message_id, user_id, job_id, event, url, body, state, attempts, \
+                     created_at, next_attempt_at, locked_until) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, 0) \
+                     ON CONFLICT (message_id) DO NOTHING",
+                )
+                .bind(&new.message_id)
+                .bind(new.user_id)
+                .bind(&new.job_id)
+                .bind(&new.event)
+                .bind(&new.url)
+                .bind(&new.body)
+                .bind(new.created_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn claim_deliveries(&self, now: i64, lock_until: i64, limit: i64) -> StoreResult<Vec<$crate::store::Delivery>> {
+                // The outer conditions are checked again on the row itself: a concurrent claim
+                // that got there first leaves it out (PostgreSQL re-evaluates them after the
+                // other transaction commits; SQLite writes one at a time).
+                Ok(sqlx::query_as(
+                    "UPDATE webhook_outbox SET locked_until = $1 WHERE id IN (SELECT id FROM webhook_outbox \
+                     WHERE state = 'pending' AND next_attempt_at <= $2 AND locked_until <= $2 \
+                     ORDER BY next_attempt_at, id LIMIT $3) AND state = 'pending' AND locked_until <= $2 \
+                     RETURNING id, message_id, user_id, job_id, event, url, body, state, attempts, created_at, \
+                     next_attempt_at, delivered_at, last_error",
+                )
+                .bind(lock_until)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn delivery_attempted(&self, id: i64, outcome: &$crate::store::Attempted) -> StoreResult<()> {
+                use $crate::store::Attempted;
+                let (state, next, delivered, error): (&str, Option<i64>, Option<i64>, Option<&str>) = match outcome {
+                    Attempted::Delivered(at) => ("delivered", None, Some(*at), None),
+                    Attempted::Retry(at, e) => ("pending", Some(*at), None, Some(e.as_str())),
+                    Attempted::Failed(e) => ("failed", None, None, Some(e.as_str())),
+                };
+                sqlx::query(
+                    "UPDATE webhook_outbox SET state = $1, attempts = attempts + 1, \
+                     next_attempt_at = COALESCE($2, next_attempt_at), delivered_at = $3, \
+                     last_error = COALESCE($4, last_error), locked_until = 0 WHERE id = $5 AND state = 'pending'",
+                )
+                .bind(state)
+                .bind(next)
+                .bind(delivered)
+                .bind(error)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn deliveries(&self, user_id: Option<i64>, limit: i64) -> StoreResult<Vec<$crate::store::Delivery>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, message_id, user_id, job_id, event, url, body, state, attempts, created_at, \
+                     next_attempt_at, delivered_at, last_error FROM webhook_outbox \
+                     WHERE ($1 IS NULL OR user_id = $1) ORDER BY created_at DESC, id DESC LIMIT $2",
+                )
+                .bind(user_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn next_delivery_due(&self) -> StoreResult<Option<i64>> {
+                Ok(sqlx::query_scalar("SELECT MIN(CASE WHEN locked_until > next_attempt_at THEN locked_until ELSE next_attempt_at END) \
+                     FROM webhook_outbox WHERE state = 'pending'",)
+                    .fetch_one(&self.pool)
+                    .await?)
+            }
+
+            async fn purge_deliveries(&self, before: i64) -> StoreResult<u64> {
+                Ok(sqlx::query("DELETE FROM webhook_outbox WHERE state <> 'pending' AND created_at < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected())
+            }
+
+            async fn set_token_webhook(&self, token_id: i64, spec: Option<&str>) -> StoreResult<()> {
+                sqlx::query("UPDATE api_tokens SET webhook = $1 WHERE id = $2")
+                    .bind(spec)
+                    .bind(token_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn token_webhook(&self, token_id: i64) -> StoreResult<Option<String>> {
+                let found: Option<Option<String>> = sqlx::query_scalar("SELECT webhook FROM api_tokens WHERE id = $1")
+                    .bind(token_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(found.flatten())
+            }
         }
     };
 }

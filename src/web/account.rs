@@ -209,6 +209,7 @@ Use it as <code>Authorization: Bearer …</code> or <code>?token=…</code>.</di
     let error = error.map(|e| format!(r#"<p class="error" role="alert">{}</p>"#, escape(e))).unwrap_or_default();
     let jobs = jobs_card(app, me.user_id);
     let sessions = sessions_card(app, caller, &csrf).await?;
+    let webhooks = super::webhooks::account_card(app, me.user_id).await;
     let body = format!(
         r#"<div class="card"><h1>Your account</h1><p>Signed in as <b>{user}</b> ({role}). <a href="/">Open ComfyUI</a>{console}</p>
 <form method="post" action="/logout"><input type="hidden" name="csrf" value="{csrf}"><button type="submit">Log out</button></form></div>
@@ -222,7 +223,7 @@ Use it as <code>Authorization: Bearer …</code> or <code>?token=…</code>.</di
 <label><input type="checkbox" name="keep" style="width:auto"> Keep after I log out or change my password</label>
 <p class="muted">Otherwise the token is revoked when this session logs out or the password changes.</p>
 <button type="submit">Create token</button></form></div>
-{jobs}{sessions}
+{jobs}{sessions}{webhooks}
 <div class="card"><h2>Change password</h2><p class="muted">Every session, this one included, ends, and so do tokens made in a session unless kept.</p>
 <form method="post" action="/comfygate/account/password"><input type="hidden" name="csrf" value="{csrf}">
 <label for="current">Current password</label><input id="current" name="current" type="password" autocomplete="current-password" required>

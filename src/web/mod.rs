@@ -10,6 +10,7 @@ pub mod csrf;
 pub mod login;
 pub mod page;
 pub mod views;
+pub mod webhooks;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -45,6 +46,8 @@ pub fn routes() -> Router<AppState> {
         .route("/comfygate/api/users", get(api::list_users).post(api::create_user))
         .route("/comfygate/api/users/{name}", delete(api::delete_user).patch(api::update_user))
         .route("/comfygate/api/backends", get(api::backends))
+        .route("/comfygate/api/webhooks/secret", get(webhooks::secret))
+        .route("/comfygate/api/webhooks/deliveries", get(webhooks::deliveries))
         .merge(console::routes())
         .layer(DefaultBodyLimit::max(FORM_LIMIT))
         .layer(axum::middleware::map_response(page::own_headers))
