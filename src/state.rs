@@ -75,7 +75,7 @@ impl App {
         let pool = Arc::new(Pool::new(&config, &instance)?);
         let scheduler = Arc::new(
             Scheduler::load(
-                store,
+                store.clone(),
                 pool,
                 config.scheduler.clone(),
                 config.limits.clone(),
@@ -85,6 +85,7 @@ impl App {
             )
             .await?,
         );
+        scheduler.observe(Arc::new(crate::usage::Ledger::new(store.clone())));
         let allowed_hosts = config
             .server
             .public_url

@@ -12,6 +12,7 @@ pub mod running;
 pub mod schema;
 mod sql;
 mod sqlite;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ pub use model::{
     TokenKind, User, UserLimits,
 };
 pub use probe::Probe;
+pub use usage::{UsageGroup, UsageQuery, UsageRecord, UsageTotals};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +235,15 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_audit_events(&self, before: i64) -> StoreResult<u64>;
     /// The addresses recorded as `event` for token `token_id` (at most `limit`).
     async fn audit_token_addresses(&self, token_id: i64, event: &str, limit: i64) -> StoreResult<Vec<String>>;
+
+    /// Adds a finished job to the usage ledger; false (and nothing written) if it is there
+    /// already.
+    async fn record_usage(&self, record: &UsageRecord) -> StoreResult<bool>;
+    /// Usage totals of the jobs `query` selects, one row per group, by group name.
+    async fn usage_totals(&self, query: &UsageQuery) -> StoreResult<Vec<UsageTotals>>;
+    /// `(user_id, ended_at, run_ms)` of the ledger's jobs of `user_id` (everyone's: `None`)
+    /// that ended at or after `since` and ran, oldest first.
+    async fn gpu_ms_since(&self, user_id: Option<i64>, since: i64) -> StoreResult<Vec<(i64, i64, i64)>>;
 }
 
 /// Opens (and migrates) the database named by `url`, creating a missing SQLite file (what

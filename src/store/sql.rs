@@ -1048,6 +1048,73 @@ macro_rules! impl_store {
                 .fetch_all(&self.pool)
                 .await?)
             }
+
+            async fn record_usage(&self, record: &$crate::store::UsageRecord) -> StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO job_usage (prompt_id, user_id, username, token_id, backend, priority, created_at, \
+                     started_at, ended_at, wait_ms, run_ms, outcome, outputs) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                     ON CONFLICT (prompt_id) DO NOTHING",
+                )
+                .bind(&record.prompt_id)
+                .bind(record.user_id)
+                .bind(&record.username)
+                .bind(record.token_id)
+                .bind(&record.backend)
+                .bind(&record.priority)
+                .bind(record.created_at)
+                .bind(record.started_at)
+                .bind(record.ended_at)
+                .bind(record.wait_ms())
+                .bind(record.run_ms)
+                .bind(&record.outcome)
+                .bind(record.outputs)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if inserted {
+                    for model in &record.models {
+                        sqlx::query(
+                            "INSERT INTO job_usage_models (prompt_id, model) VALUES ($1, $2) \
+                             ON CONFLICT (prompt_id, model) DO NOTHING",
+                        )
+                        .bind(&record.prompt_id)
+                        .bind(model)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                tx.commit().await?;
+                Ok(inserted)
+            }
+
+            async fn usage_totals(
+                &self,
+                query: &$crate::store::UsageQuery,
+            ) -> StoreResult<Vec<$crate::store::UsageTotals>> {
+                let rows: Vec<$crate::store::usage::TotalsRow> =
+                    sqlx::query_as(&$crate::store::usage::totals_sql(query.by))
+                        .bind(query.since)
+                        .bind(query.until)
+                        .bind(query.user_id)
+                        .fetch_all(&self.pool)
+                        .await?;
+                Ok(rows.into_iter().map(|r| r.into_totals(query.by)).collect())
+            }
+
+            async fn gpu_ms_since(&self, user_id: Option<i64>, since: i64) -> StoreResult<Vec<(i64, i64, i64)>> {
+                Ok(sqlx::query_as(
+                    "SELECT user_id, ended_at, run_ms FROM job_usage \
+                     WHERE ended_at >= $1 AND ($2 IS NULL OR user_id = $2) AND run_ms IS NOT NULL \
+                     ORDER BY ended_at, prompt_id",
+                )
+                .bind(since)
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
         }
     };
 }
