@@ -263,7 +263,8 @@ pub async fn import_comfyui_login(
 }
 
 /// Rows under `headers`, each column as wide as its widest cell (names can be long).
-fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+/// Aligned columns under `headers`, two spaces apart (the last column unpadded).
+pub(super) fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
     let rows: Vec<Vec<String>> = rows.collect();
     let widths: Vec<usize> = (0..headers.len())
         .map(|i| {

@@ -9,6 +9,7 @@ mod logging;
 mod models;
 mod reload;
 mod serve;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +77,9 @@ enum Command {
     /// Download and verify model files from a manifest (needs no configuration or store).
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Totals of the usage ledger (jobs, outcomes, GPU seconds, waits, outputs) over a window,
+    /// by user, token, model, backend or UTC day; exit 64 on a bad argument.
+    Usage(usage::UsageArgs),
 }
 
 #[derive(Args)]
@@ -265,7 +269,7 @@ enum ImportCommand {
     },
 }
 
-/// Exit codes (sysexits): data errors 65, store unavailable 69, configuration 78, a dotenv
+/// Exit codes (sysexits): a bad `usage` argument 64, data errors 65, store unavailable 69, configuration 78, a dotenv
 /// file that cannot be read or written 2 (as usage errors), a backup that cannot be written 73
 /// (exists) or 74 (I/O), other 1.
 fn exit_code(error: &anyhow::Error) -> u8 {
@@ -274,6 +278,9 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     }
     if let Some(e) = error.downcast_ref::<comfygate::store::backup::BackupError>() {
         return backup::exit_code(e);
+    }
+    if error.downcast_ref::<usage::UsageArgError>().is_some() {
+        return 64;
     }
     if error.downcast_ref::<EnvFileError>().is_some() {
         return 2;
@@ -365,6 +372,7 @@ async fn run(command: Command, config: Config, config_path: Option<PathBuf>) -> 
         Command::User(cmd) => accounts::user(&config, cmd).await,
         Command::Token(cmd) => accounts::token(&config, cmd).await,
         Command::Audit(args) => audit::list(&config, args).await,
+        Command::Usage(args) => usage::run(&config, args).await,
         Command::Backup(args) => backup::backup(&config, args).await,
         Command::Restore(args) => backup::restore(&config, args).await,
         Command::Import(ImportCommand::ComfyuiLogin { path, username, keep_legacy_token }) => {

@@ -9,6 +9,7 @@ pub mod cookies;
 pub mod csrf;
 pub mod login;
 pub mod page;
+pub mod usage;
 pub mod views;
 
 use axum::Router;
@@ -45,6 +46,7 @@ pub fn routes() -> Router<AppState> {
         .route("/comfygate/api/users", get(api::list_users).post(api::create_user))
         .route("/comfygate/api/users/{name}", delete(api::delete_user).patch(api::update_user))
         .route("/comfygate/api/backends", get(api::backends))
+        .route("/comfygate/api/usage", get(usage::usage))
         .merge(console::routes())
         .layer(DefaultBodyLimit::max(FORM_LIMIT))
         .layer(axum::middleware::map_response(page::own_headers))
