@@ -24,6 +24,8 @@ pub struct Limits {
     pub max_workflow: u64,
     /// Bytes of one upload.
     pub max_upload: u64,
+    /// GPU seconds per UTC day.
+    pub gpu_seconds_per_day: Option<u64>,
 }
 
 /// The window of `jobs_per_hour`.
@@ -52,6 +54,7 @@ impl Limits {
             jobs_per_hour: count(set.jobs_per_hour, config.jobs_per_hour),
             max_workflow: size(set.max_workflow_bytes, config.max_workflow.as_u64()),
             max_upload: upload.min(max_request_body),
+            gpu_seconds_per_day: count(set.gpu_seconds_per_day, config.gpu_seconds_per_day),
         }
     }
 
@@ -122,6 +125,7 @@ mod tests {
             jobs_per_hour: 0,
             max_workflow: ByteSize::mib(4),
             max_upload: ByteSize::b(0),
+            gpu_seconds_per_day: 3600,
         }
     }
 
@@ -135,7 +139,8 @@ mod tests {
                 max_running: None,
                 jobs_per_hour: None,
                 max_workflow: 4 << 20,
-                max_upload: 1 << 30
+                max_upload: 1 << 30,
+                gpu_seconds_per_day: Some(3600),
             }
         );
         let set = UserLimits {
@@ -144,6 +149,7 @@ mod tests {
             jobs_per_hour: Some(500),
             max_upload_bytes: Some(200 << 20),
             max_workflow_bytes: Some(1 << 20),
+            gpu_seconds_per_day: Some(0),
         };
         let user = Limits::resolve(&config(), &set, 1 << 30);
         assert_eq!(
@@ -153,7 +159,8 @@ mod tests {
                 max_running: Some(2),
                 jobs_per_hour: Some(500),
                 max_workflow: 1 << 20,
-                max_upload: 200 << 20
+                max_upload: 200 << 20,
+                gpu_seconds_per_day: None,
             }
         );
         let capped = UserLimits { max_upload_bytes: Some(i64::MAX), ..UserLimits::default() };

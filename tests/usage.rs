@@ -124,3 +124,38 @@ async fn every_finished_job_is_one_ledger_row_reported_by_the_cli_and_the_api_pe
     }
     assert_eq!(gw.get_json("/comfygate/api/usage", &Auth::None).await.0, 401);
 }
+
+#[tokio::test]
+async fn a_user_over_their_daily_gpu_seconds_is_refused_until_the_next_utc_midnight() {
+    let backend = common::pool::sim(50).await;
+    let gw = gateway(&[&backend], 1).await;
+    gw.add_user("dave", "user").await;
+    gw.add_user("erin", "user").await;
+    let (dave, erin) = (gw.token("dave", "t").await, gw.token("erin", "t").await);
+    let shown = gw.cli(&["user", "limits", "dave", "--gpu-seconds-per-day", "1"], None).await.ok().stdout;
+    assert!(shown.contains("gpu-seconds-per-day  1\n"), "{shown}");
+    let id = submit_ok(&gw, &dave, job("dave", 1, 1_200)).await;
+    finished(&gw, &dave, &id).await;
+    let (retry, body) = poll(Duration::from_secs(10), "dave refused once his run is in the ledger", || async {
+        let r = client().post(gw.at("/prompt")).bearer_auth(&dave).json(&job("dave", 2, 10)).send().await.unwrap();
+        let retry: Option<u64> = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok());
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        (status == 429).then_some((retry, body))
+    })
+    .await;
+    assert_eq!(body["error"]["type"], "gpu_quota_exceeded", "{body}");
+    let now = comfygate::time::now_ms();
+    let to_midnight = u64::try_from((now / 86_400_000 + 1) * 86_400_000 - now).unwrap().div_ceil(1000);
+    let retry = retry.expect("Retry-After");
+    assert!(retry.abs_diff(to_midnight) <= 5, "Retry-After {retry} is the next UTC midnight ({to_midnight})");
+    // Nobody else is held to dave's quota.
+    submit_ok(&gw, &erin, job("erin", 3, 10)).await;
+    // Back to the default (no limit): dave may submit again.
+    gw.cli(&["user", "limits", "dave", "--gpu-seconds-per-day", "default"], None).await.ok();
+    poll(Duration::from_secs(10), "dave accepted again", || async {
+        let r = client().post(gw.at("/prompt")).bearer_auth(&dave).json(&job("dave", 4, 10)).send().await.unwrap();
+        (r.status() == 200).then_some(())
+    })
+    .await;
+}

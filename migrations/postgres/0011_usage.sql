@@ -28,3 +28,6 @@ CREATE TABLE job_usage_models (
     model     TEXT NOT NULL,
     PRIMARY KEY (prompt_id, model)
 );
+
+-- A user's own daily GPU-seconds quota (NULL: [limits] gpu_seconds_per_day; 0: no limit).
+ALTER TABLE user_limits ADD COLUMN gpu_seconds_per_day BIGINT;

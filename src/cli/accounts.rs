@@ -32,6 +32,7 @@ fn print_limits(username: &str, limits: &Limits, set: &UserLimits) {
     println!("  jobs-per-hour  {}{}", count(limits.jobs_per_hour), origin(set.jobs_per_hour));
     println!("  max-upload     {}{}", size(limits.max_upload), origin(set.max_upload_bytes));
     println!("  max-workflow   {}{}", size(limits.max_workflow), origin(set.max_workflow_bytes));
+    println!("  gpu-seconds-per-day  {}{}", count(limits.gpu_seconds_per_day), origin(set.gpu_seconds_per_day));
 }
 
 /// How long to wait for running gateways to confirm a revocation.
@@ -164,7 +165,15 @@ pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
             confirm_applied(store.as_ref()).await?;
             println!("removed `{}` with their tokens and sessions", user.username);
         }
-        UserCommand::Limits { username, max_waiting, max_running, jobs_per_hour, max_upload, max_workflow } => {
+        UserCommand::Limits {
+            username,
+            max_waiting,
+            max_running,
+            jobs_per_hour,
+            max_upload,
+            max_workflow,
+            gpu_seconds_per_day,
+        } => {
             let user = accounts.user(&username).await?;
             let mut set = store.user_limits(user.id).await?;
             let apply = |slot: &mut Option<i64>, setting: Option<Setting>| match setting {
@@ -172,13 +181,15 @@ pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
                 Some(Setting::Default) => *slot = None,
                 None => {}
             };
-            let changed =
-                [max_waiting, max_running, jobs_per_hour, max_upload, max_workflow].iter().any(Option::is_some);
+            let changed = [max_waiting, max_running, jobs_per_hour, max_upload, max_workflow, gpu_seconds_per_day]
+                .iter()
+                .any(Option::is_some);
             apply(&mut set.max_waiting, max_waiting);
             apply(&mut set.max_running, max_running);
             apply(&mut set.jobs_per_hour, jobs_per_hour);
             apply(&mut set.max_upload_bytes, max_upload);
             apply(&mut set.max_workflow_bytes, max_workflow);
+            apply(&mut set.gpu_seconds_per_day, gpu_seconds_per_day);
             if changed {
                 accounts.set_limits(&user, &set, &Audited::cli()).await?;
             }

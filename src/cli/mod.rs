@@ -191,6 +191,9 @@ enum UserCommand {
         /// Largest workflow, e.g. `4MiB`.
         #[arg(long, value_parser = parse_size)]
         max_workflow: Option<Setting>,
+        /// GPU seconds the user's jobs may run per UTC day.
+        #[arg(long, value_parser = parse_count)]
+        gpu_seconds_per_day: Option<Setting>,
     },
 }
 

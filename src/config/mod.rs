@@ -106,6 +106,8 @@ pub struct LimitsConfig {
     pub max_workflow: ByteSize,
     /// Largest upload; 0: `server.max_request_body`.
     pub max_upload: ByteSize,
+    /// GPU seconds (the usage ledger's run time) one user's jobs may use per UTC day.
+    pub gpu_seconds_per_day: u64,
 }
 
 impl Default for LimitsConfig {
@@ -116,6 +118,7 @@ impl Default for LimitsConfig {
             jobs_per_hour: 0,
             max_workflow: ByteSize::mib(4),
             max_upload: ByteSize::b(0),
+            gpu_seconds_per_day: 0,
         }
     }
 }

@@ -323,6 +323,8 @@ pub struct UserLimits {
     pub max_upload_bytes: Option<i64>,
     /// Bytes of one workflow (the forwarded `POST /prompt` body).
     pub max_workflow_bytes: Option<i64>,
+    /// GPU seconds per UTC day.
+    pub gpu_seconds_per_day: Option<i64>,
 }
 
 /// One audit event as the store keeps it: the JSON line, and the columns it is looked up by.

@@ -887,8 +887,8 @@ macro_rules! impl_store {
 
             async fn user_limits(&self, user_id: i64) -> StoreResult<$crate::store::UserLimits> {
                 let row: Option<$crate::store::UserLimits> = sqlx::query_as(
-                    "SELECT max_waiting, max_running, jobs_per_hour, max_upload_bytes, max_workflow_bytes \
-                     FROM user_limits WHERE user_id = $1",
+                    "SELECT max_waiting, max_running, jobs_per_hour, max_upload_bytes, max_workflow_bytes, \
+                     gpu_seconds_per_day FROM user_limits WHERE user_id = $1",
                 )
                 .bind(user_id)
                 .fetch_optional(&self.pool)
@@ -900,10 +900,12 @@ macro_rules! impl_store {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query(
                     "INSERT INTO user_limits (user_id, max_waiting, max_running, jobs_per_hour, max_upload_bytes, \
-                     max_workflow_bytes, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (user_id) DO \
+                     max_workflow_bytes, updated_at, gpu_seconds_per_day) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (user_id) DO \
                      UPDATE SET max_waiting = excluded.max_waiting, max_running = excluded.max_running, \
                      jobs_per_hour = excluded.jobs_per_hour, max_upload_bytes = excluded.max_upload_bytes, \
-                     max_workflow_bytes = excluded.max_workflow_bytes, updated_at = excluded.updated_at",
+                     max_workflow_bytes = excluded.max_workflow_bytes, updated_at = excluded.updated_at, \
+                     gpu_seconds_per_day = excluded.gpu_seconds_per_day",
                 )
                 .bind(user_id)
                 .bind(limits.max_waiting)
@@ -912,6 +914,7 @@ macro_rules! impl_store {
                 .bind(limits.max_upload_bytes)
                 .bind(limits.max_workflow_bytes)
                 .bind($crate::time::now_ms())
+                .bind(limits.gpu_seconds_per_day)
                 .execute(&mut *tx)
                 .await?;
                 // Running gateways re-read what they cached about accounts.
