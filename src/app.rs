@@ -179,7 +179,8 @@ fn spawn_scheduling(app: &AppState, shutdown: &watch::Receiver<bool>) -> (Watche
         shutdown.clone(),
     ));
     let audit_repeats = tokio::spawn(app.audit.clone().flush_repeats(shutdown.clone()));
-    (watchers, vec![feed, purge, purge_audit, audit_repeats])
+    let drains = tokio::spawn(crate::usage::drain::maintain(app.scheduler.clone(), shutdown.clone()));
+    (watchers, vec![feed, purge, purge_audit, audit_repeats, drains])
 }
 
 /// Deletes ended jobs older than `retention`, at start and then hourly.

@@ -86,6 +86,8 @@ impl App {
             .await?,
         );
         scheduler.observe(Arc::new(crate::usage::Ledger::new(store.clone())));
+        // Drains kept in the store hold from the first dispatch on.
+        crate::usage::drain::apply(&scheduler).await?;
         let allowed_hosts = config
             .server
             .public_url

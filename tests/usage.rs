@@ -159,3 +159,65 @@ async fn a_user_over_their_daily_gpu_seconds_is_refused_until_the_next_utc_midni
     })
     .await;
 }
+
+/// The `sim` row of `comfygate backend list`: name, URL, drained, jobs.
+fn list_row(list: &str) -> Option<Vec<&str>> {
+    list.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()).find(|r| r.len() == 4 && r[0] == "sim")
+}
+
+async fn backends_api(gw: &Gateway, token: &str) -> Value {
+    let (status, state) = gw.get_json("/comfygate/api/backends", &Auth::Bearer(token)).await;
+    assert_eq!(status, 200, "{state}");
+    state["backends"][0].clone()
+}
+
+async fn not_run_yet(gw: &Gateway, token: &str, id: &str) {
+    let (_, history) = gw.get_json(&format!("/history/{id}"), &Auth::Bearer(token)).await;
+    assert!(history.get(id).is_none(), "{id} ran on a drained backend: {history}");
+    let (_, queue) = gw.get_json("/queue", &Auth::Bearer(token)).await;
+    assert!(queue["queue_pending"].to_string().contains(id), "{id} waits in the gateway's queue: {queue}");
+}
+
+#[tokio::test]
+async fn a_drained_backend_finishes_its_job_takes_no_new_one_across_a_restart_until_resumed() {
+    let backend = common::pool::sim(50).await;
+    let gw = gateway(&[&backend], 1).await;
+    let admin = gw.token("admin", "t").await;
+    let unknown = gw.cli(&["backend", "drain", "nope"], None).await;
+    assert_eq!(unknown.code, 64, "{unknown:?}");
+    assert!(unknown.stderr.contains("configured: sim"), "{unknown:?}");
+
+    let running = submit_ok(&gw, &admin, job("run", 1, 2_000)).await;
+    poll(Duration::from_secs(10), "the job on the backend", || async {
+        let list = gw.cli(&["backend", "list"], None).await.ok().stdout;
+        list_row(&list).is_some_and(|r| r[2..] == ["false", "1"]).then_some(())
+    })
+    .await;
+    // Drained with a job on it: a short --wait times out with 75.
+    let timed_out = gw.cli(&["backend", "drain", "sim", "--wait", "--timeout", "100ms"], None).await;
+    assert_eq!(timed_out.code, 75, "{timed_out:?}");
+    poll(Duration::from_secs(5), "the gateway applies the drain", || async {
+        (backends_api(&gw, &admin).await["drained"] == true).then_some(())
+    })
+    .await;
+    let waiting = submit_ok(&gw, &admin, job("wait", 2, 10)).await;
+    let empty = gw.cli(&["backend", "drain", "sim", "--wait", "--timeout", "20s"], None).await.ok();
+    assert!(empty.stdout.contains("backend `sim` is empty"), "{empty:?}");
+    let entry = finished(&gw, &admin, &running).await;
+    assert_eq!(entry["status"]["status_str"], "success", "the running job finished: {entry}");
+    not_run_yet(&gw, &admin, &waiting).await;
+    let list = gw.cli(&["backend", "list"], None).await.ok().stdout;
+    assert_eq!(list_row(&list).map(|r| r[2..].to_vec()), Some(vec!["true", "0"]), "{list}");
+
+    // The drain is in the store: it holds from the gateway's first dispatch after a restart.
+    let gw = gw.restart().await;
+    assert_eq!(backends_api(&gw, &admin).await["drained"], true);
+    not_run_yet(&gw, &admin, &waiting).await;
+
+    let resumed = gw.cli(&["backend", "resume", "sim"], None).await.ok();
+    assert!(resumed.stdout.contains("back in service"), "{resumed:?}");
+    finished(&gw, &admin, &waiting).await;
+    assert_eq!(backends_api(&gw, &admin).await["drained"], false);
+    let audit = gw.cli(&["audit", "--json"], None).await.ok().stdout;
+    assert!(audit.contains("\"backend_drained\"") && audit.contains("\"backend_resumed\""), "{audit}");
+}

@@ -31,3 +31,12 @@ CREATE TABLE job_usage_models (
 
 -- A user's own daily GPU-seconds quota (NULL: [limits] gpu_seconds_per_day; 0: no limit).
 ALTER TABLE user_limits ADD COLUMN gpu_seconds_per_day BIGINT;
+
+-- Drained backends (by configured name): no new job goes to them, their jobs finish. Written by
+-- `comfygate backend drain`, the console and the admin API; every gateway applies it within a
+-- second and at start, so a drain survives restarts and holds for every replica.
+CREATE TABLE backend_drains (
+    name       TEXT   NOT NULL PRIMARY KEY,
+    drained_at BIGINT NOT NULL,
+    drained_by TEXT   NOT NULL
+);

@@ -2,6 +2,7 @@
 
 mod accounts;
 mod audit;
+mod backend;
 mod backup;
 mod doctor;
 mod env;
@@ -80,6 +81,10 @@ enum Command {
     /// Totals of the usage ledger (jobs, outcomes, GPU seconds, waits, outputs) over a window,
     /// by user, token, model, backend or UTC day; exit 64 on a bad argument.
     Usage(usage::UsageArgs),
+    /// Drain a backend (no new jobs; `--wait` until it is empty, exit 75 on timeout), resume it,
+    /// or list the backends with their drains and jobs; exit 64 for an unknown backend.
+    #[command(subcommand)]
+    Backend(backend::BackendCommand),
 }
 
 #[derive(Args)]
@@ -369,6 +374,7 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 async fn run(command: Command, config: Config, config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     match command {
         Command::Env(cmd) => return env::run(&config, cmd).await,
+        Command::Backend(cmd) => return backend::run(&config, cmd).await,
         Command::Serve => serve::run(config, config_path).await,
         Command::Reload(args) => return reload::run(&config, args).await,
         Command::Init(args) => accounts::init(&config, args).await,

@@ -244,6 +244,13 @@ pub trait Store: Send + Sync + 'static {
     /// `(user_id, ended_at, run_ms)` of the ledger's jobs of `user_id` (everyone's: `None`)
     /// that ended at or after `since` and ran, oldest first.
     async fn gpu_ms_since(&self, user_id: Option<i64>, since: i64) -> StoreResult<Vec<(i64, i64, i64)>>;
+
+    /// Drains backend `name` (by `by`, at `now`) or resumes it; whether that changed anything.
+    async fn set_backend_drain(&self, name: &str, drained: bool, by: &str, now: i64) -> StoreResult<bool>;
+    /// The names of the drained backends.
+    async fn drained_backends(&self) -> StoreResult<Vec<String>>;
+    /// How many jobs each backend holds (dispatched or running), by backend name.
+    async fn jobs_on_backends(&self) -> StoreResult<Vec<(String, i64)>>;
 }
 
 /// Opens (and migrates) the database named by `url`, creating a missing SQLite file (what

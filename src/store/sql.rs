@@ -1118,6 +1118,36 @@ macro_rules! impl_store {
                 .fetch_all(&self.pool)
                 .await?)
             }
+
+            async fn set_backend_drain(&self, name: &str, drained: bool, by: &str, now: i64) -> StoreResult<bool> {
+                let changed = if drained {
+                    sqlx::query(
+                        "INSERT INTO backend_drains (name, drained_at, drained_by) VALUES ($1, $2, $3) \
+                         ON CONFLICT (name) DO NOTHING",
+                    )
+                    .bind(name)
+                    .bind(now)
+                    .bind(by)
+                    .execute(&self.pool)
+                    .await?
+                } else {
+                    sqlx::query("DELETE FROM backend_drains WHERE name = $1").bind(name).execute(&self.pool).await?
+                };
+                Ok(changed.rows_affected() > 0)
+            }
+
+            async fn drained_backends(&self) -> StoreResult<Vec<String>> {
+                Ok(sqlx::query_scalar("SELECT name FROM backend_drains ORDER BY name").fetch_all(&self.pool).await?)
+            }
+
+            async fn jobs_on_backends(&self) -> StoreResult<Vec<(String, i64)>> {
+                Ok(sqlx::query_as(
+                    "SELECT backend, COUNT(*) FROM jobs WHERE state IN ('dispatched', 'running') \
+                     AND backend IS NOT NULL GROUP BY backend ORDER BY backend",
+                )
+                .fetch_all(&self.pool)
+                .await?)
+            }
         }
     };
 }

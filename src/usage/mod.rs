@@ -3,6 +3,7 @@
 //! `comfygate usage` and `GET /comfygate/api/usage` total it; the GPU-seconds quota and fair
 //! share read it back with [`Store::gpu_ms_since`](crate::store::Store::gpu_ms_since).
 
+pub mod drain;
 pub mod window;
 
 use std::sync::Arc;
