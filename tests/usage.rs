@@ -221,3 +221,34 @@ async fn a_drained_backend_finishes_its_job_takes_no_new_one_across_a_restart_un
     let audit = gw.cli(&["audit", "--json"], None).await.ok().stdout;
     assert!(audit.contains("\"backend_drained\"") && audit.contains("\"backend_resumed\""), "{audit}");
 }
+
+#[tokio::test]
+async fn admins_drain_and_resume_a_backend_through_the_api_and_users_cannot() {
+    let backend = common::pool::sim(50).await;
+    let gw = gateway(&[&backend], 1).await;
+    let admin = gw.token("admin", "t").await;
+    gw.add_user("bob", "user").await;
+    let bob = gw.token("bob", "t").await;
+    let post = |token: &str, path: &str, body: Option<Value>| {
+        let rb = client().post(gw.at(path)).bearer_auth(token);
+        let rb = match body {
+            Some(b) => rb.json(&b),
+            None => rb,
+        };
+        async move { rb.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post(&bob, "/comfygate/api/backends/sim/drain", Some(json!({}))).await, 403);
+    assert_eq!(post(&admin, "/comfygate/api/backends/nope/drain", Some(json!({}))).await, 404);
+    assert_ne!(post(&admin, "/comfygate/api/backends/sim/drain", None).await, 200, "a JSON body is required");
+    assert_eq!(post(&admin, "/comfygate/api/backends/sim/drain", Some(json!({"x": 1}))).await, 400);
+    assert_eq!(post(&admin, "/comfygate/api/backends/sim/drain", Some(json!({}))).await, 200);
+    let state = backends_api(&gw, &admin).await;
+    assert_eq!((state["drained"].as_bool(), state["jobs"].as_i64()), (Some(true), Some(0)), "{state}");
+    let list = gw.cli(&["backend", "list"], None).await.ok().stdout;
+    assert_eq!(list_row(&list).map(|r| r[2].to_owned()), Some("true".to_owned()), "the store has it: {list}");
+    let waiting = submit_ok(&gw, &bob, job("b", 1, 10)).await;
+    not_run_yet(&gw, &bob, &waiting).await;
+    assert_eq!(post(&admin, "/comfygate/api/backends/sim/resume", Some(json!({}))).await, 200);
+    finished(&gw, &bob, &waiting).await;
+    assert_eq!(backends_api(&gw, &admin).await["drained"], false);
+}

@@ -47,6 +47,8 @@ pub fn routes() -> Router<AppState> {
         .route("/comfygate/api/users/{name}", delete(api::delete_user).patch(api::update_user))
         .route("/comfygate/api/backends", get(api::backends))
         .route("/comfygate/api/usage", get(usage::usage))
+        .route("/comfygate/api/backends/{name}/drain", post(usage::drain_backend))
+        .route("/comfygate/api/backends/{name}/resume", post(usage::resume_backend))
         .merge(console::routes())
         .layer(DefaultBodyLimit::max(FORM_LIMIT))
         .layer(axum::middleware::map_response(page::own_headers))

@@ -1,11 +1,12 @@
 //! `GET /comfygate/api/usage`: the usage ledger's totals (admins: anyone's; a user: their own).
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::http::{ApiError, Caller};
+use crate::audit::Event;
+use crate::http::{ApiError, Caller, RequestContext};
 use crate::state::AppState;
 use crate::store::{UsageGroup, UsageQuery};
 use crate::time::now_ms;
@@ -72,4 +73,66 @@ pub async fn usage(
         "user": username,
         "rows": rows,
     })))
+}
+
+/// `POST /comfygate/api/backends/{name}/drain` and `/resume` body: an empty JSON object (a
+/// JSON body, like every state-changing call of this API, so a cross-site form cannot send it).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainBody {}
+
+/// `POST /comfygate/api/backends/{name}/drain` (admins): no new job for it, its jobs finish;
+/// kept in the store, so every gateway applies it and it survives restarts.
+pub async fn drain_backend(
+    State(app): State<AppState>,
+    admin: crate::http::AdminCaller,
+    RequestContext(context): RequestContext,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<Json<DrainBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    set_drain(app, admin, context, name, body, true).await
+}
+
+/// `POST /comfygate/api/backends/{name}/resume` (admins): back in service.
+pub async fn resume_backend(
+    State(app): State<AppState>,
+    admin: crate::http::AdminCaller,
+    RequestContext(context): RequestContext,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<Json<DrainBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    set_drain(app, admin, context, name, body, false).await
+}
+
+async fn set_drain(
+    app: AppState,
+    crate::http::AdminCaller(admin): crate::http::AdminCaller,
+    context: crate::audit::Context,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<Json<DrainBody>, axum::extract::rejection::JsonRejection>,
+    drained: bool,
+) -> Result<Json<Value>, ApiError> {
+    let Path(name) = name?;
+    let Json(DrainBody {}) = body?;
+    let Some(backend) = app.scheduler.pool().get(&name).filter(|b| !b.is_retiring()) else {
+        return Err(ApiError::NotFound("no such backend in service".to_owned()));
+    };
+    let store = app.scheduler.store();
+    let changed =
+        store.set_backend_drain(backend.name(), drained, &admin.identity.username, now_ms()).await.map_err(|e| {
+            tracing::warn!(error = %e, "cannot record the backend drain");
+            ApiError::Unavailable("the store is unavailable".to_owned())
+        })?;
+    if changed {
+        let event = if drained { "backend_drained" } else { "backend_resumed" };
+        let context = context.by(&admin.identity.username);
+        app.audit.record(&context, Event::success(event).field("backend", backend.name())).await.map_err(|_| {
+            ApiError::Unavailable("the audit log cannot be written: admin actions are refused until it can".to_owned())
+        })?;
+    }
+    if backend.set_drained(drained) {
+        app.scheduler.pool().forget_merged();
+        app.scheduler.kick();
+    }
+    Ok(Json(json!({ "name": backend.name(), "drained": drained })))
 }
