@@ -83,6 +83,20 @@ impl Limits {
     }
 }
 
+/// One UTC day in ms (the window of `gpu_seconds_per_day`).
+pub const DAY_MS: i64 = 86_400_000;
+
+/// Midnight UTC starting the day of `now`.
+pub fn day_start(now: i64) -> i64 {
+    now.div_euclid(DAY_MS) * DAY_MS
+}
+
+/// Whole seconds from `now` to the next midnight UTC (at least 1).
+pub fn seconds_to_next_day(now: i64) -> u64 {
+    let ms = day_start(now) + DAY_MS - now;
+    u64::try_from((ms + 999) / 1000).unwrap_or(1).max(1)
+}
+
 /// A refusal for going over a limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {

@@ -1,8 +1,7 @@
 //! The time windows usage reports cover: `30d`, `24h`, `90m` (that long before now) or a UTC
 //! date `2026-11-01` (its midnight), and the UTC day the GPU quota counts.
 
-/// One UTC day in ms.
-pub const DAY_MS: i64 = 86_400_000;
+pub use crate::limits::{DAY_MS, day_start, seconds_to_next_day};
 
 /// A time the CLI or the API was given that names no time.
 #[derive(Debug, thiserror::Error)]
@@ -64,17 +63,6 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
-}
-
-/// Midnight UTC starting the day of `now`.
-pub fn day_start(now: i64) -> i64 {
-    now.div_euclid(DAY_MS) * DAY_MS
-}
-
-/// Whole seconds from `now` to the next midnight UTC (at least 1).
-pub fn seconds_to_next_day(now: i64) -> u64 {
-    let ms = day_start(now) + DAY_MS - now;
-    u64::try_from((ms + 999) / 1000).unwrap_or(1).max(1)
 }
 
 #[cfg(test)]
