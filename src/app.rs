@@ -180,7 +180,8 @@ fn spawn_scheduling(app: &AppState, shutdown: &watch::Receiver<bool>) -> (Watche
     ));
     let audit_repeats = tokio::spawn(app.audit.clone().flush_repeats(shutdown.clone()));
     let webhooks = tokio::spawn(crate::webhooks::worker::run(app.webhooks.clone(), shutdown.clone()));
-    (watchers, vec![feed, purge, purge_audit, audit_repeats, webhooks])
+    let drains = tokio::spawn(crate::usage::drain::maintain(app.scheduler.clone(), shutdown.clone()));
+    (watchers, vec![feed, purge, purge_audit, audit_repeats, webhooks, drains])
 }
 
 /// Deletes ended jobs older than `retention`, at start and then hourly.

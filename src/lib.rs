@@ -29,6 +29,7 @@ pub mod scheduler;
 pub mod state;
 pub mod store;
 pub mod time;
+pub mod usage;
 pub mod userdata;
 pub mod web;
 pub mod webhooks;

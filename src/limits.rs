@@ -31,6 +31,8 @@ pub struct Limits {
     pub default_priority: Priority,
     /// Their fair-share weight (1.0: an equal share).
     pub weight: f64,
+    /// GPU seconds per UTC day.
+    pub gpu_seconds_per_day: Option<u64>,
 }
 
 /// The window of `jobs_per_hour`.
@@ -69,6 +71,7 @@ impl Limits {
             max_priority,
             default_priority: class(set.default_priority).unwrap_or(config.default_priority).min(max_priority),
             weight: set.share_weight.map_or(1.0, |pct| (pct.clamp(1, 100_000) as f64) / 100.0),
+            gpu_seconds_per_day: count(set.gpu_seconds_per_day, config.gpu_seconds_per_day),
         }
     }
 
@@ -113,6 +116,20 @@ impl Limits {
     }
 }
 
+/// One UTC day in ms (the window of `gpu_seconds_per_day`).
+pub const DAY_MS: i64 = 86_400_000;
+
+/// Midnight UTC starting the day of `now`.
+pub fn day_start(now: i64) -> i64 {
+    now.div_euclid(DAY_MS) * DAY_MS
+}
+
+/// Whole seconds from `now` to the next midnight UTC (at least 1).
+pub fn seconds_to_next_day(now: i64) -> u64 {
+    let ms = day_start(now) + DAY_MS - now;
+    u64::try_from((ms + 999) / 1000).unwrap_or(1).max(1)
+}
+
 /// A refusal for going over a limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -155,6 +172,7 @@ mod tests {
             jobs_per_hour: 0,
             max_workflow: ByteSize::mib(4),
             max_upload: ByteSize::b(0),
+            gpu_seconds_per_day: 3600,
             ..LimitsConfig::default()
         }
     }
@@ -173,6 +191,7 @@ mod tests {
                 max_priority: Priority::Normal,
                 default_priority: Priority::Normal,
                 weight: 1.0,
+                gpu_seconds_per_day: Some(3600),
             }
         );
         let set = UserLimits {
@@ -184,6 +203,7 @@ mod tests {
             max_priority: Some(2),
             default_priority: Some(0),
             share_weight: Some(250),
+            gpu_seconds_per_day: Some(0),
         };
         let user = Limits::resolve(&config(), &set, 1 << 30);
         assert_eq!(
@@ -197,6 +217,7 @@ mod tests {
                 max_priority: Priority::High,
                 default_priority: Priority::Low,
                 weight: 2.5,
+                gpu_seconds_per_day: None,
             }
         );
         let capped = UserLimits { max_upload_bytes: Some(i64::MAX), ..UserLimits::default() };

@@ -78,7 +78,7 @@ impl App {
         let webhooks = Arc::new(crate::webhooks::Webhooks::new(&config, store.clone()));
         let scheduler = Arc::new(
             Scheduler::load(
-                store,
+                store.clone(),
                 pool,
                 config.scheduler.clone(),
                 config.limits.clone(),
@@ -89,6 +89,9 @@ impl App {
             .await?,
         );
         scheduler.observe(webhooks.clone());
+        scheduler.observe(Arc::new(crate::usage::Ledger::new(store.clone())));
+        // Drains kept in the store hold from the first dispatch on.
+        crate::usage::drain::apply(&scheduler).await?;
         let allowed_hosts = config
             .server
             .public_url

@@ -113,7 +113,7 @@ impl Backend {
     }
 
     /// Drains it (no new job; those it has finish) or puts it back; whether that changed
-    /// anything. Until the next start: a drain is an operator's pause, not configuration.
+    /// anything. The store keeps drains (`backend_drains`); `usage::drain` applies them here.
     pub fn set_drained(&self, drained: bool) -> bool {
         self.drained.swap(drained, Ordering::SeqCst) != drained
     }

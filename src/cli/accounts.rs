@@ -35,6 +35,7 @@ fn print_limits(username: &str, limits: &Limits, set: &UserLimits) {
     println!("  max-priority   {}{}", limits.max_priority, origin(set.max_priority));
     println!("  default-priority {}{}", limits.default_priority, origin(set.default_priority));
     println!("  weight         {}{}", limits.weight, origin(set.share_weight));
+    println!("  gpu-seconds-per-day  {}{}", count(limits.gpu_seconds_per_day), origin(set.gpu_seconds_per_day));
 }
 
 /// How long to wait for running gateways to confirm a revocation.
@@ -177,6 +178,7 @@ pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
             max_priority,
             default_priority,
             weight,
+            gpu_seconds_per_day,
         } => {
             let user = accounts.user(&username).await?;
             let mut set = store.user_limits(user.id).await?;
@@ -194,6 +196,7 @@ pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
                 max_priority,
                 default_priority,
                 weight,
+                gpu_seconds_per_day,
             ]
             .iter()
             .any(Option::is_some);
@@ -205,6 +208,7 @@ pub async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
             apply(&mut set.max_priority, max_priority);
             apply(&mut set.default_priority, default_priority);
             apply(&mut set.share_weight, weight);
+            apply(&mut set.gpu_seconds_per_day, gpu_seconds_per_day);
             if changed {
                 accounts.set_limits(&user, &set, &Audited::cli()).await?;
             }
@@ -310,7 +314,8 @@ pub async fn import_comfyui_login(
 }
 
 /// Rows under `headers`, each column as wide as its widest cell (names can be long).
-fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+/// Aligned columns under `headers`, two spaces apart (the last column unpadded).
+pub(super) fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
     let rows: Vec<Vec<String>> = rows.collect();
     let widths: Vec<usize> = (0..headers.len())
         .map(|i| {

@@ -2,6 +2,7 @@
 
 mod accounts;
 mod audit;
+mod backend;
 mod backup;
 mod doctor;
 mod env;
@@ -9,6 +10,7 @@ mod logging;
 mod models;
 mod reload;
 mod serve;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +78,13 @@ enum Command {
     /// Download and verify model files from a manifest (needs no configuration or store).
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Totals of the usage ledger (jobs, outcomes, GPU seconds, waits, outputs) over a window,
+    /// by user, token, model, backend or UTC day; exit 64 on a bad argument.
+    Usage(usage::UsageArgs),
+    /// Drain a backend (no new jobs; `--wait` until it is empty, exit 75 on timeout), resume it,
+    /// or list the backends with their drains and jobs; exit 64 for an unknown backend.
+    #[command(subcommand)]
+    Backend(backend::BackendCommand),
 }
 
 #[derive(Args)]
@@ -196,6 +205,9 @@ enum UserCommand {
         /// Fair-share weight, e.g. `2` for twice an equal share of the GPUs (0.01 to 1000).
         #[arg(long, value_parser = parse_weight)]
         weight: Option<Setting>,
+        /// GPU seconds the user's jobs may run per UTC day.
+        #[arg(long, value_parser = parse_count)]
+        gpu_seconds_per_day: Option<Setting>,
     },
 }
 
@@ -299,7 +311,7 @@ enum ImportCommand {
     },
 }
 
-/// Exit codes (sysexits): data errors 65, store unavailable 69, configuration 78, a dotenv
+/// Exit codes (sysexits): a bad `usage` argument 64, data errors 65, store unavailable 69, configuration 78, a dotenv
 /// file that cannot be read or written 2 (as usage errors), a backup that cannot be written 73
 /// (exists) or 74 (I/O), other 1.
 fn exit_code(error: &anyhow::Error) -> u8 {
@@ -308,6 +320,9 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     }
     if let Some(e) = error.downcast_ref::<comfygate::store::backup::BackupError>() {
         return backup::exit_code(e);
+    }
+    if error.downcast_ref::<usage::UsageArgError>().is_some() {
+        return 64;
     }
     if error.downcast_ref::<EnvFileError>().is_some() {
         return 2;
@@ -393,12 +408,14 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 async fn run(command: Command, config: Config, config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     match command {
         Command::Env(cmd) => return env::run(&config, cmd).await,
+        Command::Backend(cmd) => return backend::run(&config, cmd).await,
         Command::Serve => serve::run(config, config_path).await,
         Command::Reload(args) => return reload::run(&config, args).await,
         Command::Init(args) => accounts::init(&config, args).await,
         Command::User(cmd) => accounts::user(&config, cmd).await,
         Command::Token(cmd) => accounts::token(&config, cmd).await,
         Command::Audit(args) => audit::list(&config, args).await,
+        Command::Usage(args) => usage::run(&config, args).await,
         Command::Backup(args) => backup::backup(&config, args).await,
         Command::Restore(args) => backup::restore(&config, args).await,
         Command::Import(ImportCommand::ComfyuiLogin { path, username, keep_legacy_token }) => {

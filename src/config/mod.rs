@@ -170,6 +170,8 @@ pub struct LimitsConfig {
     pub max_priority: crate::config::priority::Priority,
     /// Class of jobs that ask for none.
     pub default_priority: crate::config::priority::Priority,
+    /// GPU seconds (the usage ledger's run time) one user's jobs may use per UTC day.
+    pub gpu_seconds_per_day: u64,
 }
 
 impl Default for LimitsConfig {
@@ -182,6 +184,7 @@ impl Default for LimitsConfig {
             max_upload: ByteSize::b(0),
             max_priority: crate::config::priority::Priority::Normal,
             default_priority: crate::config::priority::Priority::Normal,
+            gpu_seconds_per_day: 0,
         }
     }
 }

@@ -480,6 +480,17 @@ impl Scheduler {
                 return Ok(Some(Refusal::busy("too_many_jobs_per_hour", message, wait)));
             }
         }
+        if let Some(quota) = limits.gpu_seconds_per_day {
+            let now = now_ms();
+            let runs = self.store.gpu_ms_since(Some(user_id), crate::limits::day_start(now)).await?;
+            let used_ms: i64 = runs.iter().map(|(_, _, ms)| *ms).fold(0, i64::saturating_add);
+            if u64::try_from(used_ms).unwrap_or(0) >= quota.saturating_mul(1000) {
+                let message =
+                    format!("your jobs ran {} GPU seconds today (UTC), your limit is {quota}", used_ms / 1000);
+                let wait = crate::limits::seconds_to_next_day(now);
+                return Ok(Some(Refusal::busy("gpu_quota_exceeded", message, wait)));
+            }
+        }
         Ok(None)
     }
 

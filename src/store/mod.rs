@@ -5,8 +5,8 @@
 
 pub mod backup;
 mod idempotency;
-mod outbox;
 mod model;
+mod outbox;
 mod postgres;
 pub mod private;
 mod probe;
@@ -14,18 +14,20 @@ pub mod running;
 pub mod schema;
 mod sql;
 mod sqlite;
+pub mod usage;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 pub use idempotency::{IdempotencyRecord, KEEP_FOR as IDEMPOTENCY_KEEP_FOR};
-pub use outbox::{Attempted, Delivery, NewDelivery};
 pub use model::{
     ApiToken, AuditQuery, AuditRecord, Job, JobState, NewSession, NewToken, NewUser, Role, Session, StoredFile,
     TokenKind, User, UserLimits,
 };
+pub use outbox::{Attempted, Delivery, NewDelivery};
 pub use probe::Probe;
+pub use usage::{UsageGroup, UsageQuery, UsageRecord, UsageTotals};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -284,6 +286,21 @@ pub trait Store: Send + Sync + 'static {
     async fn set_token_webhook(&self, token_id: i64, spec: Option<&str>) -> StoreResult<()>;
     /// Token `token_id`'s default webhook spec (JSON text), if it has one.
     async fn token_webhook(&self, token_id: i64) -> StoreResult<Option<String>>;
+    /// Adds a finished job to the usage ledger; false (and nothing written) if it is there
+    /// already.
+    async fn record_usage(&self, record: &UsageRecord) -> StoreResult<bool>;
+    /// Usage totals of the jobs `query` selects, one row per group, by group name.
+    async fn usage_totals(&self, query: &UsageQuery) -> StoreResult<Vec<UsageTotals>>;
+    /// `(user_id, ended_at, run_ms)` of the ledger's jobs of `user_id` (everyone's: `None`)
+    /// that ended at or after `since` and ran, oldest first.
+    async fn gpu_ms_since(&self, user_id: Option<i64>, since: i64) -> StoreResult<Vec<(i64, i64, i64)>>;
+
+    /// Drains backend `name` (by `by`, at `now`) or resumes it; whether that changed anything.
+    async fn set_backend_drain(&self, name: &str, drained: bool, by: &str, now: i64) -> StoreResult<bool>;
+    /// The names of the drained backends.
+    async fn drained_backends(&self) -> StoreResult<Vec<String>>;
+    /// How many jobs each backend holds (dispatched or running), by backend name.
+    async fn jobs_on_backends(&self) -> StoreResult<Vec<(String, i64)>>;
 }
 
 /// Opens (and migrates) the database named by `url`, creating a missing SQLite file (what

@@ -329,6 +329,8 @@ pub struct UserLimits {
     pub default_priority: Option<i64>,
     /// Fair-share weight in percent (100: an equal share).
     pub share_weight: Option<i64>,
+    /// GPU seconds per UTC day.
+    pub gpu_seconds_per_day: Option<i64>,
 }
 
 /// One audit event as the store keeps it: the JSON line, and the columns it is looked up by.

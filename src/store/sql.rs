@@ -888,7 +888,7 @@ macro_rules! impl_store {
             async fn user_limits(&self, user_id: i64) -> StoreResult<$crate::store::UserLimits> {
                 let row: Option<$crate::store::UserLimits> = sqlx::query_as(
                     "SELECT max_waiting, max_running, jobs_per_hour, max_upload_bytes, max_workflow_bytes, \
-                     max_priority, default_priority, share_weight FROM user_limits WHERE user_id = $1",
+                     max_priority, default_priority, share_weight, gpu_seconds_per_day FROM user_limits WHERE user_id = $1",
                 )
                 .bind(user_id)
                 .fetch_optional(&self.pool)
@@ -900,13 +900,13 @@ macro_rules! impl_store {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query(
                     "INSERT INTO user_limits (user_id, max_waiting, max_running, jobs_per_hour, max_upload_bytes, \
-                     max_workflow_bytes, updated_at, max_priority, default_priority, share_weight) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (user_id) DO \
+                     max_workflow_bytes, updated_at, max_priority, default_priority, share_weight, gpu_seconds_per_day) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (user_id) DO \
                      UPDATE SET max_waiting = excluded.max_waiting, max_running = excluded.max_running, \
                      jobs_per_hour = excluded.jobs_per_hour, max_upload_bytes = excluded.max_upload_bytes, \
                      max_workflow_bytes = excluded.max_workflow_bytes, updated_at = excluded.updated_at, \
                      max_priority = excluded.max_priority, default_priority = excluded.default_priority, \
-                     share_weight = excluded.share_weight",
+                     share_weight = excluded.share_weight, gpu_seconds_per_day = excluded.gpu_seconds_per_day",
                 )
                 .bind(user_id)
                 .bind(limits.max_waiting)
@@ -918,6 +918,7 @@ macro_rules! impl_store {
                 .bind(limits.max_priority)
                 .bind(limits.default_priority)
                 .bind(limits.share_weight)
+                .bind(limits.gpu_seconds_per_day)
                 .execute(&mut *tx)
                 .await?;
                 // Running gateways re-read what they cached about accounts.
@@ -1242,6 +1243,103 @@ macro_rules! impl_store {
                     .fetch_optional(&self.pool)
                     .await?;
                 Ok(found.flatten())
+            }
+
+            async fn record_usage(&self, record: &$crate::store::UsageRecord) -> StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO job_usage (prompt_id, user_id, username, token_id, backend, priority, created_at, \
+                     started_at, ended_at, wait_ms, run_ms, outcome, outputs) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                     ON CONFLICT (prompt_id) DO NOTHING",
+                )
+                .bind(&record.prompt_id)
+                .bind(record.user_id)
+                .bind(&record.username)
+                .bind(record.token_id)
+                .bind(&record.backend)
+                .bind(&record.priority)
+                .bind(record.created_at)
+                .bind(record.started_at)
+                .bind(record.ended_at)
+                .bind(record.wait_ms())
+                .bind(record.run_ms)
+                .bind(&record.outcome)
+                .bind(record.outputs)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if inserted {
+                    for model in &record.models {
+                        sqlx::query(
+                            "INSERT INTO job_usage_models (prompt_id, model) VALUES ($1, $2) \
+                             ON CONFLICT (prompt_id, model) DO NOTHING",
+                        )
+                        .bind(&record.prompt_id)
+                        .bind(model)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                tx.commit().await?;
+                Ok(inserted)
+            }
+
+            async fn usage_totals(
+                &self,
+                query: &$crate::store::UsageQuery,
+            ) -> StoreResult<Vec<$crate::store::UsageTotals>> {
+                let rows: Vec<$crate::store::usage::TotalsRow> =
+                    sqlx::query_as(&$crate::store::usage::totals_sql(query.by))
+                        .bind(query.since)
+                        .bind(query.until)
+                        .bind(query.user_id)
+                        .fetch_all(&self.pool)
+                        .await?;
+                Ok(rows.into_iter().map(|r| r.into_totals(query.by)).collect())
+            }
+
+            async fn gpu_ms_since(&self, user_id: Option<i64>, since: i64) -> StoreResult<Vec<(i64, i64, i64)>> {
+                Ok(sqlx::query_as(
+                    "SELECT user_id, ended_at, run_ms FROM job_usage \
+                     WHERE ended_at >= $1 AND ($2 IS NULL OR user_id = $2) AND run_ms IS NOT NULL \
+                     ORDER BY ended_at, prompt_id",
+                )
+                .bind(since)
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn set_backend_drain(&self, name: &str, drained: bool, by: &str, now: i64) -> StoreResult<bool> {
+                let changed = if drained {
+                    sqlx::query(
+                        "INSERT INTO backend_drains (name, drained_at, drained_by) VALUES ($1, $2, $3) \
+                         ON CONFLICT (name) DO NOTHING",
+                    )
+                    .bind(name)
+                    .bind(now)
+                    .bind(by)
+                    .execute(&self.pool)
+                    .await?
+                } else {
+                    sqlx::query("DELETE FROM backend_drains WHERE name = $1").bind(name).execute(&self.pool).await?
+                };
+                Ok(changed.rows_affected() > 0)
+            }
+
+            async fn drained_backends(&self) -> StoreResult<Vec<String>> {
+                Ok(sqlx::query_scalar("SELECT name FROM backend_drains ORDER BY name").fetch_all(&self.pool).await?)
+            }
+
+            async fn jobs_on_backends(&self) -> StoreResult<Vec<(String, i64)>> {
+                Ok(sqlx::query_as(
+                    "SELECT backend, COUNT(*) FROM jobs WHERE state IN ('dispatched', 'running') \
+                     AND backend IS NOT NULL GROUP BY backend ORDER BY backend",
+                )
+                .fetch_all(&self.pool)
+                .await?)
             }
         }
     };

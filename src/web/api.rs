@@ -215,8 +215,10 @@ pub async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /comfygate/api/backends` (admins): each backend's health, capabilities and load.
+/// `GET /comfygate/api/backends` (admins): each backend's health, capabilities, load, drain
+/// and the jobs the store has on it (`jobs`, null when the store does not answer).
 pub async fn backends(State(app): State<AppState>, _admin: AdminCaller) -> Json<Value> {
+    let on = app.scheduler.store().jobs_on_backends().await.ok();
     let list: Vec<Value> = app
         .scheduler
         .pool()
@@ -233,6 +235,7 @@ pub async fn backends(State(app): State<AppState>, _admin: AdminCaller) -> Json<
                 "failures": load.failures,
                 "retiring": b.is_retiring(),
                 "drained": b.is_drained(),
+                "jobs": on.as_ref().map(|on| on.iter().find(|(n, _)| n == b.name()).map_or(0, |(_, j)| *j)),
                 "monitored": load.monitored,
                 "max_inflight": b.config.max_inflight,
                 "inflight": load.inflight,

@@ -9,6 +9,7 @@ pub mod cookies;
 pub mod csrf;
 pub mod login;
 pub mod page;
+pub mod usage;
 pub mod views;
 pub mod webhooks;
 
@@ -48,6 +49,9 @@ pub fn routes() -> Router<AppState> {
         .route("/comfygate/api/backends", get(api::backends))
         .route("/comfygate/api/webhooks/secret", get(webhooks::secret))
         .route("/comfygate/api/webhooks/deliveries", get(webhooks::deliveries))
+        .route("/comfygate/api/usage", get(usage::usage))
+        .route("/comfygate/api/backends/{name}/drain", post(usage::drain_backend))
+        .route("/comfygate/api/backends/{name}/resume", post(usage::resume_backend))
         .merge(console::routes())
         .layer(DefaultBodyLimit::max(FORM_LIMIT))
         .layer(axum::middleware::map_response(page::own_headers))

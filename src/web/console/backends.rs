@@ -163,6 +163,14 @@ async fn set_drained(
     app.audit.record(&context, Event::success(event).field("backend", backend.name())).await.map_err(|_| {
         ApiError::Unavailable("the audit log cannot be written: admin actions are refused until it can".to_owned())
     })?;
+    // Kept in the store, so the drain survives restarts and every replica applies it.
+    let by = console.me().to_owned();
+    app.scheduler.store().set_backend_drain(backend.name(), drained, &by, crate::time::now_ms()).await.map_err(
+        |e| {
+            tracing::warn!(error = %e, "cannot record the backend drain");
+            ApiError::Unavailable("the store is unavailable".to_owned())
+        },
+    )?;
     backend.set_drained(drained);
     app.scheduler.pool().forget_merged();
     app.scheduler.kick();

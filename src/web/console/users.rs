@@ -231,6 +231,7 @@ pub async fn show(
         ("Submissions per hour", "jobs_per_hour", count(set.jobs_per_hour)),
         ("Largest upload", "max_upload", size(set.max_upload_bytes)),
         ("Largest workflow", "max_workflow", size(set.max_workflow_bytes)),
+        ("GPU seconds per UTC day", "gpu_seconds_per_day", count(set.gpu_seconds_per_day)),
     ];
     let frame = console.frame(&app, &user.username, Tab::Users);
     page(&UserPage { frame, user: facts.row(&user, console.me()), tokens, sessions, limits })
@@ -354,6 +355,8 @@ pub struct LimitsForm {
     max_upload: String,
     #[serde(default)]
     max_workflow: String,
+    #[serde(default)]
+    gpu_seconds_per_day: String,
 }
 
 /// A limit field: blank is the default (`None`), else a count or, for sizes, `200MiB`.
@@ -394,6 +397,7 @@ pub async fn limits(
             jobs_per_hour: limit_field("Submissions per hour", &form.jobs_per_hour, false)?,
             max_upload_bytes: limit_field("Largest upload", &form.max_upload, true)?,
             max_workflow_bytes: limit_field("Largest workflow", &form.max_workflow, true)?,
+            gpu_seconds_per_day: limit_field("GPU seconds per UTC day", &form.gpu_seconds_per_day, false)?,
             ..current
         })
     })();
