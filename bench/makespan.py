@@ -1004,12 +1004,19 @@ class Farm:
             if missing:
                 log(f"{tag}: {len(missing)} jobs not reported done (e.g. {missing[:3]}); listener errors: {broken}")
             history: dict[str, tuple[int, int, int]] = {}
+            by_seed = {b.run_no * 100_000 + j["i"]: pid for j, pid in zip(jobs, pids)}
             loads = []
             for n, sc in enumerate(sim_clients):
                 s, h = sc.json("GET", "/history")
                 if s != 200 or not isinstance(h, dict):
                     raise HarnessError(f"GET /history on sim{n}: {s}")
                 for pid, entry in h.items():
+                    # comfygate gives backends its own prompt ids: its jobs are known by their unique seed.
+                    try:
+                        seed = entry["prompt"][2]["4"]["inputs"]["seed"]
+                    except (KeyError, IndexError, TypeError):
+                        seed = None
+                    pid = by_seed.get(seed, pid)
                     ts = {m[0]: m[1].get("timestamp") for m in entry.get("status", {}).get("messages", [])}
                     if "execution_start" in ts:
                         end = ts.get("execution_success") or ts.get("execution_error") or ts.get("execution_interrupted")
