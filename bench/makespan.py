@@ -525,11 +525,17 @@ class Bench:
 
             # Start / end of every job, from the backends' own history (ms timestamps).
             history: dict[str, tuple[int, int, int]] = {}
+            by_color = {self.run_no * 100_000 + j["i"]: pid for j, pid in zip(jobs, pids)}
             for b, sc in enumerate(sim_clients):
                 s, h = sc.json("GET", "/history")
                 if s != 200 or not isinstance(h, dict):
                     raise HarnessError(f"GET /history on sim{b}: {s}")
                 for pid, entry in h.items():
+                    # comfygate gives backends its own prompt ids: its jobs are known by their unique color.
+                    try:
+                        pid = by_color.get(entry["prompt"][2]["1"]["inputs"]["color"], pid)
+                    except (KeyError, IndexError, TypeError):
+                        pass
                     ts = {m[0]: m[1].get("timestamp") for m in entry.get("status", {}).get("messages", [])}
                     if "execution_start" in ts:
                         end = ts.get("execution_success") or ts.get("execution_error") or ts.get("execution_interrupted")
