@@ -30,6 +30,7 @@ import base64
 import datetime as dt
 import http.client
 import json
+import math
 import os
 import platform
 import random
@@ -353,6 +354,8 @@ class Bench:
         self.run_no = 0
         self.template: str | None = None  # gateway data dir with the users and tokens
         self.tokens: dict[str, str] = {}
+        self.users = [u for u, _ in USERS]  # the farm scenario sets its own
+        self.sim_args: list[str] = []  # extra comfyui-sim flags (the farm's models, load times, VRAM)
 
     def start_sims(self, tag: str) -> list[tuple[int, subprocess.Popen]]:
         sims = []
@@ -361,7 +364,8 @@ class Bench:
             d = os.path.join(self.work, tag, f"sim{n}")
             os.makedirs(d, exist_ok=True)
             logp = os.path.join(self.work, tag, f"sim{n}.log")
-            p = self.procs.start([SIM, "--listen", "127.0.0.1", "--port", str(port), "--data-dir", d], logp)
+            p = self.procs.start([SIM, "--listen", "127.0.0.1", "--port", str(port), "--data-dir", d] +
+                                 self.sim_args, logp)
             sims.append((port, p, logp))
         for port, p, logp in sims:
             wait_for_line(logp, "comfyui-sim listening on", p, f"comfyui-sim :{port}")
@@ -391,7 +395,7 @@ class Bench:
         self.write_config(conf, free_port(), os.path.join(d, "data"), placeholders, 1)
         env = self.gateway_env()
         run_cmd([GW, "--config", conf, "init"], env=env)
-        for user, _ in USERS:
+        for user in self.users:
             run_cmd([GW, "--config", conf, "user", "add", user, "--password-stdin"], env=env, stdin=USER_PASSWORD + "\n")
             token = run_cmd([GW, "--config", conf, "token", "create", user, "--name", "bench"], env=env).strip()
             if not token.startswith("cg_"):
@@ -410,7 +414,7 @@ class Bench:
         logp = os.path.join(d, "gateway.log")
         p = self.procs.start([GW, "--config", conf, "serve"], logp, env=self.gateway_env())
         # Ready = all four backends healthy and their capabilities known.
-        c = Client(port, {"Authorization": f"Bearer {self.tokens['alice']}"}, timeout=2.0)
+        c = Client(port, {"Authorization": f"Bearer {self.tokens[self.users[0]]}"}, timeout=2.0)
         deadline = time.monotonic() + 20
         try:
             while time.monotonic() < deadline:
@@ -521,11 +525,17 @@ class Bench:
 
             # Start / end of every job, from the backends' own history (ms timestamps).
             history: dict[str, tuple[int, int, int]] = {}
+            by_color = {self.run_no * 100_000 + j["i"]: pid for j, pid in zip(jobs, pids)}
             for b, sc in enumerate(sim_clients):
                 s, h = sc.json("GET", "/history")
                 if s != 200 or not isinstance(h, dict):
                     raise HarnessError(f"GET /history on sim{b}: {s}")
                 for pid, entry in h.items():
+                    # comfygate gives backends its own prompt ids: its jobs are known by their unique color.
+                    try:
+                        pid = by_color.get(entry["prompt"][2]["1"]["inputs"]["color"], pid)
+                    except (KeyError, IndexError, TypeError):
+                        pass
                     ts = {m[0]: m[1].get("timestamp") for m in entry.get("status", {}).get("messages", [])}
                     if "execution_start" in ts:
                         end = ts.get("execution_success") or ts.get("execution_error") or ts.get("execution_interrupted")
@@ -728,6 +738,507 @@ def git_rev() -> str:
         return "?"
 
 
+# --- farm scenario (issue 13): model load costs, VRAM for one large model, priorities ------------
+# Model file, load time (unscaled s), share of the jobs. Each takes FARM_MODEL_MB of FARM_VRAM_MB, so a
+# backend holds one of them at a time and a job for another model pays that model's load.
+FARM_MODELS = [("flux1-dev.safetensors", 90.0, 0.60), ("qwen-image-edit.safetensors", 60.0, 0.25),
+               ("sd3.5_large.safetensors", 20.0, 0.15)]
+FARM_VRAM_MB = 24576
+FARM_MODEL_MB = 20480
+# User, share of the jobs, share of that user's jobs sent with extra_data.priority = "high".
+FARM_USERS = [("ann", 0.35, 0.0), ("ben", 0.25, 0.40), ("cid", 0.20, 0.0), ("dot", 0.10, 0.40), ("eve", 0.10, 0.0)]
+FARM_POLICIES = ["comfygate-1", "round-robin", "shortest-queue", "loaded-model-first"]
+FARM_LOAD_CUT = 0.30  # comfygate's loads <= (1 - this) x loaded-model-first's
+FARM_FAIR_FACTOR = 1.5  # each user's p95 wait <= this x its fair share
+FARM_PRIORITY_FACTOR = 0.25  # high-priority p95 wait <= this x normal's
+
+
+def farm_load_s(model: str, scale: float) -> float:
+    return next(load for m, load, _ in FARM_MODELS if m == model) * scale
+
+
+def farm_workload(n_jobs: int, scale: float) -> list[dict]:
+    """Fixed-seed farm jobs (random.Random(13)): run times uniform 5-30 s x scale, the model drawn 60/25/15 %,
+    ann submits all hers in a burst at t=0, the others along Poisson arrivals over the first half of the
+    ideal makespan (so the queue is long the whole time: "under load")."""
+    rng = random.Random(13)
+    counts = [round(n_jobs * share) for _, share, _ in FARM_USERS]
+    counts[0] += n_jobs - sum(counts)
+    spread = 0.5 * n_jobs * 17.5 * scale / BACKENDS
+    jobs = []
+    for u, ((user, _, high), count) in enumerate(zip(FARM_USERS, counts)):
+        t = 0.0
+        for k in range(count):
+            r, acc, model = rng.random(), 0.0, FARM_MODELS[-1][0]
+            for m, _, share in FARM_MODELS:
+                acc += share
+                if r < acc:
+                    model = m
+                    break
+            seconds = rng.uniform(5.0, 30.0)
+            priority = "high" if rng.random() < high else "normal"
+            if u > 0:
+                t += rng.expovariate(count / spread)
+            jobs.append({"user": user, "order": u, "k": k, "arrival": t, "model": model, "priority": priority,
+                         "duration_ms": max(1, round(seconds * 1000 * scale))})
+    jobs.sort(key=lambda j: (j["arrival"], j["order"], j["k"]))
+    for i, j in enumerate(jobs):
+        j["i"] = i
+    return jobs
+
+
+def farm_workflow(model: str, seed: int) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": model}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a farm", "clip": ["1", 1]}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0],
+                                                   "latent_image": ["3", 0], "seed": seed, "steps": 1, "cfg": 1.0,
+                                                   "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "farm"}},
+    }
+
+
+def farm_sim_args(scale: float) -> list[str]:
+    out = ["--vram-mb", str(FARM_VRAM_MB)]
+    for m, load, _ in FARM_MODELS:
+        out += ["--model", f"checkpoints/{m}", "--load-time", f"{m}={round(load * scale * 1000)}",
+                "--model-vram", f"{m}={FARM_MODEL_MB}"]
+    return out
+
+
+def farm_lower_bound(jobs: list[dict], scale: float) -> tuple[float, dict[str, int]]:
+    """A valid lower bound on any schedule's makespan, and the fewest loads of each model it implies.
+
+    Every backend starts empty and holds one model at a time, so each backend that runs jobs of model m
+    loads m at least once. If a schedule has makespan T, one backend does at most T - L_m of m's work (it
+    spends L_m loading m), so at least k_m(T) = ceil(W_m / (T - L_m)) backends run m (W_m: m's total run
+    time), and T >= f(T) = (total run time + sum_m k_m(T) L_m) / 4. k_m is nonincreasing in T, so
+    {T : T >= f(T)} is [T*, inf) and the bound is T*, found by bisection; it is also at least the longest
+    single job plus its model's load. Arrival times are ignored (they can only make schedules longer)."""
+    work: dict[str, float] = {}
+    for j in jobs:
+        work[j["model"]] = work.get(j["model"], 0.0) + j["duration_ms"] / 1000
+    loads = {m: farm_load_s(m, scale) for m in work}
+    total = sum(work.values())
+    longest = max(j["duration_ms"] / 1000 + loads[j["model"]] for j in jobs)
+
+    def k(m: str, t: float) -> int:
+        room = t - loads[m]
+        if room <= 0:
+            return 10 ** 9
+        return max(1, math.ceil(work[m] / room - 1e-9))
+
+    def f(t: float) -> float:
+        return (total + sum(min(k(m, t), BACKENDS) * loads[m] for m in work)) / BACKENDS
+
+    lo, hi = max(longest, total / BACKENDS), total + sum(loads.values()) * BACKENDS + longest
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if mid >= f(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi, {m: min(k(m, hi), BACKENDS) for m in work}
+
+
+def farm_fair_reference(jobs: list[dict], scale: float) -> dict[str, list[float]]:
+    """Each user's waits under a reference fair-share schedule, simulated (no processes): whenever a backend
+    is free, the waiting user who has received the least GPU time so far gets it, FIFO within a user,
+    priorities ignored, and every job costs its run time x (lower bound / (total run time / 4)), i.e. the
+    fewest loads any schedule needs spread evenly over the jobs: a fair gateway on a farm that swaps models
+    as rarely as possible. Its per-user p95 wait is that user's "fair share" wait."""
+    lb, _ = farm_lower_bound(jobs, scale)
+    total = sum(j["duration_ms"] for j in jobs) / 1000
+    inflate = lb / (total / BACKENDS) if total > 0 else 1.0
+    free_at = [0.0] * BACKENDS
+    received = {u: 0.0 for u, _, _ in FARM_USERS}
+    queues: dict[str, list[dict]] = {u: [] for u, _, _ in FARM_USERS}
+    waits: dict[str, list[float]] = {u: [] for u, _, _ in FARM_USERS}
+    order = sorted(jobs, key=lambda j: (j["arrival"], j["i"]))
+    nxt = 0
+    for _ in range(len(order)):
+        b = min(range(BACKENDS), key=lambda x: (free_at[x], x))
+        t = free_at[b]
+        if not any(queues.values()):
+            t = max(t, order[nxt]["arrival"])
+        while nxt < len(order) and order[nxt]["arrival"] <= t:
+            queues[order[nxt]["user"]].append(order[nxt])
+            nxt += 1
+        user = min((u for u in queues if queues[u]), key=lambda u: (received[u], u))
+        j = queues[user].pop(0)
+        cost = j["duration_ms"] / 1000 * inflate
+        waits[user].append(t - j["arrival"])
+        received[user] += cost
+        free_at[b] = t + cost
+    return waits
+
+
+def water_fill(demand: dict[str, int], capacity: float) -> dict[str, float]:
+    """Splits `capacity` GPUs evenly over the users, none getting more than its demand (jobs it could run)."""
+    share = {u: 0.0 for u in demand}
+    left = {u: d for u, d in demand.items() if d > 0}
+    cap = capacity
+    for _ in range(len(demand) + 1):
+        if not left or cap <= 1e-12:
+            break
+        each = cap / len(left)
+        small = {u: d for u, d in left.items() if d <= each}
+        if not small:
+            for u in left:
+                share[u] += each
+            break
+        for u, d in small.items():
+            share[u] += d
+            cap -= d
+            del left[u]
+    return share
+
+
+def fairness_lag(jobs: list[dict], pids: list[str], submitted: dict, history: dict) -> dict[str, float]:
+    """Worst lag per user, in seconds of GPU time: the fair share of the 4 GPUs a user was entitled to so far
+    (at every instant the GPUs are split evenly over the users with unfinished jobs, none getting more GPUs
+    than it has unfinished jobs) minus the GPU time its jobs actually got (execution_start to end, loads
+    included), maximised over the instants when that user had a job waiting (submitted, not started)."""
+    events = []  # (time, kind, user): kind 0 submit, 1 start, 2 end
+    for j, pid in zip(jobs, pids):
+        if pid not in history or pid not in submitted:
+            continue
+        _, start, end = history[pid]
+        events += [(submitted[pid], 0, j["user"]), (start / 1000, 1, j["user"]), (end / 1000, 2, j["user"])]
+    events.sort()
+    users = [u for u, _, _ in FARM_USERS]
+    waiting = {u: 0 for u in users}
+    running = {u: 0 for u in users}
+    fair = {u: 0.0 for u in users}
+    got = {u: 0.0 for u in users}
+    worst = {u: 0.0 for u in users}
+    prev = events[0][0] if events else 0.0
+    for t, kind, user in events:
+        dt_ = max(0.0, t - prev)
+        if dt_ > 0:
+            rates = water_fill({u: waiting[u] + running[u] for u in users}, BACKENDS)
+            for u in users:
+                if waiting[u] > 0:
+                    worst[u] = max(worst[u], fair[u] - got[u])
+                fair[u] += rates[u] * dt_
+                got[u] += running[u] * dt_
+                if waiting[u] > 0:
+                    worst[u] = max(worst[u], fair[u] - got[u])
+        prev = t
+        if kind == 0:
+            waiting[user] += 1
+        elif kind == 1:
+            waiting[user] -= 1
+            running[user] += 1
+        else:
+            running[user] -= 1
+    return worst
+
+
+class Farm:
+    """Runs the farm scenario's policies against fresh simulators (processes and users from `Bench`)."""
+
+    def __init__(self, args, bench: Bench) -> None:
+        self.args, self.bench = args, bench
+
+    def run(self, policy: str, jobs: list[dict]) -> dict:
+        b = self.bench
+        b.run_no += 1
+        tag = f"farm{b.run_no:02d}-{policy}"
+        procs_here: list[subprocess.Popen] = []
+        listeners: list[Listener] = []
+        clients: list[Client] = []
+        done: dict[str, float] = {}
+        errors: list[str] = []
+        cond = threading.Condition()
+        stop = threading.Event()
+        pids = [f"fm{b.run_no:02d}-{policy}-{j['i']:03d}" for j in jobs]
+        submitted: dict[str, float] = {}
+        refused: list[str] = []
+        total_ms = sum(j["duration_ms"] for j in jobs)
+        lb, _ = farm_lower_bound(jobs, self.args.scale)
+        try:
+            sims = b.start_sims(tag)
+            procs_here += [p for _, p in sims]
+            sim_clients = [Client(port) for port, _ in sims]
+            clients += sim_clients
+            log(f"{tag}: {len(jobs)} jobs ({total_ms / 1000:.1f} s of run time, lower bound {lb:.2f} s)")
+            deadline = time.monotonic() + 6 * lb + 60
+            if policy.startswith("comfygate"):
+                gw_port, gp = b.start_gateway(tag, [port for port, _ in sims], int(policy.rsplit("-", 1)[1]))
+                procs_here.append(gp)
+                per_user = {}
+                for user in b.users:
+                    cid = f"fm-{user}"
+                    lst = Listener(gw_port, f"/ws?clientId={cid}&token={b.tokens[user]}", done, cond, stop, errors)
+                    lst.connect()
+                    listeners.append(lst)
+                    per_user[user] = (Client(gw_port, {"Authorization": f"Bearer {b.tokens[user]}"}), cid)
+                    clients.append(per_user[user][0])
+                start_mono = time.monotonic()
+                for j, pid in zip(jobs, pids):
+                    delay = start_mono + j["arrival"] - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    c, cid = per_user[j["user"]]
+                    body = {"prompt": farm_workflow(j["model"], b.run_no * 100_000 + j["i"]), "prompt_id": pid,
+                            "client_id": cid,
+                            "extra_data": {"sim_duration_ms": j["duration_ms"], "priority": j["priority"]}}
+                    submitted[pid] = time.time()
+                    status, answer = c.json("POST", "/prompt", body)
+                    if status != 200:
+                        refused.append(pid)
+                        log(f"{tag}: job {pid} refused: {status} {str(answer)[:200]}")
+            else:
+                cid = f"fm-{policy}"
+                for port, _ in sims:
+                    lst = Listener(port, f"/ws?clientId={cid}", done, cond, stop, errors)
+                    lst.connect()
+                    listeners.append(lst)
+                self.dispatch(policy, tag, jobs, pids, sim_clients, cid, submitted, refused, done, errors, cond,
+                              listeners, deadline)
+            want = set(pids) - set(refused)
+            with cond:
+                while not want <= done.keys() and time.monotonic() < deadline:
+                    if any(lst.failure for lst in listeners):
+                        break
+                    cond.wait(0.25)
+            missing = sorted(want - done.keys())
+            broken = [lst.failure for lst in listeners if lst.failure]
+            if missing:
+                log(f"{tag}: {len(missing)} jobs not reported done (e.g. {missing[:3]}); listener errors: {broken}")
+            history: dict[str, tuple[int, int, int]] = {}
+            by_seed = {b.run_no * 100_000 + j["i"]: pid for j, pid in zip(jobs, pids)}
+            loads = []
+            for n, sc in enumerate(sim_clients):
+                s, h = sc.json("GET", "/history")
+                if s != 200 or not isinstance(h, dict):
+                    raise HarnessError(f"GET /history on sim{n}: {s}")
+                for pid, entry in h.items():
+                    # comfygate gives backends its own prompt ids: its jobs are known by their unique seed.
+                    try:
+                        seed = entry["prompt"][2]["4"]["inputs"]["seed"]
+                    except (KeyError, IndexError, TypeError):
+                        seed = None
+                    pid = by_seed.get(seed, pid)
+                    ts = {m[0]: m[1].get("timestamp") for m in entry.get("status", {}).get("messages", [])}
+                    if "execution_start" in ts:
+                        end = ts.get("execution_success") or ts.get("execution_error") or ts.get("execution_interrupted")
+                        history[pid] = (n, ts["execution_start"], end or ts["execution_start"])
+                s, st = sc.json("GET", "/sim/stats")
+                if s != 200 or not isinstance(st, dict):
+                    raise HarnessError(f"GET /sim/stats on sim{n}: {s} (a comfyui-sim without model loads?)")
+                loads.append(int(st.get("model_loads", 0)))
+            return self.summarise(policy, tag, jobs, pids, submitted, done, history, loads, lb, missing, refused,
+                                  errors, broken)
+        finally:
+            stop.set()
+            for lst in listeners:
+                lst.close()
+            for c in clients:
+                c.close()
+            for p in reversed(procs_here):
+                b.procs.stop(p)
+
+    def dispatch(self, policy, tag, jobs, pids, sim_clients, cid, submitted, refused, done, errors, cond, listeners,
+                 deadline) -> None:
+        """The harness holds the queue (FIFO, no priorities, like SwarmUI) and sends the head job only when a
+        backend is free (its last job reported done), so no baseline suffers backend-side queues:
+        round-robin = the next free backend in rotation; shortest-queue = the free backend sent the fewest
+        jobs so far (every free backend's queue is empty, so this tie-break is the rule); loaded-model-first =
+        a free backend whose last job used the same model (the harness's own view), else the free backend
+        sent the fewest jobs."""
+        busy: list[str | None] = [None] * BACKENDS
+        sent = [0] * BACKENDS
+        loaded: list[str | None] = [None] * BACKENDS
+        pending: list[tuple[dict, str]] = []
+        rr = 0
+        nxt = 0
+        start_mono = time.monotonic()
+        for _ in range(10_000_000):
+            now = time.monotonic() - start_mono
+            while nxt < len(jobs) and jobs[nxt]["arrival"] <= now:
+                pending.append((jobs[nxt], pids[nxt]))
+                submitted[pids[nxt]] = time.time()
+                nxt += 1
+            with cond:
+                failed = set(errors)
+                for n in range(BACKENDS):
+                    if busy[n] is not None and (busy[n] in done or busy[n] in failed):
+                        busy[n] = None
+            while pending:
+                free = [n for n in range(BACKENDS) if busy[n] is None]
+                if not free:
+                    break
+                j, pid = pending[0]
+                if policy == "round-robin":
+                    target = min(free, key=lambda n: ((n - rr) % BACKENDS))
+                    rr = target + 1
+                elif policy == "shortest-queue":
+                    target = min(free, key=lambda n: (sent[n], n))
+                else:
+                    same = [n for n in free if loaded[n] == j["model"]]
+                    target = min(same or free, key=lambda n: (sent[n], n))
+                pending.pop(0)
+                body = {"prompt": farm_workflow(j["model"], self.bench.run_no * 100_000 + j["i"]), "prompt_id": pid,
+                        "client_id": cid, "extra_data": {"sim_duration_ms": j["duration_ms"]}}
+                status, answer = sim_clients[target].json("POST", "/prompt", body)
+                if status != 200:
+                    refused.append(pid)
+                    log(f"{tag}: job {pid} refused by sim{target}: {status} {str(answer)[:200]}")
+                    continue
+                busy[target], loaded[target] = pid, j["model"]
+                sent[target] += 1
+            if nxt == len(jobs) and not pending:
+                return
+            if time.monotonic() > deadline or any(lst.failure for lst in listeners):
+                raise HarnessError(f"{tag}: dispatch did not finish ({len(pending)} jobs still queued)")
+            wait = 0.05
+            if nxt < len(jobs):
+                wait = min(wait, max(0.0, start_mono + jobs[nxt]["arrival"] - time.monotonic()))
+            with cond:
+                if all(x is None or (x not in done and x not in errors) for x in busy):
+                    cond.wait(wait)
+        raise HarnessError(f"{tag}: dispatch loop bound reached")
+
+    def summarise(self, policy, tag, jobs, pids, submitted, done, history, loads, lb, missing, refused, errors,
+                  broken) -> dict:
+        first = min(submitted.values())
+        ends = [done[pid] if pid in done else history[pid][2] / 1000 for pid in pids if pid in done or pid in history]
+        makespan = max(ends) - first if ends else float("nan")
+        users = [u for u, _, _ in FARM_USERS]
+        waits = {u: [] for u in users}
+        by_class = {"high": [], "normal": []}
+        for j, pid in zip(jobs, pids):
+            if pid in history and pid in submitted:
+                w = max(0.0, history[pid][1] / 1000 - submitted[pid])
+                waits[j["user"]].append(w)
+                by_class[j["priority"]].append(w)
+        lag = fairness_lag(jobs, pids, submitted, history)
+        worst_user = max(lag, key=lambda u: lag[u]) if lag else "-"
+        raw = [{"pid": pid, "user": j["user"], "model": j["model"], "priority": j["priority"],
+                "duration_ms": j["duration_ms"], "submitted": submitted.get(pid),
+                "backend": history.get(pid, (None,))[0], "start_ms": history.get(pid, (None, None))[1],
+                "end_ms": history.get(pid, (None, None, None))[2], "done": done.get(pid)}
+               for j, pid in zip(jobs, pids)]
+        with open(os.path.join(self.bench.work, tag, "jobs.json"), "w") as f:
+            json.dump(raw, f)
+        res = {"policy": policy, "tag": tag, "makespan": makespan, "lower_bound": lb, "ratio": makespan / lb,
+               "loads": sum(loads), "loads_per_backend": loads,
+               "p95_wait": {u: p95(v) for u, v in waits.items()},
+               "p95_class": {c: p95(v) for c, v in by_class.items()},
+               "lag": lag, "worst_lag": lag.get(worst_user, float("nan")), "worst_lag_user": worst_user,
+               "missing": len(missing), "refused": len(refused), "exec_errors": len(set(errors)),
+               "ws_failures": broken}
+        log(f"{tag}: makespan {makespan:.2f} s, lower bound {lb:.2f} s, ratio {res['ratio']:.3f}, loads {loads}, "
+            f"p95 wait high {res['p95_class']['high']:.2f} s normal {res['p95_class']['normal']:.2f} s, "
+            f"worst lag {res['worst_lag']:.2f} s ({worst_user})")
+        return res
+
+
+def farm_report(args, policies: list[str], results: dict[str, list[dict]], jobs: list[dict], elapsed: float) -> str:
+    med = {p: median_run(results[p]) for p in policies if results.get(p)}
+    lb, k = farm_lower_bound(jobs, args.scale)
+    ref = farm_fair_reference(jobs, args.scale)
+    mean_run = statistics.fmean(j["duration_ms"] / 1000 for j in jobs)
+    # A floor of one mean run time: without preemption an arriving job may wait for a running one.
+    fair = {u: max(p95(w), mean_run) if w else float("nan") for u, w in ref.items()}
+    users = [u for u, _, _ in FARM_USERS]
+    counts = {u: sum(1 for j in jobs if j["user"] == u) for u in users}
+    highs = {u: sum(1 for j in jobs if j["user"] == u and j["priority"] == "high") for u in users}
+    models = {m: sum(1 for j in jobs if j["model"] == m) for m, _, _ in FARM_MODELS}
+    now = dt.datetime.now(dt.timezone.utc)
+    lines = [f"# comfygate farm benchmark ({'quick' if args.quick else 'full'}), {now:%Y-%m-%d %H:%M:%S} UTC", ""]
+    lines.append(f"- `python3 bench/makespan.py --scenario farm{' --quick' if args.quick else ''}` (jobs {args.jobs}, "
+                 f"scale {args.scale}, rounds {args.rounds}); {elapsed:.0f} s in all")
+    lines.append(f"- machine: {platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, Python "
+                 f"{platform.python_version()}; git {git_rev()}; load average at start {args.load_start}, "
+                 f"at end {loadavg()}")
+    lines.append(f"- {BACKENDS} comfyui-sim backends, {FARM_VRAM_MB} MB VRAM each, every model {FARM_MODEL_MB} MB "
+                 f"(one fits at a time); models: " +
+                 ", ".join(f"{m} load {load:.0f} s x {args.scale} = {load * args.scale:.2f} s, {models[m]} jobs"
+                           for m, load, _ in FARM_MODELS))
+    lines.append(f"- {len(jobs)} jobs, run times 5-30 s x {args.scale} (total {sum(j['duration_ms'] for j in jobs) / 1000:.1f} s), "
+                 f"random.Random(13); users: " + ", ".join(f"{u} {counts[u]} ({highs[u]} high)" for u in users) +
+                 "; ann submits in one burst at t=0, the others along Poisson arrivals")
+    lines.append(f"- lower bound {lb:.2f} s = (total run time + fewest loads {sum(k.values())} "
+                 f"({', '.join(m.rsplit('.', 1)[0] + ' x' + str(n) for m, n in k.items())})) / {BACKENDS}; "
+                 "see farm_lower_bound. Loads: the sims' own counters (`GET /sim/stats`). Wait: submission to "
+                 "the backend's execution_start. Fair share of a user: its p95 wait under a simulated "
+                 "least-served-user-first schedule at the lower bound's efficiency (farm_fair_reference), at least one mean run time "
+                 f"({mean_run:.2f} s). Lag: worst (fair GPU time - received GPU time) while a job waits, s.")
+    if args.quick:
+        lines.append(f"- quick mode is a smoke test of the harness: {len(jobs)} jobs are too few to judge the targets")
+    lines.append("")
+    lmf = med.get("loaded-model-first")
+    head = ("| policy | makespan s | lower bound s | ratio | model loads | " +
+            " | ".join(f"p95 wait {u} s" for u in users) + " | p95 high s | p95 normal s | worst lag s (user) |")
+    lines.append(head)
+    lines.append("|" + "---|" * (head.count("|") - 1))
+    for p in policies:
+        if p not in med:
+            continue
+        r = med[p]
+        lines.append(f"| {p} | {r['makespan']:.2f} | {r['lower_bound']:.2f} | {r['ratio']:.3f} | {r['loads']} "
+                     f"({'/'.join(map(str, r['loads_per_backend']))}) | " +
+                     " | ".join(f"{r['p95_wait'][u]:.2f}" for u in users) +
+                     f" | {r['p95_class']['high']:.2f} | {r['p95_class']['normal']:.2f} | "
+                     f"{r['worst_lag']:.2f} ({r['worst_lag_user']}) |")
+    lines.append(f"| fair share (reference) | | | | | " + " | ".join(f"{fair[u]:.2f}" for u in users) + " | | | |")
+    lines.append("")
+    lines.append("Targets (issue 13), shown, never asserted:")
+    lines.append("")
+    lines.append("| policy | makespan <= 1.10x bound | loads >= 30 % below loaded-model-first | "
+                 "every user's p95 wait <= 1.5x fair share | high p95 <= 1/4 normal p95 | problems |")
+    lines.append("|---|---|---|---|---|---|")
+    for p in policies:
+        if p not in med:
+            continue
+        r = med[p]
+        t1 = r["ratio"] <= TARGET_RATIO
+        t2 = None if lmf is None or p == "loaded-model-first" else r["loads"] <= (1 - FARM_LOAD_CUT) * lmf["loads"]
+        over = [u for u in users if not r["p95_wait"][u] <= FARM_FAIR_FACTOR * fair[u]]
+        t4 = r["p95_class"]["high"] <= FARM_PRIORITY_FACTOR * r["p95_class"]["normal"]
+        problems = []
+        for x in results[p]:
+            for key in ("missing", "refused", "exec_errors"):
+                if x[key]:
+                    problems.append(f"{x['tag']}: {key} {x[key]}")
+            if x["ws_failures"]:
+                problems.append(f"{x['tag']}: ws {x['ws_failures']}")
+        mark = lambda ok: "pass" if ok else "miss"  # noqa: E731
+        loads_cell = "-" if t2 is None else f"{mark(t2)} ({r['loads']} vs {lmf['loads']})"
+        fair_cell = mark(not over) + (f" ({', '.join(over)})" if over else "")
+        lines.append(f"| {p} | {mark(t1)} ({r['ratio']:.3f}) | {loads_cell} | {fair_cell} | "
+                     f"{mark(t4)} ({r['p95_class']['high']:.2f} vs {r['p95_class']['normal']:.2f}) | "
+                     f"{'; '.join(problems) or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def farm_main(args, procs: Procs, work: str, t_start: float) -> int:
+    jobs = farm_workload(args.jobs, args.scale)
+    bench = Bench(args, work, procs)
+    bench.users = [u for u, _, _ in FARM_USERS]
+    bench.sim_args = farm_sim_args(args.scale)
+    farm = Farm(args, bench)
+    results: dict[str, list[dict]] = {p: [] for p in args.policy_list}
+    for rnd in range(args.rounds):
+        order = args.policy_list[rnd % len(args.policy_list):] + args.policy_list[:rnd % len(args.policy_list)]
+        for p in order:
+            results[p].append(farm.run(p, jobs))
+    text = farm_report(args, args.policy_list, results, jobs, time.monotonic() - t_start)
+    print(text)
+    os.makedirs(RESULTS, exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = os.path.join(RESULTS, f"makespan-farm-{stamp}{'-quick' if args.quick else ''}.md")
+    with open(path, "w") as f:
+        f.write(text)
+    log(f"report written to {os.path.relpath(path, ROOT)} ({time.monotonic() - t_start:.1f} s)")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="comfygate makespan benchmark (issue 4)")
     ap.add_argument("--quick", action="store_true", help="CI smoke mode: 40 jobs, scale 0.01, one round")
@@ -738,7 +1249,18 @@ def main() -> int:
     ap.add_argument("--policies", default="comfygate-1,comfygate-2,round-robin,shortest-queue",
                     help="comma-separated subset of comfygate-N, round-robin, shortest-queue")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
+    ap.add_argument("--scenario", choices=["default", "farm"], default="default",
+                    help="farm (issue 13): 3 models with load costs, one fits per backend, 5 users, two priority "
+                         "classes; policies comfygate-1, round-robin, shortest-queue, loaded-model-first; "
+                         "defaults 300 jobs, scale 0.02, 1 round (quick: 60 jobs, scale 0.01)")
     args = ap.parse_args()
+    farm = args.scenario == "farm"
+    if farm:
+        args.jobs = args.jobs or (60 if args.quick else 300)
+        args.scale = args.scale or (0.01 if args.quick else 0.02)
+        args.rounds = args.rounds or 1
+        if args.policies == ap.get_default("policies"):
+            args.policies = ",".join(FARM_POLICIES)
     args.jobs = args.jobs or (40 if args.quick else 200)
     args.scale = args.scale or (0.01 if args.quick else 0.05)
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -746,9 +1268,11 @@ def main() -> int:
         ap.error("--jobs 1..5000, --scale (0, 1], --rounds 1..20")
     args.load_start = loadavg()
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    baselines = ("round-robin", "shortest-queue", "loaded-model-first") if farm else ("round-robin", "shortest-queue")
     for p in policies:
-        if not (p in ("round-robin", "shortest-queue") or (p.startswith("comfygate-") and p[10:].isdigit())):
+        if not (p in baselines or (p.startswith("comfygate-") and p[10:].isdigit())):
             ap.error(f"unknown policy {p}")
+    args.policy_list = policies
 
     procs = Procs()
 
@@ -761,6 +1285,8 @@ def main() -> int:
     t_start = time.monotonic()
     try:
         build()
+        if farm:
+            return farm_main(args, procs, work, t_start)
         jobs = workload(args.jobs, args.scale)
         bench = Bench(args, work, procs)
         results: dict[str, list[dict]] = {p: [] for p in policies}

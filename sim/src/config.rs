@@ -42,6 +42,18 @@ pub struct SimConfig {
     /// its nodes before it listens (`main.py`: `init_extra_nodes`, then `start_multi_address`),
     /// which takes seconds. Zero by default.
     pub startup_delay: Duration,
+    /// How long loading a model file takes when a job's loader node names it and it is not
+    /// resident (by file name, e.g. `("flux1-dev.safetensors", 90 s)`); a file not listed loads
+    /// instantly. The load happens while the loader node is `executing`, before the job's own
+    /// duration, as in ComfyUI (models are loaded on first use).
+    pub model_load: Vec<(String, Duration)>,
+    /// The GPU's memory (MB): loaded models stay resident while they fit, least recently used
+    /// evicted first; `/system_stats` reports it. `None`: a GPU that fits one job's models, so only
+    /// the most recent job's models stay resident (and `/system_stats` keeps the fixture's figures).
+    pub vram_mb: Option<u64>,
+    /// How much of `vram_mb` a model file takes once loaded (MB); a file not listed takes 0 MB
+    /// (small files such as LoRAs or VAEs then never evict anything).
+    pub model_vram: Vec<(String, u64)>,
 }
 
 impl Default for SimConfig {
@@ -58,6 +70,9 @@ impl Default for SimConfig {
             prompt_accept_delay: Duration::ZERO,
             prompt_answer_delay: Duration::ZERO,
             startup_delay: Duration::ZERO,
+            model_load: Vec::new(),
+            vram_mb: None,
+            model_vram: Vec::new(),
         }
     }
 }
@@ -67,5 +82,35 @@ impl SimConfig {
     pub fn with_model(mut self, folder: &str, file: &str) -> Self {
         self.models.push((folder.to_string(), file.to_string()));
         self
+    }
+
+    /// Sets how long loading `file` takes (see [`SimConfig::model_load`]).
+    pub fn with_load_time(mut self, file: &str, load: Duration) -> Self {
+        self.model_load.retain(|(f, _)| f != file);
+        self.model_load.push((file.to_string(), load));
+        self
+    }
+
+    /// Sets the GPU memory in MB (see [`SimConfig::vram_mb`]).
+    pub fn with_vram_mb(mut self, mb: u64) -> Self {
+        self.vram_mb = Some(mb);
+        self
+    }
+
+    /// Sets how many MB `file` takes once loaded (see [`SimConfig::model_vram`]).
+    pub fn with_model_vram(mut self, file: &str, mb: u64) -> Self {
+        self.model_vram.retain(|(f, _)| f != file);
+        self.model_vram.push((file.to_string(), mb));
+        self
+    }
+
+    /// How long loading `file` takes (zero when not configured).
+    pub fn load_time(&self, file: &str) -> Duration {
+        self.model_load.iter().find(|(f, _)| f == file).map(|(_, d)| *d).unwrap_or(Duration::ZERO)
+    }
+
+    /// How many MB `file` takes once loaded (0 when not configured).
+    pub fn vram_of(&self, file: &str) -> u64 {
+        self.model_vram.iter().find(|(f, _)| f == file).map(|(_, mb)| *mb).unwrap_or(0)
     }
 }

@@ -187,6 +187,36 @@ fn node_state(prompt_id: &str, id: &str, done: bool) -> J {
     ])
 }
 
+/// Marks `file` most recently used; false when it is not resident.
+fn touch_resident(state: &AppState, file: &str) -> bool {
+    let mut resident = state.shared.resident();
+    let Some(pos) = resident.iter().position(|(f, _)| f == file) else { return false };
+    let entry = resident.remove(pos);
+    resident.push(entry);
+    true
+}
+
+/// Records a finished load of `file`: counts it and makes room. With `vram_mb`, the least recently
+/// used models not used by this job go until it fits (if this job's own models exceed the budget
+/// they all stay: ComfyUI would offload part of one rather than fail); without it, every model
+/// this job does not use goes (a GPU that fits one job's models).
+fn load_resident(state: &AppState, file: &str, job_models: &[String]) {
+    state.shared.model_loads.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let mb = state.config().vram_of(file);
+    let mut resident = state.shared.resident();
+    match state.config().vram_mb {
+        Some(budget) => {
+            let mut used: u64 = resident.iter().map(|(_, m)| *m).sum();
+            while used.saturating_add(mb) > budget {
+                let Some(pos) = resident.iter().position(|(f, _)| !job_models.contains(f)) else { break };
+                used = used.saturating_sub(resident.remove(pos).1);
+            }
+        }
+        None => resident.retain(|(f, _)| job_models.contains(f)),
+    }
+    resident.push((file.to_string(), mb));
+}
+
 async fn run_job(state: &Arc<AppState>, item: QueueItem, interrupt: Arc<Notify>) {
     let pid = item.prompt_id.clone();
     let client = item.client_id();
@@ -236,6 +266,15 @@ async fn run_job(state: &Arc<AppState>, item: QueueItem, interrupt: Arc<Notify>)
         .unwrap_or(state.config().job_duration);
     let per_node = duration / (order.len().saturating_sub(reused.len()).max(1) as u32);
 
+    let job_models: Vec<String> = order
+        .iter()
+        .flat_map(|id| {
+            let node = prompt.get(id);
+            let class = node.and_then(|n| n.get("class_type")).and_then(J::as_str).unwrap_or_default();
+            crate::objinfo::loaded_files(class, node.and_then(|n| n.get("inputs")).and_then(J::as_obj))
+        })
+        .collect();
+
     let mut progress = Obj::new();
     let mut outputs = Obj::new();
     let mut meta = Obj::new();
@@ -273,10 +312,28 @@ async fn run_job(state: &Arc<AppState>, item: QueueItem, interrupt: Arc<Notify>)
                 ("prompt_id", J::s(pid.as_str())),
             ]),
         );
-        let interrupted = tokio::select! {
-            _ = tokio::time::sleep(per_node) => false,
-            _ = interrupt.notified() => true,
-        };
+        // A loader naming a model that is not resident loads it first (ComfyUI loads on first use).
+        let mut interrupted = false;
+        let files =
+            crate::objinfo::loaded_files(&class, prompt.get(id).and_then(|n| n.get("inputs")).and_then(J::as_obj));
+        for file in files {
+            if touch_resident(state, &file) {
+                continue;
+            }
+            interrupted = tokio::select! {
+                _ = tokio::time::sleep(state.config().load_time(&file)) => false,
+                _ = interrupt.notified() => true,
+            };
+            if interrupted {
+                break;
+            }
+            load_resident(state, &file, &job_models);
+        }
+        let interrupted = interrupted
+            || tokio::select! {
+                _ = tokio::time::sleep(per_node) => false,
+                _ = interrupt.notified() => true,
+            };
         if interrupted {
             end = End::Interrupted { node: id.clone(), class };
             break;

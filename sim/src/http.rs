@@ -42,6 +42,7 @@ fn both(router: Router<Arc<AppState>>, path: &str, route: MethodRouter<Arc<AppSt
 pub fn router(state: Arc<AppState>) -> Router {
     let mut r = Router::new();
     r = both(r, "/system_stats", get(system_stats));
+    r = r.route("/sim/stats", get(sim_stats));
     r = both(r, "/object_info", get(object_info));
     r = both(r, "/object_info/{class}", get(object_info_one));
     r = both(r, "/models", get(models));
@@ -172,8 +173,24 @@ async fn json_body(state: &AppState, body: Body) -> Result<J, Response> {
 }
 
 async fn system_stats(State(state): State<Arc<AppState>>) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json; charset=utf-8")], state.shared.system_stats.clone())
-        .into_response()
+    let used: u64 = state.shared.resident().iter().map(|(_, mb)| *mb).sum();
+    let body = objinfo::system_stats_now(state.config(), &state.shared.system_stats, used);
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json; charset=utf-8")], body).into_response()
+}
+
+/// `GET /sim/stats`: the simulator's own counters (ComfyUI has no such route): model loads so far,
+/// the resident models (least recently used first) and the VRAM they take.
+async fn sim_stats(State(state): State<Arc<AppState>>) -> Response {
+    let loads = state.shared.model_loads.load(std::sync::atomic::Ordering::Acquire);
+    let resident = state.shared.resident().clone();
+    let used: u64 = resident.iter().map(|(_, mb)| *mb).sum();
+    let body = J::obj([
+        ("model_loads", J::u(loads)),
+        ("resident", J::Arr(resident.iter().map(|(f, _)| J::s(f.as_str())).collect())),
+        ("vram_used_mb", J::u(used)),
+        ("vram_mb", state.config().vram_mb.map(J::u).unwrap_or(J::Null)),
+    ]);
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json; charset=utf-8")], body.dumps()).into_response()
 }
 
 /// Image files directly in the input folder (what `LoadImage` offers), sorted.

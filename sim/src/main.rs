@@ -36,6 +36,27 @@ struct Args {
     /// Folder of static web files to serve at / (ComfyUI's frontend).
     #[arg(long)]
     web_root: Option<PathBuf>,
+    /// How long loading a model file takes when it is not resident, as FILE=MS (repeatable).
+    #[arg(long = "load-time")]
+    load_times: Vec<String>,
+    /// GPU memory in MB: models stay loaded while they fit (least recently used evicted first);
+    /// without it only the last job's models stay loaded.
+    #[arg(long)]
+    vram_mb: Option<u64>,
+    /// How many MB a model file takes once loaded, as FILE=MB (repeatable; unlisted files take 0).
+    #[arg(long = "model-vram")]
+    model_vram: Vec<String>,
+}
+
+/// `FILE=N` with a non-empty file and a whole number.
+fn file_eq_number(flag: &str, s: &str) -> anyhow::Result<(String, u64)> {
+    match s.rsplit_once('=') {
+        Some((file, n)) if !file.is_empty() => match n.trim().parse::<u64>() {
+            Ok(n) => Ok((file.to_string(), n)),
+            Err(_) => anyhow::bail!("{flag} must be FILE=NUMBER, got {s:?}"),
+        },
+        _ => anyhow::bail!("{flag} must be FILE=NUMBER, got {s:?}"),
+    }
 }
 
 #[tokio::main]
@@ -51,6 +72,15 @@ async fn main() -> anyhow::Result<()> {
             _ => anyhow::bail!("--model must be FOLDER/FILE, got {m:?}"),
         }
     }
+    let mut model_load = Vec::new();
+    for s in &args.load_times {
+        let (file, ms) = file_eq_number("--load-time", s)?;
+        model_load.push((file, Duration::from_millis(ms)));
+    }
+    let mut model_vram = Vec::new();
+    for s in &args.model_vram {
+        model_vram.push(file_eq_number("--model-vram", s)?);
+    }
     let config = SimConfig {
         job_duration: Duration::from_millis(args.job_ms),
         models,
@@ -58,6 +88,9 @@ async fn main() -> anyhow::Result<()> {
         max_upload_bytes: args.max_upload_bytes,
         data_dir: args.data_dir,
         web_root: args.web_root,
+        model_load,
+        vram_mb: args.vram_mb,
+        model_vram,
         ..SimConfig::default()
     };
     let mut sim = Simulator::start_on(SocketAddr::new(args.listen, args.port), config).await?;

@@ -34,7 +34,7 @@ pub const MODEL_FOLDERS: &[&str] = &[
 ];
 
 /// Which loader inputs list the files of which folder.
-const LOADER_INPUTS: &[(&str, &str, &str)] = &[
+pub const LOADER_INPUTS: &[(&str, &str, &str)] = &[
     ("checkpoints", "CheckpointLoaderSimple", "ckpt_name"),
     ("checkpoints", "CheckpointLoader", "ckpt_name"),
     ("checkpoints", "unCLIPCheckpointLoader", "ckpt_name"),
@@ -151,4 +151,40 @@ pub fn system_stats(config: &SimConfig) -> J {
         }
     }
     stats
+}
+
+/// The model files a node of `class` loads: the values of its loader inputs (see `LOADER_INPUTS`).
+pub fn loaded_files(class: &str, inputs: Option<&Obj>) -> Vec<String> {
+    let Some(inputs) = inputs else { return Vec::new() };
+    let mut files = Vec::new();
+    for (_, c, input) in LOADER_INPUTS {
+        if *c == class
+            && let Some(file) = inputs.get(*input).and_then(J::as_str)
+            && !files.iter().any(|f| f == file)
+        {
+            files.push(file.to_string());
+        }
+    }
+    files
+}
+
+/// `/system_stats` with `devices[*].vram_total` / `vram_free` (bytes, as ComfyUI) set from
+/// `vram_mb` and the resident models' sizes; unchanged without `vram_mb`.
+pub fn system_stats_now(config: &SimConfig, base: &str, resident_mb: u64) -> String {
+    let Some(total_mb) = config.vram_mb else { return base.to_string() };
+    let mut stats = json::parse(base.as_bytes()).unwrap_or(J::Obj(Obj::new()));
+    let total = total_mb.saturating_mul(1024 * 1024);
+    let free = total_mb.saturating_sub(resident_mb).saturating_mul(1024 * 1024);
+    if let Some(J::Arr(devices)) = stats.get_mut("devices") {
+        for d in devices.iter_mut() {
+            if let J::Obj(d) = d {
+                for (k, v) in
+                    [("vram_total", total), ("vram_free", free), ("torch_vram_total", total), ("torch_vram_free", free)]
+                {
+                    d.insert(k.to_string(), J::u(v));
+                }
+            }
+        }
+    }
+    stats.dumps()
 }

@@ -102,6 +102,8 @@ impl Simulator {
             requests: Mutex::new(Vec::new()),
             runs: Mutex::new(Vec::new()),
             life: std::sync::atomic::AtomicU64::new(0),
+            resident: Mutex::new(Vec::new()),
+            model_loads: std::sync::atomic::AtomicU64::new(0),
         });
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -138,6 +140,7 @@ impl Simulator {
         self.stop().await;
         tokio::time::sleep(self.shared.config.startup_delay).await;
         self.shared.life.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.shared.resident().clear();
         let mut last = None;
         for _ in 0..100 {
             match TcpListener::bind(self.addr).await {
@@ -168,6 +171,17 @@ impl Simulator {
     /// Whether it is listening (not stopped).
     pub fn is_running(&self) -> bool {
         self.run.is_some()
+    }
+
+    /// How many model loads happened (a loader node naming a file that was not resident), over
+    /// all lives of the server; also at `GET /sim/stats`.
+    pub fn model_loads(&self) -> u64 {
+        self.shared.model_loads.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The model files resident in (simulated) VRAM, least recently used first.
+    pub fn resident_models(&self) -> Vec<String> {
+        self.shared.resident().iter().map(|(f, _)| f.clone()).collect()
     }
 
     pub fn clear_requests(&self) {

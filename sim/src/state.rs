@@ -71,6 +71,18 @@ pub struct Shared {
     /// object_info with the configured model lists.
     pub object_info: J,
     pub system_stats: String,
+    /// Model files in (simulated) VRAM with their size in MB, least recently used first; emptied
+    /// at a restart (a new process starts with an empty GPU).
+    pub resident: Mutex<Vec<(String, u64)>>,
+    /// How many model loads happened, over all lives of the server.
+    pub model_loads: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    /// The resident set, poison-tolerant.
+    pub fn resident(&self) -> MutexGuard<'_, Vec<(String, u64)>> {
+        self.resident.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A queued prompt.

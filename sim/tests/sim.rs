@@ -699,3 +699,118 @@ async fn an_identical_prompt_reuses_every_cached_output_like_comfyui() {
     assert_eq!(entry["status"]["messages"][1][1]["nodes"], json!(["1"]));
     assert_ne!(entry["outputs"], first["outputs"]);
 }
+
+fn ckpt_job(ckpt: &str, ms: u64) -> Value {
+    json!({"prompt": {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
+        "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "4": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0],
+            "latent_image": ["3", 0], "seed": 1, "steps": 1, "cfg": 1.0, "sampler_name": "euler",
+            "scheduler": "normal", "denoise": 1.0}},
+        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "load"}}
+    }, "extra_data": {"sim_duration_ms": ms}})
+}
+
+/// Runs one job to its end: (ms from execution_start to execution_success, ms from
+/// execution_start to the sampler's `executing`, seen live on the WebSocket).
+async fn run_timed(sim: &Simulator, ckpt: &str) -> (u64, u64) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws?clientId=timer", sim.addr())).await.unwrap();
+    assert_eq!(next_event(&mut ws).await.0, "status", "subscribed before submitting");
+    let mut body = ckpt_job(ckpt, 30);
+    body["client_id"] = json!("timer");
+    let (status, answer) = post_prompt(sim, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let pid = serde_json::from_str::<Value>(&answer).unwrap()["prompt_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut start, mut sampler) = (None, None);
+    while sampler.is_none() {
+        assert!(Instant::now() < deadline, "no sampler for {pid}");
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap();
+        let Some(Ok(Message::Text(t))) = m else { continue };
+        let m: Value = serde_json::from_str(&t).unwrap();
+        if m["data"]["prompt_id"] != json!(pid) {
+            continue;
+        }
+        match (m["type"].as_str(), m["data"]["node"].as_str()) {
+            (Some("execution_start"), _) => start = Some(Instant::now()),
+            (Some("executing"), Some("4")) => sampler = Some(Instant::now()),
+            _ => {}
+        }
+    }
+    let h = wait_history(sim, &pid).await;
+    let ts = |t: &str| {
+        h["status"]["messages"].as_array().unwrap().iter().find(|m| m[0] == t).unwrap()[1]["timestamp"]
+            .as_u64()
+            .unwrap()
+    };
+    let start = start.expect("execution_start before the sampler");
+    (ts("execution_success") - ts("execution_start"), sampler.unwrap().duration_since(start).as_millis() as u64)
+}
+
+async fn sim_stats(sim: &Simulator) -> Value {
+    client().get(format!("{}/sim/stats", sim.url())).send().await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_model_load_is_paid_on_first_use_and_after_another_model_but_not_on_repeat() {
+    let config = SimConfig::default()
+        .with_model("checkpoints", "flux.safetensors")
+        .with_model("checkpoints", "sd.safetensors")
+        .with_load_time("flux.safetensors", Duration::from_millis(400))
+        .with_load_time("sd.safetensors", Duration::from_millis(250));
+    let sim = Simulator::start(config).await.unwrap();
+    assert_eq!(sim.model_loads(), 0);
+
+    let (run, before_sampler) = run_timed(&sim, "flux.safetensors").await;
+    assert!(run >= 400 && before_sampler >= 380, "first use loads: run {run} ms, sampler after {before_sampler} ms");
+    assert_eq!(sim.model_loads(), 1);
+    let (run, _) = run_timed(&sim, "flux.safetensors").await;
+    assert!(run < 300, "a resident model is not loaded again: {run} ms");
+    assert_eq!(sim.model_loads(), 1);
+    let (run, _) = run_timed(&sim, "sd.safetensors").await;
+    assert!(run >= 250, "another model loads: {run} ms");
+    // Without vram_mb only the last job's models stay: flux was evicted by sd.
+    assert_eq!(sim.resident_models(), vec!["sd.safetensors".to_string()]);
+    let (run, _) = run_timed(&sim, "flux.safetensors").await;
+    assert!(run >= 400, "flux after sd loads again: {run} ms");
+    assert_eq!(sim.model_loads(), 3);
+    assert_eq!(sim_stats(&sim).await["model_loads"], 3);
+}
+
+#[tokio::test]
+async fn models_stay_resident_while_they_fit_and_the_least_recently_used_goes_first() {
+    let mut config = SimConfig::default().with_vram_mb(1000);
+    for (file, mb) in [("flux.safetensors", 600), ("sd.safetensors", 300), ("qwen.safetensors", 300)] {
+        config = config
+            .with_model("checkpoints", file)
+            .with_model_vram(file, mb)
+            .with_load_time(file, Duration::from_millis(300));
+    }
+    let sim = Simulator::start(config).await.unwrap();
+    let free = |s: &Value| s["devices"][0]["vram_free"].as_u64().unwrap();
+    let stats: Value = client().get(format!("{}/system_stats", sim.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stats["devices"][0]["vram_total"], 1000u64 * 1024 * 1024);
+    assert_eq!(free(&stats), 1000 * 1024 * 1024);
+
+    run_timed(&sim, "flux.safetensors").await;
+    run_timed(&sim, "sd.safetensors").await;
+    let (run, _) = run_timed(&sim, "flux.safetensors").await;
+    assert!(run < 250, "both fit in 1000 MB: flux stayed: {run} ms");
+    assert_eq!(sim.model_loads(), 2);
+    let stats: Value = client().get(format!("{}/system_stats", sim.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(free(&stats), 100 * 1024 * 1024);
+
+    // qwen does not fit beside both: sd (least recently used) goes, flux stays.
+    run_timed(&sim, "qwen.safetensors").await;
+    assert_eq!(sim.resident_models(), vec!["flux.safetensors".to_string(), "qwen.safetensors".to_string()]);
+    let (run, _) = run_timed(&sim, "flux.safetensors").await;
+    assert!(run < 250, "flux was not evicted: {run} ms");
+    let (run, _) = run_timed(&sim, "sd.safetensors").await;
+    assert!(run >= 300, "sd was evicted and loads again: {run} ms");
+    let s = sim_stats(&sim).await;
+    assert_eq!(s["model_loads"], 4);
+    assert_eq!(s["vram_used_mb"], 900);
+    assert_eq!(s["resident"], json!(["flux.safetensors", "sd.safetensors"]));
+}
