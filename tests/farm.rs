@@ -146,3 +146,28 @@ async fn ran_on(sim: &Simulator, id: &str) -> bool {
     let h: Value = client().get(format!("{}/history/{id}", sim.url())).send().await.unwrap().json().await.unwrap();
     h.get(id).is_some()
 }
+
+#[tokio::test]
+async fn fair_share_remembers_gpu_time_across_a_restart_of_the_gateway() {
+    let sim = sim(250, &["a.safetensors"]).await;
+    let (gw, alice, bob) = one_slot(&sim, "").await;
+    gw.add_user("carol", "user").await;
+    let carol = gw.token("carol", "c").await;
+    for i in 0..3 {
+        let id = submit_ok(&gw, &alice, model_job("a.safetensors", &format!("warm{i}"))).await;
+        finished(&gw, &alice, &id).await;
+    }
+    let gw = gw.restart().await;
+    // Carol's job holds the slot; alice (lower id, submitted first) and bob wait. Alice used the
+    // GPU before the restart: bob goes first.
+    let c = submit_ok(&gw, &carol, model_job("a.safetensors", "c")).await;
+    common::poll(Duration::from_secs(10), "carol's job running", || async {
+        let (_, queue) = gw.get_json("/queue", &common::Auth::Bearer(&carol)).await;
+        (queue["queue_running"].as_array()?.len() == 1).then_some(())
+    })
+    .await;
+    let a = submit_ok(&gw, &alice, model_job("a.safetensors", "a")).await;
+    let b = submit_ok(&gw, &bob, model_job("a.safetensors", "b")).await;
+    let order = run_order(&gw, &[("C", &carol, &c), ("A", &alice, &a), ("B", &bob, &b)]).await;
+    assert_eq!(order, ["C", "B", "A"]);
+}

@@ -247,6 +247,13 @@ impl Scheduler {
         if !inner.jobs.is_empty() {
             tracing::info!(jobs = inner.jobs.len(), "resumed jobs from the store");
         }
+        // Fair share remembers across restarts: the GPU time of the last eight half-lives (what
+        // is older counts for less than 1/256) from the usage ledger.
+        let half_life = i64::try_from(config.fair_share_half_life.as_millis()).unwrap_or(i64::MAX);
+        let since = now_ms().saturating_sub(half_life.saturating_mul(8));
+        for (user, ended_at, run_ms) in store.gpu_ms_since(None, since).await? {
+            inner.queue.charge(user, run_ms as f64, ended_at);
+        }
         let owners: HashSet<i64> = inner.jobs.values().map(|j| j.owner).collect();
         for owner in owners {
             let resolved = Limits::of(store.as_ref(), &limits, max_request_body, owner).await?;
