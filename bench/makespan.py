@@ -378,7 +378,14 @@ class Bench:
 
     def write_config(self, path: str, port: int, data_dir: str, sim_ports: list[int], inflight: int) -> None:
         text = f'[server]\nlisten = "127.0.0.1:{port}"\n[store]\ndata_dir = "{data_dir}"\n'
-        text += '[scheduler]\nhealth_interval = "200ms"\n'
+        # The gateway's time scale follows the jobs' (--scale): what it assumes before it has measured
+        # anything, and how long a job may be held back to spare a model swap (about four jobs).
+        scale = getattr(self.args, "scale", 1.0) or 1.0
+        ms = lambda seconds: f'"{max(1, round(seconds * scale * 1000))}ms"'
+        text += (f'[scheduler]\nhealth_interval = "200ms"\ndefault_run_time = {ms(15)}\n'
+                 f'model_load_time = {ms(30)}\nmax_extra_wait = {ms(60)}\n')
+        # Users may ask for high priority (the farm scenario's two classes).
+        text += '[limits]\nmax_priority = "high"\n'
         for n, sp in enumerate(sim_ports):
             text += f'[[backends]]\nname = "sim{n}"\nurl = "http://127.0.0.1:{sp}"\nmax_inflight = {inflight}\n'
         text += '[log]\nlevel = "warn"\n'
