@@ -354,3 +354,57 @@ async fn the_jobs_api_shows_each_user_their_own_jobs_across_the_pool_and_admins_
         assert!(!client_requests(s).iter().any(|r| r.uri.contains("jobs")), "never forwarded");
     }
 }
+
+#[tokio::test]
+async fn the_simulator_serves_comfyuis_jobs_api_from_its_own_queue_and_history() {
+    let s = sim(50).await;
+    let post = |body: Value| {
+        let url = format!("{}/prompt", s.url());
+        async move {
+            let r = client().post(url).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()["prompt_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let sim_get = |path: &str| {
+        let url = format!("{}{path}", s.url());
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let done = post(job("sim-done", 1, 20)).await;
+    poll(Duration::from_secs(10), "the first job in history", || async {
+        let (_, list) = sim_get("/api/jobs?status=completed").await;
+        (list["pagination"]["total"] == 1).then_some(())
+    })
+    .await;
+    let running = post(job("sim-run", 2, 60_000)).await;
+    let waiting = post(job("sim-wait", 3, 20)).await;
+    let (status, list) = poll(Duration::from_secs(10), "one running, one pending", || async {
+        let (status, list) = sim_get("/api/jobs").await;
+        (list["jobs"].as_array()?.iter().any(|j| j["status"] == "in_progress")).then_some((status, list))
+    })
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["pagination"], json!({"offset": 0, "limit": null, "total": 3}), "{list}");
+    let by_id = |id: &str| list["jobs"].as_array().unwrap().iter().find(|j| j["id"] == id).unwrap().clone();
+    assert_eq!(by_id(&running)["status"], "in_progress");
+    assert_eq!(by_id(&waiting)["status"], "pending");
+    let ended = by_id(&done);
+    assert_eq!((ended["status"].as_str(), ended["outputs_count"].as_u64()), (Some("completed"), Some(1)), "{ended}");
+    assert_eq!(ended["preview_output"]["type"], "output");
+    assert!(ended["execution_end_time"].as_i64() >= ended["execution_start_time"].as_i64());
+    let (_, pending) = sim_get("/api/jobs?status=pending").await;
+    assert_eq!(ids_of(&pending), [waiting.as_str()]);
+    let (_, page) = sim_get("/api/jobs?limit=1&offset=1").await;
+    assert_eq!((page["jobs"].as_array().unwrap().len(), page["pagination"]["total"].as_u64()), (1, Some(3)));
+    let (status, one) = sim_get(&format!("/api/jobs/{done}")).await;
+    assert_eq!((status, one["execution_status"]["status_str"].as_str()), (200, Some("success")), "{one}");
+    assert_eq!(one["workflow"]["prompt"]["2"]["inputs"]["filename_prefix"], "sim-done");
+    let (status, one) = sim_get(&format!("/api/jobs/{waiting}")).await;
+    assert_eq!((status, one["status"].as_str()), (200, Some("pending")));
+    assert_eq!(sim_get("/api/jobs/nope").await.0, 404);
+    assert_eq!(sim_get("/api/jobs?status=done").await.0, 400);
+    assert_eq!(sim_get("/api/jobs?sort_by=name").await.0, 400);
+}

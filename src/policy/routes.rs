@@ -419,11 +419,11 @@ mod tests {
     #[test]
     fn configured_user_routes_widen_the_allow_list_in_both_forms() {
         let policy =
-            RoutePolicy::with_user_routes(&["GET /api/jobs".to_owned(), "POST /my/custom/**".to_owned()]).unwrap();
-        assert_eq!(class_with(&policy, "GET", "/api/jobs"), User);
-        assert_eq!(class_with(&policy, "HEAD", "/jobs"), User);
-        assert_eq!(class_with(&policy, "POST", "/api/jobs"), Admin);
-        assert_eq!(class_with(&policy, "GET", "/api/jobs/abc"), Admin);
+            RoutePolicy::with_user_routes(&["GET /api/widgets".to_owned(), "POST /my/custom/**".to_owned()]).unwrap();
+        assert_eq!(class_with(&policy, "GET", "/api/widgets"), User);
+        assert_eq!(class_with(&policy, "HEAD", "/widgets"), User);
+        assert_eq!(class_with(&policy, "POST", "/api/widgets"), Admin);
+        assert_eq!(class_with(&policy, "GET", "/api/widgets/abc"), Admin);
         assert_eq!(class_with(&policy, "POST", "/my/custom/a/b"), User);
         assert_eq!(class_with(&policy, "POST", "/api/my/custom"), User);
         assert_eq!(class_with(&policy, "GET", "/my/custom/a"), Admin);
