@@ -140,9 +140,9 @@ pub async fn list(app: &AppState, scope: Scope, viewer: i64, query: Option<&str>
         Scope::All => None,
     };
     let mut items: Vec<Listed> = Vec::new();
-    let held: Vec<JobSummary> =
+    let mut held: Vec<JobSummary> =
         app.scheduler.held_jobs(scope).into_iter().filter(|j| q.statuses.contains(&Status::of_held(j.state))).collect();
-    let mut total = held.len();
+    let mut ended_total = 0;
     let wants = |s| q.statuses.contains(&s);
     let failed = match (wants(Status::Completed), wants(Status::Failed)) {
         (true, true) => Some(None),
@@ -153,19 +153,23 @@ pub async fn list(app: &AppState, scope: Scope, viewer: i64, query: Option<&str>
     if let Some(failed) = failed {
         let store = app.scheduler.store();
         let count = store.ended_count(user, failed).await.map_err(unavailable)?;
-        total += usize::try_from(count).unwrap_or(0);
+        ended_total = usize::try_from(count).unwrap_or(0);
         // By creation time, the page needs at most `offset + limit` ended jobs in that order;
         // by duration, the most recently submitted window is sorted.
         let (newest_first, read) =
             if q.by_duration { (true, DURATION_WINDOW) } else { (!q.ascending, q.offset + q.limit) };
         let read = i64::try_from(read).unwrap_or(i64::MAX);
         let ended = store.ended_jobs(user, failed, newest_first, 0, read).await.map_err(unavailable)?;
+        // A job that ended between the snapshot and the read is shown once, as ended.
+        let ended_ids: std::collections::HashSet<&str> = ended.iter().map(|j| j.prompt_id.as_str()).collect();
+        held.retain(|j| !ended_ids.contains(j.id.as_str()));
         items.extend(ended.iter().map(|job| {
             let value = ended_job(job, viewer, admin, false);
             let duration = duration_of(&value);
             Listed { created_at: job.created_at, number: job.number, duration, value }
         }));
     }
+    let total = held.len() + ended_total;
     let ids: Vec<String> = held.iter().map(|j| j.id.clone()).collect();
     let requests = if ids.is_empty() {
         Default::default()
