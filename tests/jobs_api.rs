@@ -235,7 +235,9 @@ async fn the_jobs_api_shows_each_user_their_own_jobs_across_the_pool_and_admins_
         (list["pagination"]["total"] == 2).then_some(())
     })
     .await;
-    let a_wait = submit_ok(&gw, &alice, job("alice-wait", 7, 20)).await;
+    let mut waiting = job("alice-wait", 7, 20);
+    waiting["extra_data"]["extra_pnginfo"] = json!({"workflow": {"id": "wf-wait"}});
+    let a_wait = submit_ok(&gw, &alice, waiting).await;
 
     // Alice: her five jobs, newest first, in ComfyUI's shape.
     let (status, list) = get(&gw, &alice, "/api/jobs").await;
@@ -256,6 +258,8 @@ async fn the_jobs_api_shows_each_user_their_own_jobs_across_the_pool_and_admins_
     assert!(long["execution_end_time"].as_i64().unwrap() > long["execution_start_time"].as_i64().unwrap());
     assert!(long.get("outputs").is_none() && long.get("comfygate").is_none(), "list form, no owner for users");
     assert_eq!(list["jobs"][0]["outputs_count"], 0);
+    assert_eq!(list["jobs"][0]["workflow_id"], "wf-wait", "a held job's workflow id: {list}");
+    assert!(list["jobs"][1].get("workflow_id").is_none());
     assert!(list["jobs"][0].get("execution_start_time").is_none(), "null keys are left out: {list}");
     assert!(list["jobs"][0]["create_time"].as_i64().unwrap() >= long["create_time"].as_i64().unwrap());
     // The same jobs /queue shows, under the same ids.

@@ -129,6 +129,8 @@ struct Listed {
     number: i64,
     duration: i64,
     value: Value,
+    /// A held job's gateway id: its `workflow_id` is read once it is on the page.
+    held: Option<String>,
 }
 
 /// `GET /api/jobs`.
@@ -166,27 +168,34 @@ pub async fn list(app: &AppState, scope: Scope, viewer: i64, query: Option<&str>
         items.extend(ended.iter().map(|job| {
             let value = ended_job(job, viewer, admin, false);
             let duration = duration_of(&value);
-            Listed { created_at: job.created_at, number: job.number, duration, value }
+            Listed { created_at: job.created_at, number: job.number, duration, value, held: None }
         }));
     }
     let total = held.len() + ended_total;
-    let ids: Vec<String> = held.iter().map(|j| j.id.clone()).collect();
-    let requests = if ids.is_empty() {
-        Default::default()
-    } else {
-        app.scheduler.store().job_requests(&ids).await.map_err(unavailable)?
-    };
     for job in &held {
-        let request = requests.get(&job.id).and_then(|r| serde_json::from_str::<Value>(r).ok());
-        let value = held_job(job, request.as_ref(), viewer, admin, None);
-        items.push(Listed { created_at: job.created_at, number: job.number, duration: 0, value });
+        let value = held_job(job, None, viewer, admin, None);
+        let held = Some(job.id.clone());
+        items.push(Listed { created_at: job.created_at, number: job.number, duration: 0, value, held });
     }
     items.sort_by(|a, b| {
         let key =
             |l: &Listed| if q.by_duration { (l.duration, l.created_at, l.number) } else { (l.created_at, l.number, 0) };
         if q.ascending { key(a).cmp(&key(b)) } else { key(b).cmp(&key(a)) }
     });
-    let jobs: Vec<Value> = items.into_iter().skip(q.offset).take(q.limit).map(|l| l.value).collect();
+    let mut page: Vec<Listed> = items.into_iter().skip(q.offset).take(q.limit).collect();
+    // Only the page's held jobs have their workflows read (an admin's view may hold thousands).
+    let ids: Vec<String> = page.iter().filter_map(|l| l.held.clone()).collect();
+    if !ids.is_empty() {
+        let requests = app.scheduler.store().job_requests(&ids).await.map_err(unavailable)?;
+        for listed in &mut page {
+            let request = listed.held.as_ref().and_then(|id| requests.get(id));
+            let id = request.and_then(|r| serde_json::from_str::<Value>(r).ok()).as_ref().and_then(workflow_id);
+            if let (Some(id), Some(map)) = (id, listed.value.as_object_mut()) {
+                map.insert("workflow_id".into(), id);
+            }
+        }
+    }
+    let jobs: Vec<Value> = page.into_iter().map(|l| l.value).collect();
     let body = json!({"jobs": jobs, "pagination": {"offset": q.offset, "limit": q.limit, "total": total}});
     Ok(json_response(StatusCode::OK, &body))
 }
