@@ -91,7 +91,38 @@ on_every_store!(
     a_users_open_sessions_and_last_login_are_listed,
     idempotency_keys_are_claimed_once_per_user_answered_once_released_and_expire,
     webhook_deliveries_are_claimed_once_retried_and_listed_per_user,
+    ended_jobs_are_listed_by_submission_time_filtered_by_failure_and_counted,
 );
+
+async fn ended_jobs_are_listed_by_submission_time_filtered_by_failure_and_counted(db: &TestDb) {
+    let s = &db.store;
+    let u = s.create_user(new_user("fay", Role::User)).await.unwrap();
+    let other = s.create_user(new_user("gus", Role::User)).await.unwrap();
+    // (id, owner, created_at, how it ended); "q" is still queued, "h" ended but was deleted.
+    let ended =
+        [("a", u.id, 300, JobState::Done), ("b", u.id, 100, JobState::Failed), ("c", u.id, 200, JobState::Cancelled)];
+    for (i, (id, owner, created, state)) in ended.into_iter().enumerate() {
+        s.insert_job(&Job { created_at: created, ..job(id, owner, i as i64 + 1) }).await.unwrap();
+        s.end_job(id, state, Some("gpu1"), None, Some(r#"{"outputs":{}}"#)).await.unwrap();
+    }
+    s.insert_job(&Job { created_at: 50, ..job("g", other.id, 10) }).await.unwrap();
+    s.end_job("g", JobState::Done, Some("gpu1"), None, Some("{}")).await.unwrap();
+    s.insert_job(&Job { created_at: 400, ..job("q", u.id, 11) }).await.unwrap();
+    s.insert_job(&Job { created_at: 500, ..job("h", u.id, 12) }).await.unwrap();
+    s.end_job("h", JobState::Done, Some("gpu1"), None, Some("{}")).await.unwrap();
+    s.hide_history(Some(u.id), Some(&["h".to_owned()])).await.unwrap();
+    let ids = |jobs: Vec<Job>| jobs.into_iter().map(|j| j.prompt_id).collect::<Vec<_>>();
+    assert_eq!(ids(s.ended_jobs(Some(u.id), None, true, 0, 10).await.unwrap()), ["a", "c", "b"]);
+    assert_eq!(ids(s.ended_jobs(Some(u.id), None, false, 0, 10).await.unwrap()), ["b", "c", "a"]);
+    assert_eq!(ids(s.ended_jobs(Some(u.id), None, true, 1, 1).await.unwrap()), ["c"]);
+    assert_eq!(ids(s.ended_jobs(Some(u.id), Some(true), true, 0, 10).await.unwrap()), ["b"]);
+    assert_eq!(ids(s.ended_jobs(Some(u.id), Some(false), true, 0, 10).await.unwrap()), ["a", "c"]);
+    assert_eq!(ids(s.ended_jobs(None, None, false, 0, 10).await.unwrap()), ["g", "b", "c", "a"]);
+    assert_eq!(s.ended_count(Some(u.id), None).await.unwrap(), 3);
+    assert_eq!(s.ended_count(Some(u.id), Some(true)).await.unwrap(), 1);
+    assert_eq!(s.ended_count(Some(u.id), Some(false)).await.unwrap(), 2);
+    assert_eq!(s.ended_count(None, None).await.unwrap(), 4);
+}
 
 fn new_user(name: &str, role: Role) -> NewUser {
     NewUser { username: name.to_owned(), password_hash: "$argon2id$v=19$x".to_owned(), role }

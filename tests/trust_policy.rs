@@ -34,23 +34,23 @@ async fn an_unknown_comfyui_route_is_403_for_a_user_and_reaches_comfyui_for_an_a
     let user = gw.token("bob", "t").await;
     let admin = gw.token("admin", "t").await;
     sim.clear_requests();
-    let (status, body) = gw.get_json("/api/jobs", &Auth::Bearer(&user)).await;
+    let (status, body) = gw.get_json("/api/widgets", &Auth::Bearer(&user)).await;
     assert_eq!((status, code_of(&body)), (403, "forbidden"));
-    assert!(!reached(&sim, "/api/jobs"), "refused requests never reach ComfyUI");
-    assert_eq!(gw.get_json("/api/jobs", &Auth::Bearer(&admin)).await.0, 404, "the simulator has no /api/jobs");
-    assert!(reached(&sim, "/api/jobs"));
+    assert!(!reached(&sim, "/api/widgets"), "refused requests never reach ComfyUI");
+    assert_eq!(gw.get_json("/api/widgets", &Auth::Bearer(&admin)).await.0, 404, "the simulator has no /api/widgets");
+    assert!(reached(&sim, "/api/widgets"));
 }
 
 #[tokio::test]
 async fn policy_user_routes_open_more_routes_to_users() {
-    let opts = Options::default().extra("[policy]\nuser_routes = [\"GET /api/jobs\", \"POST /my/custom/**\"]");
+    let opts = Options::default().extra("[policy]\nuser_routes = [\"GET /api/widgets\", \"POST /my/custom/**\"]");
     let (sim, gw) = setup_with(opts).await;
     gw.add_user("bob", "user").await;
     let user = gw.token("bob", "t").await;
     sim.clear_requests();
-    assert_eq!(gw.get_json("/api/jobs", &Auth::Bearer(&user)).await.0, 404, "forwarded to ComfyUI");
-    assert_eq!(gw.get_json("/jobs", &Auth::Bearer(&user)).await.0, 404, "the /x form too");
-    assert!(reached(&sim, "/api/jobs") && reached(&sim, "/jobs"));
+    assert_eq!(gw.get_json("/api/widgets", &Auth::Bearer(&user)).await.0, 404, "forwarded to ComfyUI");
+    assert_eq!(gw.get_json("/widgets", &Auth::Bearer(&user)).await.0, 404, "the /x form too");
+    assert!(reached(&sim, "/api/widgets") && reached(&sim, "/widgets"));
     let r = client().post(gw.at("/my/custom/a/b")).bearer_auth(&user).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert!(reached(&sim, "/my/custom/a/b"));

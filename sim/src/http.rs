@@ -53,6 +53,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     r = both(r, "/queue", get(get_queue).post(post_queue));
     r = both(r, "/history", get(get_history).post(post_history));
     r = both(r, "/history/{id}", get(get_history_one));
+    // ComfyUI registers the jobs routes with their `/api` prefix (also served as `/api/api/...`).
+    r = both(r, "/api/jobs", get(crate::jobs::list));
+    r = both(r, "/api/jobs/{id}", get(crate::jobs::one));
     r = both(r, "/interrupt", post(interrupt));
     r = both(r, "/free", post(free));
     r = both(r, "/view", get(crate::files::view));

@@ -8,6 +8,7 @@ mod files;
 mod frontend;
 mod http;
 mod images;
+mod jobs;
 pub mod json;
 mod objinfo;
 mod server;

@@ -7,6 +7,7 @@ mod files;
 mod history;
 pub mod idempotency;
 mod info;
+mod jobs;
 mod prompt;
 mod queue;
 pub mod ws;
@@ -42,6 +43,12 @@ pub enum Route {
     HistoryOne(String),
     /// `POST /history`.
     HistoryAction,
+    /// `GET /api/jobs` (every job, whatever its state).
+    Jobs,
+    /// `GET /api/jobs/{id}`.
+    JobOne(String),
+    /// `/jobs...` without `/api`: ComfyUI does not serve it; a 404, never forwarded.
+    JobsNotServed,
     /// `GET` and `HEAD /view`.
     View,
     /// `POST /upload/image` and `/upload/mask`.
@@ -72,6 +79,21 @@ pub fn route(method: &Method, path: &NormalizedPath) -> Option<Route> {
     // HEAD is GET without the body (hyper drops it): it takes the same handler, checks included.
     let get = method == Method::GET || method == Method::HEAD;
     let post = method == Method::POST;
+    // ComfyUI registers the jobs routes with their `/api` prefix only (served as `/api/jobs`
+    // and `/api/api/jobs`), unlike the others.
+    let all = path.segments();
+    let jobs = match all.as_slice() {
+        ["api", "api", rest @ ..] | ["api", rest @ ..] => rest,
+        _ => &[][..],
+    };
+    match (jobs, get) {
+        (["jobs"], true) => return Some(Route::Jobs),
+        (["jobs", id], true) => return Some(Route::JobOne((*id).to_owned())),
+        _ => {}
+    }
+    if segments.first() == Some(&"jobs") {
+        return Some(Route::JobsNotServed);
+    }
     Some(match (segments.as_slice(), get, post) {
         (["prompt"], false, true) => Route::Submit,
         (["prompt"], true, _) => Route::PromptStatus,
@@ -130,6 +152,9 @@ pub async fn handle(
         Route::History => history::list(app, scope, caller.identity.user_id, req.uri().query()).await,
         Route::HistoryOne(id) => history::one(app, scope, caller.identity.user_id, &id).await,
         Route::HistoryAction => history::action(app, scope, caller.identity.user_id, req).await,
+        Route::Jobs => jobs::list(app, scope, caller.identity.user_id, req.uri().query()).await,
+        Route::JobOne(id) => jobs::one(app, scope, caller.identity.user_id, &id).await,
+        Route::JobsNotServed => Err(ApiError::NotFound("ComfyUI serves the jobs API under /api/jobs".to_owned())),
         Route::View => files::view(app, &caller, client, path, req).await,
         Route::Upload => files::upload(app, &caller, client, path, req).await,
         Route::SystemStats => info::system_stats(app).await,
@@ -179,3 +204,44 @@ pub(crate) async fn read_json(app: &AppState, req: Request<Body>) -> Result<Valu
 
 /// Largest JSON body read by the gateway (workflows with embedded images can be large).
 pub(crate) const MAX_JSON_BODY: usize = 32 * 1024 * 1024;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_jobs_routes_are_found_under_their_spellings() {
+        let route_of = |method: &str, p: &str| {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            route(&method, &crate::policy::normalize(p).unwrap())
+        };
+        let id = |s: &str| Some(Route::JobOne(s.to_owned()));
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, Option<Route>)] = &[
+            ("GET", "/api/jobs", Some(Route::Jobs)),
+            ("HEAD", "/api/jobs", Some(Route::Jobs)),
+            ("GET", "/api/jobs/", Some(Route::Jobs)),
+            ("GET", "/api//jobs", Some(Route::Jobs)),
+            ("GET", "/api/./jobs", Some(Route::Jobs)),
+            ("GET", "/api/api/jobs", Some(Route::Jobs)),
+            ("GET", "/api/x/../jobs", Some(Route::Jobs)),
+            ("GET", "/api/jobs/ID", id("ID")),
+            ("GET", "/api/jobs/ID/", id("ID")),
+            ("GET", "/api/jobs/a%2Fb", id("a/b")),
+            ("GET", "/api/api/jobs/ID", id("ID")),
+            ("GET", "/api/jobs/../queue", Some(Route::Queue)),
+            ("GET", "/api/jobs/%2e%2e/queue", Some(Route::Queue)),
+            ("GET", "/api/jobs/%2E%2E/history", Some(Route::History)),
+            ("GET", "/jobs", Some(Route::JobsNotServed)),
+            ("GET", "/jobs/ID", Some(Route::JobsNotServed)),
+            ("POST", "/api/jobs", Some(Route::JobsNotServed)),
+            ("GET", "/api/jobs/ID/x", Some(Route::JobsNotServed)),
+            ("GET", "/API/jobs", None),
+            ("GET", "/api/Jobs", None),
+        ];
+        for (method, p, expected) in cases {
+            assert_eq!(&route_of(method, p), expected, "{method} {p}");
+        }
+    }
+}

@@ -78,6 +78,8 @@ const USER_ROUTES: &[(&str, &str, Form)] = &[
     ("GET POST",          "/queue",                                   Api),
     ("GET POST",          "/history",                                 Api),
     ("GET",               "/history/{id}",                            Api),
+    ("GET",               "/jobs",                                    Api),
+    ("GET",               "/jobs/{id}",                               Api),
     ("POST",              "/interrupt",                               Api),
     ("GET",               "/view",                                    Api),
     ("POST",              "/upload/image",                            Api),
@@ -316,8 +318,6 @@ mod tests {
             ("POST", "/users", Admin),
             ("POST", "/api/users", Admin),
             // Unknown routes are closed by default
-            ("GET", "/api/jobs", Admin),
-            ("GET", "/api/jobs/abc", Admin),
             ("POST", "/api/jobs/cancel", Admin),
             ("GET", "/api/assets", Admin),
             ("GET", "/global_subgraphs", Admin),
@@ -379,6 +379,20 @@ mod tests {
             ("HEAD", "/api/queue", User),
             ("POST", "/api/queue", User),
             ("GET", "/api/history/abc", User),
+            ("GET", "/api/jobs", User),
+            ("HEAD", "/api/jobs", User),
+            ("GET", "/api/jobs/", User),
+            ("GET", "/api//jobs", User),
+            ("GET", "/api/jobs/abc", User),
+            ("GET", "/api/jobs/a%2Fb", User),
+            ("GET", "/api/api/jobs", Admin),
+            ("GET", "/API/jobs", Admin),
+            ("GET", "/api/Jobs", Admin),
+            ("POST", "/api/jobs", Admin),
+            ("DELETE", "/api/jobs/abc", Admin),
+            ("GET", "/api/jobs/abc/x", Admin),
+            ("GET", "/api/jobs/../queue", User),
+            ("GET", "/api/jobs/%2e%2e/manager/reboot", Admin),
             ("POST", "/api/interrupt", User),
             ("GET", "/view?filename=a.png&dir=../x", User),
             ("POST", "/api/upload/mask", User),
@@ -405,11 +419,11 @@ mod tests {
     #[test]
     fn configured_user_routes_widen_the_allow_list_in_both_forms() {
         let policy =
-            RoutePolicy::with_user_routes(&["GET /api/jobs".to_owned(), "POST /my/custom/**".to_owned()]).unwrap();
-        assert_eq!(class_with(&policy, "GET", "/api/jobs"), User);
-        assert_eq!(class_with(&policy, "HEAD", "/jobs"), User);
-        assert_eq!(class_with(&policy, "POST", "/api/jobs"), Admin);
-        assert_eq!(class_with(&policy, "GET", "/api/jobs/abc"), Admin);
+            RoutePolicy::with_user_routes(&["GET /api/widgets".to_owned(), "POST /my/custom/**".to_owned()]).unwrap();
+        assert_eq!(class_with(&policy, "GET", "/api/widgets"), User);
+        assert_eq!(class_with(&policy, "HEAD", "/widgets"), User);
+        assert_eq!(class_with(&policy, "POST", "/api/widgets"), Admin);
+        assert_eq!(class_with(&policy, "GET", "/api/widgets/abc"), Admin);
         assert_eq!(class_with(&policy, "POST", "/my/custom/a/b"), User);
         assert_eq!(class_with(&policy, "POST", "/api/my/custom"), User);
         assert_eq!(class_with(&policy, "GET", "/my/custom/a"), Admin);

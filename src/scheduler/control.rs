@@ -207,6 +207,40 @@ impl Scheduler {
         self.inner().job(id).map(|job| JobSummary::of(id, job, None))
     }
 
+    /// The held jobs in `scope` (queued, dispatched, running), for the jobs API: a user's cost
+    /// in proportion to their own jobs. The id `viewer` knows each by is
+    /// [`JobSummary::shown_id`].
+    pub fn held_jobs(&self, scope: Scope) -> Vec<JobSummary> {
+        let inner = self.inner();
+        match scope {
+            Scope::All => inner.jobs.iter().map(|(id, job)| JobSummary::of(id, job, None)).collect(),
+            Scope::Owner(owner) => {
+                let mut out = Vec::new();
+                for backend in self.pool.all().iter() {
+                    for id in backend.load().inflight.iter() {
+                        if let Some(job) = inner.job(id).filter(|j| j.owner == owner) {
+                            out.push(JobSummary::of(id, job, None));
+                        }
+                    }
+                }
+                for id in inner.queue.line(owner) {
+                    if let Some(job) = inner.job(&id) {
+                        out.push(JobSummary::of(&id, job, None));
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// The held job `viewer` calls `id` (their own id; for admins, also anyone's gateway id).
+    /// Another user's id is never found.
+    pub fn held_job(&self, scope: Scope, viewer: i64, id: &str) -> Option<JobSummary> {
+        let found = self.held(scope, viewer, id)?;
+        let inner = self.inner();
+        inner.job(&found).filter(|j| scope.covers(j.owner)).map(|job| JobSummary::of(&found, job, None))
+    }
+
     /// The gateway id, owner and backend of the job `viewer` calls `id` (their own id first;
     /// for admins, then the gateway's id), held now or recorded.
     pub async fn locate(&self, scope: Scope, viewer: i64, id: &str) -> Option<(String, i64, Option<String>)> {
@@ -354,6 +388,11 @@ pub struct JobSummary {
 }
 
 impl JobSummary {
+    /// The id `viewer` knows this job by: its owner's own id, else the gateway's.
+    pub fn shown_id(&self, viewer: i64) -> &str {
+        if self.owner == viewer { &self.public_id } else { &self.id }
+    }
+
     fn of(id: &str, job: &super::jobs::Active, reason: Option<String>) -> Self {
         JobSummary {
             id: id.to_owned(),

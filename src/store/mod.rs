@@ -201,6 +201,18 @@ pub trait Store: Send + Sync + 'static {
     async fn history_count(&self, user_id: Option<i64>) -> StoreResult<i64>;
     /// History entries in the order the jobs ended (ComfyUI's order), from `offset`.
     async fn history_page(&self, user_id: Option<i64>, offset: i64, limit: i64) -> StoreResult<Vec<Job>>;
+    /// Ended jobs still in the history, by submission time (newest first when `newest_first`),
+    /// `limit` from `offset`; `failed`: only failed ones (`Some(true)`), only the others, or all.
+    async fn ended_jobs(
+        &self,
+        user_id: Option<i64>,
+        failed: Option<bool>,
+        newest_first: bool,
+        offset: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Job>>;
+    /// How many jobs [`Store::ended_jobs`] would list without a limit.
+    async fn ended_count(&self, user_id: Option<i64>, failed: Option<bool>) -> StoreResult<i64>;
     /// Takes history entries out of the history (the given jobs, or all) of `user_id`
     /// (anyone's: `None`); returns how many.
     async fn hide_history(&self, user_id: Option<i64>, prompt_ids: Option<&[String]>) -> StoreResult<u64>;

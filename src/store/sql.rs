@@ -842,6 +842,37 @@ macro_rules! impl_store {
                 rows.into_iter().map(Job::try_from).collect()
             }
 
+            async fn ended_jobs(
+                &self,
+                user_id: Option<i64>,
+                failed: Option<bool>,
+                newest_first: bool,
+                offset: i64,
+                limit: i64,
+            ) -> StoreResult<Vec<Job>> {
+                // The direction is one of two fixed words, never client text.
+                let order = if newest_first { "DESC" } else { "ASC" };
+                let sql = format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE outcome IS NOT NULL AND in_history \
+                     AND ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR (state = 'failed') = $2) \
+                     ORDER BY created_at {order}, number {order} LIMIT $3 OFFSET $4"
+                );
+                let query = sqlx::query_as(&sql).bind(user_id).bind(failed).bind(limit).bind(offset);
+                let rows: Vec<JobRow> = query.fetch_all(&self.pool).await?;
+                rows.into_iter().map(Job::try_from).collect()
+            }
+
+            async fn ended_count(&self, user_id: Option<i64>, failed: Option<bool>) -> StoreResult<i64> {
+                Ok(sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM jobs WHERE outcome IS NOT NULL AND in_history \
+                     AND ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR (state = 'failed') = $2)",
+                )
+                .bind(user_id)
+                .bind(failed)
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
             async fn hide_history(&self, user_id: Option<i64>, prompt_ids: Option<&[String]>) -> StoreResult<u64> {
                 let Some(ids) = prompt_ids else {
                     return Ok(sqlx::query(
