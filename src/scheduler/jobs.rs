@@ -165,9 +165,12 @@ pub(super) struct Active {
     pub priority: super::priority::Priority,
     /// `extra_data.webhook` as submitted (told to observers; never forwarded).
     pub webhook: Option<Arc<Value>>,
-    /// Since when (unix ms) jobs behind it in fair order have gone first (to spare a model
-    /// swap) while it waited; bounded by `[scheduler] max_extra_wait`.
-    pub passed_since: Option<i64>,
+    /// How long (ms, estimated) jobs behind it in fair order have kept it waiting by going
+    /// first to spare a model swap; with [`waiting_since`](Self::waiting_since), bounded by
+    /// `[scheduler] max_extra_wait`.
+    pub held_back_ms: f64,
+    /// Since when (unix ms) it has been left for a busy backend that has its models loaded.
+    pub waiting_since: Option<i64>,
     /// Whether its run started with a model swap on its backend (for learning load times).
     pub swapped: bool,
 }
@@ -285,7 +288,8 @@ impl Active {
             started_at: None,
             priority: super::priority::Priority::Normal,
             webhook: None,
-            passed_since: None,
+            held_back_ms: 0.0,
+            waiting_since: None,
             swapped: false,
         }
     }

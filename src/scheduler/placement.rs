@@ -6,8 +6,9 @@
 //!   free sooner than the load would take;
 //! - a later job of the same class that needs no load on a free backend may go first;
 //!
-//! both only until the job has been held back for `[scheduler] max_extra_wait`: then it takes
-//! the next backend that can run it, swap or not. Among backends, the one with the least to
+//! both only until the job has been held back for `[scheduler] max_extra_wait` in all (the
+//! estimated runs of the jobs that went first, and the time it waited for a busy backend): then
+//! it takes the next backend that can run it, swap or not. Among backends, the one with the least to
 //! load wins, then the one meant for the job's models (`[[backends]] models`), then the one
 //! whose loaded models the fewest waiting jobs need, then the least loaded. A backend
 //! `exclusive` to its models never gets another job.
@@ -101,8 +102,7 @@ impl Scheduler {
                     .count()
             };
             let Some((head_seat, head_cost)) = best_seat(swaps, head, &seats, demand) else { break };
-            let held_long =
-                |job: &Active| max_extra_ms == 0 || job.passed_since.is_some_and(|t| now - t >= max_extra_ms);
+            let held_long = |job: &Active| max_extra_ms == 0 || job.extra_wait_ms(now) >= max_extra_ms as f64;
             let mut choice = (head_id.clone(), head_seat);
             if head_cost > 0.0 && !held_long(head) {
                 // A busy backend with its models, free before the load would be done?
@@ -116,7 +116,9 @@ impl Scheduler {
                 });
                 if soon {
                     deferred.insert(head_id.clone());
-                    pass_over(&mut inner.jobs, std::slice::from_ref(&head_id), now);
+                    if let Some(job) = inner.jobs.get_mut(&head_id) {
+                        job.waiting_since.get_or_insert(now);
+                    }
                     continue;
                 }
                 // A later job of the same class that loads nothing on a free backend.
@@ -143,7 +145,8 @@ impl Scheduler {
                 }
                 if choice.0 != head_id {
                     passed.retain(|id| *id != choice.0);
-                    pass_over(&mut inner.jobs, &passed, now);
+                    let delay = jobs.get(&choice.0).map_or(0.0, |j| swaps.run_ms(&models_of(j)));
+                    pass_over(&mut inner.jobs, &passed, delay);
                 }
             }
             let (id, seat_index) = choice;
@@ -164,7 +167,8 @@ impl Scheduler {
             job.backend = Some(backend.name().to_owned());
             job.attempt += 1;
             job.accepted = false;
-            job.passed_since = None;
+            job.held_back_ms = 0.0;
+            job.waiting_since = None;
             *running.entry(job.owner).or_default() += 1;
             out.push(Dispatch {
                 public_id: job.public_id.to_string(),
@@ -188,12 +192,19 @@ fn models_of(job: &Active) -> BTreeSet<String> {
     job.requirements.as_ref().map(|r| r.model_files()).unwrap_or_default()
 }
 
-/// Marks jobs as held back since `now` (unless they already were).
-fn pass_over(jobs: &mut HashMap<Arc<str>, Active>, ids: &[Arc<str>], now: i64) {
+/// Counts `delay_ms` (the run of the job that went first) against each job it passed.
+fn pass_over(jobs: &mut HashMap<Arc<str>, Active>, ids: &[Arc<str>], delay_ms: f64) {
     for id in ids {
         if let Some(job) = jobs.get_mut(id) {
-            job.passed_since.get_or_insert(now);
+            job.held_back_ms += delay_ms;
         }
+    }
+}
+
+impl Active {
+    /// How much longer (ms) than fair order alone it has waited, to spare model swaps.
+    fn extra_wait_ms(&self, now: i64) -> f64 {
+        self.held_back_ms + self.waiting_since.map_or(0.0, |t| (now - t).max(0) as f64)
     }
 }
 
