@@ -714,7 +714,7 @@ async fn an_admin_sets_a_users_limits_and_removes_a_user_from_their_page() {
     post_ok(&gw, limits, &admin, &[("csrf", &csrf), ("max_waiting", "1"), ("max_upload", "20.0 MiB")], to).await;
     assert!(page(&gw, to, &admin).await.contains("value=\"20.0 MiB\""));
     let out = gw.cli(&["user", "limits", "carol"], None).await.ok();
-    assert!(out.stdout.contains("max-waiting    1"), "{out:?}");
+    assert!(out.stdout.contains("max-waiting          1"), "{out:?}");
     let running = submit_ok(&gw, &carol, job("c", 1, 3_000)).await;
     poll(DEADLINE, "carol's first job running", || async {
         let q: Value = client().get(format!("{}/queue", backend.url())).send().await.ok()?.json().await.ok()?;

@@ -41,7 +41,10 @@ async fn waiting_jobs_are_limited_per_user_even_when_submitted_at_once() {
     gw.add_user("alice", "user").await;
     let (bob, alice) = (gw.token("bob", "t").await, gw.token("alice", "t").await);
     let shown = limits(&gw, &["bob", "--max-waiting", "5"]).await;
-    assert!(shown.contains("max-waiting    5") && shown.contains("max-running    no limit (default)"), "{shown}");
+    assert!(
+        shown.contains("max-waiting          5") && shown.contains("max-running          no limit (default)"),
+        "{shown}"
+    );
     occupy(&gw, &admin, 3_000).await;
 
     let attempts = (0..40).map(|i| {

@@ -27,15 +27,20 @@ fn print_limits(username: &str, limits: &Limits, set: &UserLimits) {
     let size = |n: u64| bytesize::ByteSize::b(n).display().iec().to_string();
     let origin = |own: Option<i64>| if own.is_some() { "" } else { " (default)" };
     println!("limits of `{username}`:");
-    println!("  max-waiting    {}{}", count(limits.max_waiting), origin(set.max_waiting));
-    println!("  max-running    {}{}", count(limits.max_running), origin(set.max_running));
-    println!("  jobs-per-hour  {}{}", count(limits.jobs_per_hour), origin(set.jobs_per_hour));
-    println!("  max-upload     {}{}", size(limits.max_upload), origin(set.max_upload_bytes));
-    println!("  max-workflow   {}{}", size(limits.max_workflow), origin(set.max_workflow_bytes));
-    println!("  max-priority   {}{}", limits.max_priority, origin(set.max_priority));
-    println!("  default-priority {}{}", limits.default_priority, origin(set.default_priority));
-    println!("  weight         {}{}", limits.weight, origin(set.share_weight));
-    println!("  gpu-seconds-per-day  {}{}", count(limits.gpu_seconds_per_day), origin(set.gpu_seconds_per_day));
+    println!("  {:<20} {}{}", "max-waiting", count(limits.max_waiting), origin(set.max_waiting));
+    println!("  {:<20} {}{}", "max-running", count(limits.max_running), origin(set.max_running));
+    println!("  {:<20} {}{}", "jobs-per-hour", count(limits.jobs_per_hour), origin(set.jobs_per_hour));
+    println!("  {:<20} {}{}", "max-upload", size(limits.max_upload), origin(set.max_upload_bytes));
+    println!("  {:<20} {}{}", "max-workflow", size(limits.max_workflow), origin(set.max_workflow_bytes));
+    println!("  {:<20} {}{}", "max-priority", limits.max_priority, origin(set.max_priority));
+    println!("  {:<20} {}{}", "default-priority", limits.default_priority, origin(set.default_priority));
+    println!("  {:<20} {}{}", "weight", limits.weight, origin(set.share_weight));
+    println!(
+        "  {:<20} {}{}",
+        "gpu-seconds-per-day",
+        count(limits.gpu_seconds_per_day),
+        origin(set.gpu_seconds_per_day)
+    );
 }
 
 /// How long to wait for running gateways to confirm a revocation.
