@@ -94,13 +94,10 @@ impl Scheduler {
             let Some((_, head_id, head_class)) = candidates.first().cloned() else { break };
             let Some(head) = jobs.get(&head_id) else { break };
             let head_models = models_of(head);
-            let demand = |s: &Seat| {
-                candidates
-                    .iter()
-                    .filter_map(|(_, id, _)| jobs.get(id))
-                    .filter(|j| !models_of(j).is_empty() && models_of(j).is_subset(&s.resident))
-                    .count()
-            };
+            // The candidates' models, read once for every seat's demand below.
+            let wanted: Vec<BTreeSet<String>> =
+                candidates.iter().filter_map(|(_, id, _)| jobs.get(id)).map(models_of).collect();
+            let demand = |s: &Seat| wanted.iter().filter(|m| !m.is_empty() && m.is_subset(&s.resident)).count();
             let Some((head_seat, head_cost)) = best_seat(swaps, head, &seats, demand) else { break };
             let held_long = |job: &Active| max_extra_ms == 0 || job.extra_wait_ms(now) >= max_extra_ms as f64;
             let mut choice = (head_id.clone(), head_seat);
