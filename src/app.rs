@@ -108,7 +108,8 @@ pub async fn start(app: App) -> Result<Running, StartError> {
     let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
     let app: AppState = Arc::new(app);
     let watch_shutdown = app.lifecycle.subscribe();
-    let maintenance = tokio::spawn(app.auth.clone().maintain(app.instance.clone(), watch_shutdown.clone()));
+    let maintenance =
+        tokio::spawn(app.auth.clone().maintain(app.instance.clone(), app.bus.clone(), watch_shutdown.clone()));
     let (watchers, scheduling) = spawn_scheduling(&app, &watch_shutdown);
     let mut tasks = Vec::new();
     if let Some((bound, _)) = metrics_listener {
@@ -181,7 +182,38 @@ fn spawn_scheduling(app: &AppState, shutdown: &watch::Receiver<bool>) -> (Watche
     let audit_repeats = tokio::spawn(app.audit.clone().flush_repeats(shutdown.clone()));
     let webhooks = tokio::spawn(crate::webhooks::worker::run(app.webhooks.clone(), shutdown.clone()));
     let drains = tokio::spawn(crate::usage::drain::maintain(app.scheduler.clone(), shutdown.clone()));
-    (watchers, vec![feed, purge, purge_audit, audit_repeats, webhooks, drains])
+    let mut tasks = vec![feed, purge, purge_audit, audit_repeats, webhooks, drains];
+    if let Some(bus) = &app.bus {
+        tasks.push(tokio::spawn(app.scheduler.clone().follow_notes(bus.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(lead_when_elected(app.clone(), shutdown.clone())));
+    }
+    (watchers, tasks)
+}
+
+/// Replicas: waits for the scheduler's lock, then schedules until the gateway stops. A gateway
+/// that loses the lock (its connection failed) or finds another scheduling in its place stops
+/// at once, with an error: it cannot know what the other has done meanwhile.
+async fn lead_when_elected(app: AppState, shutdown: watch::Receiver<bool>) {
+    let leadership = crate::cluster::Leadership::new(&app.config.store.database_url());
+    let scheduler = app.scheduler.clone();
+    let elected = || async {
+        if let Err(e) = scheduler.lead(&app.instance).await {
+            // Holding the lock without a queue helps nobody: give it up by stopping.
+            app.scheduler.stop_dispatching();
+            app.lifecycle.fail(format!("took the scheduler's lock but cannot read the queue: {e}"));
+        }
+    };
+    let ended = tokio::select! {
+        ended = leadership.run(shutdown, elected) => ended,
+        () = app.scheduler.superseded() => {
+            crate::cluster::leader::Ended::Lost("another gateway claimed jobs under a newer term".to_owned())
+        }
+    };
+    if let crate::cluster::leader::Ended::Lost(why) = ended {
+        app.scheduler.stop_dispatching();
+        tracing::error!(reason = %why, "lost the scheduler's lock: stopping (another gateway takes over the queue)");
+        app.lifecycle.fail(format!("lost the scheduler's lock: {why}"));
+    }
 }
 
 /// Deletes ended jobs older than `retention`, at start and then hourly.

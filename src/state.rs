@@ -65,6 +65,8 @@ pub struct App {
     pub flashes: crate::auth::flash::Flashes,
     /// Webhooks: the outbox and its signing keys.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// With replicas (a shared store): the notifications between them.
+    pub bus: Option<Arc<crate::cluster::Bus>>,
 }
 
 impl App {
@@ -76,18 +78,21 @@ impl App {
         let instance = format!("{}-{}", hostname(), &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let pool = Arc::new(Pool::new(&config, &instance)?);
         let webhooks = Arc::new(crate::webhooks::Webhooks::new(&config, store.clone()));
-        let scheduler = Arc::new(
-            Scheduler::load(
-                store.clone(),
-                pool,
-                config.scheduler.clone(),
-                config.limits.clone(),
-                config.server.max_request_body.as_u64(),
-                metrics.clone(),
-                audit.clone(),
-            )
-            .await?,
-        );
+        let lifecycle = Lifecycle::default();
+        let (limits, max_body) = (config.limits.clone(), config.server.max_request_body.as_u64());
+        let parts = (store.clone(), pool, config.scheduler.clone(), limits, max_body, metrics.clone(), audit.clone());
+        // Replicas (a shared store): this gateway schedules only once it holds the scheduler's
+        // lock (`app::start`); until then it queues into the store for the one that does.
+        let (scheduler, bus) = if store.shared() {
+            let bus = crate::cluster::Bus::start(&config.store.database_url(), &instance, lifecycle.subscribe()).await;
+            let (store, pool, scheduling, limits, max_body, metrics, audit) = parts;
+            let scheduler = Scheduler::standby(store, pool, scheduling, limits, max_body, metrics, audit);
+            scheduler.join(bus.clone());
+            (Arc::new(scheduler), Some(bus))
+        } else {
+            let (store, pool, scheduling, limits, max_body, metrics, audit) = parts;
+            (Arc::new(Scheduler::load(store, pool, scheduling, limits, max_body, metrics, audit).await?), None)
+        };
         scheduler.observe(webhooks.clone());
         scheduler.observe(Arc::new(crate::usage::Ledger::new(store.clone())));
         // Drains kept in the store hold from the first dispatch on.
@@ -115,7 +120,8 @@ impl App {
             userdata,
             metrics,
             store_probe,
-            lifecycle: Lifecycle::default(),
+            lifecycle,
+            bus,
             flashes: Default::default(),
             webhooks,
         })

@@ -237,6 +237,8 @@ async fn run_job(state: &Arc<AppState>, item: QueueItem, interrupt: Arc<Notify>)
     let send = |t: &str, data: J| state.lock().send(&message(t, data), to);
 
     let run = state.run_started(&pid);
+    // One line per run on standard output: tests check that no prompt ran twice anywhere.
+    println!("sim: execution_start {pid}");
     add_message(&mut messages, "execution_start", pid_obj(), false);
     let order = execution_order(&prompt, &item.outputs);
     let signatures = signatures(&prompt, &order);

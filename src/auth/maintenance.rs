@@ -4,6 +4,10 @@
 //! it moves, and records the epoch it has applied; the CLI waits for every live gateway to
 //! confirm, so `comfygate token revoke` has taken effect everywhere when it returns.
 //! If the store cannot be read for a while, caches are dropped too: fail closed.
+//!
+//! With replicas on PostgreSQL the store pushes every bump (a trigger's `NOTIFY`, see
+//! [`crate::cluster`]): the epoch is read at once, and polled only while the notification
+//! connection is down (otherwise once a second, with the heartbeat).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,16 +30,30 @@ const TRUST_WITHOUT_STORE: Duration = Duration::from_secs(3);
 
 impl Auth {
     /// Runs until `shutdown` turns true; `instance` names this process in the store.
-    pub async fn maintain(self: Arc<Self>, instance: String, mut shutdown: watch::Receiver<bool>) {
+    pub async fn maintain(
+        self: Arc<Self>,
+        instance: String,
+        bus: Option<Arc<crate::cluster::Bus>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(self.config.revocation_poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut last_ok, mut last_beat, mut last_use, mut last_purge) =
             (Instant::now(), None::<Instant>, Instant::now(), Instant::now());
+        let mut notes = bus.as_ref().map(|b| b.subscribe());
+        let listening = bus.as_ref().map(|b| b.listening());
+        let mut last_read: Option<Instant> = None;
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
+            let pushed = tokio::select! {
+                _ = tick.tick() => false,
+                () = revocation_pushed(&mut notes) => true,
                 _ = shutdown.changed() => break,
+            };
+            let pushes_arrive = listening.as_ref().is_some_and(|l| *l.borrow());
+            if !pushed && pushes_arrive && last_read.is_some_and(|t| t.elapsed() < HEARTBEAT_EVERY) {
+                continue;
             }
+            last_read = Some(Instant::now());
             match self.store.revocation_epoch().await {
                 Ok(epoch) => {
                     last_ok = Instant::now();
@@ -98,6 +116,21 @@ impl Auth {
             if let Err(e) = self.store.record_token_use(&tokens).await {
                 tracing::warn!(error = %e, "cannot record token use");
             }
+        }
+    }
+}
+
+/// Resolves when the store pushes a revocation (or this gateway fell behind its notes); never
+/// without a bus.
+async fn revocation_pushed(notes: &mut Option<tokio::sync::broadcast::Receiver<Arc<crate::cluster::Note>>>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(notes) = notes else { return std::future::pending().await };
+    loop {
+        match notes.recv().await {
+            Ok(note) if note.channel == crate::cluster::channel::REVOCATIONS => return,
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Closed) => return std::future::pending().await,
         }
     }
 }

@@ -65,7 +65,12 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
 
     let reloader = running.reloader();
     let stop = loop {
-        match signals.next().await {
+        let received = tokio::select! {
+            received = signals.next() => received,
+            // Stopping by itself (replicas: it lost the scheduler's lock).
+            () = running.app().lifecycle.stopped() => break "failure",
+        };
+        match received {
             Received::Stop(name) => break name,
             Received::Reload => reload(&reloader, &log, path.as_deref()).await,
         }
@@ -81,9 +86,13 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         eprintln!("comfygate: {again} again: exiting without waiting for open requests");
         std::process::exit(1);
     });
+    let failure = running.app().lifecycle.failure();
     running.shutdown().await;
     // Closing the pool lets SQLite checkpoint its journal into the database file.
     store.close().await;
+    if let Some(why) = failure {
+        anyhow::bail!("stopped: {why}");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -142,6 +142,7 @@ pub async fn list(app: &AppState, scope: Scope, viewer: i64, query: Option<&str>
         Scope::All => None,
     };
     let mut items: Vec<Listed> = Vec::new();
+    app.scheduler.fresh().await;
     let mut held: Vec<JobSummary> =
         app.scheduler.held_jobs(scope).into_iter().filter(|j| q.statuses.contains(&Status::of_held(j.state))).collect();
     let mut ended_total = 0;
@@ -206,6 +207,7 @@ pub async fn one(app: &AppState, scope: Scope, viewer: i64, id: &str) -> Result<
     let admin = matches!(scope, Scope::All);
     let not_found = || Ok(json_response(StatusCode::NOT_FOUND, &json!({"error": "Job not found"})));
     let store = app.scheduler.store();
+    app.scheduler.fresh().await;
     if let Some(held) = app.scheduler.held_job(scope, viewer, id) {
         let job = store.job(&held.id).await.map_err(unavailable)?;
         let request = job.as_ref().and_then(|j| serde_json::from_str::<Value>(&j.request).ok());

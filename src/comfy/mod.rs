@@ -133,7 +133,7 @@ pub async fn handle(
             let context = crate::http::audit_context::of_headers(req.headers(), client);
             prompt::submit(app, &caller, &context, req).await
         }
-        Route::PromptStatus => Ok(prompt::status(app)),
+        Route::PromptStatus => Ok(prompt::status(app).await),
         Route::Queue => match app.scheduler.queue_view(scope, caller.identity.user_id).await {
             Ok(view) => Ok(bytes_response(StatusCode::OK, Bytes::from(view))),
             Err(e) => {

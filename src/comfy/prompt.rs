@@ -64,6 +64,7 @@ async fn queue(app: &AppState, caller: &Caller, context: &Context, req: Request<
 }
 
 /// `GET /prompt`.
-pub fn status(app: &AppState) -> Response {
+pub async fn status(app: &AppState) -> Response {
+    app.scheduler.fresh().await;
     json_response(StatusCode::OK, &json!({"exec_info": {"queue_remaining": app.scheduler.queue_remaining()}}))
 }

@@ -58,6 +58,7 @@ async fn serve(app: AppState, caller: Caller, client_id: String, socket: WebSock
     let user = caller.identity.user_id;
     let mut frames = app.scheduler.subscribe(user, &client_id);
     let (mut sink, mut stream) = socket.split();
+    app.scheduler.fresh().await;
     let first = status_message(app.scheduler.queue_remaining(), Some(&client_id));
     if !send(&mut sink, Message::Text(first.into())).await {
         return;

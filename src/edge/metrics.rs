@@ -58,6 +58,7 @@ pub async fn serve_only_metrics(app: &App, method: &Method, uri: &Uri) -> Respon
 
 /// The gateway's state as the gauges show it.
 pub async fn snapshot(app: &App) -> Snapshot {
+    app.scheduler.fresh().await;
     let now = now_ms();
     let idle_since = now.saturating_sub(ms(app.config.auth.session_idle_timeout));
     let sessions = match app.scheduler.store().count_sessions(now, idle_since).await {

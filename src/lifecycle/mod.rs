@@ -13,11 +13,13 @@ use tokio::sync::watch;
 pub struct Lifecycle {
     stopping: watch::Sender<bool>,
     held: watch::Sender<usize>,
+    /// Why the gateway stops by itself, when it does (the process then exits with an error).
+    failure: std::sync::Mutex<Option<String>>,
 }
 
 impl Default for Lifecycle {
     fn default() -> Self {
-        Self { stopping: watch::Sender::new(false), held: watch::Sender::new(0) }
+        Self { stopping: watch::Sender::new(false), held: watch::Sender::new(0), failure: Default::default() }
     }
 }
 
@@ -25,6 +27,19 @@ impl Lifecycle {
     /// Tells every listener and task to stop (idempotent).
     pub fn stop(&self) {
         self.stopping.send_replace(true);
+    }
+
+    /// Stops the gateway because it cannot go on (`why` is reported at exit).
+    pub fn fail(&self, why: String) {
+        if let Ok(mut failure) = self.failure.lock() {
+            failure.get_or_insert(why);
+        }
+        self.stop();
+    }
+
+    /// Why the gateway stopped by itself, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
     }
 
     /// Whether the gateway is stopping.

@@ -52,6 +52,7 @@ impl Scheduler {
     /// gateway). Built from a snapshot taken under the lock and workflows read from the store
     /// outside it; a user's view costs in proportion to their own jobs.
     pub async fn queue_view(&self, scope: Scope, viewer: i64) -> Result<String, SchedulerError> {
+        self.fresh().await;
         let (mut running, mut dispatched, waiting) = {
             let inner = self.inner();
             let (mut running, mut dispatched) = (Vec::new(), Vec::new());
@@ -244,6 +245,7 @@ impl Scheduler {
     /// The gateway id, owner and backend of the job `viewer` calls `id` (their own id first;
     /// for admins, then the gateway's id), held now or recorded.
     pub async fn locate(&self, scope: Scope, viewer: i64, id: &str) -> Option<(String, i64, Option<String>)> {
+        self.fresh().await;
         if let Some(found) = self.held(scope, viewer, id) {
             let inner = self.inner();
             let job = inner.job(&found)?;
@@ -271,12 +273,17 @@ impl Scheduler {
     /// `POST /queue {"delete": [...]}` (ids as `viewer` knows them): jobs still waiting in the
     /// gateway are removed there; jobs handed to a backend are deleted from its queue.
     pub async fn delete(&self, scope: Scope, viewer: i64, ids: &[String]) {
+        self.fresh().await;
         let ids: Vec<String> = ids.iter().filter_map(|id| self.held(scope, viewer, id)).collect();
+        if !self.is_leading() {
+            self.pass_delete(scope, ids);
+            return self.stale().await;
+        }
         self.delete_held(scope, &ids, "deleted from the queue").await;
     }
 
     /// Deletes held jobs by gateway id (running ones are left alone).
-    async fn delete_held(&self, scope: Scope, ids: &[String], reason: &str) {
+    pub(super) async fn delete_held(&self, scope: Scope, ids: &[String], reason: &str) {
         for id in ids {
             let target = {
                 let mut inner = self.inner();
@@ -318,6 +325,10 @@ impl Scheduler {
 
     /// `POST /queue {"clear": true}`: every waiting job in scope.
     pub async fn clear(&self, scope: Scope) {
+        if !self.is_leading() {
+            self.pass_clear(scope);
+            return self.stale().await;
+        }
         let ids: Vec<String> = self
             .inner()
             .jobs
@@ -330,6 +341,7 @@ impl Scheduler {
 
     /// `POST /interrupt`: the named job (as `viewer` knows it), or every running job in scope.
     pub async fn interrupt(&self, scope: Scope, viewer: i64, prompt_id: Option<&str>) {
+        self.fresh().await;
         let prompt_id = match prompt_id {
             Some(id) => match self.held(scope, viewer, id) {
                 Some(found) => Some(found),
@@ -337,7 +349,16 @@ impl Scheduler {
             },
             None => None,
         };
-        let prompt_id = prompt_id.as_deref();
+        if !self.is_leading() {
+            self.pass_interrupt(scope, prompt_id);
+            return self.stale().await;
+        }
+        self.interrupt_held(scope, prompt_id.as_deref()).await;
+    }
+
+    /// Interrupts the held job `prompt_id` (gateway id) and deletes it from the queue, or every
+    /// running job in scope.
+    pub(super) async fn interrupt_held(&self, scope: Scope, prompt_id: Option<&str>) {
         let targets: Vec<(String, String)> = {
             let inner = self.inner();
             inner

@@ -26,6 +26,26 @@ const PREVIEWS_WHILE_FEWER_THAN: usize = 64;
 #[derive(Default)]
 pub struct Subscribers {
     clients: Mutex<HashMap<(i64, String), mpsc::Sender<Outgoing>>>,
+    /// With replicas, the gateway that schedules sends every frame to the others too: the
+    /// client's socket may be connected to any of them ([`Relayed`]).
+    relay: std::sync::OnceLock<std::sync::Arc<crate::cluster::Bus>>,
+}
+
+/// A frame as it travels between replicas.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Relayed {
+    /// For this user's client (absent: for every client).
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    user: Option<i64>,
+    /// Its `clientId`.
+    #[serde(rename = "c", default, skip_serializing_if = "String::is_empty")]
+    client: String,
+    /// A JSON message.
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+    /// A binary one, base64.
+    #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
+    binary: Option<String>,
 }
 
 impl Subscribers {
@@ -38,9 +58,53 @@ impl Subscribers {
         rx
     }
 
-    /// Sends to one client, if connected. A slow client misses previews first; one that
-    /// cannot take an event any more is disconnected (its socket closes), never left behind.
+    /// From now on, every frame sent here goes to the other replicas too.
+    pub fn relay_to(&self, bus: std::sync::Arc<crate::cluster::Bus>) {
+        let _ = self.relay.set(bus);
+    }
+
+    /// Sends to one client, wherever it is connected (this gateway, or with replicas any).
     pub fn send(&self, user_id: i64, client_id: &str, frame: Outgoing) {
+        if let Some(bus) = self.relay.get() {
+            let (text, binary) = match &frame {
+                Outgoing::Text(t) => (Some(t.clone()), None),
+                Outgoing::Binary(b) => {
+                    use base64::Engine as _;
+                    (None, Some(base64::engine::general_purpose::STANDARD.encode(b)))
+                }
+            };
+            let relayed = Relayed { user: Some(user_id), client: client_id.to_owned(), text, binary };
+            bus.publish(crate::cluster::channel::EVENTS, &serde_json::to_string(&relayed).unwrap_or_default());
+        }
+        self.deliver(user_id, client_id, frame);
+    }
+
+    /// Delivers a frame another replica relayed to the clients connected here.
+    pub fn deliver_relayed(&self, body: &str) {
+        let Ok(relayed) = serde_json::from_str::<Relayed>(body) else {
+            return tracing::debug!("unreadable relayed frame dropped");
+        };
+        let frame = match (relayed.text, relayed.binary) {
+            (Some(text), _) => Outgoing::Text(text),
+            (None, Some(b64)) => {
+                use base64::Engine as _;
+                match base64::engine::general_purpose::STANDARD.decode(b64) {
+                    Ok(bytes) => Outgoing::Binary(Bytes::from(bytes)),
+                    Err(_) => return,
+                }
+            }
+            (None, None) => return,
+        };
+        match (relayed.user, frame) {
+            (Some(user), frame) => self.deliver(user, &relayed.client, frame),
+            (None, Outgoing::Text(text)) => self.broadcast_here(&text),
+            (None, Outgoing::Binary(_)) => {}
+        }
+    }
+
+    /// Sends to one client connected here. A slow client misses previews first; one that
+    /// cannot take an event any more is disconnected (its socket closes), never left behind.
+    fn deliver(&self, user_id: i64, client_id: &str, frame: Outgoing) {
         let Ok(mut clients) = self.clients.lock() else { return };
         let key = (user_id, client_id.to_owned());
         let Some(tx) = clients.get(&key) else { return };
@@ -53,8 +117,17 @@ impl Subscribers {
         }
     }
 
-    /// Sends to every connected client.
+    /// Sends to every connected client (with replicas, of every gateway).
     pub fn broadcast(&self, text: &str) {
+        if let Some(bus) = self.relay.get() {
+            let relayed = Relayed { user: None, client: String::new(), text: Some(text.to_owned()), binary: None };
+            bus.publish(crate::cluster::channel::EVENTS, &serde_json::to_string(&relayed).unwrap_or_default());
+        }
+        self.broadcast_here(text);
+    }
+
+    /// Sends to every client connected here.
+    fn broadcast_here(&self, text: &str) {
         let Ok(mut clients) = self.clients.lock() else { return };
         clients.retain(|_, tx| accepted(tx, Outgoing::Text(text.to_owned())));
     }
@@ -84,6 +157,26 @@ pub fn status_message(queue_remaining: usize, sid: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn relayed_frames_reach_only_the_owner_of_the_client_id_here() {
+        let subs = Subscribers::default();
+        let mut alice = subs.subscribe(1, "tab");
+        let mut bob = subs.subscribe(2, "tab");
+        let text = Relayed { user: Some(1), client: "tab".into(), text: Some("for alice".into()), binary: None };
+        subs.deliver_relayed(&serde_json::to_string(&text).unwrap_or_default());
+        let preview = Relayed { user: Some(1), client: "tab".into(), text: None, binary: Some("AAEC".into()) };
+        subs.deliver_relayed(&serde_json::to_string(&preview).unwrap_or_default());
+        assert!(matches!(alice.recv().await, Some(Outgoing::Text(t)) if t == "for alice"));
+        assert!(matches!(alice.recv().await, Some(Outgoing::Binary(b)) if b.as_ref() == [0, 1, 2]));
+        assert!(bob.try_recv().is_err());
+        let all = Relayed { user: None, client: String::new(), text: Some("status".into()), binary: None };
+        subs.deliver_relayed(&serde_json::to_string(&all).unwrap_or_default());
+        assert!(matches!(bob.recv().await, Some(Outgoing::Text(t)) if t == "status"));
+        subs.deliver_relayed("not json");
+        subs.deliver_relayed(r#"{"u":2,"c":"tab","b":"not base64!"}"#);
+        assert!(bob.try_recv().is_err());
+    }
 
     #[tokio::test]
     async fn frames_reach_only_the_owner_of_the_client_id() {

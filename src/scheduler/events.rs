@@ -39,14 +39,22 @@ impl Scheduler {
     /// Handles one frame from a backend's monitor socket.
     pub async fn on_frame(self: &Arc<Self>, backend_name: &str, frame: Frame) {
         let Some(backend) = self.pool.get(backend_name) else { return };
-        backend.load().last_event = Some(std::time::Instant::now());
+        // A replica that does not schedule keeps its sockets open (to schedule at once when it
+        // takes over) but acts on nothing they say.
+        let leading = self.is_leading();
+        if leading {
+            backend.load().last_event = Some(std::time::Instant::now());
+        }
         match frame {
             Frame::Connected => {
                 backend.load().monitored = true;
-                self.spawn_reconcile(&backend);
-                self.kick();
+                if leading {
+                    self.spawn_reconcile(&backend);
+                    self.kick();
+                }
             }
             Frame::Disconnected => backend.load().monitored = false,
+            _ if !leading => {}
             Frame::Binary(data) => {
                 let running = backend.load().running.clone();
                 let Some(id) = running else { return };
@@ -301,6 +309,9 @@ impl Scheduler {
 
     /// Reacts to a backend going down or coming back.
     pub async fn on_backend_event(self: &Arc<Self>, event: BackendEvent) {
+        if !self.is_leading() {
+            return;
+        }
         match event {
             BackendEvent::Down(name) => {
                 self.evacuate(&name, &format!("ComfyUI backend `{name}` stopped answering")).await
@@ -372,6 +383,9 @@ impl Scheduler {
     /// Settles the jobs of backends that have been quiet for a while: their events may go
     /// elsewhere (jobs dispatched before a gateway restart) or have been missed.
     pub fn reconcile_quiet(self: &Arc<Self>, quiet_for: std::time::Duration) {
+        if !self.is_leading() {
+            return;
+        }
         for backend in self.pool.healthy() {
             let quiet = {
                 let load = backend.load();

@@ -294,6 +294,19 @@ impl Active {
         }
     }
 
+    /// A held job read back from the store, with what its stored request keeps (priority,
+    /// webhook) and the request itself until its requirements are known.
+    pub fn resumed(job: &Job, id: &Arc<str>, names: &mut Names) -> Self {
+        let mut active = Self::from_job(job, id, names);
+        active.request = serde_json::from_str(&job.request).ok().map(Arc::new);
+        if let Some(request) = &active.request {
+            let kept = Kept::of_stored(request);
+            active.priority = kept.priority;
+            active.webhook = kept.webhook.map(Arc::new);
+        }
+        active
+    }
+
     /// What its run has shown, to add to.
     pub fn record(&mut self) -> &mut Record {
         self.record.get_or_insert_with(Box::default)

@@ -25,6 +25,7 @@ mod jobs;
 pub mod observe;
 mod owners;
 mod placement;
+mod replicas;
 pub use crate::config::priority;
 pub mod submission;
 pub mod swaps;
@@ -111,6 +112,20 @@ struct Inner {
 }
 
 impl Inner {
+    fn new(config: &SchedulerConfig) -> Self {
+        Inner {
+            queue: FairQueue::new(config.fair_share_half_life, config.default_run_time),
+            swaps: swaps::Swaps::new(config),
+            jobs: HashMap::new(),
+            abandoned: HashMap::new(),
+            reconciling: HashSet::new(),
+            unanalysed: Vec::new(),
+            by_public: HashMap::new(),
+            limits: HashMap::new(),
+            names: jobs::Names::default(),
+        }
+    }
+
     fn insert(&mut self, id: Arc<str>, job: Active) {
         if job.public_id != id {
             self.by_public.insert((job.owner, job.public_id.clone()), id.clone());
@@ -189,10 +204,14 @@ pub struct Scheduler {
     dispatch_stopped: std::sync::atomic::AtomicBool,
     /// Told of every job's start and end ([`observe`]).
     observers: std::sync::RwLock<Vec<Arc<dyn observe::JobObserver>>>,
+    /// Replicas: whether this gateway schedules, under which term, and how it talks to the
+    /// others ([`replicas`]).
+    replicas: replicas::Replicas,
 }
 
 impl Scheduler {
-    /// Loads the jobs the store still has waiting or running.
+    /// Loads the jobs the store still has waiting or running and schedules them (the only
+    /// gateway on its store, or the first to hold the scheduler's lock).
     pub async fn load(
         store: Arc<dyn Store>,
         pool: Arc<Pool>,
@@ -202,47 +221,62 @@ impl Scheduler {
         metrics: Arc<Metrics>,
         audit: Arc<crate::audit::Audit>,
     ) -> Result<Self, StoreError> {
-        let numbers = AtomicI64::new(store.max_job_number().await?);
-        let mut inner = Inner {
-            queue: FairQueue::new(config.fair_share_half_life, config.default_run_time),
-            swaps: swaps::Swaps::new(&config),
-            jobs: HashMap::new(),
-            abandoned: HashMap::new(),
-            reconciling: HashSet::new(),
-            unanalysed: Vec::new(),
-            by_public: HashMap::new(),
-            limits: HashMap::new(),
-            names: jobs::Names::default(),
-        };
+        let scheduler = Self::standby(store, pool, config, limits, max_request_body, metrics, audit);
+        scheduler.resume("gateway").await?;
+        Ok(scheduler)
+    }
+
+    /// A scheduler that does not schedule yet: it takes submissions into the store for the
+    /// gateway that does, and shows the queue from the store, until [`lead`](Self::lead).
+    pub fn standby(
+        store: Arc<dyn Store>,
+        pool: Arc<Pool>,
+        config: SchedulerConfig,
+        limits: LimitsConfig,
+        max_request_body: u64,
+        metrics: Arc<Metrics>,
+        audit: Arc<crate::audit::Audit>,
+    ) -> Self {
+        Self {
+            files: FileLocations::new(store.clone()),
+            inner: Mutex::new(Inner::new(&config)),
+            store,
+            audit,
+            pool,
+            config,
+            limits: std::sync::RwLock::new(Arc::new(limits)),
+            max_request_body,
+            submitting: Mutex::new(HashMap::new()),
+            large_views: tokio::sync::Semaphore::new(1),
+            numbers: AtomicI64::new(0),
+            announced: AtomicUsize::new(usize::MAX),
+            subscribers: Subscribers::default(),
+            metrics,
+            dispatch_stopped: std::sync::atomic::AtomicBool::new(false),
+            observers: std::sync::RwLock::new(Vec::new()),
+            replicas: replicas::Replicas::default(),
+        }
+    }
+
+    /// Takes the next scheduling term (claims under older ones fail from now on), then loads
+    /// every job the store holds waiting or running, in place of whatever was shown before.
+    async fn resume(&self, instance: &str) -> Result<(), StoreError> {
+        let term = self.store.take_scheduler_term(instance, now_ms()).await?;
+        let numbers = self.store.max_job_number().await?;
+        let config = &self.config;
+        let pool = &self.pool;
+        let store = &self.store;
+        let mut inner = Inner::new(config);
+        for backend in pool.all().iter() {
+            backend.load().inflight.clear();
+        }
         for job in store.jobs_in_states(&[JobState::Queued, JobState::Dispatched, JobState::Running]).await? {
             let id: Arc<str> = Arc::from(job.prompt_id.as_str());
-            let mut active = Active::from_job(&job, &id, &mut inner.names);
-            active.request = serde_json::from_str(&job.request).ok().map(Arc::new);
-            if let Some(request) = &active.request {
-                let kept = jobs::Kept::of_stored(request);
-                active.priority = kept.priority;
-                active.webhook = kept.webhook.map(Arc::new);
-            }
+            let active = Active::resumed(&job, &id, &mut inner.names);
             inner.unanalysed.push(id.clone());
             // A job handed to a backend that is still configured stays with it (reconciled once
             // its socket connects); anything else waits in the queue again.
-            let holder = match job.state {
-                JobState::Dispatched | JobState::Running => job.backend.as_deref().and_then(|b| pool.get(b)),
-                _ => None,
-            };
-            match holder {
-                Some(backend) => {
-                    active.attempt = 1;
-                    backend.load().inflight.push(job.prompt_id.clone());
-                }
-                None => {
-                    active.state = JobState::Queued;
-                    active.backend = None;
-                    active.accepted = false;
-                    inner.queue.push_back(job.user_id, id.clone(), active.priority);
-                }
-            }
-            inner.insert(id, active);
+            self.place(&mut inner, id, active, true);
         }
         if !inner.jobs.is_empty() {
             tracing::info!(jobs = inner.jobs.len(), "resumed jobs from the store");
@@ -255,29 +289,40 @@ impl Scheduler {
             inner.queue.charge(user, run_ms as f64, ended_at);
         }
         let owners: HashSet<i64> = inner.jobs.values().map(|j| j.owner).collect();
+        let limits = self.limits();
         for owner in owners {
-            let resolved = Limits::of(store.as_ref(), &limits, max_request_body, owner).await?;
+            let resolved = Limits::of(store.as_ref(), &limits, self.max_request_body, owner).await?;
             inner.queue.set_weight(owner, resolved.weight);
             inner.limits.insert(owner, resolved);
         }
-        Ok(Self {
-            files: FileLocations::new(store.clone()),
-            store,
-            audit,
-            pool,
-            config,
-            limits: std::sync::RwLock::new(Arc::new(limits)),
-            max_request_body,
-            inner: Mutex::new(inner),
-            submitting: Mutex::new(HashMap::new()),
-            large_views: tokio::sync::Semaphore::new(1),
-            numbers,
-            announced: AtomicUsize::new(usize::MAX),
-            subscribers: Subscribers::default(),
-            metrics,
-            dispatch_stopped: std::sync::atomic::AtomicBool::new(false),
-            observers: std::sync::RwLock::new(Vec::new()),
-        })
+        self.numbers.store(numbers, Ordering::Release);
+        *self.inner() = inner;
+        self.replicas.began(term);
+        Ok(())
+    }
+
+    /// Holds `active` in `inner`: with the backend its record names when that one is still in
+    /// the pool (`resumed`: and it was handed there), else in the queue.
+    fn place(&self, inner: &mut Inner, id: Arc<str>, mut active: Active, resumed: bool) {
+        let holder = match active.state {
+            JobState::Dispatched | JobState::Running => active.backend.as_deref().and_then(|b| self.pool.get(b)),
+            _ => None,
+        };
+        match holder {
+            Some(backend) => {
+                if resumed {
+                    active.attempt = 1;
+                }
+                backend.load().inflight.push(id.to_string());
+            }
+            None => {
+                active.state = JobState::Queued;
+                active.backend = None;
+                active.accepted = false;
+                inner.queue.push_back(active.owner, id.clone(), active.priority);
+            }
+        }
+        inner.insert(id, active);
     }
 
     /// The GPU time (ms) a dispatch charges its owner until the job's real run time is known.
@@ -357,6 +402,8 @@ impl Scheduler {
         // One submission of this user at a time: the counts below hold until it is queued.
         let turn = self.submitting_lock(by.user_id);
         let turn = turn.lock().await;
+        // Not scheduling: the counts come from the store (what the other gateways queued too).
+        self.fresh().await;
         if let Some(refusal) = self.over_limits(by.user_id, &limits).await? {
             return Ok(Answer::refused(&refusal));
         }
@@ -371,7 +418,10 @@ impl Scheduler {
             Some(req) => self.backend_holding(by.user_id, &req.input_files).await?,
             None => None,
         };
-        let number = self.numbers.fetch_add(1, Ordering::AcqRel) + 1;
+        let number = match self.store.next_job_number().await? {
+            Some(number) => number,
+            None => self.numbers.fetch_add(1, Ordering::AcqRel) + 1,
+        };
         let kept = jobs::Kept { priority, webhook: submission.webhook.clone() };
         // Credentials never reach the store: they wait in memory for the dispatch.
         let mut request = submission.request;
@@ -423,6 +473,13 @@ impl Scheduler {
                 ));
             }
             Err(e) => return Err(e.into()),
+        }
+        if !self.is_leading() {
+            // Another gateway schedules: it is told (credentials go along, never stored).
+            self.announce_queued(&prompt_id, secrets);
+            drop(turn);
+            self.stale().await;
+            return Ok(accepted(&public_id, number, &Value::Object(Map::new())));
         }
         let (tx, mut rx) = oneshot::channel();
         {
@@ -596,6 +653,20 @@ impl Scheduler {
                 return;
             }
         };
+        // With replicas, the dispatch is claimed in the store first: under this gateway's term,
+        // so a gateway that lost the lead without knowing yet hands nothing out twice.
+        match self.claim(&id, backend.name()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.release(&id, &backend, attempt);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(prompt_id = %id, error = %e, "cannot claim the job's dispatch; it waits");
+                self.release(&id, &backend, attempt);
+                return;
+            }
+        }
         let withheld = body.as_object_mut().is_some_and(|m| m.remove(WITHHELD).is_some());
         if let Some(map) = body.as_object_mut() {
             map.remove(jobs::GATEWAY_KEY);

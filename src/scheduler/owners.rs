@@ -51,6 +51,9 @@ impl Scheduler {
     /// no longer active are cancelled (waiting), withdrawn (on a backend, not started) or
     /// interrupted (running).
     pub async fn prune_owners(self: &Arc<Self>) {
+        if !self.is_leading() {
+            return;
+        }
         let owners: BTreeSet<(i64, Option<i64>)> = self.inner().jobs.values().map(|j| (j.owner, j.token_id)).collect();
         for (owner, token_id) in owners {
             let Some(reason) = self.inactive_reason(owner, token_id).await else { continue };

@@ -41,7 +41,7 @@ struct Seat {
 impl Scheduler {
     /// Decides the next dispatches under the scheduler's lock (see the module's rules).
     pub(super) fn assign(&self) -> Vec<Dispatch> {
-        if self.dispatch_stopped.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.dispatch_stopped.load(std::sync::atomic::Ordering::SeqCst) || !self.is_leading() {
             return Vec::new();
         }
         let known = self.pool.capabilities_complete().then(|| self.pool.known_capabilities(Reach::Any)).flatten();

@@ -230,6 +230,20 @@ pub trait Store: Send + Sync + 'static {
     async fn owner_active(&self, user_id: i64, token_id: Option<i64>, now: i64) -> StoreResult<bool>;
     /// The highest job number given so far (0 if none).
     async fn max_job_number(&self) -> StoreResult<i64>;
+    /// The next queue number from the store's own sequence, when several gateways submit to it
+    /// (PostgreSQL); `None` when one gateway alone numbers its jobs (SQLite).
+    async fn next_job_number(&self) -> StoreResult<Option<i64>>;
+    /// Takes the next scheduling term for `instance` (which holds the scheduler's lock) and
+    /// returns it: claims made under older terms fail from now on.
+    async fn take_scheduler_term(&self, instance: &str, now: i64) -> StoreResult<i64>;
+    /// Claims a job for a dispatch to `backend` under `term`: it becomes `dispatched` there,
+    /// unless it has ended or `term` is no longer the store's (another gateway schedules now).
+    async fn claim_job(&self, prompt_id: &str, backend: &str, term: i64) -> StoreResult<bool>;
+    /// The jobs waiting, dispatched or running, by number, without their requests (for the
+    /// queue views of a gateway that does not schedule).
+    async fn held_jobs_brief(&self) -> StoreResult<Vec<Job>>;
+    /// Gateway ids of the jobs waiting in the queue that were submitted before `before` (ms).
+    async fn queued_job_ids(&self, before: i64) -> StoreResult<Vec<String>>;
     /// Records which backend holds a file.
     async fn record_file(&self, file: &StoredFile) -> StoreResult<()>;
     /// The files of one kind (`input`, `output`, `temp`) recorded as `user_id`'s, newest first.

@@ -984,6 +984,65 @@ macro_rules! impl_store {
                 Ok(max.unwrap_or(0))
             }
 
+            async fn next_job_number(&self) -> StoreResult<Option<i64>> {
+                if !$shared {
+                    return Ok(None);
+                }
+                Ok(Some(sqlx::query_scalar("SELECT nextval('job_numbers')").fetch_one(&self.pool).await?))
+            }
+
+            async fn take_scheduler_term(&self, instance: &str, now: i64) -> StoreResult<i64> {
+                Ok(sqlx::query_scalar(
+                    "UPDATE scheduler_term SET term = term + 1, instance = $1, since = $2 WHERE id = 1 RETURNING term",
+                )
+                .bind(instance)
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
+            async fn claim_job(&self, prompt_id: &str, backend: &str, term: i64) -> StoreResult<bool> {
+                // FOR SHARE (PostgreSQL): a claim and a new term's bump never pass each other, so
+                // what the new holder reads of the queue includes every claim made before it.
+                let lock = if $shared { " FOR SHARE" } else { "" };
+                let sql = format!(
+                    "UPDATE jobs SET state = 'dispatched', backend = $1, updated_at = $2 \
+                     WHERE prompt_id = $3 AND state NOT IN {ENDED_STATES} \
+                     AND EXISTS (SELECT 1 FROM scheduler_term WHERE id = 1 AND term = $4{lock})"
+                );
+                let claimed = sqlx::query(&sql)
+                    .bind(backend)
+                    .bind($crate::time::now_ms())
+                    .bind(prompt_id)
+                    .bind(term)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(claimed.rows_affected() > 0)
+            }
+
+            async fn held_jobs_brief(&self) -> StoreResult<Vec<Job>> {
+                let columns = JOB_COLUMNS.replace("request,", "'' AS request,");
+                let sql = format!(
+                    "SELECT {columns} FROM jobs WHERE state IN ('queued', 'dispatched', 'running') \
+                     ORDER BY number, created_at"
+                );
+                sqlx::query_as::<_, JobRow>(&sql)
+                    .fetch_all(&self.pool)
+                    .await?
+                    .into_iter()
+                    .map(Job::try_from)
+                    .collect()
+            }
+
+            async fn queued_job_ids(&self, before: i64) -> StoreResult<Vec<String>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT prompt_id FROM jobs WHERE state = 'queued' AND created_at < $1 ORDER BY number",
+                )
+                .bind(before)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
             async fn record_file(&self, file: &StoredFile) -> StoreResult<()> {
                 sqlx::query(
                     "INSERT INTO job_files (backend, kind, subfolder, filename, prompt_id, user_id, created_at) \

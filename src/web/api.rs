@@ -219,6 +219,7 @@ pub async fn delete_user(
 /// and the jobs the store has on it (`jobs`, null when the store does not answer).
 pub async fn backends(State(app): State<AppState>, _admin: AdminCaller) -> Json<Value> {
     let on = app.scheduler.store().jobs_on_backends().await.ok();
+    app.scheduler.fresh().await;
     let list: Vec<Value> = app
         .scheduler
         .pool()

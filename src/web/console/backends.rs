@@ -110,12 +110,14 @@ pub struct BackendsPage {
 
 /// `GET /comfygate/admin/` and `/comfygate/admin/backends`.
 pub async fn show(State(app): State<AppState>, console: Console) -> Result<Response, ApiError> {
+    app.scheduler.fresh().await;
     let live = gather(&app, &console).render().map_err(|_| ApiError::Internal)?;
     page(&BackendsPage { frame: console.frame(&app, "Backends", Tab::Backends), live })
 }
 
 /// `GET /comfygate/admin/live/backends`: the live part as JSON.
 pub async fn live(State(app): State<AppState>, console: Console) -> Result<Response, ApiError> {
+    app.scheduler.fresh().await;
     live_json(&gather(&app, &console))
 }
 

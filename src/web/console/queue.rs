@@ -73,12 +73,14 @@ pub struct QueuePage {
 
 /// `GET /comfygate/admin/queue`.
 pub async fn show(State(app): State<AppState>, console: Console) -> Result<Response, ApiError> {
+    app.scheduler.fresh().await;
     let live = gather(&app, &console).render().map_err(|_| ApiError::Internal)?;
     page(&QueuePage { frame: console.frame(&app, "Queue", Tab::Queue), live })
 }
 
 /// `GET /comfygate/admin/live/queue`: the live part as JSON.
 pub async fn live(State(app): State<AppState>, console: Console) -> Result<Response, ApiError> {
+    app.scheduler.fresh().await;
     live_json(&gather(&app, &console))
 }
 
@@ -125,6 +127,7 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     let axum::Form(form) = form?;
     console.check_form(&form.csrf)?;
+    app.scheduler.fresh().await;
     let Some(job) = app.scheduler.summary(&id) else {
         return Ok(console.done(&app, PAGE, Flash::error("That job is no longer in the queue.")));
     };
