@@ -251,6 +251,7 @@ pub async fn backends(State(app): State<AppState>, _admin: AdminCaller) -> Json<
         "backends": list,
         "jobs": app.scheduler.queue_remaining(),
         "waiting": app.scheduler.waiting(),
+        "scheduling": app.scheduler.is_leading(),
     }))
 }
 

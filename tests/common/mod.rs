@@ -35,6 +35,8 @@ pub struct Options {
     pub backend: Vec<String>,
     /// Text appended to the file (more `[[backends]]`, `[scheduler]`).
     pub extra: Vec<String>,
+    /// Lines added to `[store]`.
+    pub store: Vec<String>,
 }
 
 impl Options {
@@ -60,6 +62,11 @@ impl Options {
         self.extra.push(text);
         self
     }
+    /// A line for `[store]` (e.g. `url = "postgres://..."`).
+    pub fn store(mut self, line: &str) -> Self {
+        self.store.push(line.to_owned());
+        self
+    }
     /// Raw text appended to the configuration.
     pub fn extra(mut self, text: &str) -> Self {
         self.extra.push(text.to_owned());
@@ -76,6 +83,10 @@ pub fn write_config(dir: &Path, backend_url: &str, opts: &Options) -> PathBuf {
         text.push('\n');
     }
     text.push_str(&format!("\n[store]\ndata_dir = {}\n", toml_str(&data.display().to_string())));
+    for l in &opts.store {
+        text.push_str(l);
+        text.push('\n');
+    }
     text.push_str(&format!("\n[[backends]]\nname = \"sim\"\nurl = {}\n", toml_str(backend_url)));
     for l in &opts.backend {
         text.push_str(l);

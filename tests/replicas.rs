@@ -1,0 +1,320 @@
+//! Three real gateway processes on one PostgreSQL database and three simulators: one queue,
+//! every job run exactly once, events on whichever replica the owner's socket is connected
+//! to, revocations pushed to every replica, and a `kill -9` of the scheduling replica losing
+//! nothing. Runs when `COMFYGATE_TEST_POSTGRES_URL` names a database (CI starts one).
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use comfyui_sim::Simulator;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use common::pool::{FAST_HEALTH, sim};
+use common::{Auth, Gateway, Options, client, poll};
+
+/// A database of its own for one test, dropped at the end.
+struct Database {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    async fn create() -> Option<Database> {
+        let admin_url = std::env::var("COMFYGATE_TEST_POSTGRES_URL").ok()?;
+        use sqlx::Connection;
+        let name = format!("cg_replicas_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("connect to the test PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
+        let url = format!("{base}/{name}");
+        Some(Database { admin_url, name, url })
+    }
+
+    async fn drop_it(self) {
+        use sqlx::Connection;
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut conn).await;
+        }
+    }
+}
+
+/// A replica on `db` in front of `sims` (named sim, b2, b3), revocations only pushed (the poll
+/// is 10 s, so a refusal within 1 s can only come from the notification).
+async fn replica(db: &Database, sims: &[&Simulator]) -> Replica {
+    let mut opts = Options::default()
+        .store(&format!("url = {}", serde_json::to_string(&db.url).unwrap()))
+        .auth("revocation_poll_interval = \"10s\"")
+        .backend("max_inflight = 2")
+        .extra(FAST_HEALTH);
+    for (i, s) in sims.iter().enumerate().skip(1) {
+        opts = opts.another_backend(&format!("b{}", i + 1), &s.url(), &["max_inflight = 2"]);
+    }
+    let gw = Gateway::start_with(&sims[0].url(), opts).await;
+    let token = gw.token("admin", &format!("ready-{}", gw.addr.port())).await;
+    poll(Duration::from_secs(15), "every backend healthy and monitored", || async {
+        let (status, state) = gw.get_json("/comfygate/api/backends", &Auth::Bearer(&token)).await;
+        let backends = state["backends"].as_array()?;
+        let ready = backends.iter().all(|b| b["healthy"] == true && b["monitored"] == true);
+        (status == 200 && backends.len() == sims.len() && ready).then_some(())
+    })
+    .await;
+    Replica { gw, admin: token }
+}
+
+struct Replica {
+    gw: Gateway,
+    admin: String,
+}
+
+/// Which replica schedules (as each says).
+async fn scheduling(replicas: &[Option<Replica>]) -> Option<usize> {
+    for (i, r) in replicas.iter().enumerate() {
+        let Some(r) = r else { continue };
+        let (_, state) = r.gw.get_json("/comfygate/api/backends", &Auth::Bearer(&r.admin)).await;
+        if state["scheduling"] == true {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// A client socket of `token`'s owner on `gw` with `client_id`, collecting its text frames.
+async fn socket(gw: &Gateway, token: &str, client_id: &str) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+    let mut req = format!("ws://{}/ws?clientId={client_id}", gw.addr).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let (mut sink, mut stream) = ws.split();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            match message {
+                Message::Text(text) => {
+                    if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                        let _ = tx.send(v);
+                    }
+                }
+                Message::Ping(p) => {
+                    let _ = sink.send(Message::Pong(p)).await;
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    });
+    rx
+}
+
+/// Jobs `range`, round-robin over the users; each to one of the `alive` replicas its owner's
+/// socket is not on (`homes`), all at once. Returns (owner, prompt id).
+async fn submit_round(
+    replicas: &[Option<Replica>],
+    tokens: &[String],
+    range: std::ops::Range<u32>,
+    alive: &[usize],
+    homes: &[usize],
+) -> Vec<(usize, String)> {
+    let mut owners = Vec::new();
+    let mut jobs = Vec::new();
+    for i in range {
+        let u = (i % 3) as usize;
+        let targets: Vec<usize> = alive.iter().copied().filter(|&r| r != homes[u]).collect();
+        let target = targets[(i as usize / 3) % targets.len()];
+        let gw = &replicas[target].as_ref().unwrap().gw;
+        owners.push(u);
+        jobs.push(submit(gw, &tokens[u], format!("tab-{u}"), i));
+    }
+    let ids = futures_util::future::join_all(jobs).await;
+    owners.into_iter().zip(ids.into_iter().map(|id| id.expect("submitted"))).collect()
+}
+
+async fn submit(gw: &Gateway, token: &str, client_id: String, i: u32) -> Option<String> {
+    let body = json!({"prompt": common::workflow("rep", i), "client_id": client_id,
+        "extra_data": {"sim_duration_ms": 100}});
+    let r = client().post(format!("{}/prompt", gw.url)).bearer_auth(token).json(&body).send().await.ok()?;
+    assert_eq!(r.status(), 200, "submission refused");
+    let v: Value = r.json().await.ok()?;
+    v["prompt_id"].as_str().map(str::to_owned)
+}
+
+/// Every prompt id the owner's frames name, with the event types in the order they came.
+fn events_by_prompt(frames: &[Value]) -> HashMap<String, Vec<String>> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for f in frames {
+        let kind = f["type"].as_str().unwrap_or_default();
+        if let Some(id) = f["data"]["prompt_id"].as_str() {
+            let kind = match (kind, f["data"]["node"].is_null()) {
+                ("executing", true) => "done",
+                _ => kind,
+            };
+            out.entry(id.to_owned()).or_default().push(kind.to_owned());
+        }
+    }
+    out
+}
+
+/// Waits until every submitted job is in its owner's history (read from the replicas left).
+async fn all_in_history(replicas: &[Option<Replica>], alive: &[usize], tokens: &[String], submitted: &[Vec<String>]) {
+    poll(Duration::from_secs(120), "every job in its owner's history", || async {
+        for (u, token) in tokens.iter().enumerate() {
+            let gw = &replicas[alive[u % alive.len()]].as_ref()?.gw;
+            let r = client().get(format!("{}/history?max_items=1000", gw.url)).bearer_auth(token).send().await.ok()?;
+            let history: Value = r.json().await.ok()?;
+            let done = submitted[u].iter().filter(|id| history.get(id.as_str()).is_some()).count();
+            if done < submitted[u].len() {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
+fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>, into: &mut Vec<Value>) {
+    while let Ok(v) = rx.try_recv() {
+        into.push(v);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_run_every_job_once_deliver_events_anywhere_and_survive_kill_9() {
+    let Some(db) = Database::create().await else {
+        eprintln!("COMFYGATE_TEST_POSTGRES_URL not set: the replica test needs PostgreSQL; skipped");
+        return;
+    };
+    let (s1, s2, s3) = (sim(30).await, sim(30).await, sim(30).await);
+    let sims = [&s1, &s2, &s3];
+    let mut replicas: Vec<Option<Replica>> = Vec::new();
+    for _ in 0..3 {
+        replicas.push(Some(replica(&db, &sims).await));
+    }
+    let leader = poll(Duration::from_secs(10), "one replica scheduling", || scheduling(&replicas)).await;
+    let users = ["ann", "ben", "cy"];
+    let first = &replicas[0].as_ref().unwrap().gw;
+    let mut tokens = Vec::new();
+    for user in users {
+        first.add_user(user, "user").await;
+        tokens.push(first.token(user, "jobs").await);
+    }
+
+    // Each owner's socket is on a replica that is not the scheduling one, and its jobs go to the
+    // other two replicas in turn: the socket is never on the replica that took the submission.
+    let others: Vec<usize> = (0..3).filter(|&r| r != leader).collect();
+    let mut sockets = Vec::new();
+    let mut homes = Vec::new();
+    for (u, token) in tokens.iter().enumerate() {
+        let home = others[u % 2];
+        homes.push(home);
+        sockets.push(socket(&replicas[home].as_ref().unwrap().gw, token, &format!("tab-{u}")).await);
+    }
+    let mut frames: Vec<Vec<Value>> = vec![Vec::new(); 3];
+    let mut submitted: Vec<Vec<String>> = vec![Vec::new(); 3];
+    let mut owner_of: HashMap<String, usize> = HashMap::new();
+
+    // Phase 1: 150 jobs, round-robin over users; each to one of the replicas its owner's
+    // socket is not on.
+    for (u, id) in submit_round(&replicas, &tokens, 0..150, &[0, 1, 2], &homes).await {
+        submitted[u].push(id.clone());
+        owner_of.insert(id, u);
+    }
+
+    // Kill -9 the scheduling replica while jobs run.
+    poll(Duration::from_secs(30), "some jobs of phase 1 run", || async {
+        (s1.runs().len() + s2.runs().len() + s3.runs().len() >= 30).then_some(())
+    })
+    .await;
+    let mut dead = replicas[leader].take().unwrap().gw;
+    dead.signal(rustix::process::Signal::KILL);
+    let _ = dead.exited(Duration::from_secs(5)).await;
+    drop(dead);
+    let taken = Instant::now();
+    let new_leader = poll(Duration::from_secs(15), "another replica scheduling", || scheduling(&replicas))
+        .await;
+    eprintln!("replica {new_leader} took over {:?} after the kill", taken.elapsed());
+
+    // Every job of phase 1 ends, in its owner's history on any replica.
+    let alive: Vec<usize> = (0..3).filter(|&r| replicas[r].is_some()).collect();
+    all_in_history(&replicas, &alive, &tokens, &submitted).await;
+
+    // Ann's browser reconnects to the other replica (same clientId): her events follow her.
+    let mut homes = homes;
+    let moved = alive.iter().copied().find(|&r| r != homes[0]).unwrap();
+    homes[0] = moved;
+    drain(&mut sockets[0], &mut frames[0]);
+    sockets[0] = socket(&replicas[moved].as_ref().unwrap().gw, &tokens[0], "tab-0").await;
+
+    // Phase 2: 150 more, to the two replicas left, never to the one holding the owner's socket.
+    for (u, id) in submit_round(&replicas, &tokens, 150..300, &alive, &homes).await {
+        submitted[u].push(id.clone());
+        owner_of.insert(id, u);
+    }
+
+    // All 300 end: each in its owner's history, read from any replica.
+    let all: HashSet<String> = owner_of.keys().cloned().collect();
+    assert_eq!(all.len(), 300, "300 distinct prompt ids");
+    all_in_history(&replicas, &alive, &tokens, &submitted).await;
+
+    // Exactly once: every job ran on one simulator, once; nothing else ran.
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    for s in sims {
+        for run in s.runs() {
+            *runs.entry(run.prompt_id.clone()).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "jobs that ran more than once: {twice:?}");
+    let ran: HashSet<String> = runs.keys().cloned().collect();
+    assert_eq!(ran, all, "the jobs that ran are exactly the jobs submitted");
+
+    // Events: each owner's socket (on a replica that took none of its submissions) got the end
+    // of every one of its jobs, in order, and nothing of anyone else's.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (u, rx) in sockets.iter_mut().enumerate() {
+        drain(rx, &mut frames[u]);
+        let by_prompt = events_by_prompt(&frames[u]);
+        let strangers: Vec<_> = by_prompt.keys().filter(|id| owner_of.get(*id) != Some(&u)).collect();
+        assert!(strangers.is_empty(), "{} saw other users' jobs: {strangers:?}", users[u]);
+        for id in &submitted[u] {
+            let events = by_prompt.get(id).unwrap_or_else(|| panic!("{}: no events for {id}", users[u]));
+            assert_eq!(events.iter().filter(|e| *e == "done").count(), 1, "{}: {id} ended once: {events:?}", users[u]);
+            assert_eq!(events.last().map(String::as_str), Some("done"), "{}: {id} ends last: {events:?}", users[u]);
+            if let (Some(start), Some(success)) = (
+                events.iter().position(|e| e == "execution_start"),
+                events.iter().position(|e| e == "execution_success"),
+            ) {
+                assert!(start < success, "{}: {id} in order: {events:?}", users[u]);
+            }
+        }
+        // Jobs submitted after the takeover were relayed whole by the new scheduler.
+        for id in &submitted[u][50..] {
+            let events = &by_prompt[id];
+            for kind in ["execution_start", "executed", "execution_success", "done"] {
+                assert!(events.iter().any(|e| e == kind), "{}: {id} lacks {kind}: {events:?}", users[u]);
+            }
+        }
+    }
+
+    // A revocation on one replica is refused on the other within 1 s (pushed: the poll is 10 s).
+    let (here, there) = (&replicas[alive[0]].as_ref().unwrap().gw, &replicas[alive[1]].as_ref().unwrap().gw);
+    let ben = &tokens[1];
+    let (status, _) = there.get_json("/prompt", &Auth::Bearer(ben)).await;
+    assert_eq!(status, 200);
+    let (_, listed) = here.get_json("/comfygate/api/tokens", &Auth::Bearer(ben)).await;
+    let id = listed.as_array().and_then(|l| l.iter().find(|t| t["name"] == "jobs")).map(|t| t["id"].clone()).unwrap();
+    let revoked = client().delete(format!("{}/comfygate/api/tokens/{id}", here.url)).bearer_auth(ben).send().await;
+    assert!(revoked.unwrap().status().is_success());
+    let at = Instant::now();
+    poll(Duration::from_secs(1), "the revoked token refused on the other replica", || async {
+        (there.get_json("/prompt", &Auth::Bearer(ben)).await.0 == 401).then_some(())
+    })
+    .await;
+    eprintln!("revocation refused on the other replica after {:?}", at.elapsed());
+
+    drop(replicas);
+    db.drop_it().await;
+}
