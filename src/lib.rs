@@ -10,8 +10,8 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
-pub mod cluster;
 pub mod backends;
+pub mod cluster;
 pub mod comfy;
 pub mod config;
 pub mod doctor;

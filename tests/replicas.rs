@@ -39,7 +39,8 @@ impl Database {
     async fn drop_it(self) {
         use sqlx::Connection;
         if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut conn).await;
+            let _ =
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut conn).await;
         }
     }
 }
@@ -229,12 +230,12 @@ async fn three_replicas_run_every_job_once_deliver_events_anywhere_and_survive_k
     })
     .await;
     let mut dead = replicas[leader].take().unwrap().gw;
+    let killed_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     dead.signal(rustix::process::Signal::KILL);
     let _ = dead.exited(Duration::from_secs(5)).await;
     drop(dead);
     let taken = Instant::now();
-    let new_leader = poll(Duration::from_secs(15), "another replica scheduling", || scheduling(&replicas))
-        .await;
+    let new_leader = poll(Duration::from_secs(15), "another replica scheduling", || scheduling(&replicas)).await;
     eprintln!("replica {new_leader} took over {:?} after the kill", taken.elapsed());
 
     // Every job of phase 1 ends, in its owner's history on any replica.
@@ -280,7 +281,12 @@ async fn three_replicas_run_every_job_once_deliver_events_anywhere_and_survive_k
         let strangers: Vec<_> = by_prompt.keys().filter(|id| owner_of.get(*id) != Some(&u)).collect();
         assert!(strangers.is_empty(), "{} saw other users' jobs: {strangers:?}", users[u]);
         for id in &submitted[u] {
-            let events = by_prompt.get(id).unwrap_or_else(|| panic!("{}: no events for {id}", users[u]));
+            let events = by_prompt.get(id).unwrap_or_else(|| {
+                let started = sims.iter().flat_map(|s| s.runs()).find(|r| &r.prompt_id == id).map(|r| r.started_ms);
+                let n = submitted[u].iter().position(|s| s == id);
+                let at = started.map(|t| t as i64 - killed_ms);
+                panic!("{}: no events for job {n:?} {id} (it started {at:?} ms after the kill)", users[u])
+            });
             assert_eq!(events.iter().filter(|e| *e == "done").count(), 1, "{}: {id} ended once: {events:?}", users[u]);
             assert_eq!(events.last().map(String::as_str), Some("done"), "{}: {id} ends last: {events:?}", users[u]);
             if let (Some(start), Some(success)) = (

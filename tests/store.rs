@@ -73,6 +73,7 @@ macro_rules! on_every_store {
 
 on_every_store!(
     users_are_unique_and_round_trip,
+    dispatches_are_claimed_only_under_the_current_scheduling_term,
     tokens_are_found_by_hash_with_their_owner,
     revocations_bump_the_epoch,
     deleting_a_user_removes_tokens_and_sessions,
@@ -284,6 +285,44 @@ fn job(prompt_id: &str, user_id: i64, number: i64) -> Job {
         created_at: 1_000,
         outcome: None,
         in_history: true,
+    }
+}
+
+async fn dispatches_are_claimed_only_under_the_current_scheduling_term(db: &TestDb) {
+    let s = &db.store;
+    let u = s.create_user(new_user("tia", Role::User)).await.unwrap();
+    for (i, id) in ["a", "b", "c"].iter().enumerate() {
+        s.insert_job(&Job { created_at: 1_000 + i as i64, ..job(id, u.id, i as i64 + 1) }).await.unwrap();
+    }
+    let first = s.take_scheduler_term("one", 1).await.unwrap();
+    assert!(s.claim_job("a", "gpu1", first).await.unwrap());
+    let a = s.job("a").await.unwrap().unwrap();
+    assert_eq!((a.state, a.backend.as_deref()), (JobState::Dispatched, Some("gpu1")));
+    // Another gateway takes the term: the first one's claims fail from now on, its own hold.
+    let second = s.take_scheduler_term("two", 2).await.unwrap();
+    assert!(second > first);
+    assert!(!s.claim_job("b", "gpu1", first).await.unwrap());
+    assert_eq!(s.job("b").await.unwrap().unwrap().state, JobState::Queued);
+    assert!(s.claim_job("b", "gpu2", second).await.unwrap());
+    // An ended job is never claimed again; an unknown one is not claimed.
+    s.end_job("c", JobState::Cancelled, None, Some("deleted"), None).await.unwrap();
+    assert!(!s.claim_job("c", "gpu1", second).await.unwrap());
+    assert!(!s.claim_job("nope", "gpu1", second).await.unwrap());
+    // The held jobs without their requests, by number; queued ones by submission time.
+    let held = s.held_jobs_brief().await.unwrap();
+    assert_eq!(held.iter().map(|j| j.prompt_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert!(held.iter().all(|j| j.request.is_empty()));
+    s.insert_job(&Job { created_at: 5_000, ..job("d", u.id, 4) }).await.unwrap();
+    s.insert_job(&Job { created_at: 9_000, ..job("e", u.id, 5) }).await.unwrap();
+    assert_eq!(s.queued_job_ids(9_000).await.unwrap(), ["d"]);
+    assert_eq!(s.queued_job_ids(9_001).await.unwrap(), ["d", "e"]);
+    // Numbers: the store's sequence with replicas (past every number in use), else the gateway's.
+    match s.next_job_number().await.unwrap() {
+        Some(n) => {
+            assert!(s.shared());
+            assert!(s.next_job_number().await.unwrap().unwrap() > n);
+        }
+        None => assert!(!s.shared()),
     }
 }
 

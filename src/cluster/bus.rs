@@ -151,7 +151,12 @@ impl Bus {
 
     /// A whole note from one notification, once all its parts are in (parts of one note
     /// arrive in order: one sender, one connection).
-    fn assemble(&self, partial: &mut HashMap<(String, u64), Vec<String>>, channel: &str, payload: &str) -> Option<Note> {
+    fn assemble(
+        &self,
+        partial: &mut HashMap<(String, u64), Vec<String>>,
+        channel: &str,
+        payload: &str,
+    ) -> Option<Note> {
         let note = |from: &str, body: String| Note { channel: channel.to_owned(), from: from.to_owned(), body };
         let mut fields = payload.splitn(5, '\t');
         let (Some(from), Some(seq), Some(part), Some(count), Some(body)) =

@@ -402,8 +402,11 @@ impl Scheduler {
         // One submission of this user at a time: the counts below hold until it is queued.
         let turn = self.submitting_lock(by.user_id);
         let turn = turn.lock().await;
-        // Not scheduling: the counts come from the store (what the other gateways queued too).
-        self.fresh().await;
+        // Not scheduling: the count of waiting jobs comes from the store (what the other
+        // gateways queued too).
+        if limits.max_waiting.is_some() {
+            self.fresh().await;
+        }
         if let Some(refusal) = self.over_limits(by.user_id, &limits).await? {
             return Ok(Answer::refused(&refusal));
         }
@@ -477,8 +480,8 @@ impl Scheduler {
         if !self.is_leading() {
             // Another gateway schedules: it is told (credentials go along, never stored).
             self.announce_queued(&prompt_id, secrets);
+            self.mirror_queued(&job);
             drop(turn);
-            self.stale().await;
             return Ok(accepted(&public_id, number, &Value::Object(Map::new())));
         }
         let (tx, mut rx) = oneshot::channel();

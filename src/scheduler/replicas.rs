@@ -24,7 +24,7 @@ use super::jobs::Active;
 use super::{Inner, Scheduler};
 use crate::cluster::{Bus, Note, channel};
 use crate::limits::Limits;
-use crate::store::{JobState, StoreError};
+use crate::store::{Job, JobState, StoreError};
 use crate::time::now_ms;
 
 /// How long a non-scheduling gateway's picture of the queue (read from the store) is used.
@@ -121,10 +121,12 @@ impl Scheduler {
     /// Takes over the queue (this gateway now holds the scheduler's lock): a new term, every
     /// held job read from the store, events relayed to the other replicas, dispatch at once.
     pub async fn lead(self: &Arc<Self>, instance: &str) -> Result<(), StoreError> {
-        self.resume(instance).await?;
+        // Relayed from the first event on: what settling the resumed jobs tells their owners
+        // reaches them wherever they are connected.
         if let Some(bus) = self.replicas.bus.get() {
             self.subscribers.relay_to(bus.clone());
         }
+        self.resume(instance).await?;
         tracing::info!(term = self.replicas.term(), jobs = self.queue_remaining(), "scheduling the queue");
         self.announce_status();
         self.kick();
@@ -220,6 +222,19 @@ impl Scheduler {
         }
     }
 
+    /// Shows `job`, just queued in the store by this gateway, in its picture of the queue until
+    /// the next read (so its owner's next submission counts it without a read of every job).
+    pub(super) fn mirror_queued(&self, job: &Job) {
+        let mut inner = self.inner();
+        if self.is_leading() || inner.job(&job.prompt_id).is_some() {
+            return;
+        }
+        let inner = &mut *inner;
+        let id: Arc<str> = Arc::from(job.prompt_id.as_str());
+        let active = Active::from_job(job, &id, &mut inner.names);
+        self.place(inner, id, active, false);
+    }
+
     /// Forgets when the shown queue was read (this gateway just changed it).
     pub(super) async fn stale(&self) {
         *self.replicas.mirror.lock().await = None;
@@ -236,7 +251,9 @@ impl Scheduler {
                 };
                 match op {
                     Op::Queued { id, secrets } => self.adopt(&id, secrets).await,
-                    Op::Delete { owner, ids } => self.delete_held(scope_of(owner), &ids, "deleted from the queue").await,
+                    Op::Delete { owner, ids } => {
+                        self.delete_held(scope_of(owner), &ids, "deleted from the queue").await
+                    }
                     Op::Clear { owner } => self.clear(scope_of(owner)).await,
                     Op::Interrupt { owner, id } => self.interrupt_held(scope_of(owner), id.as_deref()).await,
                 }
