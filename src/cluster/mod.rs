@@ -19,8 +19,11 @@ pub mod channel {
     pub const EVENTS: &str = "comfygate_events";
     /// The revocation epoch moved (sent by a trigger in the store, see migration 0013).
     pub const REVOCATIONS: &str = "comfygate_revocations";
+    /// A dispatched job ended (sent by a trigger in the store in the transaction that records
+    /// the end, see migration 0014).
+    pub const ENDS: &str = "comfygate_ends";
     /// Every channel a gateway listens on.
-    pub const ALL: [&str; 3] = [JOBS, EVENTS, REVOCATIONS];
+    pub const ALL: [&str; 4] = [JOBS, EVENTS, REVOCATIONS, ENDS];
 }
 
 /// What can go wrong talking to PostgreSQL.

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -29,6 +30,43 @@ pub struct Subscribers {
     /// With replicas, the gateway that schedules sends every frame to the others too: the
     /// client's socket may be connected to any of them ([`Relayed`]).
     relay: std::sync::OnceLock<std::sync::Arc<crate::cluster::Bus>>,
+    /// Jobs whose final `executing` another replica relayed lately: `(owner, public id)` → when.
+    relayed_ends: Mutex<HashMap<(i64, String), Instant>>,
+}
+
+/// How long a relayed end is remembered (longer than [`END_GRACE`] and any relay's lag).
+const END_MEMORY: Duration = Duration::from_secs(30);
+/// Past this many remembered ends, the ones older than [`END_MEMORY`] are forgotten.
+const END_MEMORY_PRUNE: usize = 1024;
+/// How long a replica waits for the relayed final event of a job the store says ended, before
+/// it sends that event itself (the scheduling replica died between recording the end and
+/// relaying it).
+pub const END_GRACE: Duration = Duration::from_millis(1500);
+
+/// A job's end as the store announces it (migration 0014's trigger).
+#[derive(Debug, serde::Deserialize)]
+struct StoredEnd {
+    #[serde(rename = "u")]
+    user: i64,
+    #[serde(rename = "c")]
+    client: String,
+    #[serde(rename = "p")]
+    public_id: String,
+}
+
+/// Whether `text` is ComfyUI's final `executing` of a job, and for which prompt id.
+fn final_executing(text: &str) -> Option<String> {
+    if !text.contains("\"executing\"") {
+        return None;
+    }
+    let message: serde_json::Value = serde_json::from_str(text).ok()?;
+    let data = &message["data"];
+    (message["type"] == "executing" && data["node"].is_null()).then(|| data["prompt_id"].as_str().map(str::to_owned))?
+}
+
+/// ComfyUI's final `executing` of the job the client knows as `public_id`.
+pub fn final_executing_frame(public_id: &str) -> String {
+    serde_json::json!({"type": "executing", "data": {"node": null, "prompt_id": public_id}}).to_string()
 }
 
 /// A frame as it travels between replicas.
@@ -95,10 +133,39 @@ impl Subscribers {
             }
             (None, None) => return,
         };
+        if let (Some(user), Outgoing::Text(text)) = (relayed.user, &frame) {
+            if let Some(public_id) = final_executing(text) {
+                self.remember_relayed_end(user, public_id);
+            }
+        }
         match (relayed.user, frame) {
             (Some(user), frame) => self.deliver(user, &relayed.client, frame),
             (None, Outgoing::Text(text)) => self.broadcast_here(&text),
             (None, Outgoing::Binary(_)) => {}
+        }
+    }
+
+    fn remember_relayed_end(&self, user: i64, public_id: String) {
+        let Ok(mut ends) = self.relayed_ends.lock() else { return };
+        if ends.len() >= END_MEMORY_PRUNE {
+            ends.retain(|_, at| at.elapsed() < END_MEMORY);
+        }
+        ends.insert((user, public_id), Instant::now());
+    }
+
+    /// A job ended in the store (`body`: the trigger's note) [`END_GRACE`] ago: unless its
+    /// final `executing` was relayed meanwhile, the owner's client connected here gets it now
+    /// (the replica that recorded the end died before relaying it).
+    pub fn ended_in_store(&self, body: &str) {
+        let Ok(end) = serde_json::from_str::<StoredEnd>(body) else {
+            return tracing::debug!("unreadable job end from the store dropped");
+        };
+        let relayed = match self.relayed_ends.lock() {
+            Ok(mut ends) => ends.remove(&(end.user, end.public_id.clone())).is_some(),
+            Err(_) => return,
+        };
+        if !relayed {
+            self.deliver(end.user, &end.client, Outgoing::Text(final_executing_frame(&end.public_id)));
         }
     }
 
@@ -176,6 +243,62 @@ mod tests {
         subs.deliver_relayed("not json");
         subs.deliver_relayed(r#"{"u":2,"c":"tab","b":"not base64!"}"#);
         assert!(bob.try_recv().is_err());
+    }
+
+    fn relayed(user: i64, text: &str) -> String {
+        let frame = Relayed { user: Some(user), client: "tab".into(), text: Some(text.into()), binary: None };
+        serde_json::to_string(&frame).unwrap_or_default()
+    }
+
+    #[test]
+    fn only_the_final_executing_of_a_job_counts_as_its_end() {
+        let cases = [
+            (r#"{"type":"executing","data":{"node":null,"prompt_id":"p1"}}"#, Some("p1")),
+            (r#"{"type": "executing", "data": {"prompt_id": "p1", "node": null}}"#, Some("p1")),
+            (r#"{"type":"executing","data":{"prompt_id":"p1"}}"#, Some("p1")),
+            (r#"{"type":"executing","data":{"node":"3","prompt_id":"p1"}}"#, None),
+            (r#"{"type":"executed","data":{"node":null,"prompt_id":"p1"}}"#, None),
+            (r#"{"type":"executing","data":{"node":null}}"#, None),
+            (r#"{"type":"status","data":{"note":"\"executing\""}}"#, None),
+            ("executing", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(final_executing(text).as_deref(), want, "{text}");
+        }
+        assert_eq!(final_executing(&final_executing_frame("p\"2")).as_deref(), Some("p\"2"));
+    }
+
+    #[tokio::test]
+    async fn an_end_the_store_announced_is_sent_here_only_when_its_final_event_was_not_relayed() {
+        let subs = Subscribers::default();
+        let mut alice = subs.subscribe(1, "tab");
+        let mut bob = subs.subscribe(2, "tab");
+        // Relayed as usual: the store's note adds nothing.
+        subs.deliver_relayed(&relayed(1, &final_executing_frame("relayed")));
+        assert!(
+            matches!(alice.recv().await, Some(Outgoing::Text(t)) if final_executing(&t).as_deref() == Some("relayed"))
+        );
+        subs.ended_in_store(r#"{"u":1,"c":"tab","p":"relayed"}"#);
+        assert!(alice.try_recv().is_err());
+        // Never relayed (the scheduling replica died): sent from here, to its owner only.
+        subs.ended_in_store(r#"{"u":1,"c":"tab","p":"lost"}"#);
+        assert!(
+            matches!(alice.recv().await, Some(Outgoing::Text(t)) if final_executing(&t).as_deref() == Some("lost"))
+        );
+        assert!(bob.try_recv().is_err());
+        // Another user's relayed end with the same id does not stand for alice's.
+        subs.deliver_relayed(&relayed(2, &final_executing_frame("same")));
+        assert!(bob.recv().await.is_some());
+        subs.ended_in_store(r#"{"u":1,"c":"tab","p":"same"}"#);
+        assert!(
+            matches!(alice.recv().await, Some(Outgoing::Text(t)) if final_executing(&t).as_deref() == Some("same"))
+        );
+        // A relayed end counts once; junk is dropped.
+        subs.ended_in_store(r#"{"u":1,"c":"tab","p":"relayed"}"#);
+        assert!(alice.recv().await.is_some());
+        subs.ended_in_store("not json");
+        subs.ended_in_store(r#"{"u":"1","c":"tab","p":"x"}"#);
+        assert!(alice.try_recv().is_err());
     }
 
     #[tokio::test]

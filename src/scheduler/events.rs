@@ -303,8 +303,8 @@ impl Scheduler {
         let shown = &job.public_id;
         let event = json!({"type": "execution_error", "data": execution_error(shown, error)});
         self.subscribers.send(job.owner, &job.client_id, Outgoing::Text(event.to_string()));
-        let done = json!({"type": "executing", "data": {"node": null, "prompt_id": shown}});
-        self.subscribers.send(job.owner, &job.client_id, Outgoing::Text(done.to_string()));
+        let done = super::delivery::final_executing_frame(shown);
+        self.subscribers.send(job.owner, &job.client_id, Outgoing::Text(done));
     }
 
     /// Reacts to a backend going down or coming back.
@@ -516,8 +516,8 @@ impl Scheduler {
             self.notify_failure(job, ended.error.as_deref().unwrap_or("failed"));
             return;
         }
-        let done = json!({"type": "executing", "data": {"node": null, "prompt_id": job.public_id}});
-        self.subscribers.send(job.owner, &job.client_id, Outgoing::Text(done.to_string()));
+        let done = super::delivery::final_executing_frame(&job.public_id);
+        self.subscribers.send(job.owner, &job.client_id, Outgoing::Text(done));
     }
 }
 

@@ -245,6 +245,14 @@ impl Scheduler {
     pub async fn on_note(self: &Arc<Self>, note: &Note) {
         match note.channel.as_str() {
             channel::EVENTS if !self.is_leading() => self.subscribers.deliver_relayed(&note.body),
+            channel::ENDS if !self.is_leading() => {
+                // Its final event is relayed right after; sent from here only if it never is.
+                let (this, body) = (self.clone(), note.body.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(super::delivery::END_GRACE).await;
+                    this.subscribers.ended_in_store(&body);
+                });
+            }
             channel::JOBS if self.is_leading() => {
                 let Ok(op) = serde_json::from_str::<Op>(&note.body) else {
                     return tracing::warn!(from = %note.from, "unreadable queue operation from another gateway");
