@@ -326,3 +326,58 @@ async fn three_replicas_run_every_job_once_deliver_events_anywhere_and_survive_k
     drop(replicas);
     db.drop_it().await;
 }
+
+/// Fair share is the scheduling replica's, whichever replica took the submissions: a user who
+/// queued 40 jobs on one replica does not hold back two others submitting on the other two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fair_share_holds_across_replicas() {
+    let Some(db) = Database::create().await else {
+        eprintln!("COMFYGATE_TEST_POSTGRES_URL not set: the replica test needs PostgreSQL; skipped");
+        return;
+    };
+    let s1 = sim(30).await;
+    let mut replicas: Vec<Option<Replica>> = Vec::new();
+    for _ in 0..3 {
+        replicas.push(Some(replica(&db, &[&s1]).await));
+    }
+    poll(Duration::from_secs(10), "one replica scheduling", || scheduling(&replicas)).await;
+    let gw = |r: usize| &replicas[r].as_ref().unwrap().gw;
+    let mut tokens = Vec::new();
+    for user in ["ann", "ben", "cy"] {
+        gw(0).add_user(user, "user").await;
+        tokens.push(gw(0).token(user, "jobs").await);
+    }
+    // Ann fills the queue through replica 0.
+    let ann: Vec<_> = (0..40).map(|i| submit(gw(0), &tokens[0], "tab-0".into(), i)).collect();
+    let ann: HashSet<String> = futures_util::future::join_all(ann).await.into_iter().flatten().collect();
+    poll(Duration::from_secs(30), "ann's jobs run", || async { (s1.runs().len() >= 4).then_some(()) }).await;
+    // Ben and Cy arrive through replicas 1 and 2.
+    let later = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let ben: Vec<_> = (100..110).map(|i| submit(gw(1), &tokens[1], "tab-1".into(), i)).collect();
+    let cy: Vec<_> = (200..210).map(|i| submit(gw(2), &tokens[2], "tab-2".into(), i)).collect();
+    let (ben, cy) =
+        futures_util::future::join(futures_util::future::join_all(ben), futures_util::future::join_all(cy)).await;
+    let ben: HashSet<String> = ben.into_iter().flatten().collect();
+    let cy: HashSet<String> = cy.into_iter().flatten().collect();
+    assert_eq!((ann.len(), ben.len(), cy.len()), (40, 10, 10));
+    poll(Duration::from_secs(60), "all 60 jobs ran", || async { (s1.runs().len() >= 60).then_some(()) }).await;
+
+    let mut runs = s1.runs();
+    runs.sort_by_key(|r| r.started_ms);
+    let after: Vec<&str> = runs.iter().filter(|r| r.started_ms >= later).map(|r| r.prompt_id.as_str()).collect();
+    let last_of = |who: &HashSet<String>| after.iter().rposition(|id| who.contains(*id));
+    let (ann_last, ben_last, cy_last) = (last_of(&ann), last_of(&ben), last_of(&cy));
+    eprintln!(
+        "after ben and cy arrived: {} runs; last of ann {ann_last:?}, ben {ben_last:?}, cy {cy_last:?}",
+        after.len()
+    );
+    // Three users sharing the GPU in turn: ben's and cy's tenth jobs start within the first
+    // ~30 runs after they arrived (first come, first served would put them after ann's ~35).
+    for (who, last) in [("ben", ben_last), ("cy", cy_last)] {
+        let last = last.unwrap_or_else(|| panic!("{who}'s jobs ran before they were submitted?"));
+        assert!(last <= 33, "{who}'s last job was run {last}th after they arrived: {after:?}");
+    }
+    assert!(ann_last > ben_last.max(cy_last), "ann, with the most queued, finishes last");
+    drop(replicas);
+    db.drop_it().await;
+}
