@@ -2,6 +2,7 @@
 //! every job run exactly once, events on whichever replica the owner's socket is connected
 //! to, revocations pushed to every replica, and a `kill -9` of the scheduling replica losing
 //! nothing. Runs when `COMFYGATE_TEST_POSTGRES_URL` names a database (CI starts one).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -243,7 +244,6 @@ async fn three_replicas_run_every_job_once_deliver_events_anywhere_and_survive_k
     all_in_history(&replicas, &alive, &tokens, &submitted).await;
 
     // Ann's browser reconnects to the other replica (same clientId): her events follow her.
-    let mut homes = homes;
     let moved = alive.iter().copied().find(|&r| r != homes[0]).unwrap();
     homes[0] = moved;
     drain(&mut sockets[0], &mut frames[0]);
