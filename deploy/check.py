@@ -165,6 +165,14 @@ def env_file(path: Path) -> dict[str, str]:
     return out
 
 
+def environment_of(service: dict) -> dict[str, str]:
+    """A service's `environment:`, written as a mapping or as a list of KEY=VALUE."""
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
 def services_in(compose: dict, profiles: set[str]) -> dict[str, dict]:
     return {
         name: svc for name, svc in compose["services"].items() if not svc.get("profiles") or set(svc["profiles"]) & profiles
@@ -239,7 +247,7 @@ def check_compose_mode(report: Report, mode: str, compose: dict, profiles: set[s
         )
 
     mounts, workdir = compose_mounts(report, mode, compose, gateway)
-    env = mapped_env({k: str(v) for k, v in gateway.get("environment", {}).items()}, mounts)
+    env = mapped_env(environment_of(gateway), mounts)
     config_path = Path(env.get("COMFYGATE_CONFIG", "/nonexistent"))
     if config_path not in mounts.values() or not config_path.is_file():
         report.fail(f"compose, {mode}: configuration", "COMFYGATE_CONFIG names no mounted file")
@@ -644,11 +652,7 @@ def check_dockerfile(report: Report) -> None:
                 "missing, or left out by .dockerignore",
             )
             copies[target] = ROOT / source
-    env = {}
-    for ins in final:
-        if ins["instruction"] == "ENV":
-            name, _, value = ins["value"].partition("=")
-            env[name.strip()] = value.strip().strip('"')
+    env = dict(parser.envs)  # the last stage's
     config = copies.get(env.get("COMFYGATE_CONFIG", ""))
     if config is None:
         report.fail(f"{what}: configuration", "ENV COMFYGATE_CONFIG names no file the image copies in")
