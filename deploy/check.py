@@ -9,7 +9,6 @@ workers or a published worker fails here rather than at the first deployment.
 from __future__ import annotations
 
 import base64
-import fnmatch
 import json
 import os
 import re
@@ -657,6 +656,14 @@ def check_dockerfile(report: Report) -> None:
     if config is None:
         report.fail(f"{what}: configuration", "ENV COMFYGATE_CONFIG names no file the image copies in")
         return
+    settings = load_toml(report, f"{what}: {rel(config)}", config.read_text())
+    if settings is not None:
+        port = str(settings.get("server", {}).get("listen", "")).rpartition(":")[2]
+        report.expect(
+            port == str(GATEWAY_PORT),
+            f"{what}: the image's configuration listens on the checked port",
+            f"listen port {port}, HEALTHCHECK and EXPOSE use {GATEWAY_PORT}",
+        )
     workdir = Path(tempfile.mkdtemp(prefix="image-", dir=WORK))
     gateway_accepts(report, f"{what}: comfygate loads the image's {rel(config)}", mapped_env(env, copies), workdir)
 
