@@ -18,6 +18,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use common::pool::{FAST_HEALTH, sim};
 use common::{Auth, Gateway, Options, client, poll};
 
+/// One replica test at a time: three gateways hold ~40 PostgreSQL connections (a pool of 10,
+/// a listener, a sender and the lock each), and the test server allows 100.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A database of its own for one test, dropped at the end.
 struct Database {
     admin_url: String,
@@ -139,8 +143,9 @@ async fn submit(gw: &Gateway, token: &str, client_id: String, i: u32) -> Option<
     let body = json!({"prompt": common::workflow("rep", i), "client_id": client_id,
         "extra_data": {"sim_duration_ms": 100}});
     let r = client().post(format!("{}/prompt", gw.url)).bearer_auth(token).json(&body).send().await.ok()?;
-    assert_eq!(r.status(), 200, "submission refused");
+    let status = r.status();
     let v: Value = r.json().await.ok()?;
+    assert_eq!(status, 200, "submission refused: {v}");
     v["prompt_id"].as_str().map(str::to_owned)
 }
 
@@ -185,6 +190,7 @@ fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>, into: &mut Vec<Va
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_run_every_job_once_deliver_events_anywhere_and_survive_kill_9() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(db) = Database::create().await else {
         eprintln!("COMFYGATE_TEST_POSTGRES_URL not set: the replica test needs PostgreSQL; skipped");
         return;
@@ -323,6 +329,23 @@ async fn three_replicas_run_every_job_once_deliver_events_anywhere_and_survive_k
     .await;
     eprintln!("revocation refused on the other replica after {:?}", at.elapsed());
 
+    // So is a user an admin disabled on one replica.
+    let admin = &replicas[alive[0]].as_ref().unwrap().admin;
+    let cy = &tokens[2];
+    assert_eq!(there.get_json("/prompt", &Auth::Bearer(cy)).await.0, 200);
+    let disabled = client()
+        .patch(format!("{}/comfygate/api/users/cy", here.url))
+        .bearer_auth(admin)
+        .json(&json!({"disabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert!(disabled.status().is_success(), "disable: {}", disabled.status());
+    poll(Duration::from_secs(1), "the disabled user refused on the other replica", || async {
+        (there.get_json("/prompt", &Auth::Bearer(cy)).await.0 == 401).then_some(())
+    })
+    .await;
+
     drop(replicas);
     db.drop_it().await;
 }
@@ -331,6 +354,7 @@ async fn three_replicas_run_every_job_once_deliver_events_anywhere_and_survive_k
 /// queued 40 jobs on one replica does not hold back two others submitting on the other two.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fair_share_holds_across_replicas() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(db) = Database::create().await else {
         eprintln!("COMFYGATE_TEST_POSTGRES_URL not set: the replica test needs PostgreSQL; skipped");
         return;
