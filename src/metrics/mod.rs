@@ -476,7 +476,10 @@ impl Metrics {
         self.desired_backends.set(count(s.desired_backends));
         self.discovered.clear();
         for (entry, n) in &s.discovered {
-            self.discovered.get_or_create(&EntryLabel { entry: entry.clone() }).set(count(*n));
+            let entry = EntryLabel { entry: entry.clone() };
+            self.discovered.get_or_create(&entry).set(count(*n));
+            // From zero, for `increase()` in alerts.
+            self.discovery_failures.get_or_create_owned(&entry);
         }
         self.queue_unrunnable.set(count(s.queue_unrunnable));
         self.ready.set(i64::from(s.ready));
@@ -651,6 +654,7 @@ mod tests {
         assert!(!text.contains("m31.safetensors"), "{text}");
         assert!(text.contains("comfygate_desired_backends 3"), "{text}");
         assert!(text.contains("comfygate_discovered_backends{entry=\"workers\"} 2"), "{text}");
+        assert!(text.contains("comfygate_discovery_lookup_failures_total{entry=\"workers\"} 0"), "{text}");
         assert!(text.contains("comfygate_backend_model_loads_total{backend=\"workers-10-0-0-2\"} 1"), "{text}");
 
         let snap = Snapshot { backends: vec![backend("workers-10-0-0-1")], ..Snapshot::default() };
