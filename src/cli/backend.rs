@@ -48,7 +48,7 @@ pub async fn run(config: &Config, command: BackendCommand) -> anyhow::Result<Exi
             config.backends.iter().filter(|b| b.discover.is_none()).map(|b| b.name.as_str()).collect();
         let discovering: Vec<&str> =
             config.backends.iter().filter(|b| b.discover.is_some()).map(|b| b.name.as_str()).collect();
-        let found = names.iter().any(|n| *n == name) || discovering.iter().any(|entry| is_discovered_by(entry, name));
+        let found = names.contains(&name) || discovering.iter().any(|entry| is_discovered_by(entry, name));
         if found {
             return Ok(name.to_owned());
         }
