@@ -215,6 +215,15 @@ async fn workers_added_to_dns_are_used_and_removed_ones_finish_their_job_then_le
     .await;
     assert!(added.elapsed() < INTERVAL * 10, "listed {:?} after the record was added", added.elapsed());
     serving(&gw, &admin, &["workers-127-0-0-2", "workers-127-0-0-3"]).await;
+    // The CLI resolves the entry too: doctor checks the workers, not a URL; the list shows them.
+    let doctor = gw.cli(&["doctor"], None).await.stdout;
+    let target = format!("dns://workers.test:{port}");
+    assert!(doctor.contains(&format!("discovered by DNS ({target}): 2 worker(s)")), "{doctor}");
+    assert!(doctor.contains("backend workers-127-0-0-3") && doctor.contains("node classes"), "{doctor}");
+    let list = gw.cli(&["backend", "list"], None).await.ok().stdout;
+    assert!(list.contains(&format!("{target}: 2 worker(s) now")), "{list}");
+    let row = list.lines().find(|l| l.starts_with("workers-127-0-0-3 ")).unwrap_or_default();
+    assert!(row.contains(&format!("http://127.0.0.3:{port}")), "{list}");
     // One slot each: two long jobs run on both at once.
     let long_a = submit_ok(&gw, &admin, job("long-a", 2, 3000)).await;
     let long_b = submit_ok(&gw, &admin, job("long-b", 3, 3000)).await;

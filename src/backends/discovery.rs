@@ -104,11 +104,11 @@ impl Resolver {
         Ok(Self { inner: builder.build() })
     }
 
-    /// The A and AAAA records of `target`'s name, asked separately.
+    /// The A and AAAA records of `target`'s name, asked separately (a name without a final `.`
+    /// as the system would: the resolver's search domains tried too).
     pub async fn lookup(&self, target: &DnsTarget) -> Lookup {
-        // Fully qualified: the system's search domains are not tried after the name itself.
-        let name = format!("{}.", target.host);
-        let (v4, v6) = tokio::join!(self.inner.ipv4_lookup(name.as_str()), self.inner.ipv6_lookup(name.as_str()));
+        let name = target.host.as_str();
+        let (v4, v6) = tokio::join!(self.inner.ipv4_lookup(name), self.inner.ipv6_lookup(name));
         Lookup {
             v4: answer(v4.map(|found| found.iter().map(|a| IpAddr::V4(a.0)).collect())),
             v6: answer(v6.map(|found| found.iter().map(|a| IpAddr::V6(a.0)).collect())),

@@ -544,7 +544,7 @@ mod tests {
         let good: [(&str, &str, u16); 5] = [
             ("discover = \"dns://workers.default.svc.cluster.local:8188\"", "workers.default.svc.cluster.local", 8188),
             ("discover = \"dns://workers\"", "workers", 8188),
-            ("discover = \"DNS://Workers.Test.:9000\"", "workers.test", 9000),
+            ("discover = \"DNS://Workers.Test.:9000\"", "workers.test.", 9000),
             ("discover = \"dns://gpu_pool-1.internal:1\"", "gpu_pool-1.internal", 1),
             (
                 "discover = \"dns://w.test:65535\"\nmax_inflight = 3\nmodels = [\"flux*\"]\nexclusive = true",

@@ -533,7 +533,8 @@ pub const DEFAULT_DISCOVER_PORT: u16 = 8188;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct DnsTarget {
-    /// The DNS name resolved (as written, without a trailing dot).
+    /// The DNS name resolved, lowercase: as the system resolves names (its search domains
+    /// tried for a short one), unless it ends with `.` (fully qualified).
     pub host: String,
     /// The port of every worker.
     pub port: u16,
@@ -574,7 +575,7 @@ impl std::str::FromStr for DnsTarget {
             }
             None => (rest, DEFAULT_DISCOVER_PORT),
         };
-        let host = host.strip_suffix('.').unwrap_or(host);
+        let bare = host.strip_suffix('.').unwrap_or(host);
         let label_ok = |l: &str| {
             !l.is_empty()
                 && l.len() <= 63
@@ -582,11 +583,11 @@ impl std::str::FromStr for DnsTarget {
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         };
-        if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        if bare.is_empty() || bare.len() > 253 || !bare.split('.').all(label_ok) {
             return Err(format!("`{text}`: `{host}` is not a DNS name, {example}"));
         }
-        if host.parse::<std::net::IpAddr>().is_ok() {
-            return Err(format!("`{text}` names an address, not a DNS name: use url = \"http://{host}:{port}\""));
+        if bare.parse::<std::net::IpAddr>().is_ok() {
+            return Err(format!("`{text}` names an address, not a DNS name: use url = \"http://{bare}:{port}\""));
         }
         Ok(Self { host: host.to_ascii_lowercase(), port })
     }
