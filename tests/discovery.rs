@@ -2,8 +2,8 @@
 //! Backends discovered in DNS (issue 15): a `discover = "dns://..."` entry in front of a DNS
 //! server the test controls and simulators on 127.0.0.2-4 (one port: a record has none). A
 //! worker added to DNS is used within an interval, a removed one finishes its job, takes no new
-//! one and leaves, failed lookups (SERVFAIL, the server gone) keep the workers, and a name
-//! without records drains them all.
+//! one and leaves, failed lookups (SERVFAIL, the server gone) keep the workers, a name without
+//! records drains them all, and a job waiting with no worker asks for one and runs on the next.
 
 mod common;
 
@@ -280,4 +280,15 @@ async fn workers_added_to_dns_are_used_and_removed_ones_finish_their_job_then_le
     serving(&gw, &admin, &[]).await;
     let (status, body) = gw.get_json("/comfygate/api/backends", &Auth::Bearer(&admin)).await;
     assert_eq!((status, body["jobs"].as_u64()), (200, Some(0)), "{body}");
+
+    // From zero: a job waits, the gateway asks for a backend, one appears and runs it.
+    let waiting = submit_ok(&gw, &admin, job("from-zero", 6, 50)).await;
+    poll(DEADLINE, "one backend desired", || async {
+        let text = client().get(gw.at("/metrics")).bearer_auth(&admin).send().await.ok()?.text().await.ok()?;
+        text.lines().any(|l| l == "comfygate_desired_backends 1").then_some(())
+    })
+    .await;
+    dns.set(&[ip(4)]);
+    finished(&gw, &admin, &waiting).await;
+    assert!(ran(&sims[2], &waiting));
 }
