@@ -182,7 +182,14 @@ fn spawn_scheduling(app: &AppState, shutdown: &watch::Receiver<bool>) -> (Watche
     let audit_repeats = tokio::spawn(app.audit.clone().flush_repeats(shutdown.clone()));
     let webhooks = tokio::spawn(crate::webhooks::worker::run(app.webhooks.clone(), shutdown.clone()));
     let drains = tokio::spawn(crate::usage::drain::maintain(app.scheduler.clone(), shutdown.clone()));
-    let mut tasks = vec![feed, purge, purge_audit, audit_repeats, webhooks, drains];
+    let discovery = tokio::spawn(backends::discovery::maintain(
+        pool.clone(),
+        watchers.clone(),
+        app.config.discovery.clone(),
+        app.metrics.clone(),
+        shutdown.clone(),
+    ));
+    let mut tasks = vec![feed, purge, purge_audit, audit_repeats, webhooks, drains, discovery];
     if let Some(bus) = &app.bus {
         tasks.push(tokio::spawn(app.scheduler.clone().follow_notes(bus.clone(), shutdown.clone())));
         tasks.push(tokio::spawn(lead_when_elected(app.clone(), shutdown.clone())));

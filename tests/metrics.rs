@@ -36,6 +36,14 @@ fn value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
 }
 
+/// `sum(comfygate_queue_waiting_jobs)`: the waiting jobs of every model set.
+fn waiting(text: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("comfygate_queue_waiting_jobs{"))
+        .filter_map(|rest| rest.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
 /// Every series (name and labels, without the value) of a scrape.
 fn series(text: &str) -> BTreeSet<String> {
     text.lines()
@@ -105,7 +113,8 @@ async fn a_scrape_after_traffic_shows_every_family_moved() {
     let loads = value(&text, "comfygate_backend_model_loads_total{backend=\"sim\"}").unwrap()
         + value(&text, "comfygate_backend_model_loads_total{backend=\"b2\"}").unwrap();
     assert_eq!(loads, 2.0, "{text}");
-    assert_eq!(value(&text, "comfygate_queue_waiting_jobs"), Some(0.0));
+    assert_eq!(waiting(&text), 0.0);
+    assert_eq!(value(&text, "comfygate_desired_backends"), Some(0.0), "nothing held: {text}");
     assert_eq!(value(&text, "comfygate_backend_inflight_jobs{backend=\"sim\"}"), Some(0.0));
     assert_eq!(value(&text, "comfygate_ready"), Some(1.0), "one backend is still up");
     assert!(value(&text, "comfygate_process_resident_memory_bytes").unwrap() > 0.0);
@@ -257,10 +266,19 @@ async fn every_metric_of_the_dashboard_and_the_alert_rules_is_in_a_real_scrape()
     used.extend(names_used(&rules));
 
     let a = checkpoint_sim().await;
-    let gw = gateway_with(&[&a], 1, FAST_HEALTH).await;
+    // A `discover` entry whose DNS server does not answer: its series are there too.
+    let dead_dns = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let discovery = format!(
+        "{FAST_HEALTH}\n[discovery]\ninterval = \"100ms\"\nnameservers = [\"{}\"]\n\n[[backends]]\nname = \"w\"\n\
+         discover = \"dns://workers.test\"\n",
+        dead_dns.local_addr().unwrap()
+    );
+    drop(dead_dns);
+    let gw = gateway_with(&[&a], 1, &discovery).await;
     let admin = gw.token("admin", "scrape").await;
     let id = submit_ok(&gw, &admin, model_job("m1.safetensors", "x")).await;
     finished(&gw, &admin, &id).await;
+    poll_value(&gw, &admin, "comfygate_discovery_lookup_failures_total{entry=\"w\"}", |v| v > 0.0).await;
     let _ = client().get(gw.at("/queue")).send().await;
     let text = scrape(&gw, &admin).await;
     let scraped: BTreeSet<String> =
@@ -301,12 +319,51 @@ async fn jobs_that_only_a_stopped_backend_can_run_are_counted_as_unrunnable() {
     poll_value(&gw, &admin, "comfygate_backend_up{backend=\"b2\"}", |v| v == 0.0).await;
     let id = submit_ok(&gw, &admin, model_job("m1.safetensors", "wait")).await;
     let text = scrape(&gw, &admin).await;
-    assert_eq!(value(&text, "comfygate_queue_waiting_jobs"), Some(1.0), "{text}");
+    assert_eq!(value(&text, "comfygate_queue_waiting_jobs{models=\"m1.safetensors\"}"), Some(1.0), "{text}");
+    assert_eq!(waiting(&text), 1.0, "{text}");
     assert_eq!(value(&text, "comfygate_queue_unrunnable_jobs"), Some(1.0), "{text}");
     assert_eq!(value(&text, "comfygate_ready"), Some(1.0), "a backend is up");
     models.restart().await.unwrap();
     finished(&gw, &admin, &id).await;
     let text = scrape(&gw, &admin).await;
     assert_eq!(value(&text, "comfygate_queue_unrunnable_jobs"), Some(0.0), "{text}");
-    assert_eq!(value(&text, "comfygate_queue_waiting_jobs"), Some(0.0), "{text}");
+    assert_eq!(waiting(&text), 0.0, "{text}");
+    assert!(!text.contains("m1.safetensors"), "a set nothing waits for has no series: {text}");
+}
+
+#[tokio::test]
+async fn waiting_jobs_by_model_files_and_desired_backends_follow_a_queue_on_a_saturated_backend() {
+    let mut config = SimConfig { job_duration: Duration::from_secs(30), ..SimConfig::default() };
+    config.models.push(("checkpoints".to_owned(), "m1.safetensors".to_owned()));
+    config.models.push(("checkpoints".to_owned(), "m2.safetensors".to_owned()));
+    let sim = Simulator::start(config).await.unwrap();
+    // Unmeasured jobs are taken to run 15 s; the work should drain within 10 s.
+    let extra = format!("{FAST_HEALTH}\ndefault_run_time = \"15s\"\n\n[discovery]\nscale_target = \"10s\"\n");
+    let gw = gateway_with(&[&sim], 1, &extra).await;
+    let admin = gw.token("admin", "scrape").await;
+    let idle = scrape(&gw, &admin).await;
+    assert_eq!(value(&idle, "comfygate_desired_backends"), Some(0.0), "{idle}");
+    assert_eq!(value(&idle, "comfygate_queue_waiting_jobs{models=\"\"}"), Some(0.0), "{idle}");
+
+    let running = submit_ok(&gw, &admin, model_job("m1.safetensors", "run")).await;
+    for (i, ckpt) in ["m1.safetensors", "m1.safetensors", "m2.safetensors"].iter().enumerate() {
+        submit_ok(&gw, &admin, model_job(ckpt, &format!("wait{i}"))).await;
+    }
+    let text = poll_value(&gw, &admin, "comfygate_queue_waiting_jobs{models=\"m2.safetensors\"}", |v| v == 1.0).await;
+    assert_eq!(value(&text, "comfygate_queue_waiting_jobs{models=\"m1.safetensors\"}"), Some(2.0), "{text}");
+    assert_eq!(waiting(&text), 3.0, "{text}");
+    assert_eq!(value(&text, "comfygate_backend_inflight_jobs{backend=\"sim\"}"), Some(1.0), "{text}");
+    // 3 waiting × 15 s + what is left of the running one (≤ 15 s), over 10 s: 5 or 6 backends.
+    let desired = value(&text, "comfygate_desired_backends").unwrap();
+    assert!((5.0..=6.0).contains(&desired), "desired {desired}: {text}");
+
+    // The queue cleared and the running job interrupted: nothing is needed any more.
+    let r = client().post(gw.at("/queue")).bearer_auth(&admin).json(&serde_json::json!({"clear": true})).send().await;
+    assert_eq!(r.unwrap().status(), 200);
+    let r = client().post(gw.at("/interrupt")).bearer_auth(&admin).json(&serde_json::json!({})).send().await;
+    assert_eq!(r.unwrap().status(), 200);
+    finished(&gw, &admin, &running).await;
+    let text = poll_value(&gw, &admin, "comfygate_desired_backends", |v| v == 0.0).await;
+    assert_eq!(waiting(&text), 0.0, "{text}");
+    assert!(!text.contains("models=\"m1.safetensors\""), "{text}");
 }

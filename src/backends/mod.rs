@@ -2,14 +2,17 @@
 //!
 //! Each backend has its own [`Proxy`]; [`health`] checks it actively (`/system_stats`) and
 //! learns passively from failed requests; [`capabilities`] says what it can run; [`monitor`]
-//! keeps the gateway's own WebSocket to it, through which job events arrive.
+//! keeps the gateway's own WebSocket to it, through which job events arrive; [`discovery`]
+//! finds the backends of `discover` entries in DNS.
 
 pub mod capabilities;
+pub mod discovery;
 pub mod health;
 pub mod monitor;
 pub mod watchers;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -174,6 +177,8 @@ impl Backend {
 /// Every backend of the gateway.
 pub struct Pool {
     backends: RwLock<Arc<[Arc<Backend>]>>,
+    /// What the backends are made from; held while the list changes (one change at a time).
+    plan: Mutex<Plan>,
     events: broadcast::Sender<BackendEvent>,
     /// Merged capabilities of the healthy backends, and of every backend ever seen.
     merged: RwLock<[Option<Arc<Capabilities>>; 2]>,
@@ -181,6 +186,15 @@ pub struct Pool {
     max_body: u64,
     auth: AuthConfig,
     instance: String,
+}
+
+/// What the pool's backends are made from.
+#[derive(Default)]
+struct Plan {
+    /// The `[[backends]]` entries in force, `discover` entries included.
+    configured: Vec<BackendConfig>,
+    /// The addresses each `discover` entry found last, by entry name.
+    found: BTreeMap<String, Vec<IpAddr>>,
 }
 
 /// Whose capabilities to merge.
@@ -216,13 +230,14 @@ impl Pool {
     /// Builds the backends of `config`; `instance` makes the gateway's WebSocket ids unique.
     pub fn new(config: &Config, instance: &str) -> Result<Self, ProxyError> {
         let max_body = config.server.max_request_body.as_u64();
-        let backends = config
-            .backends
+        // `discover` entries have found nothing yet: their backends come with the first lookup.
+        let backends = discovery::expand(&config.backends, &BTreeMap::new())
             .iter()
             .map(|b| Backend::new(b, max_body, &config.auth, instance).map(Arc::new))
             .collect::<Result<Vec<_>, ProxyError>>()?;
         Ok(Self {
             backends: RwLock::new(backends.into()),
+            plan: Mutex::new(Plan { configured: config.backends.clone(), found: BTreeMap::new() }),
             events: broadcast::Sender::new(1024),
             merged: RwLock::new([None, None]),
             max_body,
@@ -253,10 +268,57 @@ impl Pool {
         all.iter().find(|b| b.in_service()).or_else(|| all.iter().find(|b| !b.is_retiring())).or(all.first()).cloned()
     }
 
-    /// Makes the pool match `configs` (a reload): new backends join at once; removed and
+    fn plan(&self) -> MutexGuard<'_, Plan> {
+        self.plan.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes the pool match the `[[backends]]` entries `configs` (a reload), `discover`
+    /// entries standing for what they found last: new backends join at once; removed and
     /// changed ones take no new jobs and leave (changed ones replaced) once their jobs are
     /// done, see [`sweep`](Self::sweep). Nothing changes when any new backend is unusable.
     pub fn apply(&self, configs: &[BackendConfig]) -> Result<Changes, ProxyError> {
+        let mut plan = self.plan();
+        let changes = self.make(&discovery::expand(configs, &plan.found))?;
+        plan.configured = configs.to_vec();
+        plan.found.retain(|name, _| configs.iter().any(|c| c.name == *name && c.discover.is_some()));
+        Ok(changes)
+    }
+
+    /// The `discover` entries in force.
+    pub fn discover_entries(&self) -> Vec<BackendConfig> {
+        self.plan().configured.iter().filter(|c| c.discover.is_some()).cloned().collect()
+    }
+
+    /// The addresses the `discover` entry `entry` found last; `None` before its first lookup.
+    pub fn discovered(&self, entry: &str) -> Option<Vec<IpAddr>> {
+        self.plan().found.get(entry).cloned()
+    }
+
+    /// How many workers each `discover` entry found last, by entry name (0 before any lookup).
+    pub fn discovered_counts(&self) -> Vec<(String, usize)> {
+        let plan = self.plan();
+        let entries = plan.configured.iter().filter(|c| c.discover.is_some());
+        entries.map(|c| (c.name.clone(), plan.found.get(&c.name).map_or(0, Vec::len))).collect()
+    }
+
+    /// Puts in force that the `discover` entry `entry` finds `found` (see [`discovery`]): as
+    /// [`apply`](Self::apply) with the same entries. Nothing changes for an entry no longer
+    /// configured.
+    pub fn set_discovered(&self, entry: &str, found: Vec<IpAddr>) -> Result<Changes, ProxyError> {
+        let mut plan = self.plan();
+        let configured = plan.configured.iter().any(|c| c.name == entry && c.discover.is_some());
+        if !configured || plan.found.get(entry) == Some(&found) {
+            return Ok(Changes::default());
+        }
+        let mut next = plan.found.clone();
+        next.insert(entry.to_owned(), found);
+        let changes = self.make(&discovery::expand(&plan.configured, &next))?;
+        plan.found = next;
+        Ok(changes)
+    }
+
+    /// Makes the backends `configs` (every entry expanded); the caller holds the plan.
+    fn make(&self, configs: &[BackendConfig]) -> Result<Changes, ProxyError> {
         let current = self.all();
         let built = |c: &BackendConfig| Backend::new(c, self.max_body, &self.auth, &self.instance).map(Arc::new);
         // Everything new is built first: an unusable URL leaves the pool as it was.
@@ -308,6 +370,7 @@ impl Pool {
     /// their place; returns the replacements (their watchers must be started). Call it where
     /// no job can be handed to a backend meanwhile (the scheduler holds its lock).
     pub fn sweep(&self) -> Vec<Arc<Backend>> {
+        let _plan = self.plan();
         let current = self.all();
         let leaving = |b: &Arc<Backend>| b.is_retiring() && b.load().inflight.is_empty();
         if !current.iter().any(leaving) {
@@ -446,6 +509,47 @@ mod tests {
         c.load().inflight.clear();
         assert!(pool.sweep().is_empty());
         assert_eq!(names(&pool), [("a", false), ("d", false)].map(|(n, r)| (n.to_owned(), r)));
+    }
+
+    #[test]
+    fn discovered_workers_join_beside_static_ones_and_vanished_ones_drain_before_they_leave() {
+        let workers = BackendConfig {
+            name: "w".to_owned(),
+            url: String::new(),
+            discover: Some("dns://workers.test:7000".parse().unwrap()),
+            ..BackendConfig::local()
+        };
+        let pool = pool(&[backend("a", 1), workers.clone()]);
+        assert_eq!(names(&pool), [("a".to_owned(), false)], "nothing found before the first lookup");
+        assert_eq!(pool.discovered_counts(), [("w".to_owned(), 0)]);
+        let ip = |t: &str| t.parse::<IpAddr>().unwrap();
+
+        let changes = pool.set_discovered("w", vec![ip("10.0.0.1"), ip("10.0.0.2")]).unwrap();
+        let added: Vec<&str> = changes.added.iter().map(|b| b.name()).collect();
+        assert_eq!(added, ["w-10-0-0-1", "w-10-0-0-2"]);
+        assert_eq!(pool.get("w-10-0-0-2").unwrap().config.url, "http://10.0.0.2:7000");
+        assert!(pool.set_discovered("w", vec![ip("10.0.0.1"), ip("10.0.0.2")]).unwrap().is_empty(), "same set");
+        assert!(pool.set_discovered("other", vec![ip("10.0.0.9")]).unwrap().is_empty(), "not an entry");
+
+        pool.get("w-10-0-0-1").unwrap().load().inflight.push("job".to_owned());
+        let changes = pool.set_discovered("w", vec![ip("10.0.0.2")]).unwrap();
+        assert_eq!(changes.removed, ["w-10-0-0-1"]);
+        assert!(!pool.get("w-10-0-0-1").unwrap().has_room(), "a vanished worker takes no new job");
+        assert!(pool.sweep().is_empty());
+        assert!(pool.get("w-10-0-0-1").is_some(), "it stays while its job runs");
+        pool.get("w-10-0-0-1").unwrap().load().inflight.clear();
+        pool.sweep();
+        assert!(pool.get("w-10-0-0-1").is_none(), "then it leaves");
+
+        // A reload keeps what was found; a changed entry's workers are replaced with its settings.
+        let wider = BackendConfig { max_inflight: 7, ..workers };
+        let changes = pool.apply(&[backend("a", 1), wider]).unwrap();
+        assert_eq!(changes.changed, ["w-10-0-0-2"]);
+        pool.sweep();
+        assert_eq!(pool.get("w-10-0-0-2").unwrap().config.max_inflight, 7);
+        let changes = pool.apply(&[backend("a", 1)]).unwrap();
+        assert_eq!(changes.removed, ["w-10-0-0-2"], "an entry taken out of the configuration drains its workers");
+        assert!(pool.discover_entries().is_empty() && pool.discovered("w").is_none());
     }
 
     #[test]

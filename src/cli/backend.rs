@@ -9,6 +9,7 @@ use clap::Subcommand;
 
 use comfygate::Config;
 use comfygate::audit::{Audit, Context as Audited, Event};
+use comfygate::backends::discovery;
 use comfygate::time::now_ms;
 
 use super::usage::UsageArgError;
@@ -32,7 +33,8 @@ pub enum BackendCommand {
         /// The backend's configured name.
         name: String,
     },
-    /// Each configured backend: its URL, whether it is drained, and the jobs on it.
+    /// Each configured backend: its URL, whether it is drained, and the jobs on it; a
+    /// `discover` entry's workers as its DNS name resolves now (and those still holding jobs).
     List,
 }
 
@@ -42,11 +44,20 @@ const WAIT_POLL: Duration = Duration::from_millis(250);
 /// `comfygate backend ...`.
 pub async fn run(config: &Config, command: BackendCommand) -> anyhow::Result<ExitCode> {
     let known = |name: &str| -> Result<String, UsageArgError> {
-        let names: Vec<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
-        names.iter().find(|n| **n == name).map(|n| (*n).to_owned()).ok_or_else(|| {
-            let shown: String = name.chars().filter(|c| !c.is_control()).take(60).collect();
-            UsageArgError(format!("no backend named `{shown}` (configured: {})", names.join(", ")))
-        })
+        let names: Vec<&str> =
+            config.backends.iter().filter(|b| b.discover.is_none()).map(|b| b.name.as_str()).collect();
+        let discovering: Vec<&str> =
+            config.backends.iter().filter(|b| b.discover.is_some()).map(|b| b.name.as_str()).collect();
+        let found = names.contains(&name) || discovering.iter().any(|entry| is_discovered_by(entry, name));
+        if found {
+            return Ok(name.to_owned());
+        }
+        let shown: String = name.chars().filter(|c| !c.is_control()).take(60).collect();
+        let mut listed = names.join(", ");
+        for entry in discovering {
+            listed.push_str(&format!("{}{entry}-<address> (discovered)", if listed.is_empty() { "" } else { ", " }));
+        }
+        Err(UsageArgError(format!("no backend named `{shown}` (configured: {listed})")))
     };
     let store = super::open_store(config, false).await?;
     match command {
@@ -81,11 +92,38 @@ pub async fn run(config: &Config, command: BackendCommand) -> anyhow::Result<Exi
         BackendCommand::List => {
             let drained = store.drained_backends().await?;
             let jobs = store.jobs_on_backends().await?;
-            let rows = config.backends.iter().map(|b| {
-                let on = jobs.iter().find(|(n, _)| *n == b.name).map_or(0, |(_, j)| *j);
-                vec![b.name.clone(), b.url.clone(), drained.contains(&b.name).to_string(), on.to_string()]
-            });
-            print!("{}", super::accounts::table(&["NAME", "URL", "DRAINED", "JOBS"], rows));
+            let row = |name: &str, url: String| {
+                let on = jobs.iter().find(|(n, _)| n == name).map_or(0, |(_, j)| *j);
+                vec![name.to_owned(), url, drained.iter().any(|d| d == name).to_string(), on.to_string()]
+            };
+            let mut rows = Vec::new();
+            for b in &config.backends {
+                let Some(target) = &b.discover else {
+                    rows.push(row(&b.name, b.url.clone()));
+                    continue;
+                };
+                let workers = discovered_now(config, b, target).await;
+                let summary = match &workers {
+                    Ok(w) => format!("{target}: {} worker(s) now", w.len()),
+                    Err(why) => format!("{target}: lookup failed ({why})"),
+                };
+                rows.push(vec![b.name.clone(), summary, "-".to_owned(), "-".to_owned()]);
+                let workers = workers.unwrap_or_default();
+                for w in &workers {
+                    rows.push(row(&w.name, w.url.clone()));
+                }
+                // Workers gone from DNS that the store still knows of (draining, or drained).
+                let mut left: Vec<&str> =
+                    jobs.iter().map(|(n, _)| n.as_str()).chain(drained.iter().map(String::as_str)).collect();
+                left.sort_unstable();
+                left.dedup();
+                for name in
+                    left.into_iter().filter(|n| is_discovered_by(&b.name, n) && !workers.iter().any(|w| w.name == *n))
+                {
+                    rows.push(row(name, "(no longer in DNS)".to_owned()));
+                }
+            }
+            print!("{}", super::accounts::table(&["NAME", "URL", "DRAINED", "JOBS"], rows.into_iter()));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -104,6 +142,28 @@ async fn set(
         audit.record(&Audited::cli(), Event::success(event).field("backend", name)).await?;
     }
     Ok(())
+}
+
+/// Whether `name` is the name of a backend the `discover` entry `entry` finds (see
+/// `backends::discovery::backend_name`).
+fn is_discovered_by(entry: &str, name: &str) -> bool {
+    name.strip_prefix(entry)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|address| !address.is_empty() && address.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+}
+
+/// The workers `entry`'s DNS name resolves to now, as backends.
+async fn discovered_now(
+    config: &Config,
+    entry: &comfygate::config::BackendConfig,
+    target: &comfygate::config::DnsTarget,
+) -> Result<Vec<comfygate::config::BackendConfig>, String> {
+    let resolver = discovery::Resolver::new(&config.discovery).map_err(|e| e.to_string())?;
+    let lookup = resolver.lookup(target).await;
+    if let (Some(why), true) = (lookup.failure(), lookup.merged(&[]).is_empty()) {
+        return Err(why.to_owned());
+    }
+    Ok(lookup.merged(&[]).into_iter().map(|ip| discovery::discovered(entry, target, ip)).collect())
 }
 
 async fn jobs_on(store: &dyn comfygate::store::Store, name: &str) -> anyhow::Result<i64> {

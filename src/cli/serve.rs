@@ -34,7 +34,7 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
 
     let admin_user = std::env::var("COMFYGATE_ADMIN_USER").unwrap_or_else(|_| "admin".to_owned());
     let admin_password = admin_password_from_env()?;
-    let backends: Vec<String> = config.backends.iter().map(|b| format!("{} → {}", b.name, b.url)).collect();
+    let backends: Vec<String> = config.backends.iter().map(|b| format!("{} → {}", b.name, b.shown_target())).collect();
     let scheme = if config.server.tls.is_some() { "https" } else { "http" };
     let app = App::new(config, store.clone()).await?;
     // Bound before the first admin is made: a port in use fails before a password is shown

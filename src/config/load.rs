@@ -153,6 +153,7 @@ impl Config {
     fn validate(&self) -> Result<(), (String, String)> {
         let mut names = std::collections::HashSet::new();
         let mut urls = std::collections::HashMap::new();
+        let mut targets = std::collections::HashMap::new();
         for (i, backend) in self.backends.iter().enumerate() {
             let at = |field: &str| format!("backends[{i}].{field}");
             let valid_name = !backend.name.is_empty()
@@ -163,6 +164,31 @@ impl Config {
             }
             if !names.insert(backend.name.as_str()) {
                 return Err((at("name"), format!("`{}` is used twice", backend.name)));
+            }
+            match (&backend.discover, backend.url.is_empty()) {
+                (Some(_), false) => {
+                    return Err((
+                        at("discover"),
+                        "give either `url` (one server) or `discover` (every address of a DNS name), not both"
+                            .to_owned(),
+                    ));
+                }
+                (None, true) => {
+                    return Err((
+                        at("url"),
+                        "missing: give url = \"http://10.0.0.5:8188\" or discover = \"dns://comfyui-workers:8188\""
+                            .to_owned(),
+                    ));
+                }
+                (Some(target), true) => {
+                    // One name discovered twice would get every worker twice.
+                    if let Some(first) = targets.insert(target.to_string(), backend.name.as_str()) {
+                        return Err((at("discover"), format!("`{target}` is already discovered by backend `{first}`")));
+                    }
+                    backend_settings(backend, &at)?;
+                    continue;
+                }
+                (None, false) => {}
             }
             let example = "e.g. url = \"http://127.0.0.1:8188\"";
             let scheme = backend.url.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase());
@@ -190,26 +216,17 @@ impl Config {
                     format!("`{}` is already the URL of backend `{first}`: list each ComfyUI server once", backend.url),
                 ));
             }
-            if backend.max_inflight == 0 {
-                return Err((at("max_inflight"), "must be at least 1".to_owned()));
-            }
-            if backend.connect_timeout.is_zero() || backend.response_timeout.is_zero() {
-                return Err((at("connect_timeout"), "timeouts must be greater than zero".to_owned()));
-            }
-            for pattern in &backend.models {
-                globset::Glob::new(pattern).map_err(|e| {
-                    (
-                        at("models"),
-                        format!("model pattern `{pattern}`: {e}, e.g. models = [\"flux1-dev*.safetensors\"]"),
-                    )
-                })?;
-            }
-            if backend.exclusive && backend.models.is_empty() {
-                return Err((
-                    at("exclusive"),
-                    "an exclusive backend needs `models`, e.g. models = [\"sd3.5*\"]".to_owned(),
-                ));
-            }
+            backend_settings(backend, &at)?;
+        }
+        let discovery = &self.discovery;
+        if discovery.interval < MIN_DISCOVERY_INTERVAL {
+            return Err((
+                "discovery.interval".to_owned(),
+                "must be at least 100ms, e.g. interval = \"10s\"".to_owned(),
+            ));
+        }
+        if discovery.scale_target.is_zero() {
+            return Err(("discovery.scale_target".to_owned(), "must be greater than zero, e.g. \"60s\"".to_owned()));
         }
         for (pattern, _) in &self.scheduler.model_load_times {
             globset::Glob::new(pattern).map_err(|e| {
@@ -322,6 +339,28 @@ impl Config {
         Ok(())
     }
 }
+
+/// The settings every backend entry has, with or without `url`.
+fn backend_settings(backend: &BackendConfig, at: &dyn Fn(&str) -> String) -> Result<(), (String, String)> {
+    if backend.max_inflight == 0 {
+        return Err((at("max_inflight"), "must be at least 1".to_owned()));
+    }
+    if backend.connect_timeout.is_zero() || backend.response_timeout.is_zero() {
+        return Err((at("connect_timeout"), "timeouts must be greater than zero".to_owned()));
+    }
+    for pattern in &backend.models {
+        globset::Glob::new(pattern).map_err(|e| {
+            (at("models"), format!("model pattern `{pattern}`: {e}, e.g. models = [\"flux1-dev*.safetensors\"]"))
+        })?;
+    }
+    if backend.exclusive && backend.models.is_empty() {
+        return Err((at("exclusive"), "an exclusive backend needs `models`, e.g. models = [\"sd3.5*\"]".to_owned()));
+    }
+    Ok(())
+}
+
+/// Resolving more often than this is a typo, and a load on the DNS server.
+const MIN_DISCOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// ComfyUI's own client messages (`feature_flags`) take a few hundred bytes.
 const MIN_WEBSOCKET_MESSAGE: u64 = 1024;
@@ -497,6 +536,75 @@ mod tests {
         let missing = Config::load(Some(Path::new("/nonexistent/comfygate.toml")), env(&[])).unwrap_err();
         assert!(std::error::Error::source(&missing).is_none(), "the OS error is said once");
         assert!(missing.to_string().contains("--config"), "{missing}");
+    }
+
+    #[test]
+    fn a_backend_has_exactly_one_of_url_or_a_dns_discover_target() {
+        let entry = |lines: &str| Config::from_toml(&format!("[[backends]]\nname = \"w\"\n{lines}\n"));
+        let good: [(&str, &str, u16); 5] = [
+            ("discover = \"dns://workers.default.svc.cluster.local:8188\"", "workers.default.svc.cluster.local", 8188),
+            ("discover = \"dns://workers\"", "workers", 8188),
+            ("discover = \"DNS://Workers.Test.:9000\"", "workers.test.", 9000),
+            ("discover = \"dns://gpu_pool-1.internal:1\"", "gpu_pool-1.internal", 1),
+            (
+                "discover = \"dns://w.test:65535\"\nmax_inflight = 3\nmodels = [\"flux*\"]\nexclusive = true",
+                "w.test",
+                65535,
+            ),
+        ];
+        for (lines, host, port) in good {
+            let config = entry(lines).unwrap_or_else(|e| panic!("{lines}: {e}"));
+            let target = config.backends[0].discover.clone().unwrap();
+            assert_eq!(
+                (target.host.as_str(), target.port, config.backends[0].url.as_str()),
+                (host, port, ""),
+                "{lines}"
+            );
+        }
+        let bad: [(&str, &[&str]); 14] = [
+            ("", &["backends[0].url", "missing", "discover = \"dns://"]),
+            ("url = \"http://x:1\"\ndiscover = \"dns://w\"", &["backends[0].discover", "not both"]),
+            ("discover = \"http://w:8188\"", &["backends[0].discover", "must start with dns://"]),
+            ("discover = \"srv://w\"", &["must start with dns://"]),
+            ("discover = \"w.test:8188\"", &["must start with dns://"]),
+            ("discover = \"dns://\"", &["not a DNS name"]),
+            ("discover = \"dns://:8188\"", &["not a DNS name"]),
+            ("discover = \"dns://w:0\"", &["port must be a number from 1 to 65535"]),
+            ("discover = \"dns://w:99999\"", &["port must be a number"]),
+            ("discover = \"dns://w:\"", &["port must be a number"]),
+            ("discover = \"dns://w/path\"", &["without user, path or query"]),
+            ("discover = \"dns://w?x=1\"", &["without user, path or query"]),
+            ("discover = \"dns://10.0.0.5:8188\"", &["names an address", "url = \"http://10.0.0.5:8188\""]),
+            ("discover = \"dns://bad..name\"", &["not a DNS name"]),
+        ];
+        for (lines, expected) in bad {
+            let err = entry(lines).unwrap_err().to_string();
+            for part in expected {
+                assert!(err.contains(part), "{lines:?}: {err}");
+            }
+        }
+        let twice = "[[backends]]\nname = \"a\"\ndiscover = \"dns://w\"\n[[backends]]\nname = \"b\"\ndiscover = \"dns://W:8188\"\n";
+        let err = Config::from_toml(twice).unwrap_err().to_string();
+        assert!(err.contains("backends[1].discover") && err.contains("already discovered by backend `a`"), "{err}");
+        let err = entry("discover = \"dns://w\"\nexclusive = true").unwrap_err().to_string();
+        assert!(err.contains("backends[0].exclusive"), "the entry's settings are checked too: {err}");
+    }
+
+    #[test]
+    fn discovery_defaults_and_limits() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!((c.discovery.interval.as_secs(), c.discovery.scale_target.as_secs()), (10, 60));
+        assert!(c.discovery.nameservers.is_empty(), "the system resolver by default");
+        let c = Config::from_toml("[discovery]\ninterval = \"200ms\"\nnameservers = [\"127.0.0.1:5353\"]\n").unwrap();
+        assert_eq!(c.discovery.nameservers[0].port(), 5353);
+        for (text, key) in [
+            ("[discovery]\ninterval = \"10ms\"\n", "discovery.interval"),
+            ("[discovery]\nscale_target = \"0s\"\n", "discovery.scale_target"),
+            ("[discovery]\nnameservers = [\"dns.example\"]\n", "discovery.nameservers"),
+        ] {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

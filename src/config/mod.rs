@@ -29,6 +29,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The ComfyUI servers behind the gateway.
     pub backends: Vec<BackendConfig>,
+    /// How `[[backends]] discover` entries are resolved, and what autoscalers are told.
+    pub discovery: DiscoveryConfig,
     /// Health checks and job dispatch across backends.
     pub scheduler: SchedulerConfig,
     /// Which ComfyUI routes normal users may reach.
@@ -501,14 +503,110 @@ impl Default for AuthConfig {
     }
 }
 
-/// One ComfyUI server.
+/// `[discovery]`: how `[[backends]] discover` entries are resolved (read at start only), and
+/// the wait `comfygate_desired_backends` aims for.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// How often each `discover` name is resolved again.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// DNS servers to ask (`"ip:port"`); none: the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+    /// How long the queued and running work should take to drain: `comfygate_desired_backends`
+    /// is that work divided by this.
+    #[serde(with = "humantime_serde")]
+    pub scale_target: Duration,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(10), nameservers: Vec::new(), scale_target: Duration::from_secs(60) }
+    }
+}
+
+/// The port a `discover` name's workers listen on when it names none (ComfyUI's).
+pub const DEFAULT_DISCOVER_PORT: u16 = 8188;
+
+/// A `discover = "dns://host[:port]"` target: every A and AAAA record of `host` is a backend
+/// listening on `port`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct DnsTarget {
+    /// The DNS name resolved, lowercase: as the system resolves names (its search domains
+    /// tried for a short one), unless it ends with `.` (fully qualified).
+    pub host: String,
+    /// The port of every worker.
+    pub port: u16,
+}
+
+impl std::fmt::Display for DnsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "dns://{}:{}", self.host, self.port)
+    }
+}
+
+impl TryFrom<String> for DnsTarget {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl std::str::FromStr for DnsTarget {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let example = "e.g. discover = \"dns://comfyui-workers.default.svc.cluster.local:8188\"";
+        let rest = match text.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("dns") => rest,
+            _ => return Err(format!("`{text}` must start with dns://, {example}")),
+        };
+        if rest.contains(['/', '?', '#', '@']) {
+            return Err(format!("`{text}` must be dns://host[:port], without user, path or query, {example}"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) => {
+                let port = port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    format!("`{text}`: the port must be a number from 1 to 65535 (default {DEFAULT_DISCOVER_PORT})")
+                })?;
+                (host, port)
+            }
+            None => (rest, DEFAULT_DISCOVER_PORT),
+        };
+        let bare = host.strip_suffix('.').unwrap_or(host);
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if bare.is_empty() || bare.len() > 253 || !bare.split('.').all(label_ok) {
+            return Err(format!("`{text}`: `{host}` is not a DNS name, {example}"));
+        }
+        if bare.parse::<std::net::IpAddr>().is_ok() {
+            return Err(format!("`{text}` names an address, not a DNS name: use url = \"http://{bare}:{port}\""));
+        }
+        Ok(Self { host: host.to_ascii_lowercase(), port })
+    }
+}
+
+/// One ComfyUI server, or (with `discover`) every server a DNS name resolves to.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    /// A short name used in logs and errors.
+    /// A short name used in logs and errors (a discovered backend's is
+    /// `{name}-{address with dashes}`).
     pub name: String,
-    /// Base URL, e.g. `http://127.0.0.1:8188`.
+    /// Base URL, e.g. `http://127.0.0.1:8188`; empty for a `discover` entry.
+    #[serde(default)]
     pub url: String,
+    /// Instead of `url`: `dns://host[:port]`, each A/AAAA record of `host` a backend with this
+    /// entry's other settings (see docs/discovery.md).
+    #[serde(default)]
+    pub discover: Option<DnsTarget>,
     /// Time allowed to open a TCP connection.
     #[serde(with = "humantime_serde", default = "default_connect_timeout")]
     pub connect_timeout: Duration,
@@ -543,11 +641,20 @@ fn default_response_timeout() -> Duration {
 }
 
 impl BackendConfig {
+    /// Where it is, as shown to operators: its URL, or `dns://host:port` for a `discover` entry.
+    pub fn shown_target(&self) -> String {
+        match &self.discover {
+            Some(target) => target.to_string(),
+            None => self.url.clone(),
+        }
+    }
+
     /// The default backend: a ComfyUI on this machine's standard port.
     pub fn local() -> Self {
         Self {
             name: "local".to_owned(),
             url: "http://127.0.0.1:8188".to_owned(),
+            discover: None,
             connect_timeout: default_connect_timeout(),
             response_timeout: default_response_timeout(),
             max_inflight: default_max_inflight(),

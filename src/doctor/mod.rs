@@ -150,9 +150,16 @@ pub async fn run(config: Result<Config, ConfigError>, options: &Options) -> Repo
     };
     let client = remote::client(&config);
     let mut capabilities = Vec::new();
-    for backend in &config.backends {
-        if let Some(caps) = remote::backend(&client, backend, &mut checks).await {
-            capabilities.push((backend.name.clone(), caps));
+    for entry in &config.backends {
+        // A `discover` entry is no URL: its workers are what its DNS name resolves to now.
+        let backends = match &entry.discover {
+            Some(target) => remote::discovered(&config, entry, target, &mut checks).await,
+            None => vec![entry.clone()],
+        };
+        for backend in &backends {
+            if let Some(caps) = remote::backend(&client, backend, &mut checks).await {
+                capabilities.push((backend.name.clone(), caps));
+            }
         }
     }
     if let Some(path) = &options.workflow {

@@ -10,7 +10,8 @@ use serde_json::Value;
 use super::Check;
 use crate::auth::diagnosis::TokenFacts;
 use crate::backends::capabilities::Capabilities;
-use crate::config::{BackendConfig, Config};
+use crate::backends::discovery;
+use crate::config::{BackendConfig, Config, DnsTarget};
 use crate::store::Role;
 
 /// How long any one network call may take.
@@ -104,6 +105,52 @@ pub async fn backend(
             None
         }
     }
+}
+
+/// Workers of a `discover` entry checked one by one (the others are counted only).
+pub const MAX_DISCOVERED_CHECKED: usize = 4;
+
+/// A `discover` entry: its DNS name resolved once (one check saying how many workers it has);
+/// the first [`MAX_DISCOVERED_CHECKED`] workers, to be checked as backends.
+pub async fn discovered(
+    config: &Config,
+    entry: &BackendConfig,
+    target: &DnsTarget,
+    checks: &mut Vec<Check>,
+) -> Vec<BackendConfig> {
+    let name = format!("backend {}", entry.name);
+    let resolver = match discovery::Resolver::new(&config.discovery) {
+        Ok(r) => r,
+        Err(e) => {
+            checks.push(Check::fail(&name, e.to_string(), "set [discovery] nameservers, or fix /etc/resolv.conf"));
+            return Vec::new();
+        }
+    };
+    let lookup = resolver.lookup(target).await;
+    let workers: Vec<BackendConfig> =
+        lookup.merged(&[]).into_iter().map(|ip| discovery::discovered(entry, target, ip)).collect();
+    match (lookup.failure(), workers.len()) {
+        (Some(why), 0) => {
+            let remedy = "check the DNS name and [discovery] nameservers (the gateway keeps the workers it last found \
+                          while lookups fail)";
+            checks.push(Check::fail(&name, format!("discovered by DNS ({target}): lookup failed: {why}"), remedy));
+        }
+        (_, 0) => checks.push(Check::warn(
+            &name,
+            format!("discovered by DNS ({target}): no workers now"),
+            "start ComfyUI workers behind that name (an autoscaler at zero is fine: jobs wait for one)",
+        )),
+        (failure, n) => {
+            let shown: Vec<&str> = workers.iter().take(MAX_DISCOVERED_CHECKED).map(|w| w.url.as_str()).collect();
+            let more = if n > shown.len() { format!(", and {} more", n - shown.len()) } else { String::new() };
+            let partly = failure.map(|why| format!("; a lookup failed: {why}")).unwrap_or_default();
+            checks.push(Check::pass(
+                &name,
+                format!("discovered by DNS ({target}): {n} worker(s): {}{more}{partly}", shown.join(", ")),
+            ));
+        }
+    }
+    workers.into_iter().take(MAX_DISCOVERED_CHECKED).collect()
 }
 
 fn gib(bytes: u64) -> String {

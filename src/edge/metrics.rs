@@ -85,9 +85,12 @@ pub async fn snapshot(app: &App) -> Snapshot {
         .collect();
     // The same checks as `/readyz`.
     let ready = crate::health::readiness(app).await.is_ready();
+    let demand = app.scheduler.demand(app.config.discovery.scale_target);
     Snapshot {
         sessions_active: sessions,
-        queue_waiting: app.scheduler.waiting_jobs(),
+        queue_waiting: demand.waiting,
+        desired_backends: demand.desired_backends,
+        discovered: app.scheduler.pool().discovered_counts(),
         queue_unrunnable: app.scheduler.unrunnable_jobs(),
         ready,
         backends,

@@ -37,6 +37,16 @@ pub const MAX_DEVICES: usize = 16;
 /// Longest device name kept as a label value.
 const MAX_DEVICE_NAME: usize = 64;
 
+/// Most `models` label values of `queue_waiting_jobs` (the sets with the most waiting jobs);
+/// the jobs of any other set are counted under [`OTHER_MODELS`].
+pub const MAX_MODEL_SETS: usize = 32;
+
+/// The `models` label of the waiting jobs past [`MAX_MODEL_SETS`].
+pub const OTHER_MODELS: &str = "(other)";
+
+/// Longest `models` label value kept (longer sets count under [`OTHER_MODELS`]).
+const MAX_MODELS_LABEL: usize = 512;
+
 /// Why a scrape could not be encoded.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot encode the metrics")]
@@ -172,6 +182,16 @@ struct BackendLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ModelsLabel {
+    models: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EntryLabel {
+    entry: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DeviceLabels {
     backend: String,
     device: String,
@@ -188,8 +208,13 @@ pub struct Snapshot {
     /// Sessions neither revoked, expired nor idle past their limit; `None` when the store did
     /// not answer (exported as 0; `ready` is 0 then too).
     pub sessions_active: Option<i64>,
-    /// Jobs waiting in the gateway's queue.
-    pub queue_waiting: usize,
+    /// Jobs waiting in the gateway's queue, by the model files they need (sorted file names
+    /// joined with `,`; `""` for jobs that need none or whose needs are not known yet).
+    pub queue_waiting: Vec<(String, usize)>,
+    /// Backends the queued and running work needs to drain within `[discovery] scale_target`.
+    pub desired_backends: usize,
+    /// How many workers each `discover` entry found last, by entry name.
+    pub discovered: Vec<(String, usize)>,
     /// Waiting jobs that no backend in service can run.
     pub queue_unrunnable: usize,
     /// Whether the gateway is ready to serve (the facts `/readyz` uses).
@@ -238,15 +263,19 @@ pub struct Metrics {
     vram_total: Family<DeviceLabels, Gauge>,
     vram_free: Family<DeviceLabels, Gauge>,
     model_loads: Family<BackendLabel, Counter>,
-    queue_waiting: Gauge,
+    queue_waiting: Family<ModelsLabel, Gauge>,
+    desired_backends: Gauge,
+    discovered: Family<EntryLabel, Gauge>,
+    discovery_failures: Family<EntryLabel, Counter>,
     queue_unrunnable: Gauge,
     jobs_submitted: Counter,
     jobs_finished: Family<OutcomeLabel, Counter>,
     job_wait: Histogram,
     job_run: Histogram,
     ready: Gauge,
-    /// One scrape at a time: a scrape sets the gauges of its snapshot, then encodes them.
-    scraping: Mutex<()>,
+    /// One scrape at a time: a scrape sets the gauges of its snapshot, then encodes them. It
+    /// holds the backends the previous scrape showed (whose counters go when they leave).
+    scraping: Mutex<Vec<String>>,
 }
 
 fn request_histogram() -> Histogram {
@@ -294,14 +323,17 @@ impl Metrics {
             vram_total: Family::default(),
             vram_free: Family::default(),
             model_loads: Family::default(),
-            queue_waiting: Gauge::default(),
+            queue_waiting: Family::default(),
+            desired_backends: Gauge::default(),
+            discovered: Family::default(),
+            discovery_failures: Family::default(),
             queue_unrunnable: Gauge::default(),
             jobs_submitted: Counter::default(),
             jobs_finished: Family::default(),
             job_wait: Histogram::new(JOB_BUCKETS),
             job_run: Histogram::new(JOB_BUCKETS),
             ready: Gauge::default(),
-            scraping: Mutex::new(()),
+            scraping: Mutex::new(Vec::new()),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -328,7 +360,27 @@ impl Metrics {
             "Jobs that started on the backend with other models than its previous job",
             m.model_loads.clone(),
         );
-        r.register("queue_waiting_jobs", "Jobs waiting in the gateway's queue", m.queue_waiting.clone());
+        r.register(
+            "queue_waiting_jobs",
+            "Jobs waiting in the gateway's queue, by the model files they need (sorted, comma-joined; \"\" for none)",
+            m.queue_waiting.clone(),
+        );
+        r.register(
+            "desired_backends",
+            "Backends needed to drain the queued and running work within [discovery] scale_target (what an autoscaler \
+             should aim for)",
+            m.desired_backends.clone(),
+        );
+        r.register(
+            "discovered_backends",
+            "Workers a [[backends]] discover entry found at its last lookup",
+            m.discovered.clone(),
+        );
+        r.register(
+            "discovery_lookup_failures",
+            "DNS lookups of a discover entry that failed (the workers last found stayed)",
+            m.discovery_failures.clone(),
+        );
         r.register(
             "queue_unrunnable_jobs",
             "Waiting jobs that no backend in service can run (none up, or none with their nodes, models or input files)",
@@ -398,25 +450,49 @@ impl Metrics {
         self.model_loads.get_or_create(&BackendLabel { backend: backend.to_owned() }).inc();
     }
 
+    /// A DNS lookup of the `discover` entry `entry` failed.
+    pub fn discovery_failed(&self, entry: &str) {
+        self.discovery_failures.get_or_create(&EntryLabel { entry: entry.to_owned() }).inc();
+    }
+
     /// The text of a scrape: the counters as they are, the gauges from `snapshot`.
     pub fn encode(&self, snapshot: &Snapshot) -> Result<String, EncodeError> {
-        let _one_at_a_time = self.scraping.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.apply(snapshot);
+        let mut shown = self.scraping.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.apply(snapshot, &mut shown);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).map_err(|_| EncodeError)?;
         Ok(text)
     }
 
-    fn apply(&self, s: &Snapshot) {
+    fn apply(&self, s: &Snapshot, shown: &mut Vec<String>) {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.top_source.set(i64::from(self.sources.top(Instant::now())));
         self.sessions_active.set(s.sessions_active.unwrap_or(0));
-        self.queue_waiting.set(i64::try_from(s.queue_waiting).unwrap_or(i64::MAX));
-        self.queue_unrunnable.set(i64::try_from(s.queue_unrunnable).unwrap_or(i64::MAX));
+        self.queue_waiting.clear();
+        // The "" series is always there (an alert on the sum needs the zero).
+        for (models, n) in model_sets(&s.queue_waiting) {
+            self.queue_waiting.get_or_create(&ModelsLabel { models }).set(count(n));
+        }
+        self.desired_backends.set(count(s.desired_backends));
+        self.discovered.clear();
+        for (entry, n) in &s.discovered {
+            let entry = EntryLabel { entry: entry.clone() };
+            self.discovered.get_or_create(&entry).set(count(*n));
+            // From zero, for `increase()` in alerts.
+            self.discovery_failures.get_or_create_owned(&entry);
+        }
+        self.queue_unrunnable.set(count(s.queue_unrunnable));
         self.ready.set(i64::from(s.ready));
-        // Backends removed from the configuration cannot appear (one gateway, one
-        // configuration); devices come and go with the backend's answers: rebuilt each time.
+        // Backends come and go (reloads, DNS discovery), devices with the backend's answers:
+        // the gauges are rebuilt each time, and a departed backend's counter goes with it.
         self.vram_total.clear();
         self.vram_free.clear();
+        self.backend_up.clear();
+        self.backend_inflight.clear();
+        for gone in shown.iter().filter(|name| !s.backends.iter().any(|b| b.name == **name)) {
+            self.model_loads.remove(&BackendLabel { backend: gone.clone() });
+        }
+        *shown = s.backends.iter().map(|b| b.name.clone()).collect();
         for b in &s.backends {
             let backend = BackendLabel { backend: b.name.clone() };
             self.backend_up.get_or_create(&backend).set(i64::from(b.up));
@@ -432,6 +508,33 @@ impl Metrics {
             }
         }
     }
+}
+
+/// The `models` label values and their counts: `""` (no models), the [`MAX_MODEL_SETS`] sets
+/// with the most jobs, and the rest (and over-long values) summed under [`OTHER_MODELS`].
+fn model_sets(waiting: &[(String, usize)]) -> Vec<(String, usize)> {
+    let mut sets: Vec<(String, usize)> = Vec::new();
+    let (mut none, mut other) = (0, 0);
+    for (models, n) in waiting {
+        if models.is_empty() {
+            none += n;
+        } else if models.len() > MAX_MODELS_LABEL || models.chars().any(char::is_control) {
+            other += n;
+        } else if let Some(known) = sets.iter_mut().find(|(m, _)| m == models) {
+            known.1 += n;
+        } else {
+            sets.push((models.clone(), *n));
+        }
+    }
+    sets.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    if sets.len() > MAX_MODEL_SETS {
+        other += sets.split_off(MAX_MODEL_SETS).iter().map(|(_, n)| n).sum::<usize>();
+    }
+    if other > 0 {
+        sets.push((OTHER_MODELS.to_owned(), other));
+    }
+    sets.push((String::new(), none));
+    sets
 }
 
 /// A device name as a label value: printable, at most [`MAX_DEVICE_NAME`] characters.
@@ -521,6 +624,44 @@ mod tests {
         let text = m.encode(&snap).unwrap_or_default();
         assert!(!text.contains("comfygate_backend_vram_total_bytes{"), "{text}");
         assert!(text.contains("comfygate_backend_up{backend=\"gpu0\"} 0"), "{text}");
+    }
+
+    #[test]
+    fn waiting_jobs_are_counted_by_model_set_capped_and_departed_backends_vanish() {
+        let m = Metrics::new();
+        let text = scrape(&m);
+        assert!(text.contains("comfygate_queue_waiting_jobs{models=\"\"} 0"), "{text}");
+        assert!(text.contains("comfygate_desired_backends 0"), "{text}");
+        let mut waiting: Vec<(String, usize)> = (0..40).map(|i| (format!("m{i:02}.safetensors"), 1)).collect();
+        waiting.push(("a.safetensors,b.safetensors".to_owned(), 5));
+        waiting.push((String::new(), 2));
+        let backend = |name: &str| BackendSnapshot { name: name.into(), up: true, ..BackendSnapshot::default() };
+        let snap = Snapshot {
+            queue_waiting: waiting,
+            desired_backends: 3,
+            discovered: vec![("workers".into(), 2)],
+            backends: vec![backend("workers-10-0-0-1"), backend("workers-10-0-0-2")],
+            ..Snapshot::default()
+        };
+        m.model_load("workers-10-0-0-2");
+        let text = m.encode(&snap).unwrap_or_default();
+        assert!(text.contains("comfygate_queue_waiting_jobs{models=\"a.safetensors,b.safetensors\"} 5"), "{text}");
+        assert!(text.contains("comfygate_queue_waiting_jobs{models=\"\"} 2"), "{text}");
+        assert_eq!(text.matches("comfygate_queue_waiting_jobs{").count(), MAX_MODEL_SETS + 2, "{text}");
+        // Past a,b (5 jobs) and the first 31 others by name, 9 sets of one job are "(other)".
+        assert!(text.contains("comfygate_queue_waiting_jobs{models=\"(other)\"} 9"), "{text}");
+        assert!(text.contains("comfygate_queue_waiting_jobs{models=\"m30.safetensors\"} 1"), "{text}");
+        assert!(!text.contains("m31.safetensors"), "{text}");
+        assert!(text.contains("comfygate_desired_backends 3"), "{text}");
+        assert!(text.contains("comfygate_discovered_backends{entry=\"workers\"} 2"), "{text}");
+        assert!(text.contains("comfygate_discovery_lookup_failures_total{entry=\"workers\"} 0"), "{text}");
+        assert!(text.contains("comfygate_backend_model_loads_total{backend=\"workers-10-0-0-2\"} 1"), "{text}");
+
+        let snap = Snapshot { backends: vec![backend("workers-10-0-0-1")], ..Snapshot::default() };
+        let text = m.encode(&snap).unwrap_or_default();
+        assert!(!text.contains("workers-10-0-0-2"), "a backend that left has no series: {text}");
+        assert!(text.contains("comfygate_backend_up{backend=\"workers-10-0-0-1\"} 1"), "{text}");
+        assert!(!text.contains("a.safetensors"), "{text}");
     }
 
     #[test]

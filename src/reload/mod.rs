@@ -131,8 +131,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.store.data_dir != new.store.data_dir || old.store.database_url() != new.store.database_url() {
         differ.push("[store]");
     }
-    let sections: [(&'static str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 6] = [
+    let sections: [(&'static str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); 7] = [
         ("[auth]", &old.auth, &new.auth),
+        ("[discovery]", &old.discovery, &new.discovery),
         ("[scheduler]", &old.scheduler, &new.scheduler),
         ("[userdata]", &old.userdata, &new.userdata),
         ("[metrics]", &old.metrics, &new.metrics),

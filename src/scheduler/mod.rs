@@ -18,6 +18,7 @@
 
 pub mod control;
 pub mod delivery;
+pub mod demand;
 mod events;
 pub mod fair;
 pub mod files;

@@ -189,6 +189,16 @@ impl Gateway {
         Gateway::spawn(dir, config).await
     }
 
+    /// Starts a gateway on a configuration of the test's own: `text` with `{data_dir}` standing
+    /// for a fresh data folder (as a TOML string), listening on `127.0.0.1:0`.
+    pub async fn start_config(text: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let data = toml_str(&dir.path().join("data").display().to_string());
+        let config = dir.path().join("comfygate.toml");
+        std::fs::write(&config, text.replace("{data_dir}", &data)).unwrap();
+        Gateway::spawn(dir, config).await
+    }
+
     /// Stops the process (as a crash would) and starts it again on the same data.
     pub async fn restart(mut self) -> Gateway {
         let _ = self.child.kill();
