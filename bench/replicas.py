@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Replica submit throughput (issue 15): 1 gateway on PostgreSQL vs 3 replicas. Python 3.11 stdlib + psql.
 
-    python3 bench/replicas.py            full run: 3,000 submissions from 32 clients, 3 rounds (~2 minutes)
+    python3 bench/replicas.py            full run: 6,000 submissions from 32 clients, 5 rounds (~3 minutes)
     python3 bench/replicas.py --quick    CI smoke: 300 from 8 clients, 1 round (~20 s)
 
 Needs a PostgreSQL server, named by COMFYGATE_TEST_POSTGRES_URL (as for the tests); without one it
@@ -345,15 +345,15 @@ def report(args, results: dict[int, list[dict]], errors: list[str], elapsed: flo
 def main() -> int:
     ap = argparse.ArgumentParser(description="comfygate replica submit throughput (issue 15)")
     ap.add_argument("--quick", action="store_true", help="CI smoke: 300 submissions, 8 clients, one round")
-    ap.add_argument("--jobs", type=int, help="submissions per run, warm-up not counted (default 3000, quick 300)")
+    ap.add_argument("--jobs", type=int, help="submissions per run, warm-up not counted (default 6000, quick 300)")
     ap.add_argument("--clients", type=int, help="concurrent clients, one user and connection each (default 32, quick 8)")
-    ap.add_argument("--rounds", type=int, help="runs per configuration, alternated; median reported (default 3, quick 1)")
+    ap.add_argument("--rounds", type=int, help="runs per configuration, alternated; median reported (default 5, quick 1)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
     args = ap.parse_args()
-    args.jobs = args.jobs or (300 if args.quick else 3000)
+    args.jobs = args.jobs or (300 if args.quick else 6000)
     args.clients = args.clients or (8 if args.quick else 32)
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.rounds = args.rounds or (1 if args.quick else 5)
     if not (1 <= args.clients <= 256 and args.clients <= args.jobs <= 100_000 and 1 <= args.rounds <= 20):
         ap.error("--clients 1..256, --jobs clients..100,000, --rounds 1..20")
     why = pg.unavailable()
