@@ -20,6 +20,11 @@ ratio = makespan / ideal; wait = submission -> the backend's execution_start (fr
 history, ms timestamps), p95 per user. Target (issue 4): comfygate <= 1.10x ideal and below both
 baselines; shown as pass/miss, never asserted: the exit code is 0 unless the harness broke.
 
+The farm scenario (issue 13, `--scenario farm`) and its replicas policies (issue 15) are described at
+farm_workload and Farm; `--scenario farm --policies replicas-1,replicas-3` runs the farm through 1
+resp. 3 gateway processes on a fresh PostgreSQL database (COMFYGATE_TEST_POSTGRES_URL names the server;
+bench/pg.py), submissions round-robin over the replicas.
+
 Traffic goes to 127.0.0.1 only; every loop is bounded in count and time; every process started
 here is killed at the end (also on Ctrl-C / SIGTERM).
 """
@@ -45,6 +50,7 @@ import tempfile
 import threading
 import time
 
+import pg
 from procs import terminate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -311,6 +317,41 @@ class Listener(threading.Thread):
         self.join(2.0)
 
 
+def wait_one_scheduler(ports: list[int], admin_token: str, backends: int, timeout: float = 30.0) -> int:
+    """Polls GET /comfygate/api/backends on every replica until each sees all `backends` healthy and
+    monitored and exactly one of them says it schedules; returns that one's index."""
+    clients = [Client(port, {"Authorization": f"Bearer {admin_token}"}, timeout=2.0) for port in ports]
+    deadline = time.monotonic() + timeout
+    last = ""
+    try:
+        while time.monotonic() < deadline:
+            leaders, ready = [], True
+            for r, c in enumerate(clients):
+                try:
+                    status, state = c.json("GET", "/comfygate/api/backends")
+                except (OSError, http.client.HTTPException):
+                    c.close()
+                    ready = False
+                    continue
+                if status != 200 or not isinstance(state, dict):
+                    ready, last = False, f"replica {r}: {status} {str(state)[:120]}"
+                    continue
+                bs = state.get("backends") or []
+                if len(bs) != backends or not all(b.get("healthy") and b.get("monitored") for b in bs):
+                    ready, last = False, f"replica {r}: backends not all healthy and monitored"
+                if state.get("scheduling"):
+                    leaders.append(r)
+            if ready and len(leaders) == 1:
+                return leaders[0]
+            if ready:
+                last = f"replicas scheduling: {leaders}"
+            time.sleep(0.1)
+    finally:
+        for c in clients:
+            c.close()
+    raise HarnessError(f"replicas not ready with one scheduler within {timeout:.0f} s ({last})")
+
+
 # --- workload ------------------------------------------------------------------------------------
 def workload(n_jobs: int, scale: float) -> list[dict]:
     """Fixed-seed jobs: (user, arrival s, duration ms), sorted by arrival (alice's burst first)."""
@@ -376,8 +417,11 @@ class Bench:
         env["COMFYGATE_ADMIN_PASSWORD"] = ADMIN_PASSWORD
         return env
 
-    def write_config(self, path: str, port: int, data_dir: str, sim_ports: list[int], inflight: int) -> None:
+    def write_config(self, path: str, port: int, data_dir: str, sim_ports: list[int], inflight: int,
+                     store_url: str | None = None) -> None:
         text = f'[server]\nlisten = "127.0.0.1:{port}"\n[store]\ndata_dir = "{data_dir}"\n'
+        if store_url is not None:  # PostgreSQL (replicas, issue 15); otherwise SQLite in data_dir
+            text += f'url = {json.dumps(store_url)}\n'
         # The gateway's time scale follows the jobs' (--scale): what it assumes before it has measured
         # anything, and how long a job may be held back to spare a model swap (about four jobs).
         scale = getattr(self.args, "scale", 1.0) or 1.0
@@ -393,35 +437,48 @@ class Bench:
             f.write(text)
 
     def prepare_users(self) -> None:
-        """Once: a gateway data dir with admin, the three users and their tokens (copied per run)."""
-        d = os.path.join(self.work, "gw-template")
+        """Once: a gateway data dir with admin, the users and their tokens (copied per run)."""
+        self.template, self.tokens, _ = self.prepare_store(os.path.join(self.work, "gw-template"))
+
+    def prepare_store(self, d: str, store_url: str | None = None) -> tuple[str, dict[str, str], str]:
+        """`comfygate init`, the users and one token each (and one for admin) in a new data dir `d`,
+        on SQLite there or on the PostgreSQL database `store_url`: (data dir, tokens, admin token)."""
         os.makedirs(d, exist_ok=True)
         conf = os.path.join(d, "comfygate.toml")
         # Placeholder backends (never contacted): distinct URLs, as the gateway requires.
         placeholders = list(range(9, 9 + BACKENDS))
-        self.write_config(conf, free_port(), os.path.join(d, "data"), placeholders, 1)
+        self.write_config(conf, free_port(), os.path.join(d, "data"), placeholders, 1, store_url)
         env = self.gateway_env()
         run_cmd([GW, "--config", conf, "init"], env=env)
-        for user in self.users:
-            run_cmd([GW, "--config", conf, "user", "add", user, "--password-stdin"], env=env, stdin=USER_PASSWORD + "\n")
+        tokens = {}
+        for user in self.users + ["admin"]:
+            if user != "admin":
+                run_cmd([GW, "--config", conf, "user", "add", user, "--password-stdin"], env=env,
+                        stdin=USER_PASSWORD + "\n")
             token = run_cmd([GW, "--config", conf, "token", "create", user, "--name", "bench"], env=env).strip()
             if not token.startswith("cg_"):
                 raise HarnessError(f"unexpected token output for {user}: {token[:12]!r}")
-            self.tokens[user] = token
-        self.template = os.path.join(d, "data")
+            tokens[user] = token
+        admin = tokens.pop("admin")
+        return os.path.join(d, "data"), tokens, admin
 
-    def start_gateway(self, tag: str, sim_ports: list[int], inflight: int) -> tuple[int, subprocess.Popen]:
-        if self.template is None:
-            self.prepare_users()
-        d = os.path.join(self.work, tag, "gw")
-        shutil.copytree(self.template, os.path.join(d, "data"))
+    def start_gateway(self, tag: str, sim_ports: list[int], inflight: int, template: str | None = None,
+                      tokens: dict[str, str] | None = None, store_url: str | None = None,
+                      name: str = "gw") -> tuple[int, subprocess.Popen]:
+        """A gateway in front of the sims, its data dir a copy of `template` (default: the SQLite one
+        made by prepare_users), ready when all four backends are healthy and their capabilities known."""
+        if template is None:
+            if self.template is None:
+                self.prepare_users()
+            template, tokens = self.template, self.tokens
+        d = os.path.join(self.work, tag, name)
+        shutil.copytree(template, os.path.join(d, "data"))
         port = free_port()
         conf = os.path.join(d, "comfygate.toml")
-        self.write_config(conf, port, os.path.join(d, "data"), sim_ports, inflight)
+        self.write_config(conf, port, os.path.join(d, "data"), sim_ports, inflight, store_url)
         logp = os.path.join(d, "gateway.log")
         p = self.procs.start([GW, "--config", conf, "serve"], logp, env=self.gateway_env())
-        # Ready = all four backends healthy and their capabilities known.
-        c = Client(port, {"Authorization": f"Bearer {self.tokens[self.users[0]]}"}, timeout=2.0)
+        c = Client(port, {"Authorization": f"Bearer {tokens[self.users[0]]}"}, timeout=2.0)
         deadline = time.monotonic() + 20
         try:
             while time.monotonic() < deadline:
@@ -441,6 +498,20 @@ class Bench:
             c.close()
         time.sleep(0.5)  # let the monitor sockets to the backends connect
         return port, p
+
+    def start_replicas(self, tag: str, sim_ports: list[int], inflight: int, n: int,
+                       store_url: str) -> tuple[list[int], list[subprocess.Popen], dict[str, str]]:
+        """`n` gateways on the PostgreSQL database `store_url` (fresh: users made here), each with a
+        data dir and port of its own, in front of the same sims; ready when every replica sees every
+        backend healthy and monitored and exactly one says it schedules. (ports, processes, tokens)."""
+        template, tokens, admin = self.prepare_store(os.path.join(self.work, tag, "template"), store_url)
+        ports, procs = [], []
+        for r in range(n):
+            port, p = self.start_gateway(tag, sim_ports, inflight, template, tokens, store_url, name=f"gw{r}")
+            ports.append(port)
+            procs.append(p)
+        wait_one_scheduler(ports, admin, BACKENDS)
+        return ports, procs, tokens
 
     def run(self, policy: str, jobs: list[dict]) -> dict:
         self.run_no += 1
@@ -758,6 +829,7 @@ FARM_POLICIES = ["comfygate-1", "round-robin", "shortest-queue", "loaded-model-f
 FARM_LOAD_CUT = 0.30  # comfygate's loads <= (1 - this) x loaded-model-first's
 FARM_FAIR_FACTOR = 1.5  # each user's p95 wait <= this x its fair share
 FARM_PRIORITY_FACTOR = 0.25  # high-priority p95 wait <= this x normal's
+REPLICAS_MARGIN = 0.02  # replicas-3's ratio <= replicas-1's + this (see replicas_verdict)
 
 
 def farm_load_s(model: str, scale: float) -> float:
@@ -966,6 +1038,7 @@ class Farm:
         refused: list[str] = []
         total_ms = sum(j["duration_ms"] for j in jobs)
         lb, _ = farm_lower_bound(jobs, self.args.scale)
+        db: pg.Database | None = None
         try:
             sims = b.start_sims(tag)
             procs_here += [p for _, p in sims]
@@ -973,23 +1046,37 @@ class Farm:
             clients += sim_clients
             log(f"{tag}: {len(jobs)} jobs ({total_ms / 1000:.1f} s of run time, lower bound {lb:.2f} s)")
             deadline = time.monotonic() + 6 * lb + 60
-            if policy.startswith("comfygate"):
-                gw_port, gp = b.start_gateway(tag, [port for port, _ in sims], int(policy.rsplit("-", 1)[1]))
-                procs_here.append(gp)
+            if policy.startswith(("comfygate-", "replicas-")):
+                inflight_or_n = int(policy.rsplit("-", 1)[1])
+                if policy.startswith("replicas-"):
+                    # Replicas (issue 15): a fresh database, n gateways with max_inflight 1 (as comfygate-1).
+                    db = pg.Database()
+                    log(f"{tag}: database {db.name}, {inflight_or_n} gateway processes")
+                    gw_ports, gps, tokens = b.start_replicas(tag, [port for port, _ in sims], 1, inflight_or_n,
+                                                             db.url)
+                    procs_here += gps
+                else:
+                    gw_port, gp = b.start_gateway(tag, [port for port, _ in sims], inflight_or_n)
+                    procs_here.append(gp)
+                    gw_ports, tokens = [gw_port], b.tokens
+                # One socket per user, user k's on replica k mod n (events reach it over the relay);
+                # job i is POSTed to replica i mod n, with its user's token.
                 per_user = {}
-                for user in b.users:
+                for k, user in enumerate(b.users):
                     cid = f"fm-{user}"
-                    lst = Listener(gw_port, f"/ws?clientId={cid}&token={b.tokens[user]}", done, cond, stop, errors)
+                    lst = Listener(gw_ports[k % len(gw_ports)], f"/ws?clientId={cid}&token={tokens[user]}", done,
+                                   cond, stop, errors)
                     lst.connect()
                     listeners.append(lst)
-                    per_user[user] = (Client(gw_port, {"Authorization": f"Bearer {b.tokens[user]}"}), cid)
-                    clients.append(per_user[user][0])
+                    for r, port in enumerate(gw_ports):
+                        per_user[user, r] = Client(port, {"Authorization": f"Bearer {tokens[user]}"})
+                        clients.append(per_user[user, r])
                 start_mono = time.monotonic()
                 for j, pid in zip(jobs, pids):
                     delay = start_mono + j["arrival"] - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
-                    c, cid = per_user[j["user"]]
+                    c, cid = per_user[j["user"], j["i"] % len(gw_ports)], f"fm-{j['user']}"
                     body = {"prompt": farm_workflow(j["model"], b.run_no * 100_000 + j["i"]), "prompt_id": pid,
                             "client_id": cid,
                             "extra_data": {"sim_duration_ms": j["duration_ms"], "priority": j["priority"]}}
@@ -1048,6 +1135,11 @@ class Farm:
                 c.close()
             for p in reversed(procs_here):
                 b.procs.stop(p)
+            if db is not None:
+                try:
+                    db.drop()
+                except pg.PgError as e:
+                    log(f"{tag}: could not drop database {db.name}: {e}")
 
     def dispatch(self, policy, tag, jobs, pids, sim_clients, cid, submitted, refused, done, errors, cond, listeners,
                  deadline) -> None:
@@ -1158,7 +1250,8 @@ def farm_report(args, policies: list[str], results: dict[str, list[dict]], jobs:
     models = {m: sum(1 for j in jobs if j["model"] == m) for m, _, _ in FARM_MODELS}
     now = dt.datetime.now(dt.timezone.utc)
     lines = [f"# comfygate farm benchmark ({'quick' if args.quick else 'full'}), {now:%Y-%m-%d %H:%M:%S} UTC", ""]
-    lines.append(f"- `python3 bench/makespan.py --scenario farm{' --quick' if args.quick else ''}` (jobs {args.jobs}, "
+    chosen = "" if policies == FARM_POLICIES else f" --policies {','.join(policies)}"
+    lines.append(f"- `python3 bench/makespan.py --scenario farm{chosen}{' --quick' if args.quick else ''}` (jobs {args.jobs}, "
                  f"scale {args.scale}, rounds {args.rounds}); {elapsed:.0f} s in all")
     lines.append(f"- machine: {platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, Python "
                  f"{platform.python_version()}; git {git_rev()}; load average at start {args.load_start}, "
@@ -1221,7 +1314,37 @@ def farm_report(args, policies: list[str], results: dict[str, list[dict]], jobs:
         lines.append(f"| {p} | {mark(t1)} ({r['ratio']:.3f}) | {loads_cell} | {fair_cell} | "
                      f"{mark(t4)} ({r['p95_class']['high']:.2f} vs {r['p95_class']['normal']:.2f}) | "
                      f"{'; '.join(problems) or '-'} |")
+    lines += replicas_verdict(med, results, jobs, args.scale, lb, args.quick)
     return "\n".join(lines) + "\n"
+
+
+def replicas_verdict(med: dict[str, dict], results: dict[str, list[dict]], jobs: list[dict], scale: float, lb: float,
+                     quick: bool) -> list[str]:
+    """Issue 15's criterion, when replicas-1 and replicas-3 both ran: the ratio to the lower bound must
+    not get worse with replicas, within a noise margin of one extra load of the slowest model (a swap
+    more or fewer moves the makespan by about that load / 4 backends, and which job a free backend
+    takes first varies with timing on shared cores, independently of replicas)."""
+    one, three = med.get("replicas-1"), med.get("replicas-3")
+    if one is None or three is None:
+        return []
+    slowest = max(farm_load_s(m, scale) for m in {j["model"] for j in jobs})
+    swap = slowest / BACKENDS / lb
+    ok = three["ratio"] <= one["ratio"] + REPLICAS_MARGIN
+    verdict = "pass" if ok else "miss"
+    if quick:
+        verdict = f"n/a (quick; {verdict})"
+    return ["", "Replicas (issue 15): one PostgreSQL database per run (fresh), the gateways share it, one "
+            "schedules; job i is POSTed to replica i mod n, user k's socket is on replica k mod n.", "",
+            f"- ratio replicas-3 {three['ratio']:.3f} <= replicas-1 {one['ratio']:.3f} + {REPLICAS_MARGIN:.2f}: "
+            f"{verdict}; loads {three['loads']} vs {one['loads']}. The margin is noise, not an allowance for "
+            f"replicas: one model load more or fewer, which timing alone decides, moves the ratio by the slowest "
+            f"model's load / {BACKENDS} backends / lower bound = {slowest:.2f} / {BACKENDS} / {lb:.2f} = "
+            f"{swap:.3f} here (0.016 in the full run: 300 jobs, scale 0.02; 0.02 rounds that up)",
+            "- every run (ratio, loads): " + "; ".join(
+                f"{p} " + ", ".join(f"{x['ratio']:.3f} ({x['loads']})" for x in results[p])
+                for p in ("replicas-1", "replicas-3")) +
+            ". Runs apart by more than the margin mean the machine's noise exceeds it: judge the medians of more "
+            "rounds (--rounds)"]
 
 
 def farm_main(args, procs: Procs, work: str, t_start: float) -> int:
@@ -1239,7 +1362,8 @@ def farm_main(args, procs: Procs, work: str, t_start: float) -> int:
     print(text)
     os.makedirs(RESULTS, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = os.path.join(RESULTS, f"makespan-farm-{stamp}{'-quick' if args.quick else ''}.md")
+    kind = "farm-replicas" if any(p.startswith("replicas-") for p in args.policy_list) else "farm"
+    path = os.path.join(RESULTS, f"makespan-{kind}-{stamp}{'-quick' if args.quick else ''}.md")
     with open(path, "w") as f:
         f.write(text)
     log(f"report written to {os.path.relpath(path, ROOT)} ({time.monotonic() - t_start:.1f} s)")
@@ -1254,7 +1378,9 @@ def main() -> int:
                                                 "(default 0.05, quick 0.01)")
     ap.add_argument("--rounds", type=int, help="runs per policy, alternated; median reported (default 3, quick 1)")
     ap.add_argument("--policies", default="comfygate-1,comfygate-2,round-robin,shortest-queue",
-                    help="comma-separated subset of comfygate-N, round-robin, shortest-queue")
+                    help="comma-separated subset of comfygate-N, round-robin, shortest-queue (farm: also "
+                         "loaded-model-first, and replicas-N: N gateways on one fresh PostgreSQL database, "
+                         "COMFYGATE_TEST_POSTGRES_URL; skipped when it is unset or unreachable)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
     ap.add_argument("--scenario", choices=["default", "farm"], default="default",
                     help="farm (issue 13): 3 models with load costs, one fits per backend, 5 users, two priority "
@@ -1277,8 +1403,18 @@ def main() -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     baselines = ("round-robin", "shortest-queue", "loaded-model-first") if farm else ("round-robin", "shortest-queue")
     for p in policies:
-        if not (p in baselines or (p.startswith("comfygate-") and p[10:].isdigit())):
+        replicas = p.startswith("replicas-") and p[9:].isdigit() and 1 <= int(p[9:]) <= 8
+        if replicas and not farm:
+            ap.error(f"{p}: the replicas policies run the farm scenario (--scenario farm)")
+        if not (p in baselines or (p.startswith("comfygate-") and p[10:].isdigit()) or replicas):
             ap.error(f"unknown policy {p}")
+    if any(p.startswith("replicas-") for p in policies):
+        why = pg.unavailable()
+        if why is not None:
+            log(f"skipping {', '.join(p for p in policies if p.startswith('replicas-'))}: {why}")
+            policies = [p for p in policies if not p.startswith("replicas-")]
+            if not policies:
+                return 0
     args.policy_list = policies
 
     procs = Procs()
