@@ -311,18 +311,8 @@ def write_comfygate_config(path: str, port: int, data_dir: str, backend_port: in
 
 
 def comfygate_token(gw: str, config: str) -> str:
-    # Right after a fresh `serve` answers its health check, the CLI may not see the admin account it
-    # created yet (observed for up to ~0.3 s, exit 65 "no user named `admin`"): retry for 5 s.
-    argv = [gw, "--config", config, "token", "create", "admin", "--name", f"bench-{uuid.uuid4().hex[:8]}"]
-    deadline = time.monotonic() + 5
-    for _ in range(100):
-        r = subprocess.run(argv, env=comfygate_env(), capture_output=True, text=True, timeout=60)
-        if r.returncode == 0 or "no user named" not in r.stderr or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    if r.returncode != 0:
-        raise HarnessError(f"{' '.join(argv[:4])}... failed ({r.returncode}): {r.stderr.strip()[-800:]}")
-    out = r.stdout.strip()
+    out = run([gw, "--config", config, "token", "create", "admin", "--name", f"bench-{uuid.uuid4().hex[:8]}"],
+              env=comfygate_env(), timeout=60).strip()
     if not out.startswith("cg_"):
         raise HarnessError(f"unexpected token output {out[:20]!r}")
     return out
