@@ -76,6 +76,23 @@ impl Running {
 
 /// Binds the listener and starts serving and background maintenance.
 pub async fn start(app: App) -> Result<Running, StartError> {
+    Ok(bind(app).await?.serve())
+}
+
+/// A gateway whose listeners are bound (a port in use has failed) but that serves nothing yet:
+/// first-run setup happens here, so nobody reaches the gateway before it is done.
+pub struct Bound {
+    app: AppState,
+    listener: TcpListener,
+    addr: SocketAddr,
+    tls: Option<Arc<std::sync::RwLock<tokio_rustls::TlsAcceptor>>>,
+    limits: Arc<edge::limits::ConnectionLimits>,
+    metrics_listener: Option<(TcpListener, SocketAddr)>,
+    open_files: Option<u64>,
+}
+
+/// Binds the listeners (and loads the TLS certificate), serving nothing yet.
+pub async fn bind(app: App) -> Result<Bound, StartError> {
     let listen = app.config.server.listen;
     let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
@@ -83,9 +100,8 @@ pub async fn start(app: App) -> Result<Running, StartError> {
         Some(t) => Some(Arc::new(std::sync::RwLock::new(edge::server::tls_acceptor(&t.cert_file, &t.key_file)?))),
         None => None,
     };
-    let tls_slot = tls.clone();
     let open_files = edge::limits::raise_open_file_limit();
-    let server = app.config.server.clone();
+    let server = &app.config.server;
     let limits = Arc::new(edge::limits::ConnectionLimits::new(
         server.max_connections,
         server.max_connections_per_address,
@@ -105,28 +121,43 @@ pub async fn start(app: App) -> Result<Running, StartError> {
         }
         None => None,
     };
-    let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
-    let app: AppState = Arc::new(app);
-    let watch_shutdown = app.lifecycle.subscribe();
-    let maintenance =
-        tokio::spawn(app.auth.clone().maintain(app.instance.clone(), app.bus.clone(), watch_shutdown.clone()));
-    let (watchers, scheduling) = spawn_scheduling(&app, &watch_shutdown);
-    let mut tasks = Vec::new();
-    if let Some((bound, _)) = metrics_listener {
-        // Bounded like the main listener (same deadlines), with caps of its own.
-        let (total, per_address) = edge::metrics::MAX_CONNECTIONS;
-        let limits = Arc::new(edge::limits::ConnectionLimits::new(total, per_address, open_files));
-        let (edge, server, stop) = (edge::Edge::metrics_only(app.clone()), server.clone(), watch_shutdown.clone());
-        tasks.push(tokio::spawn(async move { edge::server::serve(bound, edge, None, &server, limits, stop).await }));
+    Ok(Bound { app: Arc::new(app), listener, addr, tls, limits, metrics_listener, open_files })
+}
+
+impl Bound {
+    /// The gateway's state, before it serves.
+    pub fn app(&self) -> &AppState {
+        &self.app
     }
-    let edge = edge::Edge::new(app.clone());
-    let server = tokio::spawn(async move {
-        edge::server::serve(listener, edge, tls, &server, limits, watch_shutdown).await;
-    });
-    tasks.extend([server, maintenance]);
-    tasks.extend(scheduling);
-    let reloader = Arc::new(Reloader::new(app.clone(), watchers, tls_slot));
-    Ok(Running { addr, metrics_addr, app, reloader, tasks })
+
+    /// Starts serving and background maintenance.
+    pub fn serve(self) -> Running {
+        let Bound { app, listener, addr, tls, limits, metrics_listener, open_files } = self;
+        let tls_slot = tls.clone();
+        let server = app.config.server.clone();
+        let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
+        let watch_shutdown = app.lifecycle.subscribe();
+        let maintenance =
+            tokio::spawn(app.auth.clone().maintain(app.instance.clone(), app.bus.clone(), watch_shutdown.clone()));
+        let (watchers, scheduling) = spawn_scheduling(&app, &watch_shutdown);
+        let mut tasks = Vec::new();
+        if let Some((bound, _)) = metrics_listener {
+            // Bounded like the main listener (same deadlines), with caps of its own.
+            let (total, per_address) = edge::metrics::MAX_CONNECTIONS;
+            let limits = Arc::new(edge::limits::ConnectionLimits::new(total, per_address, open_files));
+            let (edge, server, stop) = (edge::Edge::metrics_only(app.clone()), server.clone(), watch_shutdown.clone());
+            tasks
+                .push(tokio::spawn(async move { edge::server::serve(bound, edge, None, &server, limits, stop).await }));
+        }
+        let edge = edge::Edge::new(app.clone());
+        let server = tokio::spawn(async move {
+            edge::server::serve(listener, edge, tls, &server, limits, watch_shutdown).await;
+        });
+        tasks.extend([server, maintenance]);
+        tasks.extend(scheduling);
+        let reloader = Arc::new(Reloader::new(app.clone(), watchers, tls_slot));
+        Running { addr, metrics_addr, app, reloader, tasks }
+    }
 }
 
 /// Health checks, the monitor sockets, and the loop that feeds their news to the scheduler.

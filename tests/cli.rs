@@ -5,7 +5,7 @@
 mod common;
 
 use comfyui_sim::{SimConfig, Simulator};
-use common::{Auth, Gateway, Options, SESSION_COOKIE, USER_PW, cli_at, client, code_of, enc, write_config};
+use common::{Auth, Gateway, Options, SESSION_COOKIE, USER_PW, cli_at, client, code_of, enc, poll, write_config};
 
 /// A configuration with no gateway running (the backend is never contacted).
 fn offline_config() -> (tempfile::TempDir, std::path::PathBuf) {
@@ -325,4 +325,35 @@ async fn a_port_in_use_fails_before_the_first_admin_is_made_so_the_next_start_sh
     let _ = child.wait();
     let seen = seen.expect("the second start did not report listening").unwrap();
     assert!(seen.contains("its password is: "), "the next start shows the password: {seen}");
+}
+
+/// Whoever sees a fresh gateway answer finds its first admin: it is made before anything is
+/// served (a script that waits for `/comfygate/health`, then creates the admin's token, works).
+#[tokio::test]
+async fn a_fresh_gateway_answers_only_once_its_first_admin_exists() {
+    for _ in 0..3 {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), "http://127.0.0.1:9", &Options::default());
+        let text = std::fs::read_to_string(&config).unwrap().replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1);
+        std::fs::write(&config, text).unwrap();
+        let mut child = common::command(&config)
+            .arg("serve")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let health = format!("http://127.0.0.1:{port}/comfygate/health");
+        let answered = poll(std::time::Duration::from_secs(20), "the gateway answers", || async {
+            client().get(&health).send().await.ok().map(|_| ())
+        });
+        answered.await;
+        let token = cli_at(&config, &["token", "create", "admin", "--name", "at-once"], None).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(token.code, 0, "the admin exists as soon as the gateway answers: {token:?}");
+    }
 }

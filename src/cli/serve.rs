@@ -38,11 +38,14 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let scheme = if config.server.tls.is_some() { "https" } else { "http" };
     let app = App::new(config, store.clone()).await?;
     // Bound before the first admin is made: a port in use fails before a password is shown
-    // (and lost with the failed start).
-    let running = app::start(app).await?;
+    // (and lost with the failed start); served only after, so whoever sees the gateway answer
+    // finds the admin account.
+    let bound = app::bind(app).await?;
     let first_start = Audited::gateway("first_start");
-    let first = running.app().auth.accounts().ensure_first_admin(&admin_user, admin_password.as_deref(), &first_start);
-    match first.await {
+    let first = bound.app().auth.accounts().ensure_first_admin(&admin_user, admin_password.as_deref(), &first_start);
+    let first = first.await;
+    let running = bound.serve();
+    match first {
         Ok(Some(first)) => {
             println!("comfygate: created the first admin account `{}`", first.user.username);
             if let Some(password) = first.generated_password {
