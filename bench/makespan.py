@@ -51,7 +51,7 @@ import threading
 import time
 
 import pg
-from procs import terminate
+from procs import gateway_env, terminate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
@@ -412,11 +412,6 @@ class Bench:
             wait_for_line(logp, "comfyui-sim listening on", p, f"comfyui-sim :{port}")
         return [(port, p) for port, p, _ in sims]
 
-    def gateway_env(self) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COMFYGATE_")}
-        env["COMFYGATE_ADMIN_PASSWORD"] = ADMIN_PASSWORD
-        return env
-
     def write_config(self, path: str, port: int, data_dir: str, sim_ports: list[int], inflight: int,
                      store_url: str | None = None) -> None:
         text = f'[server]\nlisten = "127.0.0.1:{port}"\n[store]\ndata_dir = "{data_dir}"\n'
@@ -448,7 +443,7 @@ class Bench:
         # Placeholder backends (never contacted): distinct URLs, as the gateway requires.
         placeholders = list(range(9, 9 + BACKENDS))
         self.write_config(conf, free_port(), os.path.join(d, "data"), placeholders, 1, store_url)
-        env = self.gateway_env()
+        env = gateway_env(ADMIN_PASSWORD)
         run_cmd([GW, "--config", conf, "init"], env=env)
         tokens = {}
         for user in self.users + ["admin"]:
@@ -477,7 +472,7 @@ class Bench:
         conf = os.path.join(d, "comfygate.toml")
         self.write_config(conf, port, os.path.join(d, "data"), sim_ports, inflight, store_url)
         logp = os.path.join(d, "gateway.log")
-        p = self.procs.start([GW, "--config", conf, "serve"], logp, env=self.gateway_env())
+        p = self.procs.start([GW, "--config", conf, "serve"], logp, env=gateway_env(ADMIN_PASSWORD))
         c = Client(port, {"Authorization": f"Bearer {tokens[self.users[0]]}"}, timeout=2.0)
         deadline = time.monotonic() + 20
         try:

@@ -49,3 +49,21 @@ def interrupt_on_termination() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
+
+
+def gateway_env(admin_password: str) -> dict:
+    """The environment for a benchmarked `comfygate serve`: none of the caller's COMFYGATE_*
+    variables (they would change what is measured), the first admin's password given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMFYGATE_")}
+    env["COMFYGATE_ADMIN_PASSWORD"] = admin_password
+    return env
+
+
+def warn_lines(path: str, last: int) -> list[str]:
+    """The last `last` WARN/ERROR lines of a log file (cut to 240 characters), for a report."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = [x for x in f.read().splitlines() if " WARN " in x or " ERROR " in x]
+    except OSError:
+        return []
+    return [x[:240] for x in lines[-last:]]

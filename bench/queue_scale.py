@@ -52,7 +52,7 @@ import time
 
 from bench import cpu_ticks, pct, pinning, proc_tree, rss_bytes, CLK_TCK
 from makespan import GW, SIM, Client, Procs, build, free_port, git_rev, loadavg, run_cmd
-from procs import interrupt_on_termination, wait_ready
+from procs import gateway_env, interrupt_on_termination, wait_ready, warn_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
@@ -75,12 +75,6 @@ class HarnessError(Exception):
 
 def user_name(i: int) -> str:
     return f"u{i:03d}"
-
-
-def gateway_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMFYGATE_")}
-    env["COMFYGATE_ADMIN_PASSWORD"] = ADMIN_PASSWORD
-    return env
 
 
 def prompt_body(user: int, k: int, size: int = WORKFLOW_BYTES) -> bytes:
@@ -224,7 +218,7 @@ class Bench:
         os.makedirs(d)
         conf = os.path.join(d, "comfygate.toml")
         self.write_config(conf, free_port(), os.path.join(d, "data"), free_port(), free_port())
-        env = gateway_env()
+        env = gateway_env(ADMIN_PASSWORD)
         run_cmd([GW, "--config", conf, "init"], env=env)
         log(f"creating {USERS} users and their tokens with the CLI")
         for i in range(USERS):
@@ -245,7 +239,7 @@ class Bench:
         conf = os.path.join(d, "comfygate.toml")
         self.write_config(conf, port, os.path.join(d, "data"), slow_port, fast_port)
         logp = os.path.join(d, "gateway.log")
-        p = self.start([GW, "--config", conf, "serve"], logp, env=gateway_env())
+        p = self.start([GW, "--config", conf, "serve"], logp, env=gateway_env(ADMIN_PASSWORD))
         c = Client(port, {"Authorization": f"Bearer {self.admin_token}"}, timeout=2.0)
 
         def ready() -> bool:  # the slow backend healthy and its capabilities known
@@ -380,7 +374,7 @@ class Bench:
                        sim_us_per_job=(f1 - f0) / CLK_TCK / drained * 1e6)
             log(f"{tag}: {drained:,} waiting jobs dispatched and finished: gateway {res['dispatch_us_per_job']:.0f} "
                 f"µs CPU per job, {res['drain_jobs_per_s']:,.0f} jobs/s (simulator {res['sim_us_per_job']:.0f} µs/job)")
-            res["gateway_warnings"] = warn_lines(logp)
+            res["gateway_warnings"] = warn_lines(logp, 5)
             return res
         finally:
             admin.close()
@@ -412,15 +406,6 @@ def proc_status(pid: int) -> dict[str, int]:
             if value.strip().endswith(" kB"):
                 out[key] = int(value.split()[0]) * 1024
     return out
-
-
-def warn_lines(path: str) -> list[str]:
-    try:
-        with open(path, errors="replace") as f:
-            lines = [x for x in f.read().splitlines() if " WARN " in x or " ERROR " in x]
-    except OSError:
-        return []
-    return [x[:240] for x in lines[-5:]]
 
 
 # --- report --------------------------------------------------------------------------------------

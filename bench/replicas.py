@@ -48,7 +48,7 @@ import time
 import pg
 from bench import CLK_TCK, cpu_ticks, pct, pinning, proc_tree
 from makespan import GW, SIM, Client, Procs, build, free_port, git_rev, loadavg, run_cmd, wait_one_scheduler
-from procs import interrupt_on_termination, wait_ready
+from procs import gateway_env, interrupt_on_termination, wait_ready, warn_lines
 from queue_scale import read_response, request_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,12 +69,6 @@ class HarnessError(Exception):
 
 def user_name(i: int) -> str:
     return f"r{i:03d}"
-
-
-def gateway_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMFYGATE_")}
-    env["COMFYGATE_ADMIN_PASSWORD"] = ADMIN_PASSWORD
-    return env
 
 
 def prompt_body(user: int, k: int) -> bytes:
@@ -141,7 +135,7 @@ class Bench:
         os.makedirs(d)
         conf = os.path.join(d, "comfygate.toml")
         self.write_config(conf, free_port(), os.path.join(d, "data"), self.template_db.url, free_port())
-        env = gateway_env()
+        env = gateway_env(ADMIN_PASSWORD)
         run_cmd([GW, "--config", conf, "init"], env=env)
         log(f"creating {self.args.clients} users and their tokens in {self.template_db.name} with the CLI")
         for i in range(self.args.clients):
@@ -184,7 +178,7 @@ class Bench:
         conf = os.path.join(d, "comfygate.toml")
         self.write_config(conf, port, os.path.join(d, "data"), store_url, sim_port)
         logp = os.path.join(d, "gateway.log")
-        p = self.start([GW, "--config", conf, "serve"], logp, env=gateway_env())
+        p = self.start([GW, "--config", conf, "serve"], logp, env=gateway_env(ADMIN_PASSWORD))
         c = Client(port, {"Authorization": f"Bearer {self.admin_token}"}, timeout=2.0)
 
         def ready() -> bool:
@@ -257,7 +251,7 @@ class Bench:
                    "leader_share": len(on_leader) / ok, "gateway_cpu_us_per_submit": (g1 - g0) / CLK_TCK / ok * 1e6,
                    "gateway_cpu_share": (g1 - g0) / CLK_TCK / wall,
                    "client_cpu_share": ((c1.user - c0.user) + (c1.system - c0.system)) / wall,
-                   "held": held, "held_expected": want, "warnings": [w for lp in logs for w in warn_lines(lp)]}
+                   "held": held, "held_expected": want, "warnings": [w for lp in logs for w in warn_lines(lp, 3)]}
             log(f"{tag}: {ok:,} submissions in {wall:.2f} s = {res['submits_per_s']:,.0f}/s, p50 {res['p50_ms']:.2f} ms "
                 f"p99 {res['p99_ms']:.2f} ms (scheduling replica {leader}: p50 {res['leader_p50_ms']:.2f} ms"
                 + (f"; others p50 {res['followers_p50_ms']:.2f} ms p99 {res['followers_p99_ms']:.2f} ms" if on_others else "")
@@ -270,15 +264,6 @@ class Bench:
                 db.drop()
             except pg.PgError as e:
                 log(f"{tag}: could not drop database {db.name}: {e}")
-
-
-def warn_lines(path: str) -> list[str]:
-    try:
-        with open(path, errors="replace") as f:
-            lines = [x for x in f.read().splitlines() if " WARN " in x or " ERROR " in x]
-    except OSError:
-        return []
-    return [x[:240] for x in lines[-3:]]
 
 
 def median_run(runs: list[dict]) -> dict:
