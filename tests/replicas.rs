@@ -364,7 +364,7 @@ async fn fair_share_holds_across_replicas() {
     for _ in 0..3 {
         replicas.push(Some(replica(&db, &[&s1]).await));
     }
-    poll(Duration::from_secs(10), "one replica scheduling", || scheduling(&replicas)).await;
+    let leader = poll(Duration::from_secs(10), "one replica scheduling", || scheduling(&replicas)).await;
     let gw = |r: usize| &replicas[r].as_ref().unwrap().gw;
     let mut tokens = Vec::new();
     for user in ["ann", "ben", "cy"] {
@@ -375,6 +375,22 @@ async fn fair_share_holds_across_replicas() {
     let ann: Vec<_> = (0..40).map(|i| submit(gw(0), &tokens[0], "tab-0".into(), i)).collect();
     let ann: HashSet<String> = futures_util::future::join_all(ann).await.into_iter().flatten().collect();
     poll(Duration::from_secs(30), "ann's jobs run", || async { (s1.runs().len() >= 4).then_some(()) }).await;
+    // What an autoscaler reads comes from the scheduling replica alone: summed or maxed over
+    // replicas, the waiting jobs count once.
+    for (r, replica) in replicas.iter().enumerate() {
+        let replica = replica.as_ref().unwrap();
+        let text = client().get(replica.gw.at("/metrics")).bearer_auth(&replica.admin).send().await.unwrap();
+        let text = text.text().await.unwrap();
+        let series =
+            |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(-1.0);
+        let (waiting, desired) =
+            (series("comfygate_queue_waiting_jobs{models=\"\"}"), series("comfygate_desired_backends"));
+        if r == leader {
+            assert!(waiting >= 30.0 && desired >= 1.0, "the scheduler's demand: {waiting} waiting, {desired} desired");
+        } else {
+            assert_eq!((waiting, desired), (0.0, 0.0), "replica {r} reports no demand of its own");
+        }
+    }
     // Ben and Cy arrive through replicas 1 and 2.
     let later = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     let ben: Vec<_> = (100..110).map(|i| submit(gw(1), &tokens[1], "tab-1".into(), i)).collect();

@@ -85,7 +85,13 @@ pub async fn snapshot(app: &App) -> Snapshot {
         .collect();
     // The same checks as `/readyz`.
     let ready = crate::health::readiness(app).await.is_ready();
-    let demand = app.scheduler.demand(app.config.discovery.scale_target);
+    // Demand is the scheduling replica's alone: another replica's view of the queue knows
+    // neither the jobs' models nor the learnt run times, and summed over replicas each waiting
+    // job would count once per replica.
+    let demand = match app.scheduler.is_leading() {
+        true => app.scheduler.demand(app.config.discovery.scale_target),
+        false => crate::scheduler::demand::Demand::default(),
+    };
     Snapshot {
         sessions_active: sessions,
         queue_waiting: demand.waiting,
