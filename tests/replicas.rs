@@ -281,8 +281,24 @@ async fn three_replicas_run_every_job_once_deliver_events_anywhere_and_survive_k
     // Events: each owner's socket (on a replica that took none of its submissions) got the end
     // of every one of its jobs, in order, and nothing of anyone else's.
     // (A job the killed replica recorded as ended without relaying its final event gets that
-    // event from the replica the owner is connected to, after its grace of 1.5 s.)
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // event from the replica the owner is connected to, after its grace of 1.5 s.) First every
+    // end arrives; then the grace is waited out once more, so that a second end sent by
+    // mistake would be here too.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        for (u, rx) in sockets.iter_mut().enumerate() {
+            drain(rx, &mut frames[u]);
+        }
+        let all_ended = (0..3).all(|u| {
+            let by_prompt = events_by_prompt(&frames[u]);
+            submitted[u].iter().all(|id| by_prompt.get(id).is_some_and(|e| e.iter().any(|k| k == "done")))
+        });
+        if all_ended || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     for (u, rx) in sockets.iter_mut().enumerate() {
         drain(rx, &mut frames[u]);
         let by_prompt = events_by_prompt(&frames[u]);
