@@ -31,6 +31,17 @@ use crate::metrics::Metrics;
 #[error("cannot read the system's DNS configuration (/etc/resolv.conf): {0}; set [discovery] nameservers")]
 pub struct DiscoveryError(#[from] ResolveError);
 
+/// The most workers one `discover` entry becomes (the lowest addresses, when a name has more):
+/// each is a health check and a monitor socket, and a DNS answer is not a limit anyone chose.
+pub const MAX_WORKERS: usize = 256;
+
+/// `ips` (sorted) cut to [`MAX_WORKERS`], and how many were left out.
+pub fn capped(mut ips: Vec<IpAddr>) -> (Vec<IpAddr>, usize) {
+    let left_out = ips.len().saturating_sub(MAX_WORKERS);
+    ips.truncate(MAX_WORKERS);
+    (ips, left_out)
+}
+
 /// What one record type's lookup said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -241,7 +252,15 @@ pub async fn maintain(
                 tracing::info!(entry = name, "backend discovery: lookups answer again");
             }
             let last = pool.discovered(name).unwrap_or_default();
-            let now = lookup.merged(&last);
+            let (now, left_out) = capped(lookup.merged(&last));
+            if left_out > 0 {
+                tracing::warn!(
+                    entry = name,
+                    left_out,
+                    max = MAX_WORKERS,
+                    "backend discovery: the name has more workers than one entry takes; the lowest addresses are used"
+                );
+            }
             match pool.set_discovered(name, now) {
                 Ok(changes) if changes.is_empty() => {}
                 Ok(changes) => {
@@ -356,6 +375,16 @@ mod tests {
         assert!(matches!(answer(Err(no_records(ResponseCode::ServFail))), Answer::Failed(_)));
         assert!(matches!(answer(Err(ResolveError::from("timed out"))), Answer::Failed(_)));
         assert_eq!(answer(Ok(vec![ip("10.0.0.1")])), Answer::Found(vec![ip("10.0.0.1")]));
+    }
+
+    #[test]
+    fn one_entry_takes_at_most_max_workers_the_lowest_addresses() {
+        let many: Vec<IpAddr> = (0..300u32).map(|i| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i))).collect();
+        let (kept, left_out) = capped(many.clone());
+        assert_eq!((kept.len(), left_out), (MAX_WORKERS, 300 - MAX_WORKERS));
+        assert_eq!(kept, many[..MAX_WORKERS]);
+        let few = many[..3].to_vec();
+        assert_eq!(capped(few.clone()), (few, 0));
     }
 
     #[test]
