@@ -413,16 +413,19 @@ class Bench:
         return [(port, p) for port, p, _ in sims]
 
     def write_config(self, path: str, port: int, data_dir: str, sim_ports: list[int], inflight: int,
-                     store_url: str | None = None) -> None:
+                     store_url: str | None = None, max_extra_wait_s: float = 120) -> None:
         text = f'[server]\nlisten = "127.0.0.1:{port}"\n[store]\ndata_dir = "{data_dir}"\n'
         if store_url is not None:  # PostgreSQL (replicas, issue 15); otherwise SQLite in data_dir
             text += f'url = {json.dumps(store_url)}\n'
-        # The gateway's time scale follows the jobs' (--scale): what it assumes before it has measured
-        # anything, and how long a job may be held back to spare a model swap (about four jobs).
+        # The gateway's time scale follows the jobs' (--scale): its defaults (default_run_time 15 s,
+        # model_load_time 30 s, max_extra_wait 120 s) times the scale, so that what it assumes before it
+        # has measured anything, and how long a job may be held back to spare a model swap, stand to
+        # the jobs as they would unscaled.
         scale = getattr(self.args, "scale", 1.0) or 1.0
         ms = lambda seconds: f'"{max(1, round(seconds * scale * 1000))}ms"'
+        extra = ms(max_extra_wait_s) if max_extra_wait_s > 0 else '"0s"'
         text += (f'[scheduler]\nhealth_interval = "200ms"\ndefault_run_time = {ms(15)}\n'
-                 f'model_load_time = {ms(30)}\nmax_extra_wait = {ms(60)}\n')
+                 f'model_load_time = {ms(30)}\nmax_extra_wait = {extra}\n')
         # Users may ask for high priority (the farm scenario's two classes).
         text += '[limits]\nmax_priority = "high"\n'
         for n, sp in enumerate(sim_ports):
@@ -459,7 +462,7 @@ class Bench:
 
     def start_gateway(self, tag: str, sim_ports: list[int], inflight: int, template: str | None = None,
                       tokens: dict[str, str] | None = None, store_url: str | None = None,
-                      name: str = "gw") -> tuple[int, subprocess.Popen]:
+                      name: str = "gw", max_extra_wait_s: float = 120) -> tuple[int, subprocess.Popen]:
         """A gateway in front of the sims, its data dir a copy of `template` (default: the SQLite one
         made by prepare_users), ready when all four backends are healthy and their capabilities known."""
         if template is None:
@@ -470,7 +473,7 @@ class Bench:
         shutil.copytree(template, os.path.join(d, "data"))
         port = free_port()
         conf = os.path.join(d, "comfygate.toml")
-        self.write_config(conf, port, os.path.join(d, "data"), sim_ports, inflight, store_url)
+        self.write_config(conf, port, os.path.join(d, "data"), sim_ports, inflight, store_url, max_extra_wait_s)
         logp = os.path.join(d, "gateway.log")
         p = self.procs.start([GW, "--config", conf, "serve"], logp, env=gateway_env(ADMIN_PASSWORD))
         c = Client(port, {"Authorization": f"Bearer {tokens[self.users[0]]}"}, timeout=2.0)
@@ -919,17 +922,20 @@ def farm_lower_bound(jobs: list[dict], scale: float) -> tuple[float, dict[str, i
 
 def farm_fair_reference(jobs: list[dict], scale: float) -> dict[str, list[float]]:
     """Each user's waits under a reference fair-share schedule, simulated (no processes): whenever a backend
-    is free, the waiting user who has received the least GPU time so far gets it, FIFO within a user,
-    priorities ignored, and every job costs its run time x (lower bound / (total run time / 4)), i.e. the
-    fewest loads any schedule needs spread evenly over the jobs: a fair gateway on a farm that swaps models
-    as rarely as possible. Its per-user p95 wait is that user's "fair share" wait."""
+    is free, the first waiting job of the highest class waiting goes, and within that class the waiting user
+    who has received the least GPU time so far gets it (FIFO within a user): fair share within a class, as
+    issue 13 defines it. Every job costs its run time x (lower bound / (total run time / 4)), i.e. the fewest
+    loads any schedule needs spread evenly over the jobs: a fair gateway on a farm that swaps models as rarely
+    as possible, where placing a job costs nothing. Its per-user p95 wait is that user's "fair share" wait."""
     lb, _ = farm_lower_bound(jobs, scale)
     total = sum(j["duration_ms"] for j in jobs) / 1000
     inflate = lb / (total / BACKENDS) if total > 0 else 1.0
     free_at = [0.0] * BACKENDS
-    received = {u: 0.0 for u, _, _ in FARM_USERS}
-    queues: dict[str, list[dict]] = {u: [] for u, _, _ in FARM_USERS}
-    waits: dict[str, list[float]] = {u: [] for u, _, _ in FARM_USERS}
+    users = [u for u, _, _ in FARM_USERS]
+    received = {u: 0.0 for u in users}
+    classes = ("high", "normal")
+    queues: dict[tuple[str, str], list[dict]] = {(c, u): [] for c in classes for u in users}
+    waits: dict[str, list[float]] = {u: [] for u in users}
     order = sorted(jobs, key=lambda j: (j["arrival"], j["i"]))
     nxt = 0
     for _ in range(len(order)):
@@ -938,10 +944,11 @@ def farm_fair_reference(jobs: list[dict], scale: float) -> dict[str, list[float]
         if not any(queues.values()):
             t = max(t, order[nxt]["arrival"])
         while nxt < len(order) and order[nxt]["arrival"] <= t:
-            queues[order[nxt]["user"]].append(order[nxt])
+            queues[(order[nxt]["priority"], order[nxt]["user"])].append(order[nxt])
             nxt += 1
-        user = min((u for u in queues if queues[u]), key=lambda u: (received[u], u))
-        j = queues[user].pop(0)
+        cls = next(c for c in classes if any(queues[(c, u)] for u in users))
+        user = min((u for u in users if queues[(cls, u)]), key=lambda u: (received[u], u))
+        j = queues[(cls, user)].pop(0)
         cost = j["duration_ms"] / 1000 * inflate
         waits[user].append(t - j["arrival"])
         received[user] += cost
@@ -1042,7 +1049,10 @@ class Farm:
             log(f"{tag}: {len(jobs)} jobs ({total_ms / 1000:.1f} s of run time, lower bound {lb:.2f} s)")
             deadline = time.monotonic() + 6 * lb + 60
             if policy.startswith(("comfygate-", "replicas-")):
-                inflight_or_n = int(policy.rsplit("-", 1)[1])
+                # comfygate-strict: comfygate-1 with max_extra_wait = 0 s (strict fair order: no job
+                # waits to spare a model swap), to show what the plan trades.
+                strict = policy == "comfygate-strict"
+                inflight_or_n = 1 if strict else int(policy.rsplit("-", 1)[1])
                 if policy.startswith("replicas-"):
                     # Replicas (issue 15): a fresh database, n gateways with max_inflight 1 (as comfygate-1).
                     db = pg.Database()
@@ -1051,7 +1061,8 @@ class Farm:
                                                              db.url)
                     procs_here += gps
                 else:
-                    gw_port, gp = b.start_gateway(tag, [port for port, _ in sims], inflight_or_n)
+                    gw_port, gp = b.start_gateway(tag, [port for port, _ in sims], inflight_or_n,
+                                                  max_extra_wait_s=0 if strict else 120)
                     procs_here.append(gp)
                     gw_ports, tokens = [gw_port], b.tokens
                 # One socket per user, user k's on replica k mod n (events reach it over the relay);
@@ -1262,7 +1273,8 @@ def farm_report(args, policies: list[str], results: dict[str, list[dict]], jobs:
                  f"({', '.join(m.rsplit('.', 1)[0] + ' x' + str(n) for m, n in k.items())})) / {BACKENDS}; "
                  "see farm_lower_bound. Loads: the sims' own counters (`GET /sim/stats`). Wait: submission to "
                  "the backend's execution_start. Fair share of a user: its p95 wait under a simulated "
-                 "least-served-user-first schedule at the lower bound's efficiency (farm_fair_reference), at least one mean run time "
+                 "least-served-user-first schedule within each class (high first) at the lower bound's efficiency "
+                 "(farm_fair_reference), at least one mean run time "
                  f"({mean_run:.2f} s). Lag: worst (fair GPU time - received GPU time) while a job waits, s.")
     if args.quick:
         lines.append(f"- quick mode is a smoke test of the harness: {len(jobs)} jobs are too few to judge the targets")
@@ -1374,7 +1386,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, help="runs per policy, alternated; median reported (default 3, quick 1)")
     ap.add_argument("--policies", default="comfygate-1,comfygate-2,round-robin,shortest-queue",
                     help="comma-separated subset of comfygate-N, round-robin, shortest-queue (farm: also "
-                         "loaded-model-first, and replicas-N: N gateways on one fresh PostgreSQL database, "
+                         "loaded-model-first, comfygate-strict: comfygate-1 with max_extra_wait 0 s, and "
+                         "replicas-N: N gateways on one fresh PostgreSQL database, "
                          "COMFYGATE_TEST_POSTGRES_URL; skipped when it is unset or unreachable)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
     ap.add_argument("--scenario", choices=["default", "farm"], default="default",
@@ -1401,7 +1414,8 @@ def main() -> int:
         replicas = p.startswith("replicas-") and p[9:].isdigit() and 1 <= int(p[9:]) <= 8
         if replicas and not farm:
             ap.error(f"{p}: the replicas policies run the farm scenario (--scenario farm)")
-        if not (p in baselines or (p.startswith("comfygate-") and p[10:].isdigit()) or replicas):
+        strict = farm and p == "comfygate-strict"
+        if not (p in baselines or (p.startswith("comfygate-") and p[10:].isdigit()) or replicas or strict):
             ap.error(f"unknown policy {p}")
     if any(p.startswith("replicas-") for p in policies):
         why = pg.unavailable()

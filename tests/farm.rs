@@ -68,6 +68,40 @@ async fn a_job_needing_no_model_swap_goes_before_one_that_does_within_the_bound(
 }
 
 #[tokio::test]
+async fn a_second_backend_loads_a_model_only_when_more_waits_on_it_than_the_load_costs() {
+    // (assumed load time, jobs on one model, backends that should run them, loads in all):
+    // 3 jobs of 100 ms against a 5 s load: the backend that has the model does them all; 10 jobs
+    // against a 300 ms load: the second backend loads it too.
+    for (load, jobs, backends, loads) in [("5s", 3, 1, 1), ("300ms", 10, 2, 2)] {
+        let mut config = SimConfig { job_duration: Duration::from_millis(100), ..SimConfig::default() };
+        config.models.push(("checkpoints".to_owned(), "a.safetensors".to_owned()));
+        config.model_load.push(("a.safetensors".to_owned(), Duration::from_millis(300)));
+        let sims = [Simulator::start(config.clone()).await.unwrap(), Simulator::start(config).await.unwrap()];
+        let scheduler = format!("{FAST_HEALTH}\nmodel_load_time = \"{load}\"\ndefault_run_time = \"100ms\"");
+        let gw =
+            gateway_lines(&[&sims[0], &sims[1]], &[&["max_inflight = 1"], &["max_inflight = 1"]], &scheduler).await;
+        let token = gw.token("admin", "t").await;
+        let mut ids = Vec::new();
+        for i in 0..jobs {
+            ids.push(submit_ok(&gw, &token, model_job("a.safetensors", &format!("a{i}"))).await);
+        }
+        for id in &ids {
+            finished(&gw, &token, id).await;
+        }
+        let mut used = 0;
+        for sim in &sims {
+            let mut ran = false;
+            for id in &ids {
+                ran |= ran_on(sim, id).await;
+            }
+            used += usize::from(ran);
+        }
+        let total: u64 = sims.iter().map(Simulator::model_loads).sum();
+        assert_eq!((used, total), (backends, loads), "load {load}, {jobs} jobs: backends used, model loads");
+    }
+}
+
+#[tokio::test]
 async fn high_priority_goes_first_only_for_those_allowed_and_front_asks_for_the_ceiling() {
     let sim = sim(300, &["a.safetensors"]).await;
     let (gw, alice, bob) = one_slot(&sim, "").await;

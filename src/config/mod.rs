@@ -245,9 +245,9 @@ pub struct SchedulerConfig {
     /// ago (at the default) counts half as busy as one who used them just now.
     #[serde(with = "humantime_serde")]
     pub fair_share_half_life: Duration,
-    /// The longest a job may be held back so that jobs needing no model swap go first, or so
-    /// that it waits for a busy backend that has its models loaded: after that it takes the
-    /// next backend that can run it. Zero: strict fair order.
+    /// The longest the first job in fair order may be passed over by backends that keep other
+    /// models loaded (jobs needing no model swap going first): after that it takes the next
+    /// backend that can run it. Zero: strict fair order.
     #[serde(with = "humantime_serde")]
     pub max_extra_wait: Duration,
     /// What loading a model is taken to cost before the gateway has measured it.

@@ -165,11 +165,8 @@ pub(super) struct Active {
     pub priority: super::priority::Priority,
     /// `extra_data.webhook` as submitted (told to observers; never forwarded).
     pub webhook: Option<Arc<Value>>,
-    /// How long (ms, estimated) jobs behind it in fair order have kept it waiting by going
-    /// first to spare a model swap; with [`waiting_since`](Self::waiting_since), bounded by
-    /// `[scheduler] max_extra_wait`.
-    pub held_back_ms: f64,
-    /// Since when (unix ms) it has been left for a busy backend that has its models loaded.
+    /// Since when (unix ms) it has been passed over while first in fair order (by a backend
+    /// with room that kept or swapped to other models); bounded by `[scheduler] max_extra_wait`.
     pub waiting_since: Option<i64>,
     /// Whether its run started with a model swap on its backend (for learning load times).
     pub swapped: bool,
@@ -288,7 +285,6 @@ impl Active {
             started_at: None,
             priority: super::priority::Priority::Normal,
             webhook: None,
-            held_back_ms: 0.0,
             waiting_since: None,
             swapped: false,
         }
