@@ -68,6 +68,49 @@ async fn a_job_needing_no_model_swap_goes_before_one_that_does_within_the_bound(
 }
 
 #[tokio::test]
+async fn a_job_held_to_the_bound_overtakes_nobody_who_came_ahead_of_it_in_fair_order() {
+    // One slot that keeps alice's model loaded: bob's B is passed over while it is first in fair
+    // order (alice has used the GPU); carol's high-class C comes ahead of it while it waits and is
+    // passed over too. When B's extra wait reaches the bound, fair order goes as it is up to B:
+    // C first, then B, then alice's remaining jobs. (B going first would put a normal job before
+    // a waiting high one.)
+    let sim = sim(500, &["a.safetensors", "b.safetensors", "c.safetensors"]).await;
+    let (gw, alice, bob) = one_slot(&sim, "max_extra_wait = \"1250ms\"").await;
+    gw.add_user("carol", "user").await;
+    gw.cli(&["user", "limits", "carol", "--max-priority", "high"], None).await.ok();
+    let carol = gw.token("carol", "c").await;
+    let mut a = Vec::new();
+    for i in 0..6 {
+        a.push(submit_ok(&gw, &alice, model_job("a.safetensors", &format!("a{i}"))).await);
+    }
+    let b = submit_ok(&gw, &bob, model_job("b.safetensors", "b")).await;
+    // A2 running: B was passed over when A1 ended.
+    running_on(&sim, &a[1]).await;
+    let mut high = model_job("c.safetensors", "c");
+    high["extra_data"] = json!({"priority": "high"});
+    let c = submit_ok(&gw, &carol, high).await;
+    let mut jobs: Vec<(String, &str, &str)> =
+        a.iter().enumerate().map(|(i, id)| (format!("A{}", i + 1), alice.as_str(), id.as_str())).collect();
+    jobs.push(("B".to_owned(), &bob, &b));
+    jobs.push(("C".to_owned(), &carol, &c));
+    let named: Vec<(&str, &str, &str)> = jobs.iter().map(|(n, t, id)| (n.as_str(), *t, *id)).collect();
+    let order = run_order(&gw, &named).await;
+    assert_eq!(order, ["A1", "A2", "A3", "A4", "C", "B", "A5", "A6"]);
+}
+
+/// Waits until `sim` is running the job (its own `/queue`).
+async fn running_on(sim: &Simulator, id: &str) {
+    for _ in 0..200 {
+        let q: Value = client().get(format!("{}/queue", sim.url())).send().await.unwrap().json().await.unwrap();
+        if q["queue_running"].as_array().is_some_and(|r| r.iter().any(|e| e[1] == id)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{id} never ran on the simulator");
+}
+
+#[tokio::test]
 async fn a_second_backend_loads_a_model_only_when_more_waits_on_it_than_the_load_costs() {
     // (assumed load time, jobs on one model, backends that should run them, loads in all):
     // 3 jobs of 100 ms against a 5 s load: the backend that has the model does them all; 10 jobs

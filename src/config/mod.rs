@@ -246,8 +246,9 @@ pub struct SchedulerConfig {
     #[serde(with = "humantime_serde")]
     pub fair_share_half_life: Duration,
     /// The longest the first job in fair order may be passed over by backends that keep other
-    /// models loaded (jobs needing no model swap going first): after that it takes the next
-    /// backend that can run it. Zero: strict fair order.
+    /// models loaded (jobs needing no model swap going first): after that it, and any job that
+    /// came ahead of it in fair order since, takes the next backend that can run it. Zero:
+    /// strict fair order.
     #[serde(with = "humantime_serde")]
     pub max_extra_wait: Duration,
     /// What loading a model is taken to cost before the gateway has measured it.

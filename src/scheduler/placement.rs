@@ -13,10 +13,11 @@
 //! - of the backends' proposals the one whose job comes first in fair order goes first.
 //!
 //! The first job in fair order that a backend with room passes over starts counting its extra
-//! wait; once that reaches `[scheduler] max_extra_wait` it takes the next backend that can run it,
-//! swap or not (the one with the least to load, then meant for its models, then whose loaded
-//! models the fewest waiting jobs need, then the least loaded). A backend `exclusive` to its
-//! models never gets another job.
+//! wait; once that reaches `[scheduler] max_extra_wait`, the jobs up to it in fair order (itself
+//! and any that came ahead of it since) each take the next backend that can run them, swap or
+//! not (the one with the least to load, then meant for their models, then whose loaded models
+//! the fewest waiting jobs need, then the least loaded). A backend `exclusive` to its models
+//! never gets another job.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -153,7 +154,12 @@ impl Scheduler {
                 }
             }
             let held_long = |job: &Active| max_extra_ms == 0 || job.extra_wait_ms(now) >= max_extra_ms as f64;
-            let forced = order.iter().position(|c| !deferred.contains(&c.id) && jobs.get(&c.id).is_some_and(held_long));
+            // Once a job has been held back to the bound, fair order goes as it is up to that job:
+            // it overtakes nobody ahead of it (a job of a higher class that arrived since, say).
+            let forced = order
+                .iter()
+                .rposition(|c| jobs.get(&c.id).is_some_and(held_long))
+                .and_then(|last| order[..=last].iter().position(|c| !deferred.contains(&c.id)));
             let choice = match forced {
                 Some(index) => {
                     let demand = |s: &Seat| {
