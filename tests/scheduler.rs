@@ -524,3 +524,25 @@ async fn an_admins_queue_and_history_say_whose_each_job_is_and_where_it_runs_a_u
     let (_, h) = gw.get_json("/history", &Auth::Bearer(&alice)).await;
     assert!(!h.to_string().contains("\"comfygate\""), "{h}");
 }
+
+#[tokio::test]
+async fn the_log_says_where_every_job_was_dispatched_even_when_its_run_started_before_the_answer() {
+    // A backend with room starts a job as it queues it, so its execution_start often reaches the
+    // gateway before the answer to the dispatch does: the log still names the backend of each one.
+    let backend = sim(300, &[]).await;
+    let gw = gateway(&[&backend], 1).await;
+    let token = gw.token("admin", "t").await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(submit_ok(&gw, &token, job("logged", i, 300)).await);
+    }
+    for id in &ids {
+        finished(&gw, &token, id).await;
+    }
+    let log = gw.stderr();
+    let dispatched: Vec<&str> = log.lines().filter(|l| l.contains("job dispatched")).collect();
+    for id in &ids {
+        let lines = dispatched.iter().filter(|l| l.contains(id.as_str())).count();
+        assert_eq!(lines, 1, "one `job dispatched` line for {id}:\n{}", dispatched.join("\n"));
+    }
+}

@@ -708,9 +708,11 @@ impl Scheduler {
                     self.withdraw(&backend, &id).await;
                     return;
                 }
-                if self.mark_accepted(&id, &backend, attempt) {
+                if let Some(dispatched) = self.mark_accepted(&id, &backend, attempt) {
                     tracing::info!(prompt_id = %id, backend = backend.name(), owner = %username, attempt, "job dispatched");
-                    self.save_state(&id, JobState::Dispatched, Some(backend.name()), None).await;
+                    if dispatched {
+                        self.save_state(&id, JobState::Dispatched, Some(backend.name()), None).await;
+                    }
                 }
             }
             Ok((status, answer)) if status.is_server_error() => {
@@ -797,15 +799,17 @@ impl Scheduler {
         self.inner().job(id).is_some_and(|j| j.attempt == attempt && j.backend.as_deref() == Some(backend.name()))
     }
 
-    /// The backend took the job; true when the record should say so (not yet running).
-    fn mark_accepted(&self, id: &str, backend: &Backend, attempt: u32) -> bool {
+    /// The backend took the job: `None` when the job has moved on since (another attempt, or
+    /// gone), else whether the record should say so (not running yet: the backend's events may
+    /// tell that its run started before its answer to the dispatch arrives).
+    fn mark_accepted(&self, id: &str, backend: &Backend, attempt: u32) -> Option<bool> {
         let mut inner = self.inner();
-        let Some(job) = inner.job_mut(id) else { return false };
+        let job = inner.job_mut(id)?;
         if job.attempt != attempt || job.backend.as_deref() != Some(backend.name()) {
-            return false;
+            return None;
         }
         job.accepted = true;
-        job.state == JobState::Dispatched
+        Some(job.state == JobState::Dispatched)
     }
 
     /// Puts a dispatched job back where it was, untried (it was never sent).

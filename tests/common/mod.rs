@@ -119,8 +119,8 @@ pub fn command(config: &Path) -> Command {
             cmd.env_remove(&k);
         }
     }
-    // Warnings, and the audit trail (tests check what it records).
-    cmd.env("COMFYGATE_LOG", "warn,comfygate::audit=info").arg("--config").arg(config);
+    // Warnings, the audit trail and where each job goes (tests check what they record).
+    cmd.env("COMFYGATE_LOG", "warn,comfygate::audit=info,comfygate::scheduler=info").arg("--config").arg(config);
     cmd
 }
 
