@@ -3,6 +3,8 @@
 
     python3 bench/queue_scale.py            full run: 1k, 10k and 100k waiting jobs (~2 minutes on 2 cores)
     python3 bench/queue_scale.py --quick    CI smoke: 1k and 10k (~30 s)
+    python3 bench/queue_scale.py --models 3 every job loads one of 3 checkpoints: dispatch plans which
+                                            backends hold which models (it scans up to 512 waiting jobs)
 
 For each scale N, a fresh gateway on SQLite (same template data dir: admin + 100 users u000..u099,
 each with an API token made by `comfygate token create USER --name bench`) in front of two backends:
@@ -51,7 +53,7 @@ import tempfile
 import time
 
 from bench import cpu_ticks, pct, pinning, proc_tree, rss_bytes, CLK_TCK
-from makespan import GW, SIM, Client, Procs, build, free_port, git_rev, loadavg, run_cmd
+from makespan import GW, SIM, Client, Procs, build, farm_workflow, free_port, git_rev, loadavg, run_cmd
 from procs import gateway_env, interrupt_on_termination, wait_ready, warn_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,13 +79,23 @@ def user_name(i: int) -> str:
     return f"u{i:03d}"
 
 
-def prompt_body(user: int, k: int, size: int = WORKFLOW_BYTES) -> bytes:
-    """A valid two-node workflow, padded with a `_meta` title so the POST body is `size` bytes."""
-    wf = {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": k},
-              "_meta": {"title": ""}},
-        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": f"qs{user}"}},
-    }
+def model_file(i: int) -> str:
+    return f"qs{i}.safetensors"
+
+
+def prompt_body(user: int, k: int, size: int = WORKFLOW_BYTES, models: int = 0) -> bytes:
+    """A valid two-node workflow, padded with a `_meta` title so the POST body is `size` bytes; with
+    `models`, a checkpoint workflow (loader -> sampler -> decode -> save) on one of that many model files."""
+    if models:
+        wf = farm_workflow(model_file((user + k) % models), k)
+        wf["1"]["_meta"] = {"title": ""}
+        wf["6"]["inputs"]["filename_prefix"] = f"qs{user}"
+    else:
+        wf = {
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": k},
+                  "_meta": {"title": ""}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": f"qs{user}"}},
+        }
     body = {"prompt": wf, "client_id": f"qs-{user_name(user)}"}
     pad = size - len(json.dumps(body, separators=(",", ":")))
     wf["1"]["_meta"]["title"] = "p" * max(0, pad)
@@ -117,7 +129,7 @@ def request_bytes(method: str, path: str, token: str, body: bytes = b"") -> byte
     return head.encode() + b"\r\n" + body
 
 
-async def submit_all(port: int, tokens: list[str], quotas: list[int], size: int) -> dict:
+async def submit_all(port: int, tokens: list[str], quotas: list[int], size: int, models: int) -> dict:
     """One connection per user, each POSTing its quota of jobs back to back."""
     failures: list[str] = []
     ok = 0
@@ -127,7 +139,7 @@ async def submit_all(port: int, tokens: list[str], quotas: list[int], size: int)
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
         try:
             for k in range(quotas[u]):
-                writer.write(request_bytes("POST", "/prompt", tokens[u], prompt_body(u, k, size)))
+                writer.write(request_bytes("POST", "/prompt", tokens[u], prompt_body(u, k, size, models)))
                 status, body = await asyncio.wait_for(read_response(reader), 60)
                 if status == 200:
                     ok += 1
@@ -258,7 +270,8 @@ class Bench:
         d = os.path.join(self.work, tag, name)
         os.makedirs(d)
         logp = os.path.join(d, "sim.log")
-        p = self.start([SIM, "--port", str(port), "--job-ms", str(job_ms), "--data-dir", d], logp)
+        files = [a for i in range(self.args.models) for a in ("--model", f"checkpoints/{model_file(i)}")]
+        p = self.start([SIM, "--port", str(port), "--job-ms", str(job_ms), "--data-dir", d, *files], logp)
         c = Client(port, timeout=1.0)
         try:
             wait_ready(p, f"comfyui-sim (log: {logp})", lambda: c.request("GET", "/system_stats")[0] == 200, 20,
@@ -290,7 +303,7 @@ class Bench:
                                           for i in range(USERS - 1)]
             rss0 = rss_bytes(gp.pid)
             g0, c0, t0 = cpu_ticks(pids), os.times(), time.monotonic()
-            sub = asyncio.run(submit_all(port, self.tokens, quotas, self.args.workflow_bytes))
+            sub = asyncio.run(submit_all(port, self.tokens, quotas, self.args.workflow_bytes, self.args.models))
             wall = time.monotonic() - t0
             g1, c1 = cpu_ticks(pids), os.times()
             client_cpu = (c1.user - c0.user) + (c1.system - c0.system)
@@ -443,7 +456,8 @@ def targets(rows: list[dict]) -> list[tuple[str, str, str, bool | None]]:
 def report(args, rows: list[dict], errors: list[str], elapsed: float) -> str:
     now = dt.datetime.now(dt.timezone.utc)
     L = [f"# comfygate queue-scale benchmark ({'quick' if args.quick else 'full'}), {now:%Y-%m-%d %H:%M:%S} UTC", ""]
-    L.append(f"- `python3 bench/queue_scale.py{' --quick' if args.quick else ''}` (scales "
+    with_models = f" --models {args.models}" if args.models else ""
+    L.append(f"- `python3 bench/queue_scale.py{' --quick' if args.quick else ''}{with_models}` (scales "
              f"{', '.join(f'{r:,}' for r in args.scales)}; workflows {args.workflow_bytes:,} B; /queue {args.poll_seconds:g} s, others every "
              f"{args.poll_interval:g} s; drain {args.drain:,}); {elapsed:.0f} s in all")
     L.append(f"- machine: {platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, Python "
@@ -452,7 +466,9 @@ def report(args, rows: list[dict], errors: list[str], elapsed: float) -> str:
     L.append(f"- gateway on SQLite, `[limits] max_waiting = 0`; backends: one comfyui-sim holding one job for a "
              f"day (max_inflight 1) and one absent until the dispatch phase; {USERS} users, u000 with "
              f"{SMALL_USER_JOBS} jobs, the rest shared by the other {USERS - 1}; workflows "
-             f"{len(prompt_body(1, 1, args.workflow_bytes)):,} bytes as POSTed")
+             f"{len(prompt_body(1, 1, args.workflow_bytes, args.models)):,} bytes as POSTed" +
+             (f"; every job loads one of {args.models} checkpoints (CheckpointLoaderSimple, both sims have them), so "
+              "dispatch plans which backends hold which models" if args.models else ""))
     L.append("- submits/s: N POSTs over 100 keep-alive connections (one per user) / wall time; client CPU = this "
              "Python client's share of one core (below ~90 %: the gateway, not the client, set the pace)")
     L.append("- RSS: gateway VmRSS 2 s after the last submission (peak VmHWM in brackets); /queue: the small "
@@ -504,6 +520,9 @@ def main() -> int:
     ap.add_argument("--drain", type=int, help="jobs the fast backend takes in the dispatch phase (default 3000, quick 500)")
     ap.add_argument("--workflow-bytes", type=int, default=WORKFLOW_BYTES,
                     help=f"size of each POST /prompt body (default {WORKFLOW_BYTES})")
+    ap.add_argument("--models", type=int, default=0,
+                    help="jobs use one of this many checkpoint files (0-16; default 0: no model files), so "
+                         "dispatch takes the model-placement path")
     ap.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
     args = ap.parse_args()
@@ -512,9 +531,9 @@ def main() -> int:
     args.drain = args.drain or (500 if args.quick else 3000)
     if not all(USERS * 2 <= n <= 1_000_000 for n in args.scales) or not 3 <= args.poll_seconds <= 600 \
             or not 0.01 <= args.poll_interval <= 10 or not 1 <= args.drain <= 100_000 \
-            or not 300 <= args.workflow_bytes <= 1 << 20:
+            or not 300 <= args.workflow_bytes <= 1 << 20 or not 0 <= args.models <= 16:
         ap.error("scales 200..1,000,000; --poll-seconds 3..600; --poll-interval 0.01..10; --drain 1..100,000; "
-                 "--workflow-bytes 300..1MiB")
+                 "--workflow-bytes 300..1MiB; --models 0..16")
     args.load_start = loadavg()
     load_cpus, server_cpus, args.pinning = pinning(not args.no_pin)
     if load_cpus is not None:
@@ -557,7 +576,7 @@ def main() -> int:
     print(text)
     os.makedirs(RESULTS, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    base = os.path.join(RESULTS, f"queue-scale-{stamp}{'-quick' if args.quick else ''}")
+    base = os.path.join(RESULTS, f"queue-scale-{stamp}{'-models' if args.models else ''}{'-quick' if args.quick else ''}")
     with open(base + ".md", "w") as f:
         f.write(text)
     with open(base + ".json", "w") as f:
