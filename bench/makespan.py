@@ -57,6 +57,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
 GW = os.path.join(ROOT, "target", "release", "comfygate")
 SIM = os.path.join(ROOT, "target", "release", "comfyui-sim")
+# The gateway's own `[scheduler] max_extra_wait` default (s, unscaled); write_config scales it.
+MAX_EXTRA_WAIT_S = 120
 BACKENDS = 4
 ADMIN_PASSWORD = "makespan-admin-password-0123"
 USER_PASSWORD = "makespan-user-password-0123"
@@ -413,7 +415,7 @@ class Bench:
         return [(port, p) for port, p, _ in sims]
 
     def write_config(self, path: str, port: int, data_dir: str, sim_ports: list[int], inflight: int,
-                     store_url: str | None = None, max_extra_wait_s: float = 120) -> None:
+                     store_url: str | None = None, max_extra_wait_s: float = MAX_EXTRA_WAIT_S) -> None:
         text = f'[server]\nlisten = "127.0.0.1:{port}"\n[store]\ndata_dir = "{data_dir}"\n'
         if store_url is not None:  # PostgreSQL (replicas, issue 15); otherwise SQLite in data_dir
             text += f'url = {json.dumps(store_url)}\n'
@@ -462,7 +464,7 @@ class Bench:
 
     def start_gateway(self, tag: str, sim_ports: list[int], inflight: int, template: str | None = None,
                       tokens: dict[str, str] | None = None, store_url: str | None = None,
-                      name: str = "gw", max_extra_wait_s: float = 120) -> tuple[int, subprocess.Popen]:
+                      name: str = "gw", max_extra_wait_s: float = MAX_EXTRA_WAIT_S) -> tuple[int, subprocess.Popen]:
         """A gateway in front of the sims, its data dir a copy of `template` (default: the SQLite one
         made by prepare_users), ready when all four backends are healthy and their capabilities known."""
         if template is None:
@@ -1072,7 +1074,7 @@ class Farm:
                     procs_here += gps
                 else:
                     gw_port, gp = b.start_gateway(tag, [port for port, _ in sims], inflight_or_n,
-                                                  max_extra_wait_s=0 if strict else 120)
+                                                  max_extra_wait_s=0 if strict else MAX_EXTRA_WAIT_S)
                     procs_here.append(gp)
                     gw_ports, tokens = [gw_port], b.tokens
                 # One socket per user, user k's on replica k mod n (events reach it over the relay);

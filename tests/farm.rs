@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use comfyui_sim::{SimConfig, Simulator};
 use common::pool::{FAST_HEALTH, finished, gateway_lines, model_job, submit, submit_ok};
-use common::{Gateway, client};
+use common::{Gateway, client, poll};
 use serde_json::{Value, json};
 
 async fn sim(job_ms: u64, models: &[&str]) -> Simulator {
@@ -100,14 +100,11 @@ async fn a_job_held_to_the_bound_overtakes_nobody_who_came_ahead_of_it_in_fair_o
 
 /// Waits until `sim` is running the job (its own `/queue`).
 async fn running_on(sim: &Simulator, id: &str) {
-    for _ in 0..200 {
-        let q: Value = client().get(format!("{}/queue", sim.url())).send().await.unwrap().json().await.unwrap();
-        if q["queue_running"].as_array().is_some_and(|r| r.iter().any(|e| e[1] == id)) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{id} never ran on the simulator");
+    poll(Duration::from_secs(5), &format!("{id} running on the simulator"), || async {
+        let q: Value = client().get(format!("{}/queue", sim.url())).send().await.ok()?.json().await.ok()?;
+        q["queue_running"].as_array()?.iter().any(|e| e[1] == id).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -542,7 +542,7 @@ async fn the_log_says_where_every_job_was_dispatched_even_when_its_run_started_b
     let log = gw.stderr();
     let dispatched: Vec<&str> = log.lines().filter(|l| l.contains("job dispatched")).collect();
     for id in &ids {
-        let lines = dispatched.iter().filter(|l| l.contains(id.as_str())).count();
-        assert_eq!(lines, 1, "one `job dispatched` line for {id}:\n{}", dispatched.join("\n"));
+        let lines = dispatched.iter().filter(|l| l.contains(id.as_str()) && l.contains("backend=\"sim\"")).count();
+        assert_eq!(lines, 1, "one `job dispatched` line naming `sim` for {id}:\n{}", dispatched.join("\n"));
     }
 }
